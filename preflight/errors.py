@@ -1,0 +1,101 @@
+"""One error hierarchy; the CLI maps it to exit codes in one place (cli.py)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The exit-code contract. Documented in README.md; never renumber."""
+
+    READY = 0
+    NOT_READY = 1
+    USAGE = 2
+    FETCH = 3
+    AUTH = 4
+    DISK_SPACE = 5
+    LEASE = 6
+    INTERRUPTED = 130
+
+
+class PreflightError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.NOT_READY
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(PreflightError):
+    """Bad command line or option combination."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ManifestError(UsageError):
+    """The manifest (or lock file) cannot be used. Carries file, line and field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        where = ""
+        if file:
+            where = file + (f":{line}" if line else "")
+        if field:
+            where = f"{where}: {field}" if where else field
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        self.reason = message
+
+
+class FetchError(PreflightError):
+    """Network, HTTP, not found, timeout: the source could not deliver."""
+
+    exit_code = ExitCode.FETCH
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.status = status
+
+
+class StalledError(FetchError):
+    """No byte arrived within the stall timeout."""
+
+
+class IntegrityError(FetchError):
+    """Fetched bytes do not match what was expected (size, digest, format)."""
+
+
+class AuthError(FetchError):
+    """401/403, or a gated/private repo without a token."""
+
+    exit_code = ExitCode.AUTH
+
+
+class DiskSpaceError(PreflightError):
+    exit_code = ExitCode.DISK_SPACE
+
+
+class LeaseError(PreflightError):
+    """Another writer holds the volume past the wait limit."""
+
+    exit_code = ExitCode.LEASE
+
+
+class NotReadyError(PreflightError):
+    exit_code = ExitCode.NOT_READY

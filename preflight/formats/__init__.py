@@ -1,0 +1,1 @@
+"""Pure format checks: bytes in, findings out. No network, no path decisions."""

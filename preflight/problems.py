@@ -1,0 +1,77 @@
+"""Findings: what a check observed that makes a file or lane not ready.
+
+Problem codes are stable kebab-case words (they are part of the JSON report
+contract); add new ones, never rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# Stable problem codes.
+MISSING = "missing"
+EMPTY_FILE = "empty-file"
+TRUNCATED = "truncated"
+TRAILING_DATA = "trailing-data"
+HEADER_TOO_LARGE = "header-too-large"
+HEADER_INVALID = "header-invalid"
+BAD_OFFSETS = "bad-offsets"
+BAD_DTYPE = "bad-dtype"
+BAD_SHAPE = "bad-shape"
+SHARD_MISSING = "shard-missing"
+INDEX_INVALID = "index-invalid"
+INDEX_MISMATCH = "index-mismatch"
+TOTAL_SIZE_MISMATCH = "total-size-mismatch"
+BAD_MAGIC = "bad-magic"
+UNSUPPORTED_VERSION = "unsupported-version"
+COUNT_TOO_LARGE = "count-too-large"
+BAD_VALUE_TYPE = "bad-value-type"
+BAD_TENSOR_TYPE = "bad-tensor-type"
+MISALIGNED = "misaligned"
+TENSOR_OUT_OF_BOUNDS = "tensor-out-of-bounds"
+SPLIT_MISSING = "split-missing"
+SPLIT_INVALID = "split-invalid"
+CONFIG_MISSING = "config-missing"
+CONFIG_INVALID = "config-invalid"
+WEIGHTS_MISSING = "weights-missing"
+TOKENIZER_MISSING = "tokenizer-missing"
+CHECKSUM_MISMATCH = "checksum-mismatch"
+SIZE_MISMATCH = "size-mismatch"
+UNSAFE_PICKLE = "unsafe-pickle"
+DANGEROUS_PICKLE = "dangerous-pickle"
+PATH_ESCAPE = "path-escape"
+ADAPTER_BASE_MISMATCH = "adapter-base-mismatch"
+ADAPTER_INVALID = "adapter-invalid"
+NOT_A_FILE = "not-a-file"
+NOT_A_DIRECTORY = "not-a-directory"
+UNREADABLE = "unreadable"
+LOCK_DRIFT = "lock-drift"
+FETCH_FAILED = "fetch-failed"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding. `path` is relative to the lane (or the file name) when known."""
+
+    path: str
+    code: str
+    message: str
+    severity: str = "error"  # "error" makes the lane not ready; "warning" does not
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.severity == "error":
+            d.pop("severity")
+        return d
+
+
+def error(path: str, code: str, message: str) -> Problem:
+    return Problem(path, code, message)
+
+
+def warning(path: str, code: str, message: str) -> Problem:
+    return Problem(path, code, message, "warning")

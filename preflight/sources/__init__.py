@@ -1,0 +1,1 @@
+"""Sources fetch bytes into a staging path they are given, nothing more."""
