@@ -1,0 +1,172 @@
+"""Hashing (streamed, parallel across files) and receipts (stat-keyed digest cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 4 * 2**20
+
+
+class Hasher:
+    """sha256 and/or git-blob sha1 over a stream, fed chunk by chunk.
+
+    The git blob sha1 needs the size up front ("blob <size>\\0" prefix), which
+    is what the Hub's `blobId` of a small file is.
+    """
+
+    def __init__(self, algos: Iterable[str], size: int | None = None) -> None:
+        self._h: dict[str, "hashlib._Hash"] = {}
+        for algo in algos:
+            if algo == "sha256":
+                self._h[algo] = hashlib.sha256()
+            elif algo == "sha1":
+                if size is None:
+                    raise ValueError("git blob sha1 needs the size up front")
+                h = hashlib.sha1()
+                h.update(b"blob %d\0" % size)
+                self._h[algo] = h
+            else:
+                raise ValueError(f"unknown digest {algo}")
+
+    def update(self, data: bytes | memoryview) -> None:
+        for h in self._h.values():
+            h.update(data)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {k: h.hexdigest() for k, h in self._h.items()}
+
+
+def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progress: Callable[[int], None] | None = None) -> dict[str, str]:
+    """Digest a file in 4 MiB chunks into one reused buffer (hashlib drops the GIL)."""
+    algos = tuple(algos)
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        hasher = Hasher(algos, size)
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            hasher.update(view[:n])
+            if progress:
+                progress(n)
+    return hasher.hexdigests()
+
+
+def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = None) -> list[dict[str, str] | OSError]:
+    """Hash several files at once, one thread per core; results in input order."""
+    if not jobs:
+        return []
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+
+    def one(job: tuple[str, tuple[str, ...]]) -> dict[str, str] | OSError:
+        try:
+            return hash_file(job[0], job[1])
+        except OSError as exc:
+            return exc
+
+    if workers == 1:
+        return [one(j) for j in jobs]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, jobs))
+
+
+@dataclass(frozen=True)
+class StatKey:
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> StatKey:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class Receipts:
+    """Per-file proof of a past full verification, keyed by path relative to models_dir.
+
+    A receipt is trusted only while (size, mtime_ns, ctime_ns, inode) are unchanged;
+    ctime cannot be set from user space, so a rewrite in place always invalidates it.
+    """
+
+    FILE = "receipts.json"
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.state_dir = state_dir
+        self._files: dict[str, dict] = {}
+        self._dirty = False
+        if state_dir is not None:
+            try:
+                data = json.loads((state_dir / self.FILE).read_bytes())
+                if isinstance(data, dict) and isinstance(data.get("files"), dict):
+                    self._files = data["files"]
+            except (OSError, ValueError):
+                pass
+
+    def lookup(self, rel: str, st: os.stat_result) -> dict[str, str] | None:
+        rec = self._files.get(rel)
+        if not isinstance(rec, dict):
+            return None
+        key = StatKey.of(st)
+        if (rec.get("size"), rec.get("mtime_ns"), rec.get("ctime_ns"), rec.get("ino")) != (key.size, key.mtime_ns, key.ctime_ns, key.ino):
+            return None
+        digests = rec.get("digests")
+        return digests if isinstance(digests, dict) else None
+
+    def record(self, rel: str, st: os.stat_result, digests: dict[str, str]) -> None:
+        key = StatKey.of(st)
+        self._files[rel] = {
+            "size": key.size, "mtime_ns": key.mtime_ns, "ctime_ns": key.ctime_ns, "ino": key.ino,
+            "digests": dict(digests), "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._dirty = True
+
+    def forget(self, rel: str) -> None:
+        if self._files.pop(rel, None) is not None:
+            self._dirty = True
+
+    def save(self) -> bool:
+        """Merge with what is on disk (another process may have written) and replace atomically."""
+        if self.state_dir is None or not self._dirty:
+            return False
+        path = self.state_dir / self.FILE
+        try:
+            try:
+                on_disk = json.loads(path.read_bytes()).get("files", {})
+            except (OSError, ValueError, AttributeError):
+                on_disk = {}
+            merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else self._files
+            atomic_write(path, json.dumps({"version": 1, "files": merged}, indent=0, sort_keys=True).encode())
+        except OSError:
+            return False
+        self._dirty = False
+        return True
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write beside the target, fsync, rename over it: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
