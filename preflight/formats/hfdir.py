@@ -1,0 +1,178 @@
+"""A Hugging Face model folder (what vLLM and sentence-transformers load).
+
+Reads only files inside the folder it is given: config.json, tokenizer
+presence, safetensors headers (single or sharded with index), pickle policy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import problems as P
+from ..problems import Problem
+from .pickle import is_pickle_name, refuse, scan_pickle
+
+INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_SETS = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("spiece.model",),
+    ("sentencepiece.bpe.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+    ("tiktoken.model",),
+    ("qwen.tiktoken",),
+)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors",)
+
+
+@dataclass
+class FolderInfo:
+    format: str = "hf-dir"
+    architecture: str | None = None
+    model_type: str | None = None
+    dtype: str | None = None
+    context_length: int | None = None
+    quantization: str | None = None
+    weights: list[str] = field(default_factory=list)
+    tensor_count: int = 0
+    parameter_count: int = 0
+    dtypes: Counter = field(default_factory=Counter)
+    tokenizer: list[str] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    tensors: dict[str, tuple[str, list[int]]] = field(default_factory=dict)  # name -> (dtype, shape)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.is_error for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "architecture": self.architecture, "model_type": self.model_type,
+            "dtype": self.dtype, "context_length": self.context_length, "quantization": self.quantization,
+            "weights": self.weights, "tensor_count": self.tensor_count, "parameter_count": self.parameter_count,
+            "dtypes": dict(self.dtypes), "tokenizer": self.tokenizer,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def read_json_object(path: Path, name: str, code: str = P.CONFIG_INVALID) -> tuple[dict | None, Problem | None]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, P.error(name, P.CONFIG_MISSING if code == P.CONFIG_INVALID else code, f"{name} is missing")
+    except OSError as exc:
+        return None, P.error(name, P.UNREADABLE, f"{name}: cannot read ({exc.strerror})")
+    if not raw.strip():
+        return None, P.error(name, P.EMPTY_FILE if code == P.CONFIG_INVALID else code, f"{name} is empty")
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, P.error(name, code, f"{name} is not valid JSON ({exc})")
+    if not isinstance(value, dict):
+        return None, P.error(name, code, f"{name} must be a JSON object, found {type(value).__name__}")
+    return value, None
+
+
+def describe_config(info: FolderInfo, config: dict[str, Any]) -> None:
+    info.config = config
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs and isinstance(archs[0], str):
+        info.architecture = archs[0]
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    info.model_type = config.get("model_type") if isinstance(config.get("model_type"), str) else None
+    dtype = config.get("torch_dtype") or config.get("dtype") or text.get("torch_dtype")
+    info.dtype = dtype if isinstance(dtype, str) else None
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        if isinstance(text.get(key), int):
+            info.context_length = text[key]
+            break
+    q = config.get("quantization_config")
+    if isinstance(q, dict):
+        method = q.get("quant_method") or q.get("quant_type") or "unknown"
+        bits = q.get("bits") or q.get("w_bit")
+        info.quantization = f"{method}" + (f" {bits}-bit" if bits else "")
+
+
+def check_hf_dir(
+    root: Path,
+    files: list[str],
+    *,
+    serves_text: bool = True,
+    allow_pickle: bool = False,
+    require_config: bool = True,
+    require_weights: bool = True,
+) -> FolderInfo:
+    """Validate a model folder given the relative paths of the files in it."""
+    from .safetensors import check_safetensors
+    from .sharded import check_index, index_shard_names
+
+    info = FolderInfo()
+    present = set(files)
+    if "config.json" in present or require_config:
+        config, problem = read_json_object(root / "config.json", "config.json")
+        if problem:
+            info.problems.append(problem)
+        if config is not None:
+            describe_config(info, config)
+            q = config.get("quantization_config")
+            if q is not None and not isinstance(q, dict):
+                info.problems.append(P.error("config.json", P.CONFIG_INVALID, f"config.json: quantization_config must be an object, found {type(q).__name__}"))
+
+    if serves_text:
+        for names in TOKENIZER_SETS:
+            if all(n in present for n in names):
+                info.tokenizer = list(names)
+                break
+        else:
+            info.problems.append(P.error(
+                "tokenizer.json", P.TOKENIZER_MISSING,
+                "no tokenizer (tokenizer.json, tokenizer.model, vocab.json+merges.txt or vocab.txt); "
+                "set `serves_text: false` on lanes that serve no text",
+            ))
+
+    checked: set[str] = set()
+    top_level = [f for f in files if "/" not in f]
+    if INDEX_NAME in present:
+        shard_names, index_problem = index_shard_names(root / INDEX_NAME)
+        if index_problem is not None:
+            info.problems.append(index_problem)
+        shards = {}
+        for shard in shard_names:
+            shards[shard] = _safetensors(info, root, shard, check_safetensors) if shard in present else None
+            checked.add(shard)
+        if index_problem is None:
+            info.problems.extend(check_index(root / INDEX_NAME, shards, name=INDEX_NAME).problems)
+        info.weights.append(INDEX_NAME)
+    for rel in files:
+        if rel.endswith(".safetensors") and rel not in checked and rel not in ADAPTER_WEIGHTS:
+            if rel in top_level:
+                info.weights.append(rel)
+            _safetensors(info, root, rel, check_safetensors)
+    pickles = [rel for rel in files if is_pickle_name(rel) and not rel.endswith("training_args.bin")]
+    for rel in pickles:
+        if not allow_pickle:
+            info.problems.append(refuse(rel))
+        else:
+            info.problems.extend(scan_pickle(root / rel, name=rel))
+            if "/" not in rel:
+                info.weights.append(rel)
+    if require_weights and not info.weights and not any(f.endswith(".gguf") for f in files):
+        info.problems.append(P.error(".", P.WEIGHTS_MISSING, "no weights: expected model.safetensors, a sharded index with its shards, or (with allow_pickle) a .bin/.pt file"))
+    return info
+
+
+def _safetensors(info: FolderInfo, root: Path, rel: str, check) -> Any:
+    st = check(root / rel, name=rel)
+    info.problems.extend(st.problems)
+    info.tensor_count += len(st.tensors)
+    info.parameter_count += st.parameter_count
+    info.dtypes.update(st.dtypes)
+    for tname, t in st.tensors.items():
+        info.tensors[tname] = (t.dtype, list(t.shape))
+    return st

@@ -1,0 +1,189 @@
+"""Results, their human and JSON rendering, and the termination log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import ExitCode
+from .integrity import atomic_write
+from .problems import Problem
+
+READY, MISSING, INVALID, SKIPPED = "ready", "missing", "invalid", "skipped"
+
+
+@dataclass
+class LaneResult:
+    name: str
+    kind: str
+    path: str
+    required: bool = True
+    status: str = READY
+    problems: list[Problem] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    hashed_bytes: int = 0
+    fetched_bytes: int = 0
+    fetched_files: int = 0
+    source: str | None = None
+    revision: str | None = None
+    note: str | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.is_error]
+
+    def settle(self) -> None:
+        """Derive status from problems: missing only if every error is `missing`."""
+        if self.status == SKIPPED:
+            return
+        errs = self.errors
+        if not errs:
+            self.status = READY
+        elif all(p.code in ("missing", "shard-missing", "split-missing", "weights-missing", "config-missing") for p in errs):
+            self.status = MISSING
+        else:
+            self.status = INVALID
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name, "kind": self.kind, "path": self.path, "required": self.required, "status": self.status,
+            "problems": [p.to_dict() for p in self.problems], "files": self.files, "bytes": self.bytes,
+            "hashed_bytes": self.hashed_bytes,
+        }
+        if self.fetched_files:
+            d["fetched_files"] = self.fetched_files
+            d["fetched_bytes"] = self.fetched_bytes
+        if self.source:
+            d["source"] = self.source
+        if self.revision:
+            d["revision"] = self.revision
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass
+class Report:
+    command: str
+    models_dir: str
+    lanes: list[LaneResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    exit_code: int = ExitCode.READY
+    reason: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return "ready" if self.exit_code == ExitCode.READY else "not-ready"
+
+    def finish(self) -> int:
+        """Exit 0 only when every required, selected lane is ready."""
+        for lane in self.lanes:
+            lane.settle()
+        if self.exit_code == ExitCode.READY:
+            bad = [lane for lane in self.lanes if lane.required and lane.status not in (READY, SKIPPED)]
+            if bad:
+                self.exit_code = ExitCode.NOT_READY
+                if not self.reason:
+                    self.reason = summarise(bad)
+        return int(self.exit_code)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "status": self.status, "exit_code": int(self.exit_code), "command": self.command,
+            "models_dir": self.models_dir, "lanes": [lane.to_dict() for lane in self.lanes],
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+        if self.reason:
+            d["reason"] = self.reason
+        if self.notes:
+            d["notes"] = self.notes
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def summarise(bad: list[LaneResult]) -> str:
+    parts = []
+    for lane in bad[:3]:
+        first = lane.errors[0] if lane.errors else None
+        parts.append(f"lane {lane.name} {lane.status}" + (f": {first.message}" if first else ""))
+    more = f" (+{len(bad) - 3} more lanes)" if len(bad) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+_MARK = {READY: "ok  ", MISSING: "MISS", INVALID: "BAD ", SKIPPED: "skip"}
+
+
+def render_human(report: Report, out: IO[str] | None = None) -> None:
+    """One line per lane, then the reasons for anything not ready, then the verdict."""
+    out = out or sys.stderr
+    width = max([len(lane.name) for lane in report.lanes] + [4])
+    for lane in report.lanes:
+        extra = f"{lane.files} files, {human_size(lane.bytes)}"
+        if lane.fetched_files:
+            extra += f", fetched {lane.fetched_files} ({human_size(lane.fetched_bytes)})"
+        if lane.hashed_bytes:
+            extra += f", hashed {human_size(lane.hashed_bytes)}"
+        opt = "" if lane.required else " (optional)"
+        if lane.status == SKIPPED:
+            extra = lane.note or "skipped"
+        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path}  {lane.status}{opt}  [{extra}]", file=out)
+    for lane in report.lanes:
+        for p in lane.problems:
+            if lane.status == READY and p.is_error:
+                continue
+            tag = "warning" if not p.is_error else p.code
+            print(f"  {lane.name}: {p.path}: {tag}: {p.message}", file=out)
+    for note in report.notes:
+        print(f"note: {note}", file=out)
+    if report.exit_code == ExitCode.READY:
+        print(f"preflight {report.command}: ready ({len(report.lanes)} lanes, {report.elapsed_s:.2f}s)", file=out)
+    else:
+        print(f"preflight {report.command}: NOT READY (exit {int(report.exit_code)}): {report.reason or 'see above'}", file=out)
+
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+def write_termination_log(path: str | None, message: str) -> None:
+    """Kubernetes shows this file's content in `kubectl describe pod` (4 KiB max)."""
+    target = path
+    if target is None:
+        if not os.path.exists(DEFAULT_TERMINATION_LOG):
+            return
+        target = DEFAULT_TERMINATION_LOG
+    if not target:
+        return
+    data = message.encode("utf-8", "replace")[:4000]
+    try:
+        p = Path(target)
+        if p.exists() and not p.is_file():  # a device or a bind-mounted file we cannot replace
+            with open(p, "wb") as f:
+                f.write(data)
+        else:
+            try:
+                atomic_write(p, data, fsync=False)
+            except OSError:
+                with open(p, "wb") as f:  # a bind-mounted file cannot be renamed over
+                    f.write(data)
+    except OSError:
+        pass
+
+
+def write_report_file(path: str, report: Report) -> None:
+    atomic_write(Path(path), report.to_json().encode() + b"\n", fsync=False)
