@@ -1,0 +1,375 @@
+"""Observe lanes on the volume: paths, sizes, digests (or receipts), formats.
+
+Never touches the network. Used by `check`, and by `sync` before and after it fetches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import problems as P
+from .errors import ManifestError
+from .integrity import Receipts, hash_files
+from .lockfile import Lock, parse_sha256sum
+from .manifest import FileExpect, Lane, Manifest
+from .problems import Problem
+from .report import LaneResult
+
+STATE_DIR = ".preflight"
+SKIP_DIRS = {STATE_DIR, ".git", ".cache", ".dvc", "__pycache__"}
+_SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+@dataclass
+class Context:
+    manifest: Manifest
+    models_dir: Path
+    receipts: Receipts
+    lock: Lock | None = None
+    verify: str = "auto"  # "auto": trust receipts; "full": hash everything with a known digest
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def real_models_dir(self) -> str:
+        return os.path.realpath(self.models_dir)
+
+
+@dataclass
+class FileObs:
+    rel: str  # relative to the lane's folder
+    abs: Path
+    expect: FileExpect | None
+    st: os.stat_result | None = None
+    digests: dict[str, str] | None = None
+    from_receipt: bool = False
+
+
+@dataclass
+class LanePlan:
+    """What a lane should contain and what was seen of it."""
+
+    lane: Lane
+    root: Path  # the folder holding the lane's files
+    result: LaneResult
+    files: dict[str, FileObs] = field(default_factory=dict)
+    commit: str | None = None
+    escaped: bool = False
+
+    def state_key(self, rel: str) -> str:
+        return os.path.relpath(self.root / rel, self.root_models).replace(os.sep, "/")
+
+    root_models: Path = Path(".")
+
+
+def repo_folder(repo: str, repo_type: str = "model") -> str:
+    return f"{repo_type}s--" + repo.replace("/", "--")
+
+
+def lane_root(ctx: Context, lane: Lane) -> Path:
+    base = ctx.models_dir / lane.path
+    return base if lane.is_dir else base.parent
+
+
+def inside(real_root: str, path: str) -> bool:
+    return path == real_root or path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def hf_cache_commit(root: Path, lane: Lane, lock_commit: str | None) -> str | None:
+    """The snapshot a cache lane points at: lock, then refs/<revision>, then a commit-like revision."""
+    if lock_commit:
+        return lock_commit
+    assert lane.source is not None and lane.source.repo
+    rev = lane.source.revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        return rev
+    ref = root / repo_folder(lane.source.repo, lane.source.repo_type) / "refs" / rev
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def files_root(ctx: Context, lane: Lane, commit: str | None) -> Path:
+    root = lane_root(ctx, lane)
+    if lane.kind == "hf-cache":
+        assert lane.source is not None and lane.source.repo
+        return root / repo_folder(lane.source.repo, lane.source.repo_type) / "snapshots" / (commit or "unknown")
+    return root
+
+
+def selected(rel: str, lane: Lane) -> bool:
+    if lane.include and not any(fnmatch.fnmatch(rel, pat) for pat in lane.include):
+        return False
+    return not any(fnmatch.fnmatch(rel, pat) for pat in lane.exclude)
+
+
+def discover(root: Path) -> list[str]:
+    """Files under a lane folder (relative POSIX paths), skipping state and VCS folders."""
+    out: list[str] = []
+    if not root.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".preflight"))
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in filenames:
+            if name.startswith(".") and (name.endswith(".tmp") or name.endswith(".part")):
+                continue
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+            out.append(rel)
+    out.sort()
+    return out
+
+
+def gguf_split_names(name: str) -> list[str]:
+    m = _SPLIT.match(name)
+    if not m:
+        return [name]
+    count = int(m["count"])
+    return [f"{m['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def expected_files(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = None) -> dict[str, FileExpect | None]:
+    """Everything known about what the lane must hold: lock, manifest, checksum/DVC files, a remote listing."""
+    out: dict[str, FileExpect | None] = {}
+    locked = ctx.lock.lanes.get(lane.name) if ctx.lock else None
+    if locked:
+        out.update(locked.files)
+    if remote:
+        for rel, exp in remote.items():
+            out[rel] = exp.merge(out.get(rel))
+    if lane.checksums:
+        for rel, exp in load_checksums(ctx, lane).items():
+            out[rel] = exp.merge(out.get(rel))
+    if lane.dvc:
+        from .dvc import dvc_expectations
+
+        for rel, exp in dvc_expectations(ctx.manifest, lane).items():
+            out[rel] = exp.merge(out.get(rel))
+    for rel, exp in lane.files.items():
+        out[rel] = exp.merge(out.get(rel))
+    if not lane.is_dir:
+        name = Path(lane.path).name
+        names = gguf_split_names(name) if lane.kind == "gguf" else [name]
+        for n in names:
+            out.setdefault(n, None)
+        # a single-file lane holds exactly its file(s)
+        out = {k: v for k, v in out.items() if k in names}
+    return out
+
+
+def load_checksums(ctx: Context, lane: Lane) -> dict[str, FileExpect]:
+    assert lane.checksums
+    p = Path(lane.checksums)
+    if not p.is_absolute():
+        p = Path(ctx.manifest.file).parent / p
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"cannot read checksum file: {exc.strerror}", file=str(p), field=f"lanes.{lane.name}.checksums") from None
+    return parse_sha256sum(text, str(p))
+
+
+def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = None, remote_commit: str | None = None) -> LanePlan:
+    """Stat every expected file, trust or schedule digests, flag escapes. No hashing yet."""
+    locked = ctx.lock.lanes.get(lane.name) if ctx.lock else None
+    result = LaneResult(lane.name, lane.kind, lane.path, lane.required, source=lane.source.display() if lane.source else None)
+    commit = remote_commit or (locked.commit if locked else None)
+    root = lane_root(ctx, lane)
+    if lane.kind == "hf-cache":
+        commit = hf_cache_commit(root, lane, commit)
+    result.revision = commit or lane.revision
+    froot = files_root(ctx, lane, commit)
+    plan = LanePlan(lane, froot, result, commit=commit)
+    plan.root_models = ctx.models_dir
+    real_models = ctx.real_models_dir
+    lane_target = ctx.models_dir / lane.path
+    if os.path.lexists(lane_target) and not inside(real_models, os.path.realpath(lane_target)):
+        result.problems.append(P.error(lane.path, P.PATH_ESCAPE, f"{lane.path} resolves to {os.path.realpath(lane_target)}, outside the models folder; not read"))
+        plan.escaped = True
+        return plan
+    if lane.kind == "hf-cache" and commit is None:
+        result.problems.append(P.error(lane.path, P.MISSING, f"no snapshot of {lane.source.repo}@{lane.revision} in the cache (no refs/{lane.revision})"))
+        return plan
+    expected = expected_files(ctx, lane, remote)
+    if lane.is_dir:
+        on_disk = [rel for rel in discover(froot) if selected(rel, lane)]
+        for rel in on_disk:
+            expected.setdefault(rel, None)
+        if not froot.exists():
+            result.problems.append(P.error(lane.path, P.MISSING, f"folder {lane.path} does not exist"))
+            for rel, exp in expected.items():
+                plan.files[rel] = FileObs(rel, froot / rel, exp)
+            return plan
+        if not froot.is_dir():
+            result.problems.append(P.error(lane.path, P.NOT_A_DIRECTORY, f"{lane.path} is not a folder"))
+            return plan
+    for rel, exp in sorted(expected.items()):
+        obs = FileObs(rel, froot / rel, exp)
+        plan.files[rel] = obs
+        real = os.path.realpath(obs.abs)
+        if not inside(real_models, real):
+            result.problems.append(P.error(rel, P.PATH_ESCAPE, f"{rel} resolves to {real}, outside the models folder; not read"))
+            continue
+        try:
+            st = os.stat(obs.abs)
+        except FileNotFoundError:
+            result.problems.append(P.error(rel, P.MISSING, f"{rel} is missing" + (f" (expected {exp.size} bytes)" if exp and exp.size is not None else "")))
+            continue
+        except OSError as exc:
+            result.problems.append(P.error(rel, P.UNREADABLE, f"{rel}: cannot stat ({exc.strerror})"))
+            continue
+        import stat as stat_mod
+
+        if not stat_mod.S_ISREG(st.st_mode):
+            result.problems.append(P.error(rel, P.NOT_A_FILE, f"{rel} is not a regular file"))
+            continue
+        obs.st = st
+        result.files += 1
+        result.bytes += st.st_size
+        if exp is not None and exp.size is not None and st.st_size != exp.size:
+            diff = st.st_size - exp.size
+            what = f"truncated by {-diff} bytes" if diff < 0 else f"{diff} bytes too long"
+            result.problems.append(P.error(rel, P.SIZE_MISMATCH, f"{rel}: expected {exp.size} bytes, found {st.st_size} ({what})"))
+            continue
+        if exp is not None and (exp.sha256 or exp.sha1) and ctx.verify != "full":
+            rec = ctx.receipts.lookup(plan.state_key(rel), st)
+            if rec is not None and _algo(exp) in rec:
+                obs.digests = rec
+                obs.from_receipt = True
+    return plan
+
+
+def _algo(exp: FileExpect) -> str:
+    return "sha256" if exp.sha256 else "sha1"
+
+
+def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
+    """Hash every file whose digest is known but not vouched for by a receipt, all lanes in parallel."""
+    jobs: list[tuple[LanePlan, FileObs]] = []
+    for plan in plans:
+        for obs in plan.files.values():
+            if obs.st is None or obs.expect is None or not (obs.expect.sha256 or obs.expect.sha1):
+                continue
+            if obs.from_receipt or any(p.path == obs.rel and p.is_error for p in plan.result.problems):
+                continue
+            jobs.append((plan, obs))
+    results = hash_files([(str(obs.abs), (_algo(obs.expect),)) for _plan, obs in jobs])
+    for (plan, obs), res in zip(jobs, results):
+        if isinstance(res, OSError):
+            plan.result.problems.append(P.error(obs.rel, P.UNREADABLE, f"{obs.rel}: read failed ({res.strerror})"))
+            continue
+        obs.digests = res
+        plan.result.hashed_bytes += obs.st.st_size
+    for plan in plans:
+        for obs in plan.files.values():
+            if obs.digests is None or obs.expect is None:
+                continue
+            algo = _algo(obs.expect)
+            want = obs.expect.sha256 if algo == "sha256" else obs.expect.sha1
+            got = obs.digests.get(algo)
+            if got != want:
+                label = "sha256" if algo == "sha256" else "git blob sha1"
+                src = " (from the receipt of an earlier verification)" if obs.from_receipt else ""
+                plan.result.problems.append(P.error(obs.rel, P.CHECKSUM_MISMATCH, f"{obs.rel}: {label} is {got}{src}, expected {want}"))
+                ctx.receipts.forget(plan.state_key(obs.rel))
+            elif not obs.from_receipt:
+                try:
+                    st = os.stat(obs.abs)
+                except OSError:
+                    continue
+                if st.st_size == obs.st.st_size and st.st_mtime_ns == obs.st.st_mtime_ns:
+                    ctx.receipts.record(plan.state_key(obs.rel), st, obs.digests)
+
+
+def check_formats(ctx: Context, plan: LanePlan, base_info=None):
+    """Header-level checks of the lane's files by kind. Returns the folder/file info."""
+    lane, result = plan.lane, plan.result
+    if plan.escaped:
+        return None
+    present = [rel for rel, obs in plan.files.items() if obs.st is not None]
+    bad = {p.path for p in result.problems if p.is_error}
+    info = None
+    if lane.kind in ("hf-dir", "hf-cache"):
+        if not present and any(p.code == P.MISSING for p in result.problems):
+            return None
+        from .formats.hfdir import check_hf_dir
+
+        info = check_hf_dir(plan.root, present, serves_text=lane.serves_text, allow_pickle=lane.allow_pickle)
+    elif lane.kind == "adapter":
+        if not present:
+            return None
+        from .formats.adapter import check_adapter
+
+        info = check_adapter(plan.root, present, base=base_info)
+    elif lane.kind == "gguf":
+        from .formats.gguf import check_gguf, check_gguf_split
+
+        names = [rel for rel in plan.files]
+        for rel in names:
+            if rel in present:
+                info_one = check_gguf(plan.root / rel, name=rel)
+                result.problems.extend(info_one.problems)
+                info = info if info is not None else info_one
+        if len(names) > 1 and all(n in present for n in names):
+            result.problems.extend(check_gguf_split([plan.root / n for n in names]))
+    elif lane.kind == "file":
+        for rel in present:
+            if rel in bad:
+                continue
+            result.problems.extend(check_single_file(plan.root / rel, rel, lane.allow_pickle))
+    if info is not None and lane.kind != "gguf":
+        seen = {(p.path, p.code, p.message) for p in result.problems}
+        result.problems.extend(p for p in info.problems if (p.path, p.code, p.message) not in seen)
+    return info
+
+
+def check_single_file(path: Path, rel: str, allow_pickle: bool) -> list[Problem]:
+    low = rel.lower()
+    if path.stat().st_size == 0:
+        return [P.error(rel, P.EMPTY_FILE, f"{rel} is empty (0 bytes)")]
+    if low.endswith(".safetensors"):
+        from .formats.safetensors import check_safetensors
+
+        return list(check_safetensors(path, name=rel).problems)
+    if low.endswith(".gguf"):
+        from .formats.gguf import check_gguf
+
+        return list(check_gguf(path, name=rel).problems)
+    from .formats.pickle import is_pickle_name, refuse, scan_pickle
+
+    if is_pickle_name(low):
+        return scan_pickle(path, name=rel) if allow_pickle else [refuse(rel)]
+    return []
+
+
+def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[str, FileExpect], str | None]] | None = None) -> list[LaneResult]:
+    """Observe, hash (in parallel across lanes), then format-check every lane."""
+    remotes = remotes or {}
+    plans = [observe(ctx, lane, *remotes.get(lane.name, (None, None))) for lane in lanes]
+    verify_digests(ctx, plans)
+    infos: dict[str, object] = {}
+    order = sorted(plans, key=lambda p: p.lane.kind == "adapter")  # bases before adapters
+    for plan in order:
+        base_info = None
+        if plan.lane.base:
+            base_info = infos.get(plan.lane.base)
+            if base_info is None:
+                base_info = _base_info(ctx, plan.lane.base)
+        infos[plan.lane.name] = check_formats(ctx, plan, base_info)
+        plan.result.settle()
+    return [p.result for p in plans]
+
+
+def _base_info(ctx: Context, name: str):
+    """The base lane's folder info when it is not among the selected lanes (read headers only)."""
+    try:
+        base = ctx.manifest.lane(name)
+    except KeyError:
+        return None
+    plan = observe(ctx, base)
+    return check_formats(ctx, plan) if not plan.escaped else None

@@ -1,0 +1,187 @@
+"""click commands → exit codes; nothing else."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import ExitCode, ManifestError, PreflightError, UsageError
+
+DEFAULT_MANIFEST = "/etc/preflight/manifest.yaml"
+ENV = "PREFLIGHT_"
+
+
+def _env(name: str) -> str:
+    return ENV + name.upper().replace("-", "_")
+
+
+def opt(*decls: str, **kw):
+    """An option that also reads PREFLIGHT_<NAME> and says so in --help."""
+    name = next(d for d in decls if d.startswith("--")).lstrip("-")
+    kw.setdefault("envvar", _env(name))
+    kw.setdefault("show_envvar", True)
+    return click.option(*decls, **kw)
+
+
+def fail(exc: PreflightError, termination_log: str | None = None) -> int:
+    from .report import write_termination_log
+
+    click.echo(f"preflight: error: {exc}", err=True)
+    if exc.hint:
+        click.echo(f"  hint: {exc.hint}", err=True)
+    write_termination_log(termination_log, str(exc))
+    return int(exc.exit_code)
+
+
+def guarded(fn):
+    """The one place exceptions become exit codes (never a traceback unless asked)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        tlog = kwargs.get("termination_log")
+        try:
+            code = fn(*args, **kwargs)
+        except PreflightError as exc:
+            code = fail(exc, tlog)
+        except KeyboardInterrupt:
+            click.echo("preflight: interrupted", err=True)
+            code = ExitCode.INTERRUPTED
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:  # a bug: say so plainly, keep the contract's code
+            if os.environ.get("PREFLIGHT_TRACEBACK"):
+                raise
+            click.echo(f"preflight: internal error: {type(exc).__name__}: {exc} (set PREFLIGHT_TRACEBACK=1 for details)", err=True)
+            code = ExitCode.NOT_READY
+        sys.exit(int(code or 0))
+
+    return wrapper
+
+
+class LazyGroup(click.Group):
+    """Subcommands whose modules import heavy things load only when used."""
+
+    lazy = {
+        "sync": ("preflight.cli_sync", "sync"),
+        "lock": ("preflight.cli_sync", "lock"),
+        "smoke": ("preflight.cli_smoke", "smoke"),
+        "docker": ("preflight.docker", "docker_group"),
+    }
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[name]
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ImportError as exc:
+                if name == "docker":
+                    raise click.ClickException(f"`preflight docker` needs the Docker SDK: pip install 'lane-preflight[docker]' ({exc})")
+                raise
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lane-preflight", prog_name="preflight")
+def main() -> None:
+    """Make a model volume provably ready before inference starts.
+
+    \b
+    Exit codes: 0 ready, 1 not ready, 2 usage or manifest error, 3 fetch failed,
+    4 authentication, 5 disk space, 6 volume held by another writer, 130 interrupted.
+
+    \b
+    Examples:
+      preflight check --manifest lanes.yaml --models-dir /models
+      preflight sync --manifest lanes.yaml --profile minimal
+      preflight inspect /models/gguf/model.Q4_K_M.gguf
+    """
+
+
+def common_volume_options(fn):
+    decorators = [
+        opt("--manifest", "-m", default=DEFAULT_MANIFEST, show_default=True, type=click.Path(dir_okay=False), help="Manifest (YAML or JSON)."),
+        opt("--models-dir", "-d", default=None, help="Models folder; overrides the manifest's models_dir."),
+        opt("--profile", "-p", default=None, help="Act on the lanes of this profile only."),
+        click.option("--lane", "-l", "lanes", multiple=True, envvar="PREFLIGHT_LANES", show_envvar=True, help="Act on this lane only (repeatable; env: comma-separated)."),
+        opt("--lock", default=None, type=click.Path(dir_okay=False), help="Lock file (default: the manifest's `lock:` or <manifest>.lock.json when present)."),
+        opt("--state-dir", default=None, type=click.Path(file_okay=False), help="Where receipts live (default <models-dir>/.preflight)."),
+        opt("--verify", type=click.Choice(["auto", "full"]), default="auto", show_default=True, help="auto trusts receipts whose stat matches; full re-hashes every file with a known digest."),
+        opt("--json", "as_json", is_flag=True, help="Print the JSON report on stdout."),
+        opt("--report", default=None, type=click.Path(dir_okay=False), help="Also write the JSON report to this file."),
+        opt("--termination-log", default=None, help="Write a short reason here on failure (default /dev/termination-log when it exists; '' disables)."),
+        opt("--quiet", "-q", is_flag=True, help="No human summary on stderr."),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+def split_lanes(lanes: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in lanes:
+        out.extend(x for x in item.replace(",", " ").split() if x)
+    return tuple(out)
+
+
+@main.command()
+@common_volume_options
+@guarded
+def check(**kw) -> int:
+    """Validate the volume against the manifest (and lock). Never uses the network.
+
+    \b
+    Examples:
+      preflight check -m lanes.yaml -d /models
+      preflight check -m lanes.yaml --profile minimal --json
+      preflight check -m lanes.yaml --verify full      # re-hash, ignore receipts
+    """
+    from .session import Session
+
+    session = Session.open(command="check", **kw)
+    return session.finish(session.check())
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=False))
+@opt("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@opt("--allow-pickle", is_flag=True, help="Scan pickle weights instead of refusing them.")
+@guarded
+def inspect(path: str, as_json: bool, allow_pickle: bool, termination_log: str | None = None) -> int:
+    """Say what a file or folder is and every problem found. Never uses the network.
+
+    \b
+    Works on a .safetensors file, a sharded folder, a .gguf file (split too),
+    an adapter folder or a Hugging Face model folder.
+    \b
+    Examples:
+      preflight inspect /models/vllm/coder/bf16
+      preflight inspect model-00001-of-00004.gguf --json
+    """
+    from .inspect import inspect_path, render_inspect
+
+    p = Path(path)
+    if not os.path.lexists(p):
+        raise UsageError(f"{path}: no such file or folder")
+    result = inspect_path(p, allow_pickle=allow_pickle)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        render_inspect(result, sys.stdout)
+    return ExitCode.READY if not any(pr.get("severity", "error") == "error" for pr in result["problems"]) else ExitCode.NOT_READY
+
+
+if __name__ == "__main__":
+    main()

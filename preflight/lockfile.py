@@ -1,0 +1,103 @@
+"""The lock file: each lane's revision resolved to a commit, each file's size and digest.
+
+JSON (which is YAML), sorted, so diffs review well. Checking a volume against a
+lock needs no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+from .integrity import atomic_write
+from .manifest import FileExpect, Manifest, normalise_rel
+
+LOCK_VERSION = 1
+_SHA256SUM_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<path>.+)$")
+
+
+@dataclass
+class LockedLane:
+    name: str
+    source: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    files: dict[str, FileExpect] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "revision": self.revision, "commit": self.commit,
+            "files": {
+                rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1)) if v is not None}
+                for rel, e in sorted(self.files.items())
+            },
+        }
+
+
+@dataclass
+class Lock:
+    path: str
+    lanes: dict[str, LockedLane] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": LOCK_VERSION, "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
+
+    def save(self) -> None:
+        atomic_write(Path(self.path), self.to_json().encode())
+
+
+def default_lock_path(manifest: Manifest) -> Path:
+    base = Path(manifest.file).parent
+    if manifest.lock:
+        return base / manifest.lock
+    return base / (Path(manifest.file).stem + ".lock.json")
+
+
+def load_lock(path: str | os.PathLike) -> Lock:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_bytes())
+    except FileNotFoundError:
+        raise ManifestError("lock file not found", file=str(p), hint="run `preflight lock` to create it") from None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"lock file is not valid JSON ({exc})", file=str(p)) from None
+    if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(data.get("lanes"), dict):
+        raise ManifestError(f"not a version-{LOCK_VERSION} lock file (expected {{'version': 1, 'lanes': {{...}}}})", file=str(p))
+    lock = Lock(str(p))
+    for name, raw in data["lanes"].items():
+        if not isinstance(raw, dict) or not isinstance(raw.get("files", {}), dict):
+            raise ManifestError("malformed lane entry", file=str(p), field=f"lanes.{name}")
+        files = {}
+        for rel, exp in raw.get("files", {}).items():
+            norm = normalise_rel(rel)
+            if norm is None or not isinstance(exp, dict):
+                raise ManifestError(f"bad file entry {rel!r}", file=str(p), field=f"lanes.{name}.files")
+            size = exp.get("size")
+            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
+        lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files)
+    return lock
+
+
+def parse_sha256sum(text: str, file: str) -> dict[str, FileExpect]:
+    """Read `sha256sum` output (`<hex>  <path>` or `<hex> *<path>`)."""
+    out: dict[str, FileExpect] = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _SHA256SUM_LINE.match(line.rstrip("\n"))
+        if not m:
+            raise ManifestError("expected '<64 hex>  <path>' (sha256sum format)", file=file, line=i)
+        rel = normalise_rel(m["path"].removeprefix("./"))
+        if rel is None:
+            raise ManifestError(f"path {m['path']!r} escapes the lane folder", file=file, line=i)
+        out[rel] = FileExpect(None, m["hex"].lower(), None)
+    return out
+
+
+def format_sha256sum(files: dict[str, FileExpect]) -> str:
+    return "".join(f"{e.sha256}  {rel}\n" for rel, e in sorted(files.items()) if e.sha256)
