@@ -47,6 +47,14 @@ NOT_A_DIRECTORY = "not-a-directory"
 UNREADABLE = "unreadable"
 LOCK_DRIFT = "lock-drift"
 FETCH_FAILED = "fetch-failed"
+# Post-deploy smoke checks of inference endpoints.
+ENDPOINT_UNREACHABLE = "endpoint-unreachable"
+ENDPOINT_NOT_READY = "endpoint-not-ready"
+ENDPOINT_AUTH = "endpoint-auth"
+MODEL_MISMATCH = "model-mismatch"
+COMPLETION_FAILED = "completion-failed"
+EMBEDDING_FAILED = "embedding-failed"
+BAD_RESPONSE = "bad-response"
 
 
 @dataclass(frozen=True)
