@@ -1,0 +1,149 @@
+"""The volume lease: one writer at a time, where flock cannot be trusted (NFS, Lustre).
+
+An exclusively created file whose content changes on every heartbeat. A waiter
+judges it stale by watching it not change for `stale_after` seconds of its own
+monotonic clock, so clock skew between hosts does not matter. Correctness never
+rests on the lease: every writer stages privately and verifies before it
+publishes; the lease only keeps a file from being fetched twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import LeaseError
+
+LEASE = "lease.json"
+
+
+class Lease:
+    def __init__(self, state_dir: Path, *, stale_after: float = 60.0, heartbeat: float | None = None) -> None:
+        self.path = state_dir / LEASE
+        self.stale_after = stale_after
+        self.heartbeat = heartbeat if heartbeat is not None else max(0.5, stale_after / 4)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.held = False
+        self.lost = False
+
+    def _content(self) -> bytes:
+        return json.dumps({"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(), "beat": self._beats, "at": time.time()}).encode()
+
+    def holder(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_bytes())
+            return data if isinstance(data, dict) else {"owner": "?"}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"owner": "unknown (unreadable lease)"}
+
+    def _try_create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._content())
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def _snapshot(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+            return (st.st_mtime_ns, st.st_size, st.st_ino, self.path.read_bytes())
+        except OSError:
+            return None
+
+    def _break(self, seen: tuple) -> None:
+        """Move a stale lease aside, only if it is still the one we judged stale."""
+        aside = self.path.with_name(f"{LEASE}.stale.{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(self.path, aside)
+        except OSError:
+            return
+        try:
+            st = os.stat(aside)
+            if (st.st_mtime_ns, st.st_ino) != (seen[0], seen[2]):
+                # lost a race: a fresh lease was moved; put it back if the slot is still empty
+                try:
+                    os.link(aside, self.path)
+                except OSError:
+                    pass
+        finally:
+            try:
+                os.unlink(aside)
+            except OSError:
+                pass
+
+    def acquire(self, wait: float, log: Callable[[str], None], poll: float = 1.0) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        last_seen: tuple | None = None
+        unchanged_since = time.monotonic()
+        last_log = 0.0
+        while True:
+            if self._try_create():
+                self.held = True
+                self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+                self._thread.start()
+                return
+            seen = self._snapshot()
+            now = time.monotonic()
+            if seen != last_seen:
+                last_seen, unchanged_since = seen, now
+            elif seen is not None and now - unchanged_since >= self.stale_after:
+                holder = self.holder() or {}
+                log(f"lease held by {holder.get('owner', '?')} has not moved for {now - unchanged_since:.0f}s: taking over")
+                self._break(seen)
+                last_seen = None
+                continue
+            if now - started >= wait:
+                holder = self.holder() or {}
+                raise LeaseError(
+                    f"another writer ({holder.get('owner', '?')}) has held the volume for more than {wait:g}s",
+                    hint="raise --lease-wait, or remove .preflight/lease.json if that writer is gone",
+                )
+            if now - last_log >= 5:
+                holder = self.holder() or {}
+                log(f"waiting for {holder.get('owner', '?')}, which is syncing this volume ({now - started:.0f}s)")
+                last_log = now
+            time.sleep(poll)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                data = json.loads(self.path.read_bytes())
+                if data.get("owner") != self.owner:
+                    self.lost = True
+                    return
+                self._beats += 1
+                tmp = self.path.with_name(f".{LEASE}.{self.owner.replace(':', '_')}.tmp")
+                tmp.write_bytes(self._content())
+                os.replace(tmp, self.path)
+            except (OSError, ValueError):
+                self.lost = True
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.held:
+            try:
+                data = json.loads(self.path.read_bytes())
+                if data.get("owner") == self.owner:
+                    os.unlink(self.path)
+            except (OSError, ValueError):
+                pass
+        self.held = False

@@ -1,0 +1,158 @@
+"""Hugging Face Hub: revision → commit, file listing with sizes and digests, URLs, auth headers.
+
+huggingface_hub does what it does well here (endpoint, token, errors, URL
+building); the bytes themselves go through sources/http.py, which resumes across
+processes and hashes while writing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AuthError, FetchError, UsageError
+from ..manifest import FileExpect, Lane
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    rel: str  # path inside the lane folder
+    path_in_repo: str
+    size: int | None
+    sha256: str | None  # LFS files
+    sha1: str | None  # git blob id (what the Hub reports for every file)
+
+    @property
+    def expect(self) -> FileExpect:
+        return FileExpect(self.size, self.sha256, None if self.sha256 else self.sha1)
+
+    @property
+    def etag(self) -> str | None:
+        return self.sha256 or self.sha1
+
+
+@dataclass(frozen=True)
+class Listing:
+    commit: str
+    files: dict[str, RemoteFile]
+    gated: bool = False
+
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def read_token(token_file: str | None) -> str | None:
+    """--token-file first (a mounted secret, re-read each run), then HF_TOKEN, then HF_TOKEN_PATH."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+        return token or None
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token.strip()
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
+    from .. import __version__
+
+    return build_hf_headers(token=token or False, library_name="lane-preflight", library_version=__version__)
+
+
+def file_url(repo: str, path_in_repo: str, commit: str, repo_type: str = "model") -> str:
+    from huggingface_hub import hf_hub_url
+
+    return hf_hub_url(repo, path_in_repo, revision=commit, repo_type=None if repo_type == "model" else repo_type, endpoint=endpoint())
+
+
+def _selected(path: str, lane: Lane) -> bool:
+    if lane.include and not any(fnmatch.fnmatch(path, p) for p in lane.include):
+        return False
+    return not any(fnmatch.fnmatch(path, p) for p in lane.exclude)
+
+
+def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> Listing:
+    """One request: the repo at the lane's revision, with every file's size and digest."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    src = lane.source
+    assert src is not None and src.scheme == "hf" and src.repo
+    api = HfApi(endpoint=endpoint(), token=token or False)
+    where = f"{src.repo}@{src.revision}"
+    try:
+        info = api.repo_info(src.repo, revision=src.revision, repo_type=src.repo_type, files_metadata=True, timeout=timeout)
+    except GatedRepoError:
+        raise AuthError(
+            f"{src.repo} is gated: " + ("the token has no access to it" if token else "a token is needed and none was given"),
+            hint="accept the model's terms on the Hub, then pass a token (HF_TOKEN, HF_TOKEN_PATH or --token-file)",
+        ) from None
+    except RevisionNotFoundError:
+        raise FetchError(f"revision {src.revision!r} not found in {src.repo}") from None
+    except RepositoryNotFoundError:
+        if not token:
+            raise AuthError(f"{src.repo} not found, or private and no token was given", hint="pass a token (HF_TOKEN or --token-file) if the repo is private") from None
+        raise FetchError(f"repository {src.repo} not found (or the token cannot see it)") from None
+    except EntryNotFoundError:
+        raise FetchError(f"{where}: not found") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if getattr(exc, "response", None) is not None else None
+        if status in (401, 403):
+            raise AuthError(f"{where}: HTTP {status} (token rejected)") from None
+        raise FetchError(f"{where}: HTTP {status}: {str(exc).splitlines()[0][:200]}", status=status) from None
+    except Exception as exc:  # connection refused, DNS, timeouts from the HTTP client
+        raise FetchError(f"cannot reach {endpoint()} for {where}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    commit = info.sha
+    if not commit:
+        raise FetchError(f"{where}: the Hub gave no commit for this revision")
+    files: dict[str, RemoteFile] = {}
+    prefix = (src.path_in_repo or "").strip("/")
+    single = not lane.is_dir
+    for s in info.siblings or []:
+        path = s.rfilename
+        if single:
+            if path != prefix and not (lane.kind == "gguf" and _is_split_sibling(prefix, path)):
+                continue
+            rel = path.rsplit("/", 1)[-1]
+        else:
+            if prefix:
+                if not path.startswith(prefix + "/"):
+                    continue
+                rel = path[len(prefix) + 1 :]
+            else:
+                rel = path
+            if rel in (".gitattributes",) or not _selected(rel, lane):
+                continue
+        lfs = s.lfs
+        sha256 = getattr(lfs, "sha256", None) if lfs is not None else None
+        if isinstance(lfs, dict):
+            sha256 = lfs.get("sha256")
+        files[rel] = RemoteFile(rel, path, s.size, sha256, s.blob_id)
+    if single and not files:
+        raise FetchError(f"{prefix or '(no file)'} is not in {where}", hint="the hf:// source of a single-file lane must name the file: hf://org/repo/path/file@rev")
+    if not files:
+        raise FetchError(f"{where}: no files match the lane's include/exclude")
+    return Listing(commit, files, bool(getattr(info, "gated", False)))
+
+
+def _is_split_sibling(first: str, path: str) -> bool:
+    from ..check import gguf_split_names
+
+    names = gguf_split_names(first.rsplit("/", 1)[-1])
+    folder = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
+    return len(names) > 1 and path in {folder + n for n in names}

@@ -1,0 +1,212 @@
+"""Stream one URL into a staging file: resume with Range/If-Range, hash while writing,
+connect and stall timeouts. Standard library only (http.client reaches curl's speed)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from ..errors import AuthError, FetchError, StalledError
+from ..integrity import CHUNK, Hasher
+
+MAX_REDIRECTS = 10
+
+
+@dataclass
+class Timeouts:
+    connect: float = 10.0
+    stall: float = 60.0  # no byte for this long → give up on this attempt
+
+
+@dataclass
+class Fetched:
+    size: int
+    digests: dict[str, str]
+    resumed_from: int
+    url: str
+
+
+def redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"unsupported URL {url}", url=url)
+    port = parts.port
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, port, timeout=timeouts.connect, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeouts.connect)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return conn, target
+
+
+def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
+    """GET following redirects; Authorization is dropped when the host changes (CDN)."""
+    hdrs = dict(headers)
+    origin = urlsplit(url).netloc
+    for _ in range(MAX_REDIRECTS):
+        conn, target = _connect(url, timeouts)
+        try:
+            conn.request("GET", target, headers=hdrs)
+            conn.sock.settimeout(timeouts.stall)
+            resp = conn.getresponse()
+        except (socket.timeout, TimeoutError) as exc:
+            conn.close()
+            raise StalledError(f"no answer from {urlsplit(url).netloc} within {timeouts.connect:g}s", url=url) from exc
+        except OSError as exc:
+            conn.close()
+            raise FetchError(f"cannot connect to {urlsplit(url).netloc}: {exc.strerror or exc}", url=url) from exc
+        except http.client.HTTPException as exc:
+            conn.close()
+            raise FetchError(f"bad HTTP answer from {urlsplit(url).netloc}: {type(exc).__name__}", url=url) from exc
+        if resp.status in (301, 302, 303, 307, 308):
+            location = resp.getheader("Location")
+            resp.read()
+            conn.close()
+            if not location:
+                raise FetchError(f"HTTP {resp.status} without Location", url=url, status=resp.status)
+            url = urljoin(url, location)
+            if urlsplit(url).netloc != origin:
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
+            continue
+        return resp, conn, url
+    raise FetchError(f"more than {MAX_REDIRECTS} redirects", url=url)
+
+
+def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
+    body = b""
+    try:
+        body = resp.read(2000)
+    except Exception:
+        pass
+    code = resp.getheader("X-Error-Code") or ""
+    msg = resp.getheader("X-Error-Message") or body.decode("utf-8", "replace").strip()[:200]
+    text = f"HTTP {resp.status} for {url}" + (f" ({code}: {msg})" if code else (f": {msg}" if msg else ""))
+    if resp.status in (401, 403):
+        return AuthError(text, url=url, status=resp.status, hint="check the token (HF_TOKEN, HF_TOKEN_PATH or --token-file) and that it has access to the repo")
+    return FetchError(text, url=url, status=resp.status)
+
+
+def fetch_to(
+    url: str,
+    partial: Path,
+    *,
+    headers: Mapping[str, str] | None = None,
+    expected_size: int | None = None,
+    algos: tuple[str, ...] = ("sha256",),
+    etag: str | None = None,
+    timeouts: Timeouts | None = None,
+    progress: Callable[[int], None] | None = None,
+    deadline: float | None = None,
+) -> Fetched:
+    """One attempt: append to `partial` (resuming when it holds bytes), return digests of the whole file.
+
+    Raises FetchError (retryable) or AuthError. Bytes already in `partial` are kept
+    on failure, so the next attempt, or the next process, resumes.
+    """
+    timeouts = timeouts or Timeouts()
+    headers = dict(headers or {})
+    headers.setdefault("Accept-Encoding", "identity")
+    have = partial.stat().st_size if partial.exists() else 0
+    if expected_size is not None and have > expected_size:
+        partial.unlink()
+        have = 0
+    if expected_size is not None and have == expected_size and have > 0:
+        return Fetched(have, _hash_existing(partial, algos, expected_size, progress), have, url)
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if etag:
+            headers["If-Range"] = f'"{etag}"'
+    resp, conn, final_url = open_stream(url, headers, timeouts)
+    try:
+        if resp.status == 206 and have:
+            crange = resp.getheader("Content-Range") or ""
+            try:
+                start = int(crange.split()[1].split("-")[0])
+            except (IndexError, ValueError):
+                start = -1
+            if start != have:
+                raise FetchError(f"server resumed at byte {start}, asked for {have} (Content-Range: {crange!r})", url=url)
+            mode = "ab"
+        elif resp.status == 200:
+            have, mode = 0, "wb"  # server ignored Range (or If-Range failed): start over
+        elif resp.status == 416 and have:
+            resp.read()
+            partial.unlink()
+            raise FetchError("server refused to resume (416); partial bytes discarded", url=url, status=416)
+        else:
+            raise _http_error(resp, url)
+        total = None
+        length = resp.getheader("Content-Length")
+        if length and length.isdigit():
+            total = have + int(length)
+        size = expected_size if expected_size is not None else total
+        if expected_size is not None and total is not None and total != expected_size:
+            raise FetchError(f"server announces {total} bytes, expected {expected_size}", url=url)
+        hasher = Hasher(algos, size) if ("sha1" not in algos or size is not None) else Hasher(tuple(a for a in algos if a != "sha1"))
+        if have:
+            _feed(partial, hasher, have, progress)
+        with open(partial, mode) as f:
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise StalledError("the run's deadline passed during the download", url=url)
+                try:
+                    n = resp.readinto(buf)
+                except (socket.timeout, TimeoutError):
+                    raise StalledError(f"no data for {timeouts.stall:g}s (stalled at byte {have})", url=url) from None
+                except (OSError, http.client.HTTPException) as exc:
+                    raise FetchError(f"connection lost at byte {have}: {type(exc).__name__}", url=url) from None
+                if not n:
+                    break
+                f.write(view[:n])
+                hasher.update(view[:n])
+                have += n
+                if progress:
+                    progress(n)
+                if expected_size is not None and have > expected_size:
+                    raise FetchError(f"server sent more than the expected {expected_size} bytes", url=url)
+            f.flush()
+            os.fsync(f.fileno())
+        if total is not None and have != total:
+            raise FetchError(f"connection closed at byte {have} of {total}", url=url)
+        if expected_size is not None and have != expected_size:
+            raise FetchError(f"got {have} bytes, expected {expected_size}", url=url)
+        return Fetched(have, hasher.hexdigests(), int(headers.get("Range", "bytes=0-")[6:-1] or 0), final_url)
+    finally:
+        conn.close()
+
+
+def _feed(path: Path, hasher: Hasher, n: int, progress) -> None:
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        left = n
+        while left:
+            k = f.readinto(buf)
+            if not k:
+                break
+            k = min(k, left)
+            hasher.update(view[:k])
+            left -= k
+            if progress:
+                progress(k)
+
+
+def _hash_existing(path: Path, algos, size, progress) -> dict[str, str]:
+    hasher = Hasher(algos, size)
+    _feed(path, hasher, size, progress)
+    return hasher.hexdigests()
