@@ -532,6 +532,10 @@ def _stderr_log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _secs(s: float) -> str:
+    return f"{s:.1f}s" if s < 10 else f"{s:.0f}s"
+
+
 def _watch(ep: Endpoint, *, deadline_s: float, interval_s: float, request_timeout_s: float, completion: bool,
            log: Callable[[str], None], log_every_s: float, stop: threading.Event) -> EndpointResult:
     start = time.monotonic()
@@ -564,7 +568,7 @@ def _watch(ep: Endpoint, *, deadline_s: float, interval_s: float, request_timeou
                     result.problems.append(Problem("/", pc.ENDPOINT_UNREACHABLE, msg))
                 break
             if exc.reason != last_reason or now - last_log >= log_every_s:
-                log(f"smoke: {ep.name}: waiting for {ep.label}: {exc.reason} ({waited:.1f}s elapsed, {deadline - now:.0f}s left)")
+                log(f"smoke: {ep.name}: waiting for {ep.label}: {exc.reason} ({waited:.1f}s elapsed, {_secs(deadline - now)} left)")
                 last_reason, last_log = exc.reason, now
             stop.wait(min(interval_s, max(0.0, deadline - now)))
         else:
