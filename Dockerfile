@@ -1,0 +1,63 @@
+# lane-preflight: an init container that makes a model volume provably ready.
+#
+#   docker build -t lane-preflight .                      # from PyPI, on python:3.11-slim
+#   ops/wheelhouse.sh && docker build --build-arg BASE_IMAGE=lane-preflight-base:bookworm -t lane-preflight .
+#
+# With a wheelhouse/ folder in the context every wheel comes from it (--no-index);
+# without one, from the package index. Code changes rebuild only the last layers.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS builder
+ARG HF_XET=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python3 -m venv /opt/preflight
+COPY pyproject.toml wheelhouse* /wheels/
+RUN set -eu; \
+    index=""; if ls /wheels/*.whl >/dev/null 2>&1; then index="--no-index --find-links /wheels"; fi; \
+    python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+        /wheels/pyproject.toml >/tmp/requirements.txt; \
+    /opt/preflight/bin/pip install --quiet $index -r /tmp/requirements.txt; \
+    if [ "$HF_XET" = 0 ]; then /opt/preflight/bin/pip uninstall --quiet -y hf-xet; fi
+
+COPY pyproject.toml README* /src/
+COPY preflight /src/preflight
+RUN set -eu; \
+    index=""; if ls /wheels/*.whl >/dev/null 2>&1; then index="--no-index --find-links /wheels"; fi; \
+    /opt/preflight/bin/pip install --quiet $index --no-deps /src; \
+    /opt/preflight/bin/python -m pip uninstall --quiet -y pip setuptools; \
+    find /opt/preflight -name __pycache__ -type d -prune -exec rm -rf {} +; \
+    /opt/preflight/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/preflight/lib; \
+    /opt/preflight/bin/preflight --version
+
+FROM ${BASE_IMAGE}
+# /models is owned by the runtime user so a fresh named volume mounted there is writable.
+RUN echo 'preflight:x:65532:65532::/tmp:/usr/sbin/nologin' >>/etc/passwd \
+ && echo 'preflight:x:65532:' >>/etc/group \
+ && mkdir -p /models /etc/preflight \
+ && chown 65532:65532 /models
+COPY --from=builder /opt/preflight /opt/preflight
+ENV PATH=/opt/preflight/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    HF_HOME=/tmp/hf \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    PREFLIGHT_MANIFEST=/etc/preflight/manifest.yaml \
+    PREFLIGHT_MODELS_DIR=/models
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["preflight"]
+CMD ["sync"]
+# Last, so a new revision relabels the image without rebuilding a layer.
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG SOURCE=""
+LABEL org.opencontainers.image.title="lane-preflight" \
+      org.opencontainers.image.description="Init container that validates and fetches model files before inference starts" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
