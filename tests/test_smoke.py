@@ -21,6 +21,14 @@ FAST = {"interval_s": 0.05, "request_timeout_s": 2.0}
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def no_preflight_env(monkeypatch):
+    """Options come from PREFLIGHT_* variables: a developer's own must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("PREFLIGHT_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def serve():
     started: list[FakeServer] = []
@@ -317,12 +325,17 @@ def test_cli_usage_errors_exit_2_without_traceback(tmp_path, args, env, says):
     assert "Traceback" not in result.output + result.stderr
 
 
-def test_real_process(serve, tmp_path):
+# The console script `preflight` is `preflight.cli:main`; run it the same way, from this checkout.
+CONSOLE_SCRIPT = ["-c", "import sys; from preflight.cli import main; sys.argv[0] = 'preflight'; main()", "smoke"]
+
+
+@pytest.mark.parametrize("command", [["-m", "preflight.cli_smoke"], CONSOLE_SCRIPT], ids=["module", "console-script"])
+def test_real_process(serve, tmp_path, command):
     vllm = serve("vllm", refuse_for=0.3)
     llama = serve("llama.cpp", loading_for=0.3)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "preflight.cli_smoke", "-e", f"coder=vllm@{vllm.url}/v1#tiny-llm", "-e", f"reader=llama.cpp@{llama.url}",
+        [sys.executable, *command, "-e", f"coder=vllm@{vllm.url}/v1#tiny-llm", "-e", f"reader=llama.cpp@{llama.url}",
          "--interval", "0.05", "--deadline", "10", "--json"],
         capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path,
     )
