@@ -1,0 +1,187 @@
+"""The Kubernetes manifests in ops/k8s: schema-valid (offline) and wired together."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from preflight.manifest import load_manifest
+
+K8S = Path(__file__).resolve().parent.parent / "ops" / "k8s"
+K8S_VERSION = "1.29.0"
+
+
+def _docs() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        out.extend((path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return out
+
+
+def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for _, d in _docs() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _pod(kind: str) -> dict[str, Any]:
+    return _one(kind)["spec"]["template"]["spec"]
+
+
+def _preflight_container(kind: str) -> dict[str, Any]:
+    pod = _pod(kind)
+    containers = pod.get("initContainers", []) if kind == "Deployment" else pod["containers"]
+    (container,) = [c for c in containers if c["image"].startswith("lane-preflight")]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def _mount(container: dict[str, Any], volume: str) -> dict[str, Any]:
+    (m,) = [m for m in container["volumeMounts"] if m["name"] == volume]
+    return m
+
+
+def _volume(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    (v,) = [v for v in pod["volumes"] if v["name"] == name]
+    return v
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError("network use during offline validation")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("name,doc", _docs(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_every_resource_validates_offline_against_bundled_schemas(name: str, doc: dict[str, Any], no_network: None) -> None:
+    assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda pod: pod["initContainers"][0]["securityContext"].__setitem__("runAsUser", "nobody"),
+        lambda pod: pod["initContainers"][0].__setitem__("volumeMount", []),
+        lambda pod: pod["volumes"][0].__setitem__("persistentVolumeClaim", {"claim": "models"}),
+    ],
+    ids=["wrong-type", "misspelt-field", "missing-required-field"],
+)
+def test_validation_rejects_a_broken_deployment(breakage: Any, no_network: None) -> None:
+    deployment = copy.deepcopy(_one("Deployment"))
+    breakage(deployment["spec"]["template"]["spec"])
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest_file() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    assert {i["name"] for i in kustomization["images"]} == {"lane-preflight"}
+
+
+def test_init_container_and_server_share_the_rwx_claim() -> None:
+    pod = _pod("Deployment")
+    init = _preflight_container("Deployment")
+    (server,) = pod["containers"]
+    claim = _volume(pod, "models")["persistentVolumeClaim"]["claimName"]
+    pvc = _one("PersistentVolumeClaim", claim)
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    assert _mount(init, "models")["mountPath"] == _mount(server, "models")["mountPath"] == "/models"
+    assert not _mount(init, "models").get("readOnly", False)
+    assert _mount(server, "models")["readOnly"] is True
+    assert _env(init)["PREFLIGHT_MODELS_DIR"] == "/models"
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_preflight_runs_hardened(kind: str) -> None:
+    container = _preflight_container(kind)
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert "emptyDir" in _volume(_pod(kind), _mount_at(container, "/tmp"))
+    assert _pod(kind)["securityContext"]["fsGroup"] == 65532
+
+
+def _mount_at(container: dict[str, Any], path: str) -> str:
+    (m,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+    return m["name"]
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_token_comes_from_a_read_only_secret_file(kind: str) -> None:
+    pod = _pod(kind)
+    container = _preflight_container(kind)
+    mount = _mount(container, "hf-token")
+    assert mount["readOnly"] is True
+    secret_ref = _volume(pod, "hf-token")["secret"]
+    secret = _one("Secret", secret_ref["secretName"])
+    (item,) = secret_ref["items"]
+    assert item["key"] in secret["stringData"]
+    token_path = f"{mount['mountPath']}/{item['path']}"
+    env = _env(container)
+    assert env["PREFLIGHT_TOKEN_FILE"] == env["HF_TOKEN_PATH"] == token_path
+    assert not {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"} & set(env)
+    assert not any("valueFrom" in e for e in container["env"])
+    assert secret_ref["defaultMode"] & 0o007 == 0, "token file must not be world-readable"
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_manifest_comes_from_the_configmap_and_parses(kind: str, tmp_path: Path) -> None:
+    pod = _pod(kind)
+    container = _preflight_container(kind)
+    mount = _mount(container, "manifest")
+    assert mount["readOnly"] is True
+    cm_ref = _volume(pod, "manifest")["configMap"]
+    (item,) = cm_ref["items"]
+    assert _env(container)["PREFLIGHT_MANIFEST"] == f"{mount['mountPath']}/{item['path']}"
+    text = _one("ConfigMap", cm_ref["name"])["data"][item["key"]]
+    (tmp_path / "manifest.yaml").write_text(text)
+    manifest = load_manifest(tmp_path / "manifest.yaml", env={})
+    assert manifest.models_dir == "/models"
+    assert manifest.lanes
+
+
+def test_server_serves_a_folder_the_manifest_makes_ready(tmp_path: Path) -> None:
+    (server,) = _pod("Deployment")["containers"]
+    model = next(a.split("=", 1)[1] for a in server["args"] if a.startswith("--model="))
+    text = _one("ConfigMap")["data"]["manifest.yaml"]
+    (tmp_path / "manifest.yaml").write_text(text)
+    manifest = load_manifest(tmp_path / "manifest.yaml", env={})
+    required = {f"{manifest.models_dir}/{lane.path}" for lane in manifest.lanes if lane.required}
+    assert model in required
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in server["env"]
+
+
+def test_prewarm_job_fails_fast_on_manifest_and_auth_errors() -> None:
+    job = _one("Job")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"]["containerName"] == _preflight_container("Job")["name"]
+    assert sorted(rule["onExitCodes"]["values"]) == [2, 4]
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+
+
+def test_job_and_init_container_run_the_same_preflight() -> None:
+    init, job = _preflight_container("Deployment"), _preflight_container("Job")
+    for key in ("image", "args", "env", "securityContext", "volumeMounts"):
+        assert init[key] == job[key], key
+    assert _pod("Deployment")["volumes"] == _pod("Job")["volumes"]
