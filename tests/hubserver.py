@@ -369,30 +369,41 @@ class _Handler(BaseHTTPRequestHandler):
         self.state = self.server.state
         self._status = 0
         self._sent = 0
-        self._outcome = "complete"
+        self._outcome = "in-progress"
         self._info: dict[str, str | None] = {"kind": "unknown", "repo_id": None, "file": None, "revision": None}
         length = int(self.headers.get("Content-Length") or 0)
         self._body = self.rfile.read(length) if length else b""
         raw_path, _, self._query = self.path.partition("?")
+        with self.state.lock:
+            self._log_index = len(self.state.log)
+            self.state.log.append(self._log_entry(raw_path, self._sent))
         try:
             self._route(raw_path)
+            if self._outcome == "in-progress":
+                self._outcome = "complete"
         except (BrokenPipeError, ConnectionResetError):
             self._outcome = "client-closed"
             self.close_connection = True
         finally:
-            self._record(raw_path)
+            self._publish(self._sent)
 
-    def _record(self, raw_path: str) -> None:
+    def _log_entry(self, raw_path: str, bytes_sent: int) -> LoggedRequest:
         headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
-        entry = LoggedRequest(
+        return LoggedRequest(
             method=self.command, path=unquote(raw_path), query=self._query, kind=self._info["kind"] or "unknown",
             port=self.server.server_address[1], repo_id=self._info["repo_id"], file=self._info["file"],
             revision=self._info["revision"], range=self.headers.get("Range"),
             if_range=self.headers.get("If-Range"), authorization="Authorization" in self.headers,
-            headers=headers, status=self._status, bytes_sent=self._sent, outcome=self._outcome,
+            headers=headers, status=self._status, bytes_sent=bytes_sent,
+            outcome="complete" if self._outcome == "in-progress" else self._outcome,
         )
+
+    def _publish(self, bytes_sent: int) -> None:
+        """Update this request's log entry. Called before the last bytes leave, so a client that
+        has its answer always finds the request in the log; corrected afterwards if sending fails."""
+        entry = self._log_entry(self.path.partition("?")[0], bytes_sent)
         with self.state.lock:
-            self.state.log.append(entry)
+            self.state.log[self._log_index] = entry
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self._status = code
@@ -409,8 +420,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        body = b"" if self.command == "HEAD" else body
+        self._publish(self._sent + len(body))
         self.end_headers()
-        if self.command != "HEAD" and body:
+        if body:
             self._write(body)
 
     def _json(self, obj: object, headers: Mapping[str, str] | None = None) -> None:
@@ -720,8 +733,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         for name, value in headers.items():
             self.send_header(name, value)
-        self.end_headers()
         if self.command == "HEAD":
+            self._publish(0)
+            self.end_headers()
             return None
         self._stream(content, start, end + 1, fault)
         return None
@@ -730,6 +744,11 @@ class _Handler(BaseHTTPRequestHandler):
         drop = fault.take("drop") if fault else None
         stall = fault.take("stall") if fault else None
         corrupt = fault.take("corrupt") if fault else None
+        if drop is not None and int(drop) >= stop - start:  # type: ignore[call-overload]
+            drop = None
+        if stop == start:
+            self._publish(0)
+        self.end_headers()
         pos = start
         while pos < stop:
             limit = min(stop, pos + _CHUNK)
@@ -740,17 +759,21 @@ class _Handler(BaseHTTPRequestHandler):
             data = content.read(pos, limit - pos)
             if corrupt is not None:
                 data = _flip(data, pos, *corrupt)  # type: ignore[misc]
+            if limit == stop:
+                self._publish(self._sent + len(data))
             if data:
                 self._write(data)
             pos = limit
             if drop is not None and self._sent >= int(drop):  # type: ignore[call-overload]
                 self._outcome = "dropped"
                 self.close_connection = True
+                self._publish(self._sent)
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if stall is not None and self._sent >= stall[0]:  # type: ignore[index]
                 self._outcome = "stalled"
+                self._publish(self._sent)
                 self.state.stopping.wait(stall[1])  # type: ignore[index]
                 stall = None
                 if self.state.stopping.is_set():
@@ -806,31 +829,40 @@ class HubServer:
     ) -> None:
         self.host = host
         self.token = token
-        self._ports = (port, cdn_port)
         self._state = _State(token, lfs_threshold, lfs_suffixes, tree_page_size)
         self._servers: list[_HTTPServer] = []
         self._threads: list[threading.Thread] = []
+        self._bind(port, cdn_port)
+        self.port: int = self._servers[0].server_address[1]
+        self.cdn_port: int = self._servers[1].server_address[1]
+        self._state.cdn_port = self.cdn_port
 
     # lifecycle
 
+    def _bind(self, port: int, cdn_port: int) -> None:
+        self._servers = [_HTTPServer((self.host, port), self._state, "hub"),
+                         _HTTPServer((self.host, cdn_port), self._state, "cdn")]
+
     def start(self) -> HubServer:
-        if self._servers:
+        """Serve (again, on the same ports after :meth:`stop`)."""
+        if self._threads:
             return self
+        if not self._servers:
+            self._bind(self.port, self.cdn_port)
         self._state.stopping.clear()
-        for role, port in zip(("hub", "cdn"), self._ports):
-            server = _HTTPServer((self.host, port), self._state, role)
+        for server in self._servers:
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name=f"hubserver-{role}", daemon=True)
+                                      name=f"hubserver-{server.role}", daemon=True)
             thread.start()
-            self._servers.append(server)
             self._threads.append(thread)
-        self._state.cdn_port = self._servers[1].server_address[1]
         return self
 
     def stop(self) -> None:
+        """Close the ports and every open connection; stalled responses end at once."""
         self._state.stopping.set()
         for server in self._servers:
-            server.shutdown()
+            if self._threads:
+                server.shutdown()
             server.close_connections()
             server.server_close()
         for thread in self._threads:
@@ -843,18 +875,6 @@ class HubServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    @property
-    def port(self) -> int:
-        if not self._servers:
-            raise RuntimeError("HubServer is not started")
-        return self._servers[0].server_address[1]
-
-    @property
-    def cdn_port(self) -> int:
-        if not self._servers:
-            raise RuntimeError("HubServer is not started")
-        return self._servers[1].server_address[1]
 
     @property
     def url(self) -> str:
@@ -957,7 +977,7 @@ class HubServer:
         if path.startswith("/api/") or path.startswith("/cdn/"):
             raise ValueError(f"path {path!r} is reserved for the Hub API")
         self._state.urls[path] = (_Content(data), dict(headers or {}))
-        return f"{self.url}{quote(path)}" if self._servers else quote(path)
+        return f"{self.url}{quote(path)}"
 
     def file_url(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "model") -> str:
         """The ``/resolve`` URL of a file, as ``huggingface_hub.hf_hub_url`` builds it."""
