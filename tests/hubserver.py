@@ -203,7 +203,10 @@ class Fault:
         self, code: int, times: int | None = 1, *, methods: Collection[str] = ("GET",),
         headers: Mapping[str, str] | None = None,
     ) -> Fault:
-        """Answer ``code`` (e.g. 500, 503, 429) to the next ``times`` requests using ``methods``."""
+        """Answer ``code`` (e.g. 500, 503, 429) to the next ``times`` requests using ``methods``.
+
+        For a repo file this is whichever request comes first: ``/resolve`` or the CDN GET.
+        """
         methods_upper = frozenset(m.upper() for m in methods)
         return self._set("status", (code, methods_upper, dict(headers or {})), times)
 
