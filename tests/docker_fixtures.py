@@ -1,0 +1,236 @@
+"""Fixtures and helpers for tests that run the image on the real Docker engine.
+
+conftest.py imports the fixtures from here. With no engine reachable the tests skip,
+except under CI (CI set), where they fail: CI must not go green without running them.
+
+The image is built once per session (base image if missing, wheelhouse, project
+image); layers are reused, so only a code change rebuilds, and only the last layers.
+Containers reach the test Hub server through the host network namespace, so every
+request stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from filelock import FileLock
+
+REPO = Path(__file__).resolve().parent.parent
+BASE_IMAGE = "lane-preflight-base:bookworm"
+TEST_IMAGE = os.environ.get("PREFLIGHT_TEST_IMAGE", "lane-preflight:test")
+TEST_LABEL = "io.lane-preflight.test"
+RUNTIME_UID = 65532
+
+MANIFEST = """\
+version: 1
+models_dir: ${MODELS_PATH:-/models}
+lanes:
+  - name: tiny
+    kind: hf-dir
+    path: vllm/tiny
+    source: hf://org/tiny@main
+  - name: tiny-gguf
+    kind: gguf
+    path: gguf/tiny.gguf
+    source: hf://org/tiny-gguf/tiny.gguf@main
+"""
+
+
+def unavailable(reason: str) -> None:
+    """Skip outside CI; fail under CI, where a missing engine is a broken setup."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so Docker tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        unavailable(f"no Docker engine reachable: {exc}")
+    yield client
+    client.close()
+
+
+def _sh(args: list[str], timeout: float) -> str:
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _revision() -> str:
+    try:
+        return _sh(["git", "rev-parse", "HEAD"], 30).strip()
+    except (RuntimeError, OSError):
+        return "unknown"
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    import docker
+
+    try:
+        docker_client.images.get(BASE_IMAGE)
+        return BASE_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    if os.geteuid() != 0:
+        unavailable(f"{BASE_IMAGE} is missing and building it (debootstrap) needs root")
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "preflight-base-image.lock")):
+        _sh(["bash", "ops/base-image/build.sh", BASE_IMAGE], timeout=1200)
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def preflight_image(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The project image, built from the working tree (cached layers make reruns fast)."""
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "preflight-image.lock")):
+        _sh(["bash", "ops/wheelhouse.sh"], timeout=600)
+        _sh(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", "VERSION=test",
+             "--build-arg", f"REVISION={_revision()}", "-t", TEST_IMAGE, str(REPO)], timeout=1200)
+    return TEST_IMAGE
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def write_tiny_hf_dir(folder: Path) -> Path:
+    """A small but valid vLLM folder: config, tokenizer, one safetensors file."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 32, "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer = {"version": "1.0", "model": {"type": "BPE", "vocab": {f"t{i}": i for i in range(32)}, "merges": []}}
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
+    rng = np.random.default_rng(0)
+    save_file({"model.embed_tokens.weight": rng.standard_normal((32, 16), dtype=np.float32),
+               "lm_head.weight": rng.standard_normal((32, 16), dtype=np.float32)},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def write_tiny_gguf(path: Path) -> Path:
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(128)
+    writer.add_embedding_length(16)
+    writer.add_tensor("token_embd.weight", np.arange(32 * 16, dtype=np.float32).reshape(32, 16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def own_for_container(path: Path) -> None:
+    """Hand a host tree to the container's uid, which must write state and staging there."""
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, RUNTIME_UID, RUNTIME_UID, follow_symlinks=False)
+
+
+@dataclass
+class Setup:
+    """A manifest and a models folder on the host, ready to mount."""
+
+    root: Path
+    manifest: Path
+    models: Path
+
+    def mounts(self, *, models_mode: str = "rw") -> dict[str, dict[str, str]]:
+        return {str(self.models): {"bind": "/models", "mode": models_mode},
+                str(self.manifest): {"bind": "/etc/preflight/manifest.yaml", "mode": "ro"}}
+
+
+def make_setup(root: Path, *, ready: bool) -> Setup:
+    models = root / "models"
+    models.mkdir(parents=True)
+    if ready:
+        write_tiny_hf_dir(models / "vllm" / "tiny")
+        write_tiny_gguf(models / "gguf" / "tiny.gguf")
+    manifest = root / "manifest.yaml"
+    manifest.write_text(MANIFEST)
+    own_for_container(models)
+    return Setup(root, manifest, models)
+
+
+def corrupt(setup: Setup) -> None:
+    """Truncate the safetensors file: a size check catches it, no hashing needed."""
+    weights = setup.models / "vllm" / "tiny" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 100])
+
+
+@pytest.fixture
+def ready_setup(tmp_path: Path) -> Setup:
+    return make_setup(tmp_path, ready=True)
+
+
+@pytest.fixture
+def empty_setup(tmp_path: Path) -> Setup:
+    return make_setup(tmp_path, ready=False)
+
+
+@pytest.fixture
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The Hub test server on 127.0.0.1 serving org/tiny and org/tiny-gguf."""
+    from tests.hubserver import HubServer
+
+    src = tmp_path_factory.mktemp("hub-src")
+    folder = write_tiny_hf_dir(src / "tiny")
+    gguf_file = write_tiny_gguf(src / "tiny.gguf")
+    with HubServer("127.0.0.1") as server:
+        server.add_repo("org/tiny", {p.name: p for p in folder.iterdir()})
+        server.add_repo("org/tiny-gguf", {"tiny.gguf": gguf_file})
+        yield server
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Finished:
+    exit_code: int
+    logs: str
+
+
+def run_container(client: Any, image: str, command: list[str] | None = None, *, timeout: float = 180,
+                  **kwargs: Any) -> Finished:
+    """Run to completion and remove; returns the exit code and the combined log."""
+    labels = {TEST_LABEL: "1", **kwargs.pop("labels", {})}
+    container = client.containers.create(image, command, labels=labels, detach=True, **kwargs)
+    try:
+        container.start()
+        deadline = time.monotonic() + timeout
+        status = container.wait(timeout=max(1.0, deadline - time.monotonic()))
+        logs = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+        return Finished(int(status["StatusCode"]), logs)
+    finally:
+        container.remove(force=True)
+
+
+HARDENED: dict[str, Any] = {
+    "read_only": True,
+    "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"},
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges"],
+    "user": f"{RUNTIME_UID}:{RUNTIME_UID}",
+}

@@ -1,0 +1,140 @@
+"""The image on the real Docker engine: `docker run` against host folders."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.docker_fixtures import (
+    HARDENED,
+    RUNTIME_UID,
+    Setup,
+    corrupt,
+    run_container,
+    write_tiny_gguf,
+    write_tiny_hf_dir,
+)
+
+pytestmark = pytest.mark.docker
+
+ADDED_LAYERS_LIMIT = 130 * 1024 * 1024
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".preflight" not in p.parts}
+
+
+def _host_check(setup: Setup) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from preflight.cli import main; main()", "check",
+         "--manifest", str(setup.manifest), "--models-dir", str(setup.models), "--termination-log", ""],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_image_contract(docker_client: Any, preflight_image: str, base_image: str) -> None:
+    image = docker_client.images.get(preflight_image)
+    config = image.attrs["Config"]
+    assert config["User"] == f"{RUNTIME_UID}:{RUNTIME_UID}"
+    assert config["Entrypoint"] == ["preflight"] and config["Cmd"] == ["sync"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["PREFLIGHT_MANIFEST"] == "/etc/preflight/manifest.yaml"
+    assert env["PREFLIGHT_MODELS_DIR"] == "/models"
+    assert env["HOME"].startswith("/tmp") and env["HF_HOME"].startswith("/tmp")
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    labels = config["Labels"]
+    assert {"org.opencontainers.image.source", "org.opencontainers.image.version"} <= set(labels)
+    assert len(labels["org.opencontainers.image.revision"]) == 40
+    added = image.attrs["Size"] - docker_client.images.get(base_image).attrs["Size"]
+    assert 0 < added <= ADDED_LAYERS_LIMIT, f"layers on top of the base: {added / 2**20:.1f} MiB"
+
+
+def test_runtime_venv_holds_only_runtime_dependencies(docker_client: Any, preflight_image: str) -> None:
+    probe = (
+        "import importlib.util as u, pathlib\n"
+        "for m in ['pip', 'setuptools', 'numpy', 'gguf', 'safetensors', 'docker']:\n"
+        "    print(m, u.find_spec(m) is not None)\n"
+        "for m in ['click', 'yaml', 'huggingface_hub', 'picklescan', 'preflight.cli']:\n"
+        "    print(m, u.find_spec(m) is not None)\n"
+        "import preflight, sys\n"
+        "pyc = list(pathlib.Path(preflight.__file__).parent.glob('__pycache__/cli.*.pyc'))\n"
+        "print('pyc', bool(pyc))\n"
+    )
+    done = run_container(docker_client, preflight_image, ["-c", probe], entrypoint="python", network_mode="none", **HARDENED)
+    assert done.exit_code == 0, done.logs
+    found = dict(line.split() for line in done.logs.split("\n") if line.strip())
+    assert found == {
+        "pip": "False", "setuptools": "False", "numpy": "False", "gguf": "False", "safetensors": "False",
+        "docker": "False", "click": "True", "yaml": "True", "huggingface_hub": "True", "picklescan": "True",
+        "preflight.cli": "True", "pyc": "True",
+    }
+
+
+def test_check_of_a_ready_folder_exits_0_without_network(docker_client: Any, preflight_image: str, ready_setup: Setup) -> None:
+    done = run_container(docker_client, preflight_image, ["check"], volumes=ready_setup.mounts(models_mode="ro"),
+                         network_mode="none", **HARDENED)
+    assert done.exit_code == 0, done.logs
+    assert "tiny" in done.logs
+
+
+def test_default_command_syncs_a_ready_folder_offline(docker_client: Any, preflight_image: str, ready_setup: Setup) -> None:
+    before = _digests(ready_setup.models)
+    done = run_container(docker_client, preflight_image, volumes=ready_setup.mounts(), network_mode="none",
+                         environment={"HF_HUB_OFFLINE": "1"}, **HARDENED)
+    assert done.exit_code == 0, done.logs
+    assert _digests(ready_setup.models) == before
+
+
+def test_sync_fills_an_empty_folder_from_the_hub_hardened(docker_client: Any, preflight_image: str, empty_setup: Setup,
+                                                         hub: Any, tmp_path: Path) -> None:
+    done = run_container(docker_client, preflight_image, ["sync"], volumes=empty_setup.mounts(), network_mode="host",
+                         environment=hub.env(token=False), **HARDENED)
+    assert done.exit_code == 0, done.logs
+    expected = tmp_path / "expected"
+    write_tiny_hf_dir(expected / "vllm" / "tiny")
+    write_tiny_gguf(expected / "gguf" / "tiny.gguf")
+    assert _digests(empty_setup.models) == _digests(expected)
+    assert all(p.stat().st_uid == RUNTIME_UID for p in empty_setup.models.rglob("*"))
+    host = _host_check(empty_setup)
+    assert host.returncode == 0, host.stderr
+    assert not [p for p in empty_setup.models.rglob("*") if p.name.endswith((".part", ".tmp", ".incomplete"))]
+
+
+def test_corrupt_folder_offline_fails_with_reason_in_termination_log(docker_client: Any, preflight_image: str,
+                                                                    ready_setup: Setup) -> None:
+    corrupt(ready_setup)
+    tlog = ready_setup.root / "termination-log"
+    tlog.touch()
+    import os
+
+    os.chown(tlog, RUNTIME_UID, RUNTIME_UID)
+    volumes = {**ready_setup.mounts(), str(tlog): {"bind": "/dev/termination-log", "mode": "rw"}}
+    done = run_container(docker_client, preflight_image, ["sync"], volumes=volumes, network_mode="none",
+                         environment={"HF_HUB_OFFLINE": "1"}, **HARDENED)
+    assert done.exit_code == 1, done.logs
+    reason = tlog.read_text()
+    assert reason.strip(), "termination log left empty"
+    assert "tiny" in reason and len(reason) <= 4096
+    assert (ready_setup.models / "vllm" / "tiny" / "model.safetensors").exists(), "a file was deleted"
+
+
+def test_check_mounts_read_only_and_reports_not_ready(docker_client: Any, preflight_image: str, ready_setup: Setup) -> None:
+    corrupt(ready_setup)
+    before = _digests(ready_setup.models)
+    done = run_container(docker_client, preflight_image, ["check"], volumes=ready_setup.mounts(models_mode="ro"),
+                         network_mode="none", **HARDENED)
+    assert done.exit_code == 1, done.logs
+    assert "truncated" in done.logs or "size" in done.logs
+    assert _digests(ready_setup.models) == before
+
+
+def test_missing_manifest_is_a_usage_error(docker_client: Any, preflight_image: str, ready_setup: Setup) -> None:
+    volumes = {str(ready_setup.models): {"bind": "/models", "mode": "ro"}}
+    done = run_container(docker_client, preflight_image, ["check"], volumes=volumes, network_mode="none", **HARDENED)
+    assert done.exit_code == 2, done.logs
+    assert "/etc/preflight/manifest.yaml" in done.logs
