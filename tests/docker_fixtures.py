@@ -181,12 +181,12 @@ def corrupt(setup: Setup) -> None:
 
 @pytest.fixture
 def ready_setup(tmp_path: Path) -> Setup:
-    return make_setup(tmp_path, ready=True)
+    return make_setup(tmp_path / "ready", ready=True)
 
 
 @pytest.fixture
 def empty_setup(tmp_path: Path) -> Setup:
-    return make_setup(tmp_path, ready=False)
+    return make_setup(tmp_path / "empty", ready=False)
 
 
 @pytest.fixture

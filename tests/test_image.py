@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +112,6 @@ def test_corrupt_folder_offline_fails_with_reason_in_termination_log(docker_clie
     corrupt(ready_setup)
     tlog = ready_setup.root / "termination-log"
     tlog.touch()
-    import os
-
     os.chown(tlog, RUNTIME_UID, RUNTIME_UID)
     volumes = {**ready_setup.mounts(), str(tlog): {"bind": "/dev/termination-log", "mode": "rw"}}
     done = run_container(docker_client, preflight_image, ["sync"], volumes=volumes, network_mode="none",
@@ -138,3 +138,27 @@ def test_missing_manifest_is_a_usage_error(docker_client: Any, preflight_image: 
     done = run_container(docker_client, preflight_image, ["check"], volumes=volumes, network_mode="none", **HARDENED)
     assert done.exit_code == 2, done.logs
     assert "/etc/preflight/manifest.yaml" in done.logs
+
+
+def test_operator_scripts_check_a_host_dir_and_fill_a_volume(docker_client: Any, preflight_image: str,
+                                                           ready_setup: Setup, empty_setup: Setup, hub: Any) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PREFLIGHT_IMAGE": preflight_image}
+    check = [str(repo / "ops" / "check-host-dir.sh"), str(ready_setup.models), str(ready_setup.manifest)]
+    ok = subprocess.run(check, env=env, capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0, ok.stderr
+    corrupt(ready_setup)
+    bad = subprocess.run(check, env=env, capture_output=True, text=True, timeout=180)
+    assert bad.returncode == 1, bad.stderr
+
+    volume = f"lpftest-{uuid.uuid4().hex[:8]}"
+    try:
+        synced = subprocess.run([str(repo / "ops" / "sync-volume.sh"), volume, str(empty_setup.manifest)],
+                                env={**env, **hub.env(token=False), "DOCKER_NETWORK": "host"},
+                                capture_output=True, text=True, timeout=180)
+        assert synced.returncode == 0, synced.stderr
+        listing = run_container(docker_client, preflight_image, ["-c", "find /models -name '*.gguf' -o -name '*.safetensors'"],
+                                entrypoint="sh", volumes={volume: {"bind": "/models", "mode": "ro"}}, network_mode="none")
+        assert sorted(listing.logs.split()) == ["/models/gguf/tiny.gguf", "/models/vllm/tiny/model.safetensors"]
+    finally:
+        docker_client.volumes.get(volume).remove(force=True)
