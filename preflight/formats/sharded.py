@@ -8,7 +8,7 @@ is reported by its own check and skipped here, so one defect is reported once.
 
 Typical use::
 
-    names = index_shard_names(index_path)
+    names, problem = index_shard_names(index_path)   # problem: the index is unusable
     shards = {n: check_safetensors(folder / n) if (folder / n).is_file() else None for n in names}
     info = check_index(index_path, shards)
 """
@@ -78,13 +78,19 @@ def read_index(index_path: PathOrFile, *, name: str | None = None) -> IndexInfo:
         return info
 
 
-def index_shard_names(index_path: PathOrFile) -> list[str]:
-    """The shard files an index names, each once, in first-seen order.
+def index_shard_names(index_path: PathOrFile) -> tuple[list[str], Problem | None]:
+    """The shard files an index names (each once, first-seen order), and why there are none.
 
-    Names that would escape the folder are left out (`check_index` reports them);
-    an unreadable or malformed index gives [].
+    The problem is set only when the index cannot be used at all (unreadable, not
+    JSON, no weight_map); finer findings such as `path-escape` or a bad
+    total_size come from `check_index`. Names that would escape the folder are
+    left out of the list.
     """
-    return read_index(index_path).shard_names
+    info = read_index(index_path)
+    if info.weight_map:
+        return info.shard_names, None
+    errors = [p for p in info.problems if p.is_error]
+    return [], errors[0] if errors else None
 
 
 def _parse(src: Source, info: IndexInfo, out: Findings) -> None:

@@ -1,0 +1,352 @@
+"""Real model files for tests, made with the real writers, plus byte-level corruption helpers.
+
+safetensors files come from the safetensors library's own serializer
+(`serialize_file`, the code behind `safetensors.numpy.save_file`), GGUF files from
+`gguf.GGUFWriter`. Tensors are tiny so every builder runs in milliseconds. The
+sparse builders write a real header and extend the file with a hole, so an 8 GiB
+model costs no disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple, Union
+
+import gguf
+import numpy as np
+from gguf.quants import quant_shape_to_byte_shape
+from safetensors import TensorSpec, serialize_file
+
+# safetensors header dtype -> the dtype name the safetensors serializer takes.
+_WRITER_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "U16": "uint16",
+    "I16": "int16",
+    "U32": "uint32",
+    "I32": "int32",
+    "U64": "uint64",
+    "I64": "int64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "F4": "float4_e2m1fn_x2",
+}
+_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "U16": 16, "I16": 16, "U32": 32, "I32": 32, "U64": 64, "I64": 64, "F16": 16,
+         "BF16": 16, "F32": 32, "F64": 64, "C64": 64, "F8_E4M3": 8, "F8_E4M3FNUZ": 8, "F8_E5M2": 8, "F8_E5M2FNUZ": 8,
+         "F8_E8M0": 8, "F4": 4}
+
+TensorSpecArg = Union[np.ndarray, tuple[str, Sequence[int]]]
+
+
+# --------------------------------------------------------------------------- safetensors
+
+def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, TensorSpecArg], metadata: dict[str, str] | None = None) -> Path:
+    """Write `tensors` (name -> ndarray, or name -> (safetensors dtype, logical shape), zero-filled)."""
+    keep: list[np.ndarray] = []
+    specs: dict[str, TensorSpec] = {}
+    for name, t in tensors.items():
+        if isinstance(t, np.ndarray):
+            arr = np.ascontiguousarray(t)
+            if arr.dtype.byteorder == ">":
+                arr = arr.byteswap().view(arr.dtype.newbyteorder("<"))
+            keep.append(arr)
+            specs[name] = TensorSpec(dtype=arr.dtype.name, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
+            continue
+        dtype, shape = t
+        shape = tuple(shape)
+        nbits = int(np.prod(shape, dtype=object)) * _BITS[dtype]
+        buf = np.zeros(max(nbits // 8, 1), np.uint8)
+        keep.append(buf)
+        if dtype == "F4":  # the serializer takes the packed storage shape (two values per byte)
+            shape = (*shape[:-1], shape[-1] // 2)
+        specs[name] = TensorSpec(dtype=_WRITER_DTYPES[dtype], shape=shape, data_ptr=buf.ctypes.data, data_len=nbits // 8)
+    serialize_file(specs, os.fspath(path), metadata=metadata)
+    return Path(path)
+
+
+class Sharded(NamedTuple):
+    index: Path
+    shards: list[Path]
+    weight_map: dict[str, str]
+
+
+def write_sharded(
+    folder: str | os.PathLike[str],
+    n_shards: int = 2,
+    *,
+    tensors_per_shard: int = 3,
+    dtype: str = "BF16",
+    shape: Sequence[int] = (4, 8),
+    total_size: int | None = None,
+) -> Sharded:
+    """Shards named like transformers names them, plus `model.safetensors.index.json`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map: dict[str, str] = {}
+    shards: list[Path] = []
+    data = 0
+    for s in range(n_shards):
+        shard = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
+        tensors = {f"model.layers.{s}.mlp.w{j}.weight": (dtype, shape) for j in range(tensors_per_shard)}
+        shards.append(write_safetensors(folder / shard, tensors, metadata={"format": "pt"}))
+        for name in tensors:
+            weight_map[name] = shard
+            data += int(np.prod(shape)) * _BITS[dtype] // 8
+    index = {"metadata": {"total_size": data if total_size is None else total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    index_path = folder / "model.safetensors.index.json"
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return Sharded(index_path, shards, weight_map)
+
+
+def safetensors_header(path: str | os.PathLike[str]) -> dict:
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack_from("<Q", raw)
+    return json.loads(raw[8 : 8 + n])
+
+
+def patch_safetensors_header(
+    path: str | os.PathLike[str],
+    edit: Callable[[dict], dict | None] | None = None,
+    *,
+    raw: bytes | None = None,
+) -> Path:
+    """Rewrite the JSON header (via `edit`, or replace it by `raw` bytes); the data is kept, the length field updated."""
+    p = Path(path)
+    blob = p.read_bytes()
+    (n,) = struct.unpack_from("<Q", blob)
+    data = blob[8 + n :]
+    if raw is None:
+        header = json.loads(blob[8 : 8 + n])
+        assert edit is not None
+        header = edit(header) or header
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return p
+
+
+def write_sparse_safetensors(path: str | os.PathLike[str], data_bytes: int, *, n_tensors: int = 4, dtype: str = "BF16") -> Path:
+    """A header describing `data_bytes` of tensors, the data left as a hole (sparse file).
+
+    The header is laid out exactly as the serializer lays it out (compact JSON,
+    tensors in offset order, space padding to 8 bytes); tests open it with
+    `safe_open` to prove it.
+    """
+    item = _BITS[dtype] // 8
+    per = data_bytes // n_tensors
+    cols = 4096
+    assert per % (cols * item) == 0, "data_bytes must split into whole rows"
+    rows = per // (cols * item)
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    for i in range(n_tensors):
+        header[f"layers.{i}.weight"] = {"dtype": dtype, "shape": [rows, cols], "data_offsets": [i * per, (i + 1) * per]}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + per * n_tensors)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- GGUF
+
+def _gguf_type(quant: str) -> gguf.GGMLQuantizationType:
+    return gguf.GGMLQuantizationType[quant]
+
+
+def _add_tensor(w: gguf.GGUFWriter, name: str, shape: Sequence[int], quant: str) -> None:
+    qtype = _gguf_type(quant)
+    if qtype == gguf.GGMLQuantizationType.F32:
+        w.add_tensor(name, np.zeros(shape, np.float32))
+    elif qtype == gguf.GGMLQuantizationType.F16:
+        w.add_tensor(name, np.zeros(shape, np.float16))
+    else:
+        byte_shape = quant_shape_to_byte_shape(tuple(shape), qtype)
+        w.add_tensor(name, np.zeros(byte_shape, np.uint8), raw_dtype=qtype)
+
+
+def _add_model_kvs(w: gguf.GGUFWriter, *, n_vocab: int, context_length: int | None, file_type: int | None,
+                   alignment: int | None, extra_kv: Mapping[str, object] | None) -> None:
+    if context_length is not None:
+        w.add_context_length(context_length)
+    if file_type is not None:
+        w.add_file_type(file_type)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
+    if n_vocab:
+        w.add_tokenizer_model("llama")
+        w.add_token_list([f"tok{i}" for i in range(n_vocab)])
+        w.add_token_scores([float(-i) for i in range(n_vocab)])
+        w.add_token_types([1] * n_vocab)
+    for key, value in (extra_kv or {}).items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_array(key, list(value))  # type: ignore[arg-type]
+
+
+DEFAULT_GGUF_TENSORS: dict[str, tuple[int, ...]] = {
+    "token_embd.weight": (4, 256),
+    "blk.0.attn_q.weight": (4, 256),
+    "output_norm.weight": (256,),
+}
+
+
+def write_gguf(
+    path: str | os.PathLike[str],
+    *,
+    arch: str = "llama",
+    n_vocab: int = 32,
+    tensors: Mapping[str, Sequence[int]] | None = None,
+    context_length: int | None = 2048,
+    quant: str = "F32",
+    file_type: int | None = None,
+    alignment: int | None = None,
+    extra_kv: Mapping[str, object] | None = None,
+    big_endian: bool = False,
+) -> Path:
+    """A GGUF written by gguf.GGUFWriter. Shapes are numpy order (rows, cols); 2-D tensors use
+    `quant`, 1-D ones stay F32 as in real models. `tensors={}` gives a tokenizer-only file that,
+    like llama.cpp's vocab files, ends right after the header with no padding."""
+    tensors = DEFAULT_GGUF_TENSORS if tensors is None else tensors
+    endian = gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE
+    w = gguf.GGUFWriter(os.fspath(path), arch, endianess=endian)
+    _add_model_kvs(w, n_vocab=n_vocab, context_length=context_length, file_type=file_type, alignment=alignment, extra_kv=extra_kv)
+    for name, shape in tensors.items():
+        _add_tensor(w, name, shape, quant if len(shape) > 1 else "F32")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    if tensors:
+        w.write_tensors_to_file()
+    else:
+        w.write_ti_data_to_file()
+    w.close()
+    return Path(path)
+
+
+def write_gguf_split(
+    folder: str | os.PathLike[str],
+    stem: str = "model",
+    *,
+    n_splits: int = 3,
+    tensors_per_split: int = 1,
+    quant: str = "Q8_0",
+    n_vocab: int = 32,
+) -> list[Path]:
+    """Split GGUF parts via GGUFWriter(split_max_tensors=...): names `stem-0000N-of-0000M.gguf`,
+    keys split.no (0-based u16), split.count (u16), split.tensors.count (i32), as gguf-split writes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(folder / f"{stem}.gguf", "llama", split_max_tensors=tensors_per_split)
+    _add_model_kvs(w, n_vocab=n_vocab, context_length=2048, file_type=None, alignment=None, extra_kv=None)
+    for i in range(n_splits * tensors_per_split):
+        _add_tensor(w, f"blk.{i}.ffn_up.weight", (4, 256), quant)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return [folder / f"{stem}-{i:05d}-of-{n_splits:05d}.gguf" for i in range(1, n_splits + 1)]
+
+
+def write_sparse_gguf(path: str | os.PathLike[str], data_bytes: int, *, n_tensors: int = 4, n_vocab: int = 32) -> Path:
+    """A real GGUF header (GGUFWriter) for `data_bytes` of F16 tensors; the data is a hole."""
+    per = data_bytes // n_tensors
+    cols = 4096
+    assert per % (cols * 2) == 0 and per % 32 == 0
+    rows = per // (cols * 2)
+    w = gguf.GGUFWriter(os.fspath(path), "llama")
+    _add_model_kvs(w, n_vocab=n_vocab, context_length=2048, file_type=1, alignment=None, extra_kv=None)
+    for i in range(n_tensors):
+        w.add_tensor_info(f"blk.{i}.ffn_up.weight", (rows, cols), np.dtype(np.float16), per)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(path, "r+b") as f:
+        header_end = f.seek(0, os.SEEK_END)
+        data_start = -(-header_end // 32) * 32
+        f.truncate(data_start + per * n_tensors)
+    return Path(path)
+
+
+class GGUFFieldOffsets(NamedTuple):
+    type_offset: int  # where the u32 value type (KV) or ggml type (tensor) is
+    value_offset: int  # where the value (KV) or the u64 data offset (tensor) is
+
+
+def gguf_kv_offsets(path: str | os.PathLike[str], key: str) -> GGUFFieldOffsets:
+    """Byte offsets of a key/value's type and value fields (located with gguf.GGUFReader)."""
+    field = gguf.GGUFReader(os.fspath(path)).fields[key]
+    type_offset = field.offset + 8 + len(key.encode())
+    return GGUFFieldOffsets(type_offset, type_offset + 4)
+
+
+def gguf_tensor_offsets(path: str | os.PathLike[str], tensor: str) -> GGUFFieldOffsets:
+    """Byte offsets of a tensor info's ggml type and data offset fields."""
+    reader = gguf.GGUFReader(os.fspath(path))
+    t = next(t for t in reader.tensors if t.name == tensor)
+    type_offset = t.field.offset + 8 + len(tensor.encode()) + 4 + 8 * len(t.shape)
+    return GGUFFieldOffsets(type_offset, type_offset + 4)
+
+
+def gguf_header_end(path: str | os.PathLike[str]) -> int:
+    """Where the tensor infos end (before alignment padding), from gguf.GGUFReader."""
+    reader = gguf.GGUFReader(os.fspath(path))
+    if not reader.tensors:
+        return max(f.offset + sum(int(p.nbytes) for p in f.parts) for f in reader.fields.values())
+    last = reader.tensors[-1].field
+    return last.offset + sum(int(p.nbytes) for p in last.parts)
+
+
+# --------------------------------------------------------------------------- byte-level corruption
+
+def truncate(path: str | os.PathLike[str], size: int | None = None, *, by: int | None = None) -> Path:
+    """Cut a file to `size` bytes, or shorten it `by` bytes."""
+    p = Path(path)
+    if size is None:
+        assert by is not None
+        size = p.stat().st_size - by
+    with open(p, "r+b") as f:
+        f.truncate(size)
+    return p
+
+
+def append_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with open(path, "ab") as f:
+        f.write(data)
+    return Path(path)
+
+
+def patch_bytes(path: str | os.PathLike[str], offset: int, data: bytes) -> Path:
+    """Overwrite bytes at `offset` in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    return Path(path)
+
+
+def patch_u32(path: str | os.PathLike[str], offset: int, value: int, *, big_endian: bool = False) -> Path:
+    return patch_bytes(path, offset, struct.pack(">I" if big_endian else "<I", value))
+
+
+def patch_u64(path: str | os.PathLike[str], offset: int, value: int) -> Path:
+    return patch_bytes(path, offset, struct.pack("<Q", value))
