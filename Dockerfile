@@ -8,7 +8,9 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
-ARG HF_XET=1
+# hf-xet (a 12 MB Rust client) is left out: preflight streams resolve URLs itself and only
+# calls huggingface_hub's API, so the xet client would never run. HF_XET=1 keeps it.
+ARG HF_XET=0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \

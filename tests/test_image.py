@@ -59,7 +59,7 @@ def test_image_contract(docker_client: Any, preflight_image: str, base_image: st
 def test_runtime_venv_holds_only_runtime_dependencies(docker_client: Any, preflight_image: str) -> None:
     probe = (
         "import importlib.util as u, pathlib\n"
-        "for m in ['pip', 'setuptools', 'numpy', 'gguf', 'safetensors', 'docker']:\n"
+        "for m in ['pip', 'setuptools', 'numpy', 'gguf', 'safetensors', 'docker', 'hf_xet']:\n"
         "    print(m, u.find_spec(m) is not None)\n"
         "for m in ['click', 'yaml', 'huggingface_hub', 'picklescan', 'preflight.cli']:\n"
         "    print(m, u.find_spec(m) is not None)\n"
@@ -72,7 +72,7 @@ def test_runtime_venv_holds_only_runtime_dependencies(docker_client: Any, prefli
     found = dict(line.split() for line in done.logs.split("\n") if line.strip())
     assert found == {
         "pip": "False", "setuptools": "False", "numpy": "False", "gguf": "False", "safetensors": "False",
-        "docker": "False", "click": "True", "yaml": "True", "huggingface_hub": "True", "picklescan": "True",
+        "docker": "False", "hf_xet": "False", "click": "True", "yaml": "True", "huggingface_hub": "True", "picklescan": "True",
         "preflight.cli": "True", "pyc": "True",
     }
 
