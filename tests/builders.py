@@ -131,7 +131,9 @@ def patch_safetensors_header(
     if raw is None:
         header = json.loads(blob[8 : 8 + n])
         assert edit is not None
-        header = edit(header) or header
+        result = edit(header)
+        if isinstance(result, dict):  # an edit may return a new header or change it in place
+            header = result
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
     p.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
