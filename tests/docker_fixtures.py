@@ -190,7 +190,7 @@ def empty_setup(tmp_path: Path) -> Setup:
 
 
 @pytest.fixture
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def container_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The Hub test server on 127.0.0.1 serving org/tiny and org/tiny-gguf."""
     from tests.hubserver import HubServer
 

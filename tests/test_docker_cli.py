@@ -115,8 +115,8 @@ def named_volume(docker_client: Any) -> Iterator[str]:
         pass
 
 
-def _hub_args(hub: Any) -> list[str]:
-    return ["--network", "host", *[a for k, v in hub.env(token=False).items() for a in ("--env", f"{k}={v}")]]
+def _hub_args(container_hub: Any) -> list[str]:
+    return ["--network", "host", *[a for k, v in container_hub.env(token=False).items() for a in ("--env", f"{k}={v}")]]
 
 
 @pytest.mark.docker
@@ -143,10 +143,10 @@ def test_check_host_dir_ready_then_corrupt(docker_client: Any, preflight_image: 
 
 
 @pytest.mark.docker
-def test_sync_host_dir_from_the_hub(docker_client: Any, preflight_image: str, setup: Setup, hub: Any,
+def test_sync_host_dir_from_the_hub(docker_client: Any, preflight_image: str, setup: Setup, container_hub: Any,
                                     tmp_path: Path, no_leftovers: None) -> None:
     done = preflight("docker", "sync", "--image", preflight_image, "--host-dir", str(setup.models),
-                     "--manifest", str(setup.manifest), *_hub_args(hub))
+                     "--manifest", str(setup.manifest), *_hub_args(container_hub))
     assert done.returncode == 0, done.stderr
     expected = tmp_path / "expected"
     write_tiny_hf_dir(expected / "vllm" / "tiny")
@@ -155,28 +155,28 @@ def test_sync_host_dir_from_the_hub(docker_client: Any, preflight_image: str, se
 
 
 @pytest.mark.docker
-def test_sync_then_check_a_named_volume(docker_client: Any, preflight_image: str, setup: Setup, hub: Any,
+def test_sync_then_check_a_named_volume(docker_client: Any, preflight_image: str, setup: Setup, container_hub: Any,
                                         named_volume: str, no_leftovers: None) -> None:
     common = ["--image", preflight_image, "--volume", named_volume, "--manifest", str(setup.manifest)]
     missing = preflight("docker", "check", *common)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    synced = preflight("docker", "sync", *common, *_hub_args(hub))
+    synced = preflight("docker", "sync", *common, *_hub_args(container_hub))
     assert synced.returncode == 0, synced.stderr
     checked = preflight("docker", "check", *common, "--network", "none")
     assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.docker
-def test_gated_repo_needs_the_token_file(docker_client: Any, preflight_image: str, setup: Setup, hub: Any,
+def test_gated_repo_needs_the_token_file(docker_client: Any, preflight_image: str, setup: Setup, container_hub: Any,
                                          tmp_path: Path, no_leftovers: None) -> None:
-    hub.add_repo("org/tiny", {p.name: p for p in write_tiny_hf_dir(tmp_path / "gated").iterdir()}, gated=True)
+    container_hub.add_repo("org/tiny", {p.name: p for p in write_tiny_hf_dir(tmp_path / "gated").iterdir()}, gated=True)
     common = ["docker", "sync", "--image", preflight_image, "--host-dir", str(setup.models),
-              "--manifest", str(setup.manifest), *_hub_args(hub)]
+              "--manifest", str(setup.manifest), *_hub_args(container_hub)]
     refused = preflight(*common)
     assert refused.returncode == 4, refused.stderr
     token = tmp_path / "token"
-    token.write_text(hub.token + "\n")
+    token.write_text(container_hub.token + "\n")
     token.chmod(0o600)
     allowed = preflight(*common, "--token-file", str(token))
     assert allowed.returncode == 0, allowed.stderr
-    assert hub.token not in allowed.stderr + allowed.stdout
+    assert container_hub.token not in allowed.stderr + allowed.stdout

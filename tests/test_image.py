@@ -93,9 +93,9 @@ def test_default_command_syncs_a_ready_folder_offline(docker_client: Any, prefli
 
 
 def test_sync_fills_an_empty_folder_from_the_hub_hardened(docker_client: Any, preflight_image: str, empty_setup: Setup,
-                                                         hub: Any, tmp_path: Path) -> None:
+                                                         container_hub: Any, tmp_path: Path) -> None:
     done = run_container(docker_client, preflight_image, ["sync"], volumes=empty_setup.mounts(), network_mode="host",
-                         environment=hub.env(token=False), **HARDENED)
+                         environment=container_hub.env(token=False), **HARDENED)
     assert done.exit_code == 0, done.logs
     expected = tmp_path / "expected"
     write_tiny_hf_dir(expected / "vllm" / "tiny")
@@ -141,7 +141,7 @@ def test_missing_manifest_is_a_usage_error(docker_client: Any, preflight_image: 
 
 
 def test_operator_scripts_check_a_host_dir_and_fill_a_volume(docker_client: Any, preflight_image: str,
-                                                           ready_setup: Setup, empty_setup: Setup, hub: Any) -> None:
+                                                           ready_setup: Setup, empty_setup: Setup, container_hub: Any) -> None:
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PREFLIGHT_IMAGE": preflight_image}
     check = [str(repo / "ops" / "check-host-dir.sh"), str(ready_setup.models), str(ready_setup.manifest)]
@@ -154,7 +154,7 @@ def test_operator_scripts_check_a_host_dir_and_fill_a_volume(docker_client: Any,
     volume = f"lpftest-{uuid.uuid4().hex[:8]}"
     try:
         synced = subprocess.run([str(repo / "ops" / "sync-volume.sh"), volume, str(empty_setup.manifest)],
-                                env={**env, **hub.env(token=False), "DOCKER_NETWORK": "host"},
+                                env={**env, **container_hub.env(token=False), "DOCKER_NETWORK": "host"},
                                 capture_output=True, text=True, timeout=180)
         assert synced.returncode == 0, synced.stderr
         listing = run_container(docker_client, preflight_image, ["-c", "find /models -name '*.gguf' -o -name '*.safetensors'"],
