@@ -142,6 +142,10 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HEAD = struct.Struct("<4sIQQ")
 
+# Counts and lengths at or above llama.cpp's own limits (GGUF_MAX_STRING_LENGTH,
+# GGUF_MAX_ARRAY_ELEMENTS) are corrupt; smaller ones that overrun the file mean the
+# file was cut short, which is what a user needs to hear about a partial download.
+PLAUSIBLE_COUNT = 2**30
 _MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, one-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # empty name, n_dims=0, type, offset
 _FIRST_READ = 256 * 1024
@@ -226,6 +230,13 @@ class _Stop(Exception):
         self.message = message
 
 
+def _overrun(claim: str, count: int, left: int) -> _Stop:
+    """A count or length that needs more bytes than the file has left."""
+    if count >= PLAUSIBLE_COUNT:
+        return _Stop(P.COUNT_TOO_LARGE, f"{claim}, only {left} bytes remain in the file (corrupt count)")
+    return _Stop(P.TRUNCATED, f"{claim}, only {left} bytes remain in the file (truncated, or a corrupt count)")
+
+
 class _Cursor:
     """Sequential reader over the header: a window of the file grown by large reads.
 
@@ -280,7 +291,7 @@ class _Cursor:
     def raw_string(self, what: str) -> bytes:
         n = self.u64(what)
         if n > self.remaining():
-            raise _Stop(P.COUNT_TOO_LARGE, f"{what} claims {n} bytes, only {self.remaining()} remain in the file (corrupt length or truncated file)")
+            raise _overrun(f"{what} claims {n} bytes", n, self.remaining())
         off = self.need(n, what)
         self.pos += n
         return bytes(self.buf[off : off + n])
@@ -291,19 +302,21 @@ class _Cursor:
         buf, base = self.buf, self.base
         p = self.pos - base
         end = len(buf)
+        ln = 0
         for i in range(count):
             if p + 8 > end:
                 self.pos = base + p
                 if self.pos > self.size:
-                    raise _Stop(P.COUNT_TOO_LARGE, f"{what}: string {i - 1} of {count} runs {self.pos - self.size} bytes past the end of the file (corrupt length or truncated file)")
+                    raise _overrun(f"{what}: string {i - 1} of {count} claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln, 0)
                 self.need(8, f"{what} (string {i} of {count})")
                 buf, base = self.buf, self.base
                 p = self.pos - base
                 end = len(buf)
-            p += 8 + unpack(buf, p)[0]
+            ln = unpack(buf, p)[0]
+            p += 8 + ln
         self.pos = base + p
         if self.pos > self.size:
-            raise _Stop(P.COUNT_TOO_LARGE, f"{what}: last string runs {self.pos - self.size} bytes past the end of the file (corrupt length or truncated file)")
+            raise _overrun(f"{what}: last string claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln, 0)
 
 
 def check_gguf(path: PathOrFile, *, name: str | None = None) -> GGUFInfo:
@@ -350,10 +363,12 @@ def _check(src: Source, info: GGUFInfo, out: Findings) -> None:
     info.tensor_count, info.kv_count = n_tensors, n_kv
     left = cur.remaining()
     if n_kv * _MIN_KV_BYTES > left:
-        out.error(P.COUNT_TOO_LARGE, f"header says {n_kv} key/values (at least {_MIN_KV_BYTES} bytes each), only {left} bytes remain in the file")
+        stop = _overrun(f"header says {n_kv} key/values (at least {_MIN_KV_BYTES} bytes each)", n_kv, left)
+        out.error(stop.code, stop.message)
         return
     if n_tensors * _MIN_TENSOR_INFO_BYTES + n_kv * _MIN_KV_BYTES > left:
-        out.error(P.COUNT_TOO_LARGE, f"header says {n_tensors} tensors (at least {_MIN_TENSOR_INFO_BYTES} bytes of info each), only {left} bytes remain in the file")
+        stop = _overrun(f"header says {n_tensors} tensors (at least {_MIN_TENSOR_INFO_BYTES} bytes of info each)", n_tensors, left)
+        out.error(stop.code, stop.message)
         return
     vtypes = _read_kvs(cur, n_kv, info, out)
     alignment = _alignment(info, vtypes, out)
@@ -416,7 +431,7 @@ def _value(cur: _Cursor, vtype: int, what: str, depth: int) -> object:
     if itype in _SCALAR:
         item = _SCALAR[itype].size
         if count * item > left:
-            raise _Stop(P.COUNT_TOO_LARGE, f"array {what} claims {count} x {value_type_name(itype)} ({count * item} bytes), only {left} bytes remain in the file")
+            raise _overrun(f"array {what} claims {count} x {value_type_name(itype)} ({count * item} bytes)", count, left)
         if count <= SMALL_ARRAY:
             st = struct.Struct(f"<{count}{SCALAR_TYPES[itype][1]}")
             off = cur.need(st.size, f"array {what}")
@@ -426,14 +441,14 @@ def _value(cur: _Cursor, vtype: int, what: str, depth: int) -> object:
         return ArraySummary(value_type_name(itype), count)
     if itype == STRING:
         if count * 8 > left:
-            raise _Stop(P.COUNT_TOO_LARGE, f"array {what} claims {count} strings (at least {count * 8} bytes), only {left} bytes remain in the file")
+            raise _overrun(f"array {what} claims {count} strings (at least {count * 8} bytes)", count, left)
         if count <= SMALL_ARRAY:
             return [cur.raw_string(f"array {what} string {i}").decode("utf-8", "replace") for i in range(count)]
         cur.skip_strings(count, f"array {what}")
         return ArraySummary("string", count)
     if itype == ARRAY:
         if count * 12 > left:
-            raise _Stop(P.COUNT_TOO_LARGE, f"array {what} claims {count} arrays (at least {count * 12} bytes), only {left} bytes remain in the file")
+            raise _overrun(f"array {what} claims {count} arrays (at least {count * 12} bytes)", count, left)
         items = [_value(cur, ARRAY, f"{what}[{i}]", depth + 1) for i in range(count)]
         return items if count <= SMALL_ARRAY else ArraySummary("array", count)
     raise _Stop(P.BAD_VALUE_TYPE, f"array {what} has item type {itype}, expected 0..12 (uint8 .. float64)")
