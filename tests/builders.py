@@ -141,25 +141,32 @@ def patch_safetensors_header(
 
 
 def write_sparse_safetensors(path: str | os.PathLike[str], data_bytes: int, *, n_tensors: int = 4, dtype: str = "BF16") -> Path:
-    """A header describing `data_bytes` of tensors, the data left as a hole (sparse file).
-
-    The header is laid out exactly as the serializer lays it out (compact JSON,
-    tensors in offset order, space padding to 8 bytes); tests open it with
-    `safe_open` to prove it.
-    """
+    """A header describing `data_bytes` of tensors in `n_tensors` equal slabs, the data left as a hole."""
     item = _BITS[dtype] // 8
     per = data_bytes // n_tensors
     cols = 4096
     assert per % (cols * item) == 0, "data_bytes must split into whole rows"
     rows = per // (cols * item)
+    return write_sparse_safetensors_layout(path, {f"layers.{i}.weight": (dtype, (rows, cols)) for i in range(n_tensors)})
+
+
+def write_sparse_safetensors_layout(path: str | os.PathLike[str], tensors: Mapping[str, tuple[str, Sequence[int]]]) -> Path:
+    """A safetensors header for `tensors` (name -> (dtype, shape)), the data left as a hole (sparse file).
+
+    The header is laid out as the serializer lays it out (compact JSON, tensors
+    in offset order, space padding to 8 bytes); tests open it with `safe_open`.
+    """
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-    for i in range(n_tensors):
-        header[f"layers.{i}.weight"] = {"dtype": dtype, "shape": [rows, cols], "data_offsets": [i * per, (i + 1) * per]}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        nbytes = int(np.prod(shape, dtype=object)) * _BITS[dtype] // 8
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + per * n_tensors)
+        f.truncate(8 + len(raw) + offset)
     return Path(path)
 
 
