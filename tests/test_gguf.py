@@ -346,3 +346,15 @@ def test_an_invalid_part_is_left_to_its_own_check(tmp_path: Path) -> None:
     parts[1].write_bytes(b"garbage!" * 8)
     assert codes(check_gguf(parts[1])) == [P.BAD_MAGIC]
     assert check_gguf_split(parts) == []
+
+
+def test_download_cut_inside_the_vocabulary_reads_as_truncated(tmp_path: Path) -> None:
+    path = truncate(write_gguf(tmp_path / "m.gguf", n_vocab=1000), 10_000)
+    (p,) = check_gguf(path).problems
+    assert p.code == P.TRUNCATED
+    assert p.message.startswith("m.gguf: file ends at 10000 bytes while reading array tokenizer.ggml.tokens (string ")
+
+
+def test_big_endian_file_reports_its_real_version(tmp_path: Path) -> None:
+    info = check_gguf(write_gguf(tmp_path / "be.gguf", big_endian=True))
+    assert info.version == 3 and codes(info) == [P.UNSUPPORTED_VERSION]

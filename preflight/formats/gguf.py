@@ -230,11 +230,13 @@ class _Stop(Exception):
         self.message = message
 
 
-def _overrun(claim: str, count: int, left: int) -> _Stop:
+def _overrun(claim: str, count: int, left: int | None = None) -> _Stop:
     """A count or length that needs more bytes than the file has left."""
+    if left is not None:
+        claim = f"{claim}, only {left} bytes remain in the file"
     if count >= PLAUSIBLE_COUNT:
-        return _Stop(P.COUNT_TOO_LARGE, f"{claim}, only {left} bytes remain in the file (corrupt count)")
-    return _Stop(P.TRUNCATED, f"{claim}, only {left} bytes remain in the file (truncated, or a corrupt count)")
+        return _Stop(P.COUNT_TOO_LARGE, f"{claim} (corrupt count)")
+    return _Stop(P.TRUNCATED, f"{claim} (truncated, or a corrupt count)")
 
 
 class _Cursor:
@@ -307,7 +309,7 @@ class _Cursor:
             if p + 8 > end:
                 self.pos = base + p
                 if self.pos > self.size:
-                    raise _overrun(f"{what}: string {i - 1} of {count} claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln, 0)
+                    raise _overrun(f"{what}: string {i - 1} of {count} claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
                 self.need(8, f"{what} (string {i} of {count})")
                 buf, base = self.buf, self.base
                 p = self.pos - base
@@ -316,7 +318,7 @@ class _Cursor:
             p += 8 + ln
         self.pos = base + p
         if self.pos > self.size:
-            raise _overrun(f"{what}: last string claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln, 0)
+            raise _overrun(f"{what}: last string claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
 
 
 def check_gguf(path: PathOrFile, *, name: str | None = None) -> GGUFInfo:
@@ -356,7 +358,7 @@ def _check(src: Source, info: GGUFInfo, out: Findings) -> None:
         return
     _, version, n_tensors, n_kv = _HEAD.unpack(head)
     info.version = version
-    if not _version_ok(version, out):
+    if not _version_ok(info, out):
         return
     cur = _Cursor(src)
     cur.pos = _HEAD.size
@@ -375,16 +377,19 @@ def _check(src: Source, info: GGUFInfo, out: Findings) -> None:
     order = _read_tensor_infos(cur, n_tensors, info, out)
     info.header_parsed = True
     header_end = cur.pos
-    info.data_offset = data_start = -(-header_end // (alignment or DEFAULT_ALIGNMENT)) * (alignment or DEFAULT_ALIGNMENT)
+    pad_to = alignment or DEFAULT_ALIGNMENT
+    info.data_offset = data_start = -(-header_end // pad_to) * pad_to
     if n_tensors and alignment:
         _check_layout(info, order, header_end, data_start, alignment, out)
 
 
-def _version_ok(version: int, out: Findings) -> bool:
+def _version_ok(info: GGUFInfo, out: Findings) -> bool:
+    version = info.version
     if version in SUPPORTED_VERSIONS:
         return True
     swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
     if version & 0xFFFF == 0 and swapped in (1, 2, 3):
+        info.version = swapped
         out.error(
             P.UNSUPPORTED_VERSION,
             f"is a big-endian GGUF (version {swapped} byte-swapped, read as {version}); "
