@@ -1,4 +1,4 @@
-"""Real model files for tests, made with the real writers, plus byte-level corruption helpers.
+"""Real model files for tests, made with the real writers, plus byte-level corruption functions.
 
 safetensors files come from the safetensors library's own serializer
 (`serialize_file`, the code behind `safetensors.numpy.save_file`), GGUF files from

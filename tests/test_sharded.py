@@ -101,7 +101,7 @@ def test_tensor_duplicated_in_two_shards(tmp_path: Path) -> None:
 
 
 def test_total_size_mismatch_is_a_warning(tmp_path: Path) -> None:
-    s = write_sharded(tmp_path, 2, total_size=1000)
+    write_sharded(tmp_path, 2, total_size=1000)
     info = check_folder(tmp_path)
     assert info.ok
     (p,) = only(info, P.TOTAL_SIZE_MISMATCH)

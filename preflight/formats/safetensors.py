@@ -12,7 +12,7 @@ offsets may be fine, the shape is what disagrees); gaps, overlaps, spans not sta
 at 0 and end < begin are `bad-offsets`. Like the safetensors library, entries are
 ordered by their offsets, not by their position in the JSON object.
 
-This module also holds the two helpers every format check here shares: `Source`
+This module also holds the two pieces every format check here shares: `Source`
 (open a path or take a file object, map OS errors to problems) and `Findings`
 (messages prefixed with the file name, capped per code).
 """
