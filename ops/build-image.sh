@@ -13,7 +13,7 @@ base="${BASE_IMAGE:-lane-preflight-base:bookworm}"
 "$repo/ops/wheelhouse.sh" "$repo/wheelhouse"
 version="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$repo/pyproject.toml")"
 revision="$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)"
-docker build --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" \
+docker build --force-rm --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" \
     --build-arg "REVISION=$revision" -t "$tag" "$repo"
 
 base_size="$(docker image inspect --format '{{.Size}}' "$base")"

@@ -126,8 +126,10 @@ def run(spec: DockerRun, *, client: Any = None, stdout: BinaryIO | None = None, 
         except docker.errors.APIError as exc:
             raise UsageError(f"the Docker engine refused the container: {exc.explanation or exc}") from None
         try:
+            # Attached before start: attaching to a container that already exited never returns.
+            output = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
             container.start()
-            for chunk_out, chunk_err in container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True):
+            for chunk_out, chunk_err in output:
                 for stream, chunk in ((out, chunk_out), (err, chunk_err)):
                     if chunk:
                         stream.write(chunk)

@@ -99,7 +99,7 @@ def preflight_image(docker_client: Any, base_image: str, tmp_path_factory: pytes
     """The project image, built from the working tree (cached layers make reruns fast)."""
     with FileLock(str(tmp_path_factory.getbasetemp().parent / "preflight-image.lock")):
         _sh(["bash", "ops/wheelhouse.sh"], timeout=600)
-        _sh(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", "VERSION=test",
+        _sh(["docker", "build", "-q", "--force-rm", "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", "VERSION=test",
              "--build-arg", f"REVISION={_revision()}", "-t", TEST_IMAGE, str(REPO)], timeout=1200)
     return TEST_IMAGE
 
