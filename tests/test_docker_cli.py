@@ -180,3 +180,13 @@ def test_gated_repo_needs_the_token_file(docker_client: Any, preflight_image: st
     allowed = preflight(*common, "--token-file", str(token))
     assert allowed.returncode == 0, allowed.stderr
     assert container_hub.token not in allowed.stderr + allowed.stdout
+
+
+@pytest.mark.docker
+def test_manifest_error_in_the_container_is_exit_2(docker_client: Any, preflight_image: str, setup: Setup,
+                                                    no_leftovers: None) -> None:
+    setup.manifest.write_text("version: 1\nlanes:\n  - name: x\n    kind: no-such-kind\n    path: x\n")
+    done = preflight("docker", "check", "--image", preflight_image, "--host-dir", str(setup.models),
+                     "--manifest", str(setup.manifest), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "no-such-kind" in done.stderr and "kind" in done.stderr
