@@ -128,7 +128,7 @@ def compose_project(docker_client: Any, preflight_image: str, base_image: str, t
     markers.chmod(0o777)
     env = {"COMPOSE_PROJECT_NAME": project, "PREFLIGHT_IMAGE": preflight_image, "VLLM_IMAGE": base_image,
            "LLAMACPP_IMAGE": base_image, "HF_HUB_OFFLINE": "1", "MARKERS": str(markers),
-           "VLLM_MODEL": "vllm/tiny", "LLAMACPP_MODEL": "gguf/tiny.gguf"}
+           "VLLM_MODEL": "vllm/tiny", "LLAMACPP_MODEL": "gguf/tiny.gguf", "HF_TOKEN_FILE": str(COMPOSE / "no-token")}
     file = _stand_in_compose(tmp_path / "docker-compose.yml")
     yield {"project": project, "env": env, "file": file, "markers": markers}
     subprocess.run([_compose_bin(), "-f", str(file), "down", "-v", "--remove-orphans", "-t", "1"],
@@ -183,6 +183,7 @@ def test_servers_never_start_when_the_init_service_fails(docker_client: Any, com
     containers = _containers(docker_client, compose_project["project"])
     _wait_exited(containers, ("models-preflight",))
     assert containers["models-preflight"].attrs["State"]["ExitCode"] == 1
+    assert "model.safetensors" in containers["models-preflight"].logs().decode("utf-8", "replace")
     assert not list(compose_project["markers"].iterdir())
     for name in SERVERS:
         if name in containers:
