@@ -1,0 +1,103 @@
+"""`preflight sync` and `preflight lock` (the commands that may use the network)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import click
+
+from .cli import common_volume_options, guarded, opt
+from .errors import ExitCode
+
+
+def _sigterm_to_interrupt() -> None:
+    """Kubernetes stops a pod with SIGTERM: unwind (release the lease), keep partial bytes, exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (tests)
+        pass
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def network_options(fn):
+    decorators = [
+        opt("--token-file", default=None, type=click.Path(dir_okay=False), help="Read the Hub token from this file (a mounted secret). Else HF_TOKEN, then HF_TOKEN_PATH."),
+        opt("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for a connection."),
+        opt("--stall-timeout", type=float, default=60.0, show_default=True, help="Seconds without a byte before an attempt fails."),
+        opt("--retries", type=click.IntRange(0, 20), default=3, show_default=True, help="Retries per file, with backoff."),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
+@click.command()
+@common_volume_options
+@network_options
+@opt("--offline", is_flag=True, help="Fetch nothing; behave as check (also HF_HUB_OFFLINE=1).")
+@opt("--locked", is_flag=True, help="Use only the lock file; fail if a lane is not locked or its source changed.")
+@opt("--workers", type=click.IntRange(1, 32), default=4, show_default=True, help="Files fetched at once.")
+@opt("--deadline", type=float, default=None, help="Give up (exit 3) when the whole run takes longer than this many seconds.")
+@opt("--lease-wait", type=float, default=1800.0, show_default=True, help="Seconds to wait for another writer before exit 6.")
+@opt("--lease-stale", type=float, default=60.0, show_default=True, help="A lease whose heartbeat stopped this long ago is taken over.")
+@guarded
+def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, deadline, lease_wait, lease_stale, **kw) -> int:
+    """Check, fetch what is missing or broken, verify, publish, report.
+
+    Exits 0 only when every required lane is ready. New bytes are staged under
+    <models-dir>/.preflight/, verified (size, sha256 or git blob sha1, format)
+    and renamed into place; a valid file is never deleted first.
+
+    \b
+    Examples:
+      preflight sync -m lanes.yaml -d /models
+      preflight sync -m lanes.yaml --profile minimal --token-file /run/secrets/hf-token
+      HF_ENDPOINT=https://mirror.example preflight sync -m lanes.yaml --locked
+    """
+    from .session import Session
+    from .sources.http import Timeouts
+    from .sync import Options, run_sync
+
+    _sigterm_to_interrupt()
+    offline = offline or _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+    session = Session.open(command="sync", **kw)
+    opts = Options(
+        offline=offline, locked=locked, token_file=token_file, timeouts=Timeouts(connect_timeout, stall_timeout),
+        retries=retries, workers=workers, deadline=deadline, lease_wait=lease_wait, stale_after=lease_stale,
+    )
+    report = run_sync(session, opts)
+    return session.finish(report, ready_file=True)
+
+
+@click.command()
+@opt("--manifest", "-m", default="/etc/preflight/manifest.yaml", show_default=True, type=click.Path(dir_okay=False), help="Manifest (YAML or JSON).")
+@opt("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Where to write (default: the manifest's `lock:` or <manifest>.lock.json; '-' for stdout).")
+@opt("--format", "fmt", type=click.Choice(["json", "sha256sum"]), default="json", show_default=True, help="json: the lock file; sha256sum: a `sha256sum -c` file of every file with a sha256.")
+@click.option("--lane", "-l", "lanes", multiple=True, envvar="PREFLIGHT_LANES", show_envvar=True, help="Lock only these lanes (others are kept as they are).")
+@opt("--token-file", default=None, type=click.Path(dir_okay=False), help="Read the Hub token from this file.")
+@guarded
+def lock(manifest, output, fmt, lanes, token_file, termination_log=None) -> int:
+    """Resolve every lane's source to a commit and each file's size and digest.
+
+    \b
+    Examples:
+      preflight lock -m lanes.yaml                     # writes lanes.lock.json
+      preflight lock -m lanes.yaml --format sha256sum -o - --lane coder
+    """
+    from .locking import make_lock
+
+    text, path = make_lock(manifest, output, fmt, lanes, token_file)
+    if path is None:
+        sys.stdout.write(text)
+    else:
+        click.echo(f"preflight lock: wrote {path}", err=True)
+    return ExitCode.READY
