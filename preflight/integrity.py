@@ -123,6 +123,13 @@ class Receipts:
         digests = rec.get("digests")
         return digests if isinstance(digests, dict) else None
 
+    def verified(self, rel: str) -> tuple[int, dict[str, str]] | None:
+        """Size and digests recorded when `rel` was last verified, whatever its stat is now."""
+        rec = self._files.get(rel)
+        if isinstance(rec, dict) and isinstance(rec.get("digests"), dict) and isinstance(rec.get("size"), int):
+            return rec["size"], rec["digests"]
+        return None
+
     def record(self, rel: str, st: os.stat_result, digests: dict[str, str]) -> None:
         key = StatKey.of(st)
         self._files[rel] = {

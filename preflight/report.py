@@ -148,7 +148,7 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
             if lane.status == READY and p.is_error:
                 continue
             tag = "warning" if not p.is_error else p.code
-            print(f"  {lane.name}: {p.path}: {tag}: {p.message}", file=out)
+            print(f"  {lane.name}: {p.path}: {tag}: {p.message.removeprefix(p.path + ': ')}", file=out)
     for note in report.notes:
         print(f"note: {note}", file=out)
     if report.exit_code == ExitCode.READY:
