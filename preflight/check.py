@@ -242,7 +242,7 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
             what = f"truncated by {-diff} bytes" if diff < 0 else f"{diff} bytes too long"
             result.problems.append(P.error(rel, P.SIZE_MISMATCH, f"{rel}: expected {exp.size} bytes, found {st.st_size} ({what})"))
             continue
-        if exp is not None and (exp.sha256 or exp.sha1) and ctx.verify != "full":
+        if exp is not None and _algo(exp) and ctx.verify != "full":
             rec = ctx.receipts.lookup(plan.state_key(rel), st)
             if rec is not None and _algo(exp) in rec:
                 obs.digests = rec
@@ -250,8 +250,9 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
     return plan
 
 
-def _algo(exp: FileExpect) -> str:
-    return "sha256" if exp.sha256 else "sha1"
+def _algo(exp: FileExpect) -> str | None:
+    """The digest to check a file by: sha256, else git blob sha1, else md5, else none."""
+    return "sha256" if exp.sha256 else "sha1" if exp.sha1 else "md5" if exp.md5 else None
 
 
 def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
@@ -259,7 +260,7 @@ def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
     jobs: list[tuple[LanePlan, FileObs]] = []
     for plan in plans:
         for obs in plan.files.values():
-            if obs.st is None or obs.expect is None or not (obs.expect.sha256 or obs.expect.sha1):
+            if obs.st is None or obs.expect is None or not _algo(obs.expect):
                 continue
             if obs.from_receipt or any(p.path == obs.rel and p.is_error for p in plan.result.problems):
                 continue
@@ -276,10 +277,12 @@ def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
             if obs.digests is None or obs.expect is None:
                 continue
             algo = _algo(obs.expect)
-            want = obs.expect.sha256 if algo == "sha256" else obs.expect.sha1
+            if algo is None:
+                continue
+            want = getattr(obs.expect, algo)
             got = obs.digests.get(algo)
             if got != want:
-                label = "sha256" if algo == "sha256" else "git blob sha1"
+                label = {"sha256": "sha256", "sha1": "git blob sha1", "md5": "md5"}[algo]
                 src = " (from the receipt of an earlier verification)" if obs.from_receipt else ""
                 plan.result.problems.append(P.error(obs.rel, P.CHECKSUM_MISMATCH, f"{obs.rel}: {label} is {got}{src}, expected {want}"))
                 ctx.receipts.forget(plan.state_key(obs.rel))

@@ -16,7 +16,7 @@ CHUNK = 4 * 2**20
 
 
 class Hasher:
-    """sha256 and/or git-blob sha1 over a stream, fed chunk by chunk.
+    """sha256, git-blob sha1 and/or md5 (DVC) over a stream, fed chunk by chunk.
 
     The git blob sha1 needs the size up front ("blob <size>\\0" prefix), which
     is what the Hub's `blobId` of a small file is.
@@ -33,6 +33,8 @@ class Hasher:
                 h = hashlib.sha1()
                 h.update(b"blob %d\0" % size)
                 self._h[algo] = h
+            elif algo == "md5":
+                self._h[algo] = hashlib.md5(usedforsecurity=False)
             else:
                 raise ValueError(f"unknown digest {algo}")
 

@@ -81,11 +81,12 @@ class FileExpect:
     size: int | None = None
     sha256: str | None = None
     sha1: str | None = None  # git blob sha1 (small files on the Hub)
+    md5: str | None = None  # DVC-tracked files
 
     def merge(self, other: FileExpect | None) -> FileExpect:
         if other is None:
             return self
-        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1)
+        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1, self.md5 or other.md5)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Lane:
     base: str | None = None  # adapter: name of the base lane
     checksums: str | None = None  # a `sha256sum -c` file (relative to the manifest or absolute)
     dvc: str | None = None  # a `.dvc` file pinning the content
+    env: str | None = None  # variable `preflight env` sets to the lane's path
     line: int | None = None
 
     @property
@@ -163,7 +165,7 @@ class Manifest:
 _TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoints", "lock"}
 _LANE_KEYS = {
     "name", "kind", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size",
-    "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint",
+    "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env",
 }
 _DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text"}
 
@@ -363,7 +365,7 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping) -> Lane:
     return Lane(
         name=name, kind=kind, path=path, source=source, include=include, exclude=exclude, files=files,
         required=required, enabled=enabled, profiles=profiles, allow_pickle=allow_pickle, serves_text=serves_text,
-        base=base, checksums=r.get(raw, key, "checksums", str), dvc=r.get(raw, key, "dvc", str), line=doc.line(*key),
+        base=base, checksums=r.get(raw, key, "checksums", str), dvc=r.get(raw, key, "dvc", str), env=r.get(raw, key, "env", str), line=doc.line(*key),
     )
 
 
