@@ -87,29 +87,65 @@ def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None) -> Loc
         raise ManifestError(f"not valid YAML: {exc.problem or exc}", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"not valid YAML: {exc}", file=file) from None
+    except RecursionError:
+        raise ManifestError("not valid YAML: nested too deeply", file=file) from None
     doc = Located(None, file)
     if node is None:
         return doc
     resolver = _Loader("")
-    doc.value = _convert(node, (), doc, env, resolver)
+    try:
+        doc.value = _Walk(doc, env, resolver).convert(node, ())
+    except RecursionError:
+        raise ManifestError("nested too deeply", file=file) from None
     return doc
 
 
-def _convert(node: yaml.Node, key: PathKey, doc: Located, env: Mapping[str, str], loader: yaml.SafeLoader) -> Any:
+MAX_NODES = 200_000
+
+
+@dataclass
+class _Walk:
+    """Node graph → values. Aliases are followed, but a cycle or an alias bomb
+    (a few lines expanding to millions of nodes) is a manifest error, not a hang."""
+
+    doc: Located
+    env: Mapping[str, str]
+    loader: yaml.SafeLoader
+    count: int = 0
+    active: set = field(default_factory=set)
+
+    def convert(self, node: yaml.Node, key: PathKey) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise ManifestError(f"more than {MAX_NODES} values (anchors and aliases expand too far)", file=self.doc.file, line=node.start_mark.line + 1)
+        if id(node) in self.active:
+            raise ManifestError("an alias refers to a node that contains it", file=self.doc.file, line=node.start_mark.line + 1, field=dotted(key) or None)
+        if not isinstance(node, yaml.ScalarNode):
+            self.active.add(id(node))
+        try:
+            return _convert(node, key, self.doc, self.env, self.loader, self.convert)
+        finally:
+            self.active.discard(id(node))
+
+
+def _convert(node: yaml.Node, key: PathKey, doc: Located, env: Mapping[str, str], loader: yaml.SafeLoader, walk) -> Any:
     doc.lines[key] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
-        loader.flatten_mapping(node)
+        try:
+            loader.flatten_mapping(node)
+        except yaml.MarkedYAMLError as exc:
+            raise ManifestError(f"bad merge key '<<': {exc.problem}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
         for k_node, v_node in node.value:
             if not isinstance(k_node, yaml.ScalarNode):
                 raise ManifestError("mapping keys must be plain strings", file=doc.file, line=k_node.start_mark.line + 1, field=dotted(key) or None)
             k = str(k_node.value)
             if k in out:
                 raise ManifestError(f"duplicate key {k!r}", file=doc.file, line=k_node.start_mark.line + 1, field=dotted(key + (k,)))
-            out[k] = _convert(v_node, key + (k,), doc, env, loader)
+            out[k] = walk(v_node, key + (k,))
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(v, key + (i,), doc, env, loader) for i, v in enumerate(node.value)]
+        return [walk(v, key + (i,)) for i, v in enumerate(node.value)]
     value = node.value
     if "$" in value:
 
@@ -123,11 +159,14 @@ def _convert(node: yaml.Node, key: PathKey, doc: Located, env: Mapping[str, str]
             )
 
         value = expand_vars(value, env, on_missing=missing)
-        if node.style is None:  # plain scalar: re-resolve so `${X:-true}` becomes a bool
-            tag = loader.resolve(yaml.ScalarNode, value, (True, False))
-            return loader.construct_object(yaml.ScalarNode(tag, value))
-        return value
+        if node.style is not None:
+            return value
+        # plain scalar: re-resolve so `${X:-true}` becomes a bool
+        node = yaml.ScalarNode(loader.resolve(yaml.ScalarNode, value, (True, False)), value, node.start_mark, node.end_mark)
     try:
         return loader.construct_object(node)
     except yaml.constructor.ConstructorError as exc:
         raise ManifestError(f"cannot read value: {exc.problem}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        # explicit tags such as `!!int xx` or `!!timestamp xx` fail inside PyYAML's constructors
+        raise ManifestError(f"cannot read value {node.value!r} as {node.tag.rsplit(':', 1)[-1]}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
