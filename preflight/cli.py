@@ -74,6 +74,8 @@ class LazyGroup(click.Group):
         "lock": ("preflight.cli_sync", "lock"),
         "smoke": ("preflight.cli_smoke", "smoke"),
         "docker": ("preflight.docker", "docker_group"),
+        "env": ("preflight.cli_env", "env_command"),
+        "perms": ("preflight.cli_perms", "perms"),
     }
 
     def list_commands(self, ctx):
