@@ -26,7 +26,12 @@ def _docs() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+# The Job that runs `preflight sync` (the smoke Job is checked on its own).
+DEFAULT_NAME = {"Job": "models-prewarm"}
+
+
 def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+    name = name or DEFAULT_NAME.get(kind)
     found = [d for _, d in _docs() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
@@ -185,3 +190,20 @@ def test_job_and_init_container_run_the_same_preflight() -> None:
     for key in ("image", "args", "env", "securityContext", "volumeMounts"):
         assert init[key] == job[key], key
     assert _pod("Deployment")["volumes"] == _pod("Job")["volumes"]
+
+
+def test_smoke_job_checks_the_served_model_after_deploy() -> None:
+    job = _one("Job", "preflight-smoke")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "smoke"
+    endpoint = _env(container)["PREFLIGHT_SMOKE_ENDPOINT"]
+    service = _one("Service", "vllm")
+    port = service["spec"]["ports"][0]["port"]
+    served = [a.split("=", 1)[1] for a in _pod("Deployment")["containers"][0]["args"] if a.startswith("--served-model-name=")]
+    assert endpoint == f"{served[0]}=vllm@http://vllm:{port}#{served[0]}"
+    from preflight.smoke import parse_endpoint_spec
+
+    assert parse_endpoint_spec(endpoint).kind == "vllm"
+    # not-ready-yet (3) is retried; a wrong model or auth error fails at once
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert 3 not in rule["onExitCodes"]["values"] and {1, 4} <= set(rule["onExitCodes"]["values"])
