@@ -322,12 +322,14 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping) -> Lane:
     path = normalise_rel(path_raw)
     if path is None or path == ".":
         raise doc.error(key + ("path",), f"path {path_raw!r} must be relative and stay inside models_dir", hint="path-escape")
-    revision = r.get(raw, key, "revision", str, default=defaults.get("revision"))
+    revision = r.get(raw, key, "revision", str)
     source = None
     src_raw = r.get(raw, key, "source", str)
     if src_raw is not None:
         try:
-            source = parse_source(src_raw, revision)
+            # a default revision yields to an explicit `@rev` in the source; the lane's own `revision:` must agree with it
+            pinned = "@" in src_raw.strip().removeprefix("hf://")
+            source = parse_source(src_raw, revision or (None if pinned else defaults.get("revision")))
         except ValueError as exc:
             raise doc.error(key + ("source",), f"bad source {src_raw!r}: {exc}") from None
     files: dict[str, FileExpect] = {}

@@ -143,6 +143,7 @@ def _convert(node: yaml.Node, key: PathKey, doc: Located, env: Mapping[str, str]
             if k in out:
                 raise ManifestError(f"duplicate key {k!r}", file=doc.file, line=k_node.start_mark.line + 1, field=dotted(key + (k,)))
             out[k] = walk(v_node, key + (k,))
+            doc.lines[key + (k,)] = k_node.start_mark.line + 1  # errors point at `key:`, not at a block value below it
         return out
     if isinstance(node, yaml.SequenceNode):
         return [walk(v, key + (i,)) for i, v in enumerate(node.value)]
