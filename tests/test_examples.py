@@ -1,0 +1,132 @@
+"""The shipped examples, end to end against stand-in repos on a local Hub server.
+
+Each test copies `examples/<name>/` as it ships, serves tiny models under the same repo
+ids and file names, then runs the real commands: sync → 0, check → 0, one corruption →
+the failure a user would see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import example_repos as ex
+from tests import repos
+from tests.hubserver import HubServer
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class Deployment:
+    """One example copied into a temp folder, with the environment its commands run in."""
+
+    def __init__(self, name: str, tmp: Path, hub: HubServer, **env: str) -> None:
+        self.dir = tmp / name
+        shutil.copytree(EXAMPLES / name, self.dir)
+        self.manifest = self.dir / "manifest.yaml"
+        self.models = tmp / "volume"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PREFLIGHT_", "MODEL", "TRANSFORMERS_"))}
+        self.env = {**base, **hub.env(), "HF_HOME": str(tmp / "hf-home"), **env}
+
+    def run(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "preflight.cli", *args], capture_output=True, text=True, timeout=120,
+                              env={**self.env, **(env or {})}, cwd=cwd)
+
+    def report(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+        res = self.run(*args, "-m", str(self.manifest), "--json", "-q", env=env)
+        try:
+            return res.returncode, json.loads(res.stdout)
+        except ValueError:
+            raise AssertionError(f"exit {res.returncode}, no JSON report:\n{res.stderr}") from None
+
+
+def codes(report: dict, lane: str) -> set[tuple[str, str]]:
+    found = next(l for l in report["lanes"] if l["name"] == lane)
+    return {(p["path"], p["code"]) for p in found["problems"]}
+
+
+def flip_byte(path: Path, offset: int = -1) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.fixture
+def hub():
+    with HubServer() as server:
+        yield server
+
+
+# ----------------------------------------------------------------------------- 1. per-model folders
+
+
+def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
+    llama = ex.llama_like(sharded=True)
+    bge = ex.encoder(ex.XLMR_CONFIG)
+    hub.add_repo("meta-llama/Llama-3.1-8B-Instruct", {**llama, "original/consolidated.00.pth": b"not fetched", "LICENSE": b"terms"}, gated=True)
+    hub.add_repo("Qwen/Qwen2.5-Coder-7B-Instruct", ex.llama_like(sharded=False, config={**repos.LLAMA_CONFIG, "model_type": "qwen2"}))
+    hub.add_repo("Qwen/Qwen2.5-72B-Instruct-AWQ", ex.llama_like(sharded=True, config=ex.AWQ_CONFIG))
+    hub.add_repo("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", ex.llama_like(sharded=False))
+    hub.add_repo("BAAI/bge-m3", {**bge, "colbert_linear.pt": b"excluded", "onnx/model.onnx": b"excluded"})
+    hub.add_repo("BAAI/bge-reranker-v2-m3", ex.encoder({**ex.XLMR_CONFIG, "architectures": ["XLMRobertaForSequenceClassification"]}))
+    d = Deployment("per-model-folders", tmp_path, hub, MODEL_BASE_PATH=str(tmp_path / "volume"))
+
+    # direction 1: preflight writes the sha256sum file (from the Hub's LFS digests) ...
+    lock = d.run("lock", "-m", str(d.manifest), "--format", "sha256sum", "--lane", "llama-3.1-8b-instruct",
+                 "-o", str(d.dir / "checksums/Meta-Llama-3.1-8B-Instruct.sha256"))
+    assert lock.returncode == 0, lock.stderr
+    # direction 2: the real tool writes one from a trusted copy, preflight reads it
+    trusted = repos.write_tree(tmp_path / "trusted-bge-m3", bge)
+    made = subprocess.run("sha256sum *.json *.safetensors", shell=True, cwd=trusted, capture_output=True, text=True, check=True)
+    (d.dir / "checksums/bge-m3.sha256").write_text(made.stdout)
+
+    no_token = d.run("sync", "-m", str(d.manifest), "-q", "--lane", "llama-3.1-8b-instruct", env={"HF_TOKEN": ""})
+    assert no_token.returncode == 4, no_token.stderr
+
+    code, report = d.report("sync")
+    assert code == 0, report
+    llama_dir = d.models / "Meta-Llama-3.1-8B-Instruct"
+    assert sorted(p.name for p in llama_dir.iterdir()) == sorted(llama)
+    assert not (d.models / "bge-m3" / "colbert_linear.pt").exists()
+    assert json.loads((d.models / "Qwen2.5-72B-Instruct-AWQ" / "config.json").read_text())["quantization_config"]["quant_method"] == "awq"
+    assert d.report("check")[0] == 0
+
+    # both checksum files pass the real `sha256sum -c` on the synced volume
+    for folder, name in ((llama_dir, "Meta-Llama-3.1-8B-Instruct.sha256"), (d.models / "bge-m3", "bge-m3.sha256")):
+        listed = (d.dir / "checksums" / name).read_text()
+        assert ".safetensors" in listed
+        ok = subprocess.run(["sha256sum", "-c", str(d.dir / "checksums" / name)], cwd=folder, capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    shard = llama_dir / "model-00002-of-00003.safetensors"
+    flip_byte(shard)
+    code, report = d.report("check")
+    assert code == 1
+    assert (shard.name, "checksum-mismatch") in codes(report, "llama-3.1-8b-instruct")
+    bad = subprocess.run(["sha256sum", "-c", str(d.dir / "checksums/Meta-Llama-3.1-8B-Instruct.sha256")], cwd=llama_dir, capture_output=True, text=True)
+    assert bad.returncode == 1 and f"{shard.name}: FAILED" in bad.stdout
+
+    vocab = d.models / "bge-m3" / "tokenizer_config.json"
+    assert len(vocab.read_bytes()) == len(b'{"model_max_length": 256}')
+    vocab.write_text('{"model_max_length": 256}')  # same length, other bytes: only the checksum file can tell
+    code, report = d.report("check")
+    assert code == 1
+    assert codes(report, "bge-m3") == {("tokenizer_config.json", "checksum-mismatch")}
+
+    code, report = d.report("sync")
+    assert code == 0, report
+    assert hashlib.sha256(shard.read_bytes()).hexdigest() == hashlib.sha256(llama[shard.name]).hexdigest()
+
+    os.chmod(shard, 0o600)
+    perms = d.run("perms", "-m", str(d.manifest), "--uid", "65532", "--gid", "65532")
+    assert perms.returncode == 1
+    assert f"Meta-Llama-3.1-8B-Instruct/{shard.name}: file not readable (mode 0600" in perms.stderr
