@@ -130,3 +130,55 @@ def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
     perms = d.run("perms", "-m", str(d.manifest), "--uid", "65532", "--gid", "65532")
     assert perms.returncode == 1
     assert f"Meta-Llama-3.1-8B-Instruct/{shard.name}: file not readable (mode 0600" in perms.stderr
+
+
+# ----------------------------------------------------------------------------- 2. RAG backend
+
+
+def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
+    gguf = ex.gguf_q4_k_m("mistral-7b-instruct-v0.2.Q4_K_M.gguf")
+    clip, whisper = ex.clip_checkpoint(), ex.whisper_checkpoint()
+    hub.add_repo("sentence-transformers/all-MiniLM-L6-v2", {**ex.sentence_transformer(), "onnx/model.onnx": b"excluded"})
+    urls = {
+        "MISTRAL_GGUF_URL": hub.add_url("TheBloke/mistral-7b-instruct-v0.2.Q4_K_M.gguf", gguf),
+        "CLIP_URL": hub.add_url("clip/ViT-B-32.pt", clip),
+        "WHISPER_URL": hub.add_url("whisper/small.pt", whisper),
+    }
+    sums = {"MISTRAL_GGUF_SHA256": gguf, "CLIP_SHA256": clip, "WHISPER_SHA256": whisper}
+    d = Deployment("rag-backend", tmp_path, hub, MODELS_DIR=str(tmp_path / "volume"), **urls,
+                   **{k: hashlib.sha256(v).hexdigest() for k, v in sums.items()})
+
+    code, report = d.report("sync")
+    assert code == 0, report
+    assert (d.models / "embeddings/all-MiniLM-L6-v2/1_Pooling/config.json").is_file()
+    assert not (d.models / "embeddings/all-MiniLM-L6-v2/onnx").exists()
+    assert d.report("check")[0] == 0
+    flip_byte(d.models / "clip/ViT-B-32.pt", 100)
+    code, report = d.report("check")
+    assert code == 1 and codes(report, "clip") == {("ViT-B-32.pt", "checksum-mismatch")}
+    assert d.report("sync")[0] == 0
+
+    env = d.run("env", "-m", str(d.manifest))
+    assert env.returncode == 0, env.stderr
+    assert env.stdout.splitlines() == [
+        f"TEXT_MODEL_PATH={d.models}/llm/mistral-7b-instruct-v0.2.Q4_K_M.gguf",
+        f"EMBEDDING_MODEL_PATH={d.models}/embeddings/all-MiniLM-L6-v2",
+        f"CLIP_MODEL_PATH={d.models}/clip/ViT-B-32.pt",
+        f"WHISPER_MODEL_PATH={d.models}/whisper/small.pt",
+    ]
+
+    # offline, the way the app's own variables say: nothing fetched, a missing file is named
+    hub.clear_requests()
+    (d.models / "whisper/small.pt").unlink()
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        code, report = d.report("sync", env={var: "1"})
+        assert code == 1
+        assert codes(report, "whisper") == {("small.pt", "missing")}
+    assert hub.requests == []
+
+    # a checkpoint that runs code on load fails even with its own sha256 pinned
+    evil = ex.malicious_checkpoint()
+    evil_url = hub.add_url("whisper/evil/small.pt", evil)
+    code, report = d.report("sync", env={"WHISPER_URL": evil_url, "WHISPER_SHA256": hashlib.sha256(evil).hexdigest()})
+    assert code == 1
+    assert ("small.pt", "dangerous-pickle") in codes(report, "whisper")
