@@ -1,0 +1,185 @@
+"""Shared pieces of the process-level benchmarks: run a command and measure it, interleave, report targets.
+
+A command is measured from outside, as an init container is: wall time from
+spawn to exit, peak RSS from the kernel's rusage of that one child, and the
+bytes it read from /proc/<pid>/io, read while the exited child is still a
+zombie (waitid with WNOWAIT), so nothing inside the process is changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def preflight_cmd() -> list[str]:
+    """The installed console script, run by this interpreter (no shell shims in the figures)."""
+    script = Path(PY).parent / "preflight"
+    if script.is_file():
+        return [PY, str(script)]
+    return [PY, "-m", "preflight.cli"]
+
+
+@dataclass(frozen=True)
+class Proc:
+    wall_s: float
+    maxrss_mb: float
+    rchar: int  # bytes returned by read-like syscalls (page cache hits included)
+    read_bytes: int  # bytes fetched from the storage layer
+    returncode: int
+    stderr: str
+
+
+# Runs in a small separate interpreter. Linux carries the parent's peak RSS into a
+# child across fork/exec (signal->maxrss), so spawning from this process, which holds
+# numpy and test data, would inflate every figure; the launcher is ~10 MB.
+_LAUNCHER = r"""
+import json, os, subprocess, sys, time
+for line in sys.stdin:
+    req = json.loads(line)
+    with open(req["stderr"], "wb") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(req["cmd"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                             env=req["env"], cwd=req["cwd"])
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+        wall = time.perf_counter() - t0
+        try:
+            with open("/proc/%d/io" % p.pid) as f:
+                io = dict((k, int(v)) for k, v in (l.split(": ") for l in f.read().splitlines()))
+        except OSError:
+            io = {}
+        _pid, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    sys.stdout.write(json.dumps({"wall": wall, "maxrss_kb": ru.ru_maxrss, "io": io, "rc": p.returncode}) + "\n")
+    sys.stdout.flush()
+"""
+_launcher: subprocess.Popen | None = None
+
+
+def _launch() -> subprocess.Popen:
+    global _launcher
+    if _launcher is None or _launcher.poll() is not None:
+        _launcher = subprocess.Popen([PY, "-S", "-c", _LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return _launcher
+
+
+def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+        expect_rc: int | None = 0) -> Proc:
+    """Run `cmd` once with stdout discarded; raise when its exit code is not `expect_rc`."""
+    launcher = _launch()
+    assert launcher.stdin is not None and launcher.stdout is not None
+    fd, err_path = tempfile.mkstemp(prefix="bench-stderr-")
+    os.close(fd)
+    try:
+        launcher.stdin.write(json.dumps({"cmd": [str(c) for c in cmd], "env": dict(env if env is not None else os.environ),
+                                         "cwd": str(cwd) if cwd else None, "stderr": err_path}) + "\n")
+        launcher.stdin.flush()
+        answer = json.loads(launcher.stdout.readline())
+        stderr = Path(err_path).read_text("utf-8", "replace")
+    finally:
+        os.unlink(err_path)
+    io = answer["io"]
+    proc = Proc(answer["wall"], answer["maxrss_kb"] / 1024, io.get("rchar", -1), io.get("read_bytes", -1), answer["rc"], stderr)
+    if expect_rc is not None and proc.returncode != expect_rc:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}, expected {expect_rc}:\n{stderr[-3000:]}")
+    return proc
+
+
+def compile_package() -> None:
+    """Write preflight's bytecode, as installing the wheel does (an editable checkout under
+    PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module on every start)."""
+    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "preflight")], check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+
+
+def interleave(commands: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Call every timer once per round, rotating the order, so background load hits each alike."""
+    names = list(commands)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            out[n].append(commands[n]())
+    return out
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def warm(paths: Iterable[Path]) -> None:
+    """Read files once so the page cache holds them, as on a restart of the container."""
+    buf = bytearray(8 * 2**20)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def write_random(path: Path, size: int, *, block: int = 64 * 2**20, offset: int = 0) -> None:
+    """Fill `path` from `offset` to `size` with incompressible bytes (one random block, repeated)."""
+    import numpy as np
+
+    data = np.random.default_rng().bytes(block)
+    with open(path, "r+b" if path.exists() else "wb") as f:
+        f.seek(offset)
+        left = size - offset
+        while left > 0:
+            n = min(left, block)
+            f.write(data[:n])
+            left -= n
+
+
+@contextmanager
+def scratch(name: str) -> Iterator[Path]:
+    """A temporary folder under the repository's ignored build/ (same disk as the checkout), removed after."""
+    base = ROOT / "build"
+    base.mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Targets:
+    """Collects measured figures against their limits; `finish` prints a verdict and gives the exit code."""
+
+    missed: list[str] = field(default_factory=list)
+
+    def at_most(self, label: str, value: float, limit: float, detail: str = "", unit: str = "x") -> None:
+        ok = value <= limit
+        print(f"{'ok  ' if ok else 'MISS'} {label}: {value:.3g}{unit} (target <= {limit:g}{unit}){'; ' + detail if detail else ''}", flush=True)
+        if not ok:
+            self.missed.append(label)
+
+    def at_least(self, label: str, value: float, limit: float, detail: str = "", unit: str = "x") -> None:
+        ok = value >= limit
+        print(f"{'ok  ' if ok else 'MISS'} {label}: {value:.3g}{unit} (target >= {limit:g}{unit}){'; ' + detail if detail else ''}", flush=True)
+        if not ok:
+            self.missed.append(label)
+
+    def holds(self, label: str, ok: bool, detail: str = "") -> None:
+        print(f"{'ok  ' if ok else 'MISS'} {label}{': ' + detail if detail else ''}", flush=True)
+        if not ok:
+            self.missed.append(label)
+
+    def finish(self) -> int:
+        if self.missed:
+            print(f"{len(self.missed)} target(s) missed: {', '.join(self.missed)}", flush=True)
+            return 1
+        print("all targets met", flush=True)
+        return 0
