@@ -168,6 +168,6 @@ def _convert(node: yaml.Node, key: PathKey, doc: Located, env: Mapping[str, str]
         return loader.construct_object(node)
     except yaml.constructor.ConstructorError as exc:
         raise ManifestError(f"cannot read value: {exc.problem}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
-    except (ValueError, TypeError, AttributeError, OverflowError):
+    except (ValueError, TypeError, AttributeError, OverflowError, IndexError, KeyError):
         # explicit tags such as `!!int xx` or `!!timestamp xx` fail inside PyYAML's constructors
         raise ManifestError(f"cannot read value {node.value!r} as {node.tag.rsplit(':', 1)[-1]}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
