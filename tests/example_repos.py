@@ -98,4 +98,29 @@ def malicious_checkpoint() -> bytes:
 
 def gguf_q4_k_m(name: str) -> bytes:
     """A GGUF file with Q4_K weights, as a *Q4_K_M.gguf name promises."""
-    return repos.gguf_file(name, quant="Q4_K")[name]
+    return repos.gguf_file(name, quant="Q4_K", extra_kv={"general.name": name.removesuffix(".gguf")})[name]
+
+
+def distinct(files: dict[str, bytes], repo: str) -> dict[str, bytes]:
+    """Make every file of a stand-in differ from other stand-ins (real repos rarely share bytes)."""
+    out = {}
+    for rel, data in files.items():
+        if rel.endswith(".json") and not rel.endswith(".index.json"):
+            out[rel] = json.dumps({**json.loads(data), "_name_or_path": repo}).encode()
+        elif rel.endswith(".safetensors"):
+            out[rel] = _retag(data, repo)
+        else:
+            out[rel] = data
+    return out
+
+
+def _retag(data: bytes, repo: str) -> bytes:
+    """The same safetensors file with the repo named in its header metadata."""
+    import struct
+
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    header.setdefault("__metadata__", {})["source"] = repo
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]

@@ -93,7 +93,7 @@ def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
     assert no_token.returncode == 4, no_token.stderr
 
     code, report = d.report("sync")
-    assert code == 0, report
+    assert code == 0, json.dumps(report, indent=1)
     llama_dir = d.models / "Meta-Llama-3.1-8B-Instruct"
     assert sorted(p.name for p in llama_dir.iterdir()) == sorted(llama)
     assert not (d.models / "bge-m3" / "colbert_linear.pt").exists()
@@ -123,7 +123,7 @@ def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
     assert codes(report, "bge-m3") == {("tokenizer_config.json", "checksum-mismatch")}
 
     code, report = d.report("sync")
-    assert code == 0, report
+    assert code == 0, json.dumps(report, indent=1)
     assert hashlib.sha256(shard.read_bytes()).hexdigest() == hashlib.sha256(llama[shard.name]).hexdigest()
 
     os.chmod(shard, 0o600)
@@ -149,7 +149,7 @@ def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
                    **{k: hashlib.sha256(v).hexdigest() for k, v in sums.items()})
 
     code, report = d.report("sync")
-    assert code == 0, report
+    assert code == 0, json.dumps(report, indent=1)
     assert (d.models / "embeddings/all-MiniLM-L6-v2/1_Pooling/config.json").is_file()
     assert not (d.models / "embeddings/all-MiniLM-L6-v2/onnx").exists()
     assert d.report("check")[0] == 0
@@ -182,3 +182,49 @@ def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
     code, report = d.report("sync", env={"WHISPER_URL": evil_url, "WHISPER_SHA256": hashlib.sha256(evil).hexdigest()})
     assert code == 1
     assert ("small.pt", "dangerous-pickle") in codes(report, "whisper")
+
+
+# ----------------------------------------------------------------------------- 3. model lanes
+
+
+def test_model_lanes(hub: HubServer, tmp_path: Path) -> None:
+    from preflight.smoke import endpoints_from_manifest
+
+    for repo in ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", "Qwen/Qwen2.5-Coder-32B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"):
+        hub.add_repo(repo, ex.distinct(ex.llama_like(sharded=repo.startswith("deepseek")), repo))
+    nemotron = "Llama-3.1-Nemotron-8B-UltraLong-4M-Instruct-q4_k_m.gguf"
+    hub.add_repo("org/nemotron-gguf", {nemotron: ex.gguf_q4_k_m(nemotron)})
+    hub.add_repo("ibm-granite/granite-3.3-8b-instruct-GGUF", {"granite-3.3-8b-instruct-Q4_K_M.gguf": ex.gguf_q4_k_m("granite-3.3-8b-instruct-Q4_K_M.gguf")})
+    hub.add_repo("TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF", {"tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf": ex.gguf_q4_k_m("tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf")})
+    embed_commit = hub.add_repo("BAAI/bge-m3", ex.encoder(ex.XLMR_CONFIG))
+    d = Deployment("model-lanes", tmp_path, hub, MODELS_PATH=str(tmp_path / "volume"), SUPER_READER_REPO="org/nemotron-gguf", ENABLE_CODER="false")
+
+    code, report = d.report("sync")
+    assert code == 0, json.dumps(report, indent=1)
+    assert [l["name"] for l in report["lanes"]] == ["orchestrator", "fast_rag", "super_reader", "governance", "embeddings"]
+    assert not (d.models / "vllm/coder").exists() and not (d.models / "vllm/tinyllama").exists()
+    snapshot = d.models / "hf-cache/models--BAAI--bge-m3/snapshots" / embed_commit
+    assert (snapshot / "model.safetensors").is_symlink() and (snapshot / "config.json").is_file()
+    assert (d.models / "hf-cache/models--BAAI--bge-m3/refs/main").read_text().strip() == embed_commit
+    assert d.report("check")[0] == 0
+
+    code, report = d.report("sync", "--profile", "minimal")
+    assert code == 0, json.dumps(report, indent=1)
+    assert [l["name"] for l in report["lanes"]] == ["tiny-llm", "tiny-gguf"]
+    assert (d.models / "gguf/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf").is_file()
+
+    granite = d.models / "gguf/granite-3.3-8b-instruct-Q4_K_M.gguf"
+    with open(granite, "r+b") as f:
+        f.truncate(granite.stat().st_size - 100)
+    code, report = d.report("check")
+    assert code == 1
+    assert {path for path, _code in codes(report, "governance")} == {granite.name}
+    assert next(l for l in report["lanes"] if l["name"] == "super_reader")["status"] == "ready"
+
+    eps = endpoints_from_manifest(d.manifest, env={"GOVERNANCE_URL": "http://127.0.0.1:8081"})
+    assert [(e.name, e.kind, e.lane) for e in eps] == [
+        ("orchestrator", "vllm", "orchestrator"), ("coder", "vllm", "coder"), ("fast_rag", "vllm", "fast_rag"),
+        ("super_reader", "llama.cpp", "super_reader"), ("governance", "llama.cpp", "governance"),
+    ]
+    assert eps[-1].url.startswith("http://127.0.0.1:8081")
+
