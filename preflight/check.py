@@ -218,7 +218,8 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         try:
             st = os.stat(obs.abs)
         except FileNotFoundError:
-            result.problems.append(P.error(rel, P.MISSING, f"{rel} is missing" + (f" (expected {exp.size} bytes)" if exp and exp.size is not None else "")))
+            code = P.SPLIT_MISSING if lane.kind == "gguf" and len(expected) > 1 else P.MISSING
+            result.problems.append(P.error(rel, code, f"{rel} is missing" + (f" (expected {exp.size} bytes)" if exp and exp.size is not None else "")))
             continue
         except OSError as exc:
             result.problems.append(P.error(rel, P.UNREADABLE, f"{rel}: cannot stat ({exc.strerror})"))

@@ -150,8 +150,8 @@ def check_hf_dir(
             info.problems.extend(check_index(root / INDEX_NAME, shards, name=INDEX_NAME).problems)
         info.weights.append(INDEX_NAME)
     for rel in files:
-        if rel.endswith(".safetensors") and rel not in checked and rel not in ADAPTER_WEIGHTS:
-            if rel in top_level:
+        if rel.endswith(".safetensors") and rel not in checked:
+            if rel in top_level and rel not in ADAPTER_WEIGHTS:  # adapter weights are validated, not counted as the model's
                 info.weights.append(rel)
             _safetensors(info, root, rel, check_safetensors)
     pickles = [rel for rel in files if is_pickle_name(rel) and not rel.endswith("training_args.bin")]
