@@ -32,15 +32,17 @@ from .manifest import FileExpect, Lane
 from .progress import Progress
 from .report import LaneResult, Report, human_size
 from .session import Session
-from .sources.http import Timeouts, fetch_to, redact
+from .sources.http import Cancel, Timeouts, fetch_to, redact
 
 FIXABLE = {
     P.MISSING, P.EMPTY_FILE, P.TRUNCATED, P.TRAILING_DATA, P.HEADER_TOO_LARGE, P.HEADER_INVALID, P.BAD_OFFSETS,
-    P.BAD_DTYPE, P.BAD_SHAPE, P.SHARD_MISSING, P.BAD_MAGIC, P.UNSUPPORTED_VERSION, P.COUNT_TOO_LARGE,
+    P.BAD_DTYPE, P.BAD_SHAPE, P.BAD_MAGIC, P.UNSUPPORTED_VERSION, P.COUNT_TOO_LARGE,
     P.BAD_VALUE_TYPE, P.BAD_TENSOR_TYPE, P.MISALIGNED, P.TENSOR_OUT_OF_BOUNDS, P.SPLIT_MISSING, P.SPLIT_INVALID,
     P.CONFIG_INVALID, P.CONFIG_MISSING, P.CHECKSUM_MISMATCH, P.SIZE_MISMATCH, P.INDEX_INVALID, P.NOT_A_FILE,
     P.ADAPTER_INVALID, P.UNREADABLE,
 }
+# Not here: shard-missing is reported on the index file, which is fine; the absent shard
+# has its own `missing` problem, and refetching the index would rewrite a valid file.
 
 
 @dataclass
@@ -141,8 +143,14 @@ class Remote:
                 files[rel] = (path_in_repo, exp)
             commit = locked.commit
         else:
-            listing = resolve(lane, self.get_token(), timeout=max(self.opts.timeouts.connect, 10.0))
+            token = self.get_token()
+            listing = resolve(lane, token, timeout=max(self.opts.timeouts.connect, 10.0))
             self.requests += 1
+            if listing.gated and not token:
+                raise AuthError(
+                    f"{src.repo} is gated: a token is needed and none was given",
+                    hint="accept the model's terms on the Hub, then pass a token (HF_TOKEN, HF_TOKEN_PATH or --token-file)",
+                )
             commit = listing.commit
             files = {rel: (f.path_in_repo, f.expect) for rel, f in listing.files.items()}
         self.expect[lane.name] = ({rel: e for rel, (_p, e) in files.items()}, commit)
@@ -199,15 +207,24 @@ class Fetcher:
         self.deadline = deadline
         assert session.state_dir is not None
         self.staging = session.state_dir / "staging"
+        self.cancel = Cancel()
 
     def run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
+        """Fetch every job; on an interrupt (SIGTERM arrives as KeyboardInterrupt) stop all
+        downloads at once, keeping their partial bytes, and re-raise."""
         self.staging.mkdir(parents=True, exist_ok=True)
         failures: dict[str, list[tuple[Job, PreflightError]]] = {}
         workers = max(1, min(self.opts.workers, len(jobs)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="fetch") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
+        try:
             for job, err in zip(jobs, pool.map(self._one, jobs)):
                 if err is not None:
                     failures.setdefault(job.lane.name, []).append((job, err))
+        except BaseException:
+            self.cancel.trip()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return failures
 
     def _one(self, job: Job) -> PreflightError | None:
@@ -235,10 +252,13 @@ class Fetcher:
         last: PreflightError | None = None
         try:
             for attempt in range(self.opts.retries + 1):
+                if self.cancel.is_set():
+                    raise FetchError(f"{job.label}: cancelled")
                 if attempt:
                     delay = min(2 ** (attempt - 1), 8)
                     self.progress.log(f"{job.label}: retry {attempt}/{self.opts.retries} in {delay}s after: {last}")
-                    time.sleep(delay)
+                    if self.cancel.wait(delay):
+                        raise FetchError(f"{job.label}: cancelled")
                     self.progress.reset(key)
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise FetchError(f"{job.label}: the run's deadline passed")
@@ -250,7 +270,8 @@ class Fetcher:
                         size = partial.stat().st_size
                     else:
                         got = fetch_to(job.url, partial, headers=headers, expected_size=job.expect.size, algos=algos, etag=job.etag,
-                                       timeouts=self.opts.timeouts, progress=lambda n: self.progress.advance(key, n), deadline=self.deadline)
+                                       timeouts=self.opts.timeouts, progress=lambda n: self.progress.advance(key, n), deadline=self.deadline,
+                                       cancel=self.cancel)
                         digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
                     self._publish(job, partial, digests)

@@ -7,6 +7,7 @@ import http.client
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,47 @@ MAX_REDIRECTS = 10
 class Timeouts:
     connect: float = 10.0
     stall: float = 60.0  # no byte for this long → give up on this attempt
+
+
+class Cancel:
+    """Ends every download in progress at once (SIGTERM), from any thread.
+
+    A worker blocked in recv() on a stalled server would otherwise hold the process
+    until its stall timeout; shutting its socket down wakes it immediately.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._event = threading.Event()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) when cancelled."""
+        return self._event.wait(seconds)
+
+    def trip(self) -> None:
+        self._event.set()
+        with self._lock:
+            for sock in self._socks:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._socks.add(sock)
+        if self._event.is_set():
+            self.trip()
+
+    def forget(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._socks.discard(sock)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -110,6 +152,7 @@ def fetch_to(
     timeouts: Timeouts | None = None,
     progress: Callable[[int], None] | None = None,
     deadline: float | None = None,
+    cancel: Cancel | None = None,
 ) -> Fetched:
     """One attempt: append to `partial` (resuming when it holds bytes), return digests of the whole file.
 
@@ -129,7 +172,12 @@ def fetch_to(
         headers["Range"] = f"bytes={have}-"
         if etag:
             headers["If-Range"] = f'"{etag}"'
+    if cancel is not None and cancel.is_set():
+        raise FetchError("cancelled", url=url)
     resp, conn, final_url = open_stream(url, headers, timeouts)
+    sock = conn.sock
+    if cancel is not None:
+        cancel.watch(sock)
     try:
         if resp.status == 206 and have:
             crange = resp.getheader("Content-Range") or ""
@@ -158,22 +206,25 @@ def fetch_to(
         hasher = Hasher(algos, size) if ("sha1" not in algos or size is not None) else Hasher(tuple(a for a in algos if a != "sha1"))
         if have:
             _feed(partial, hasher, have, progress)
-        with open(partial, mode) as f:
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
+        # Unbuffered, and read1 hands over whatever has arrived: every byte received is in
+        # the partial file at once, so a process killed or stalled mid-way loses nothing.
+        with open(partial, mode, buffering=0) as f:
             while True:
                 if deadline is not None and time.monotonic() > deadline:
                     raise StalledError("the run's deadline passed during the download", url=url)
                 try:
-                    n = resp.readinto(buf)
+                    data = resp.read1(CHUNK)
                 except (socket.timeout, TimeoutError):
                     raise StalledError(f"no data for {timeouts.stall:g}s (stalled at byte {have})", url=url) from None
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    if cancel is not None and cancel.is_set():
+                        raise FetchError(f"cancelled at byte {have}", url=url) from None
                     raise FetchError(f"connection lost at byte {have}: {type(exc).__name__}", url=url) from None
-                if not n:
+                if not data:
                     break
-                f.write(view[:n])
-                hasher.update(view[:n])
+                _write_all(f, data)
+                hasher.update(data)
+                n = len(data)
                 have += n
                 if progress:
                     progress(n)
@@ -187,7 +238,15 @@ def fetch_to(
             raise FetchError(f"got {have} bytes, expected {expected_size}", url=url)
         return Fetched(have, hasher.hexdigests(), int(headers.get("Range", "bytes=0-")[6:-1] or 0), final_url)
     finally:
+        if cancel is not None:
+            cancel.forget(sock)
         conn.close()
+
+
+def _write_all(f, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
 
 
 def _feed(path: Path, hasher: Hasher, n: int, progress) -> None:

@@ -1,0 +1,305 @@
+"""`preflight sync` when the network misbehaves: drops, 5xx, stalls, corrupt bytes, missing
+things, auth, and a process killed or stopped in the middle of a download."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.builders import write_safetensors
+from tests.hubserver import DEFAULT_TOKEN, HubServer
+from tests.repos import hf_model
+from tests.test_sync import STATE, Volume, hf_lane, hub_downloads, kill, vol  # noqa: F401
+
+WEIGHTS = "model.safetensors"
+
+
+def big_model(n_bytes: int = 1 << 20) -> dict[str, bytes]:
+    """An hf-dir repo whose weights file is about ``n_bytes`` of non-zero data, so byte faults land inside it."""
+    with tempfile.TemporaryDirectory() as d:
+        rows = n_bytes // 4096
+        data = np.arange(rows * 1024, dtype=np.float32).reshape(rows, 1024)
+        path = write_safetensors(Path(d) / WEIGHTS, {"model.embed_tokens.weight": data})
+        return hf_model(extra={WEIGHTS: path.read_bytes()})
+
+
+def cdn_requests(hub: HubServer, repo: str, path: str, since: int = 0) -> list:
+    """CDN GETs of one LFS file, from log position ``since`` on (the log is never cleared while a
+    stalled response may still be writing to it)."""
+    return [r for r in hub.requests[since:] if r.kind == "cdn" and r.repo_id == repo and r.file == path]
+
+
+def cdn_ranges(hub: HubServer, repo: str, path: str, since: int = 0) -> list[str | None]:
+    return [r.range for r in cdn_requests(hub, repo, path, since)]
+
+
+def lane_message(run, name: str) -> str:
+    return " ".join(p["message"] for p in run.lane(name)["problems"])
+
+
+@pytest.fixture
+def model_vol(vol: Volume, hub_server: HubServer) -> tuple[Volume, dict[str, bytes]]:
+    files = hf_model(sharded=True)
+    hub_server.add_repo("org/llm", files)
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    return vol, files
+
+
+SHARD = "model-00002-of-00003.safetensors"
+
+
+# --------------------------------------------------------------------------- transient faults recover
+
+
+def test_dropped_connection_is_resumed_with_range(model_vol, hub_server: HubServer) -> None:
+    vol, files = model_vol
+    hub_server.fault("org/llm", SHARD).drop_after(100, times=1)
+    r = vol.run()
+    assert r.code == 0, r.stderr
+    assert vol.tree("vllm/llm") == files
+    ranges = cdn_ranges(hub_server, "org/llm", SHARD)
+    assert ranges[0] is None and "bytes=100-" in ranges[1:], ranges
+    assert "retry 1/3" in r.stderr
+    assert vol.debris() == []
+
+
+def test_two_503_answers_then_success(model_vol, hub_server: HubServer) -> None:
+    vol, files = model_vol
+    hub_server.fault("org/llm", "config.json").status(503, times=2)
+    r = vol.run()
+    assert r.code == 0, r.stderr
+    assert vol.tree("vllm/llm") == files
+    assert hub_server.count("org/llm", "config.json", status=503) == 2
+    assert vol.debris() == []
+
+
+def test_resume_when_the_server_ignores_range(model_vol, hub_server: HubServer) -> None:
+    vol, files = model_vol
+    fault = hub_server.fault("org/llm", SHARD)
+    fault.drop_after(100, times=1)
+    fault.ignore_range(times=1)
+    r = vol.run()
+    assert r.code == 0, r.stderr
+    assert vol.tree("vllm/llm") == files
+    served = [(q.range, q.status) for q in hub_server.requests if q.kind == "cdn" and q.file == SHARD]
+    assert served[-1] == ("bytes=100-", 200), served  # asked to resume, got the whole file: started over
+    assert vol.debris() == []
+
+
+# --------------------------------------------------------------------------- persistent faults fail with 3
+
+
+def test_persistent_500_exits_3_naming_lane_and_url(model_vol, hub_server: HubServer) -> None:
+    vol, _files = model_vol
+    hub_server.fault("org/llm", "config.json").status(500, times=None)
+    r = vol.run("sync", "--retries", "1")
+    assert r.code == 3, r.stderr
+    msg = lane_message(r, "llm")
+    assert "fetch-failed" in r.codes("llm")
+    assert "llm/config.json" in msg and "HTTP 500" in msg
+    commit = r.lane("llm")["revision"]
+    assert hub_server.file_url("org/llm", "config.json", commit) in msg
+    assert "llm" in (r.termination or "")
+    assert not (vol.models / "vllm/llm/config.json").exists()
+    assert vol.debris() == []
+
+
+def test_stall_fails_with_3_in_bounded_time(model_vol, hub_server: HubServer) -> None:
+    vol, _files = model_vol
+    hub_server.fault("org/llm", SHARD).stall(50, 60)
+    started = time.monotonic()
+    r = vol.run("sync", "--stall-timeout", "1", "--retries", "0", timeout=30)
+    assert r.code == 3, r.stderr
+    assert time.monotonic() - started < 15
+    assert "no data for 1s" in lane_message(r, "llm")
+    assert not (vol.models / "vllm/llm" / SHARD).exists()
+    assert vol.debris(allow_partial=True) == []
+
+
+def test_corrupt_bytes_are_never_published_and_valid_files_stay(model_vol, hub_server: HubServer) -> None:
+    vol, files = model_vol
+    assert vol.run().code == 0
+    root = vol.models / "vllm/llm"
+    (root / SHARD).unlink()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()}
+    hub_server.fault("org/llm", SHARD).corrupt(len(files[SHARD]) - 3)  # inside the tensor data: only the digest can tell
+    r = vol.run("sync", "--retries", "1")
+    assert r.code == 3, r.stderr
+    assert "sha256" in lane_message(r, "llm")
+    assert len(cdn_ranges(hub_server, "org/llm", SHARD)) == 2 + 1  # first sync, then two attempts
+    assert not (root / SHARD).exists()
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()}
+    assert after == before
+    assert vol.debris() == []
+
+
+def test_corrupt_bytes_do_not_replace_an_invalid_file_either(model_vol, hub_server: HubServer) -> None:
+    vol, files = model_vol
+    assert vol.run().code == 0
+    target = vol.models / "vllm/llm" / SHARD
+    target.write_bytes(files[SHARD][:50])
+    hub_server.fault("org/llm", SHARD).corrupt(len(files[SHARD]) - 3)
+    r = vol.run("sync", "--retries", "0")
+    assert r.code == 3, r.stderr
+    assert target.read_bytes() == files[SHARD][:50]
+    assert vol.debris() == []
+
+
+# --------------------------------------------------------------------------- not found
+
+
+def test_missing_file_in_repo_exits_3(vol: Volume, hub_server: HubServer) -> None:
+    hub_server.add_repo("org/gguf", {"other.gguf": b"GGUF"})
+    vol.write([hf_lane("tiny", "gguf/tiny.gguf", "hf://org/gguf/tiny.gguf@main", kind="gguf")])
+    r = vol.run()
+    assert r.code == 3, r.stderr
+    assert "tiny.gguf is not in org/gguf@main" in lane_message(r, "tiny")
+    assert hub_downloads(hub_server) == 0
+
+
+def test_file_answering_404_exits_3_without_retries(model_vol, hub_server: HubServer) -> None:
+    vol, _files = model_vol
+    hub_server.fault("org/llm", "tokenizer.json").status(404, times=None)
+    r = vol.run()
+    assert r.code == 3, r.stderr
+    assert hub_server.count("org/llm", "tokenizer.json", status=404) == 1
+    assert "HTTP 404" in lane_message(r, "llm")
+
+
+def test_unknown_revision_exits_3(vol: Volume, hub_server: HubServer) -> None:
+    hub_server.add_repo("org/llm", hf_model())
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@v9")])
+    r = vol.run()
+    assert r.code == 3, r.stderr
+    assert "revision 'v9' not found in org/llm" in lane_message(r, "llm")
+
+
+def test_unknown_repo_with_a_token_exits_3(vol: Volume, hub_server: HubServer) -> None:
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/nope@main")])
+    r = vol.run()
+    assert r.code == 3, r.stderr
+    assert "org/nope not found" in lane_message(r, "llm") or "repository org/nope not found" in lane_message(r, "llm")
+
+
+def test_unknown_repo_without_a_token_exits_4_and_says_a_token_may_be_needed(vol: Volume, hub_server: HubServer) -> None:
+    """The Hub answers 401 to an anonymous request for a repo that is missing or private: it cannot say which."""
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/nope@main")])
+    r = vol.run(token=False)
+    assert r.code == 4, r.stderr
+    assert "org/nope not found, or private and no token was given" in lane_message(r, "llm")
+
+
+# --------------------------------------------------------------------------- auth and secrets
+
+
+def test_gated_repo_without_token_exits_4_with_token_file_0(vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    files = hf_model()
+    hub_server.add_repo("meta/llama", files, gated=True)
+    vol.write([hf_lane("llama", "vllm/llama", "hf://meta/llama@main")])
+    r = vol.run(token=False)
+    assert r.code == 4, r.stderr
+    assert "gated" in lane_message(r, "llama")
+    assert not (vol.models / "vllm/llama").exists()
+
+    secret = tmp_path / "hf-token"
+    secret.write_text(DEFAULT_TOKEN + "\n")
+    ok = vol.run("sync", "--token-file", str(secret), token=False)
+    assert ok.code == 0, ok.stderr
+    assert vol.tree("vllm/llama") == files
+
+
+def test_token_never_appears_in_any_output(vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    weak = "hf_weakTokenValue0123456789"
+    hub_server.add_token(weak, access=False)
+    hub_server.add_repo("meta/llama", hf_model(), gated=True)
+    hub_server.add_repo("org/llm", hf_model())
+    hub_server.fault("org/llm", "config.json").status(500, times=None)
+    vol.write([hf_lane("llama", "vllm/llama", "hf://meta/llama@main"),
+               hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    runs = [vol.run("sync", "--retries", "0", "--json", env=vol.env(token=False, HF_TOKEN=weak))]
+    secret = tmp_path / "hf-token"
+    secret.write_text(weak)
+    runs.append(vol.run("sync", "--retries", "0", "--token-file", str(secret), token=False))
+    for r in runs:
+        assert r.code == 4, r.stderr
+        assert weak not in r.stdout + r.stderr
+        assert weak not in (r.termination or "")
+        assert weak not in str(r.report)
+    for f in vol.root.rglob("*"):
+        if f.is_file() and f != secret:
+            assert weak.encode() not in f.read_bytes(), f
+    assert all(q.authorization for q in hub_server.requests if q.kind == "api")
+
+
+# --------------------------------------------------------------------------- interrupted processes
+
+
+@pytest.mark.slow
+def test_killed_processes_resume_with_range_until_done(vol: Volume, hub_server: HubServer) -> None:
+    files = big_model()
+    size = len(files[WEIGHTS])
+    hub_server.add_repo("org/big", files)
+    vol.write([hf_lane("big", "vllm/big", "hf://org/big@main")])
+    fault = hub_server.fault("org/big", WEIGHTS)
+    kill_points = [200_000, 300_000]
+    have = 0
+    for step in kill_points:
+        fault.stall(step, 60, times=1)
+        proc, argv = vol.spawn("sync", "--lease-stale", "1")  # the killed run's lease stops beating
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                parts = vol.partials()
+                if parts and parts[0].stat().st_size >= have + step:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"no partial bytes arrived: {[p.stat().st_size for p in vol.partials()]}")
+        finally:
+            kill(proc)
+        have += step
+        assert vol.partials()[0].stat().st_size == have
+        assert not (vol.models / "vllm/big" / WEIGHTS).exists()
+    since = len(hub_server.requests)
+    r = vol.run("sync", "--lease-stale", "1")
+    assert r.code == 0, r.stderr
+    assert "taking over" in r.stderr
+    assert vol.tree("vllm/big") == files
+    final = cdn_requests(hub_server, "org/big", WEIGHTS, since)
+    assert [(q.range, q.status, q.bytes_sent) for q in final] == [(f"bytes={have}-", 206, size - have)]
+    assert vol.partials() == []
+    assert not (vol.models / STATE / "lease.json").exists()
+    assert vol.debris() == []
+
+
+def test_sigterm_during_download_exits_130_releases_lease_keeps_partial(vol: Volume, hub_server: HubServer) -> None:
+    files = big_model(256 * 1024)
+    hub_server.add_repo("org/big", files)
+    vol.write([hf_lane("big", "vllm/big", "hf://org/big@main")])
+    hub_server.fault("org/big", WEIGHTS).stall(100_000, 60, times=1)
+    proc, argv = vol.spawn()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(p.stat().st_size >= 100_000 for p in vol.partials()):
+            time.sleep(0.05)
+        assert (vol.models / STATE / "lease.json").exists()
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        r = vol.finish(proc, argv, timeout=20)
+    finally:
+        kill(proc)
+    assert r.code == 130, r.stderr
+    assert time.monotonic() - started < 10
+    assert "interrupted" in r.stderr
+    assert not (vol.models / STATE / "lease.json").exists()
+    assert [p.stat().st_size for p in vol.partials()] == [100_000]
+    assert not (vol.models / "vllm/big" / WEIGHTS).exists()
+    assert vol.debris(allow_partial=True) == []
+    resumed = vol.run()
+    assert resumed.code == 0, resumed.stderr
+    assert vol.tree("vllm/big") == files
