@@ -228,3 +228,58 @@ def test_model_lanes(hub: HubServer, tmp_path: Path) -> None:
     ]
     assert eps[-1].url.startswith("http://127.0.0.1:8081")
 
+
+
+# ----------------------------------------------------------------------------- 4. base + LoRA adapters
+
+
+def test_lora_adapters(hub: HubServer, tmp_path: Path) -> None:
+    hub.add_repo("meta-llama/Llama-3.1-8B-Instruct", ex.distinct(ex.llama_like(sharded=False), "base"), gated=True)
+    hub.add_repo("acme-ml/support-lora", repos.adapter(rank=4), private=True)
+    hub.add_repo("acme-ml/globex-claims-lora", ex.distinct(repos.adapter(rank=8, modules=("q_proj", "k_proj", "v_proj")), "globex"), private=True)
+    d = Deployment("lora-adapters", tmp_path, hub, MODELS_PATH=str(tmp_path / "volume"))
+
+    code, report = d.report("sync")
+    assert code == 0, json.dumps(report, indent=1)
+    assert sorted(p.name for p in (d.models / "trained/acme/support-lora").iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
+    assert (d.models / "hf-cache/models--meta-llama--Llama-3.1-8B-Instruct/refs/main").is_file()
+    assert d.report("check")[0] == 0
+
+    # an adapter trained on a base with another hidden size, published under the same name
+    hub.add_repo("acme-ml/globex-claims-lora", repos.adapter(in_dim=32))
+    code, report = d.report("sync")
+    assert code == 1, json.dumps(report, indent=1)
+    assert any(c == "adapter-base-mismatch" for _p, c in codes(report, "globex-claims"))
+    assert next(l for l in report["lanes"] if l["name"] == "acme-support")["status"] == "ready"
+    code, report = d.report("check", "--lane", "globex-claims")
+    assert code == 1, json.dumps(report, indent=1)
+
+
+# ----------------------------------------------------------------------------- 5. DVC-tracked folders
+
+
+def test_dvc_tracked(hub: HubServer, tmp_path: Path) -> None:
+    from tests.test_dvc import dvc_track_dir
+
+    d = Deployment("dvc-tracked", tmp_path, hub, MODELS_PATH=str(tmp_path / "volume"), DVC_WORKSPACE=str(tmp_path / "checkout"))
+    classifier = ex.encoder(ex.BERT_CONFIG, extra={"vocab.txt": b"a\nb\n"})
+    repos.write_tree(tmp_path / "checkout/models/intent-classifier", classifier)
+    dvc_track_dir(d.dir, "models/intent-classifier", classifier, dvc3=True)
+    gguf = ex.gguf_q4_k_m("ranker.Q4_K_M.gguf")
+    repos.write_tree(tmp_path / "checkout/models", {"ranker.Q4_K_M.gguf": gguf})
+    (d.dir / "models/ranker.Q4_K_M.gguf.dvc").write_text(
+        f"outs:\n- md5: {hashlib.md5(gguf).hexdigest()}\n  size: {len(gguf)}\n  hash: md5\n  path: ranker.Q4_K_M.gguf\n")
+
+    code, report = d.report("sync")
+    assert code == 0, json.dumps(report, indent=1)
+    assert (d.models / "intent-classifier/vocab.txt").read_bytes() == b"a\nb\n"
+    assert d.report("check")[0] == 0
+
+    # the checkout drifts from what DVC pinned: sync refuses to publish it, check names the file
+    (d.models / "intent-classifier/vocab.txt").write_bytes(b"a\nc\n")
+    (tmp_path / "checkout/models/intent-classifier/vocab.txt").write_bytes(b"a\nc\n")
+    code, report = d.report("check")
+    assert code == 1 and codes(report, "intent-classifier") == {("vocab.txt", "checksum-mismatch")}
+    code, report = d.report("sync")
+    assert code != 0
+    assert ("vocab.txt", "checksum-mismatch") in codes(report, "intent-classifier")
