@@ -1,0 +1,78 @@
+"""The volume lease seen from outside: concurrent syncs on one folder, a live holder, a dead one."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from preflight.lease import Lease
+from tests.hubserver import HubServer
+from tests.repos import hf_model
+from tests.test_sync import STATE, Volume, hf_lane, kill, vol  # noqa: F401
+
+
+@pytest.fixture
+def model_vol(vol: Volume, hub_server: HubServer) -> tuple[Volume, dict[str, bytes]]:
+    files = hf_model(sharded=True)
+    hub_server.add_repo("org/llm", files)
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    return vol, files
+
+
+@pytest.mark.slow
+def test_four_syncs_at_once_fetch_each_file_once(model_vol, hub_server: HubServer) -> None:
+    vol, files = model_vol
+    # the first writer is held up long enough for the others to find the lease taken
+    hub_server.fault("org/llm", "model-00001-of-00003.safetensors").stall(100, 2.5, times=1)
+    procs = [vol.spawn("sync", "--lease-wait", "60") for _ in range(4)]
+    try:
+        runs = [vol.finish(p, argv, timeout=60) for p, argv in procs]
+    finally:
+        for p, _argv in procs:
+            kill(p)
+    assert [r.code for r in runs] == [0, 0, 0, 0], [r.stderr for r in runs]
+    for name in files:
+        assert hub_server.count("org/llm", name, kind="resolve") == 1, name
+    assert sum("waiting for" in r.stderr for r in runs) >= 1
+    assert sum("fetched_files" in r.lane("llm") for r in runs) == 1
+    assert vol.tree("vllm/llm") == files
+    assert not (vol.models / STATE / "lease.json").exists()
+    assert vol.debris() == []
+
+
+def test_a_live_holder_past_the_wait_limit_exits_6(model_vol, hub_server: HubServer) -> None:
+    vol, _files = model_vol
+    state = vol.models / STATE
+    holder = Lease(state, stale_after=60, heartbeat=0.2)
+    holder.acquire(0, lambda _msg: None)
+    try:
+        started = time.monotonic()
+        r = vol.run("sync", "--lease-wait", "1", "--lease-stale", "5")
+        assert r.code == 6, r.stderr
+        assert time.monotonic() - started < 15
+        assert holder.owner in r.stderr
+        assert holder.owner in (r.termination or "")
+        assert not holder.lost
+        assert json.loads((state / "lease.json").read_text())["owner"] == holder.owner
+    finally:
+        holder.release()
+    assert hub_server.count("org/llm", kind="resolve") == 0
+    assert not (vol.models / "vllm/llm").exists()
+
+
+def test_a_stale_lease_is_taken_over(model_vol, hub_server: HubServer) -> None:
+    vol, files = model_vol
+    state = vol.models / STATE
+    state.mkdir(parents=True)
+    dead = {"owner": f"{socket.gethostname()}:999999:deadbeef", "pid": 999999, "host": socket.gethostname(),
+            "beat": 7, "at": time.time() - 3600}
+    (state / "lease.json").write_text(json.dumps(dead))
+    r = vol.run("sync", "--lease-stale", "1", "--lease-wait", "30")
+    assert r.code == 0, r.stderr
+    assert "deadbeef" in r.stderr and "taking over" in r.stderr
+    assert vol.tree("vllm/llm") == files
+    assert not (state / "lease.json").exists()
+    assert vol.debris() == []
