@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +47,11 @@ class Hasher:
         return {k: h.hexdigest() for k, h in self._h.items()}
 
 
-def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """Digest a file in 4 MiB chunks into one reused buffer (hashlib drops the GIL)."""
+def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progress: Callable[[int], None] | None = None,
+              stop: threading.Event | None = None) -> dict[str, str]:
+    """Digest a file in 4 MiB chunks into one reused buffer (hashlib drops the GIL).
+
+    `stop` set by another thread ends the work within one chunk (InterruptedError)."""
     algos = tuple(algos)
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
@@ -55,6 +59,8 @@ def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progr
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while True:
+            if stop is not None and stop.is_set():
+                raise InterruptedError("hashing stopped")
             n = f.readinto(buf)
             if not n:
                 break
@@ -70,16 +76,25 @@ def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = No
         return []
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
 
+    stop = threading.Event()
+
     def one(job: tuple[str, tuple[str, ...]]) -> dict[str, str] | OSError:
         try:
-            return hash_file(job[0], job[1])
+            return hash_file(job[0], job[1], stop=stop)
         except OSError as exc:
             return exc
 
     if workers == 1:
         return [one(j) for j in jobs]
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         return list(pool.map(one, jobs))
+    except BaseException:
+        # Ctrl-C lands in this thread while workers hash: stop them now rather than after every file is read
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
