@@ -26,7 +26,7 @@ def model_vol(vol: Volume, hub_server: HubServer) -> tuple[Volume, dict[str, byt
 def test_four_syncs_at_once_fetch_each_file_once(model_vol, hub_server: HubServer) -> None:
     vol, files = model_vol
     # the first writer is held up long enough for the others to find the lease taken
-    hub_server.fault("org/llm", "model-00001-of-00003.safetensors").stall(100, 2.5, times=1)
+    hub_server.fault("org/llm", "model-00001-of-00003.safetensors").stall(100, 3, times=1)
     procs = [vol.spawn("sync", "--lease-wait", "60") for _ in range(4)]
     try:
         runs = [vol.finish(p, argv, timeout=60) for p, argv in procs]

@@ -364,7 +364,7 @@ def test_corrupt_and_truncated_files_are_replaced_and_valid_ones_left_alone(vol:
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.iterdir()}
 
     hub_server.clear_requests()
-    r = vol.run("sync", "--verify", "full")
+    r = vol.run()  # receipts no longer match the changed files' stat, so they are re-hashed
     assert r.code == 0, r.stderr
     assert vol.tree("vllm/llm") == files
     assert r.lane("llm")["fetched_files"] == 2
