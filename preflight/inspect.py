@@ -81,6 +81,8 @@ def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
             continue
         if key == "parameter_count":
             value = f"{_fmt_params(value)} ({value})"
+        elif key == "split":
+            value = f"{len(value['files'])} parts: " + ", ".join(value["files"])
         elif isinstance(value, dict):
             value = ", ".join(f"{k}: {v}" for k, v in value.items())
         elif isinstance(value, list):
