@@ -24,6 +24,26 @@ def refuse(name: str) -> Problem:
     )
 
 
+def _parse_error(path: str | os.PathLike) -> str | None:
+    """Why a raw pickle does not parse up to its STOP opcode, or None.
+
+    picklescan reports bytes that are not a pickle at all as clean; such a file
+    is refused too. Zip (PyTorch) and tar archives are left to picklescan."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+            if head.startswith(b"PK\x03\x04") or head[257:262] == b"ustar":
+                return None
+            f.seek(0)
+            for _op in pickletools.genops(f):
+                pass
+    except Exception as exc:  # pickletools raises ValueError and friends on garbage
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def scan_pickle(path: str | os.PathLike, *, name: str | None = None) -> list[Problem]:
     """Findings for one pickle (raw, or a PyTorch zip/tar). Dangerous globals are errors."""
     from picklescan.scanner import SafetyLevel, scan_file_path
@@ -38,7 +58,7 @@ def scan_pickle(path: str | os.PathLike, *, name: str | None = None) -> list[Pro
     dangerous = sorted({f"{g.module}.{g.name}" for g in result.globals if g.safety == SafetyLevel.Dangerous})
     if dangerous:
         out.append(P.error(name, P.DANGEROUS_PICKLE, f"{name} imports dangerous callables: {', '.join(dangerous[:8])}"))
-    elif result.scan_err:
+    elif result.scan_err or _parse_error(path) is not None:
         out.append(P.error(name, P.DANGEROUS_PICKLE, f"{name}: the pickle could not be parsed completely, so it cannot be shown to be safe"))
     suspicious = sorted({f"{g.module}.{g.name}" for g in result.globals if g.safety == SafetyLevel.Suspicious})
     if suspicious and not dangerous:
