@@ -36,7 +36,28 @@ class Lease:
         self.lost = False
 
     def _content(self) -> bytes:
-        return json.dumps({"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(), "beat": self._beats, "at": time.time()}).encode()
+        return json.dumps({
+            "owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(), "pidns": _pid_namespace(),
+            "beat": self._beats, "at": time.time(),
+        }).encode()
+
+    def _holder_is_gone(self, holder: dict) -> bool:
+        """A holder in our own host and PID namespace whose process no longer runs (a
+        container restarted after a crash, often as the same PID) needs no stale wait."""
+        if holder.get("host") != socket.gethostname() or holder.get("pidns") != _pid_namespace() or holder.get("pidns") is None:
+            return False
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return False
+        if pid == os.getpid():
+            return holder.get("owner") != self.owner
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def holder(self) -> dict | None:
         try:
@@ -100,6 +121,12 @@ class Lease:
                 return
             seen = self._snapshot()
             now = time.monotonic()
+            holder = self.holder()
+            if seen is not None and holder is not None and self._holder_is_gone(holder):
+                log(f"lease held by {holder.get('owner', '?')}, whose process is gone: taking over")
+                self._break(seen)
+                last_seen = None
+                continue
             if seen != last_seen:
                 last_seen, unchanged_since = seen, now
             elif seen is not None and now - unchanged_since >= self.stale_after:
@@ -147,3 +174,10 @@ class Lease:
             except (OSError, ValueError):
                 pass
         self.held = False
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import problems as P
-from .check import FileObs, check_lanes, repo_folder
+from .check import repo_folder
 from .errors import (
     AuthError,
     DiskSpaceError,
@@ -191,11 +191,13 @@ def _job(session: Session, lane: Lane, rel: str, spec: dict, commit: str | None)
 
 
 def staging_name(job: Job) -> str:
-    """Named by the expected digest, so a later process resumes the same bytes."""
+    """Named by the expected digest and the target, so a later process resumes the same
+    bytes, and two lanes fetching identical files (shared tokenizers) never share one."""
     key = job.expect.sha256 or job.expect.sha1
     if not key:
         key = hashlib.sha256(f"{job.url or job.mirror}|{job.expect.size}".encode()).hexdigest()[:40]
-    return f"{key}.part"
+    target = hashlib.sha256(str(job.link or job.target).encode()).hexdigest()[:12]
+    return f"{key}-{target}.part"
 
 
 class Fetcher:
@@ -275,7 +277,7 @@ class Fetcher:
                         digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
                     self._publish(job, partial, digests)
-                    item = self.progress.finish(key)
+                    self.progress.finish(key)
                     key = None
                     secs = time.monotonic() - started
                     self.progress.log(f"{job.label}: {human_size(size)} in {secs:.1f}s ({human_size(int(size / max(secs, 1e-6)))}/s) from {job.lane.source.raw if job.lane.source else '?'}")
@@ -444,8 +446,6 @@ def run_sync(session: Session, opts: Options) -> Report:
                 failures = Fetcher(session, remote, opts, progress, deadline).run(jobs)
                 write_cache_refs(session, remote)
                 session.ctx.receipts.save()
-                for job_list in [[j for j in jobs if j.lane.name == n] for n in {j.lane.name for j in jobs}]:
-                    pass
                 fetched = {}
                 for j in jobs:
                     if not any(j is fj for fj, _e in failures.get(j.lane.name, [])):

@@ -76,3 +76,27 @@ def test_a_stale_lease_is_taken_over(model_vol, hub_server: HubServer) -> None:
     assert vol.tree("vllm/llm") == files
     assert not (state / "lease.json").exists()
     assert vol.debris() == []
+
+
+def test_a_lease_left_by_a_crashed_process_on_this_host_is_taken_over_at_once(model_vol, hub_server: HubServer) -> None:
+    """A container restarted after SIGKILL must not wait out --lease-stale for its own dead self."""
+    import os
+    import subprocess
+    import sys
+
+    vol, files = model_vol
+    state = vol.models / STATE
+    state.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    (state / "lease.json").write_text(json.dumps({
+        "owner": f"{socket.gethostname()}:{pid}:deadbeef", "pid": pid, "host": socket.gethostname(),
+        "pidns": os.stat("/proc/self/ns/pid").st_ino, "beat": 3, "at": time.time(),
+    }))
+    started = time.monotonic()
+    r = vol.run("sync", "--lease-stale", "120", "--lease-wait", "60")
+    assert r.code == 0, r.stderr
+    assert time.monotonic() - started < 30
+    assert "whose process is gone" in r.stderr
+    assert vol.tree("vllm/llm") == files
+    assert not (state / "lease.json").exists()
