@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 
-from .errors import ExitCode, ManifestError, PreflightError, UsageError
+from .errors import ExitCode, PreflightError, UsageError
 
 DEFAULT_MANIFEST = "/etc/preflight/manifest.yaml"
 ENV = "PREFLIGHT_"
@@ -39,11 +39,24 @@ def fail(exc: PreflightError, termination_log: str | None = None) -> int:
     return int(exc.exit_code)
 
 
+def _sigterm_to_interrupt() -> None:
+    """Kubernetes stops a pod with SIGTERM: unwind (release the lease, keep partial bytes), exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (in-process tests)
+        pass
+
+
 def guarded(fn):
     """The one place exceptions become exit codes (never a traceback unless asked)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _sigterm_to_interrupt()
         tlog = kwargs.get("termination_log")
         try:
             code = fn(*args, **kwargs)

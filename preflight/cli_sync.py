@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import click
 
 from .cli import common_volume_options, guarded, opt
 from .errors import ExitCode
-
-
-def _sigterm_to_interrupt() -> None:
-    """Kubernetes stops a pod with SIGTERM: unwind (release the lease), keep partial bytes, exit 130."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (tests)
-        pass
 
 
 def _truthy(value: str | None) -> bool:
@@ -67,7 +54,6 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
     from .sources.http import Timeouts
     from .sync import Options, run_sync
 
-    _sigterm_to_interrupt()
     offline = offline or _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
     session = Session.open(command="sync", **kw)
     opts = Options(

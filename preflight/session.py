@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .check import STATE_DIR, Context, check_lanes
-from .errors import ExitCode, PreflightError, UsageError
+from .errors import ExitCode, UsageError
 from .integrity import Receipts, atomic_write
 from .lockfile import Lock, default_lock_path, load_lock
 from .manifest import Lane, Manifest, load_manifest
-from .report import LaneResult, Report, render_human, write_report_file, write_termination_log
+from .report import Report, render_human, write_report_file, write_termination_log
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Session:
     def save_receipts(self) -> None:
         if self.ctx.receipts._dirty:
             if not self.writable:
-                self.report.notes.append(f"the volume is read-only here: receipts not written (pass --state-dir to keep them elsewhere)")
+                self.report.notes.append("the volume is read-only here: receipts not written (pass --state-dir to keep them elsewhere)")
                 return
             if self.ctx.receipts.state_dir is None:
                 self.ctx.receipts.state_dir = self.state_dir

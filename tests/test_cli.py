@@ -140,8 +140,9 @@ def test_bad_files_under_inspect_never_traceback(tmp_path: Path) -> None:
     assert r.exit_code == 1
 
 
-def test_exit_130_on_sigint(tmp_path: Path) -> None:
-    """Ctrl-C (or a SIGINT from the runtime) in the middle of hashing ends with 130, promptly."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_exit_130_on_interrupt(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C, or the SIGTERM Kubernetes sends on pod stop, in the middle of hashing ends with 130, promptly."""
     models = tmp_path / "models"
     models.mkdir()
     lanes = []
@@ -158,7 +159,7 @@ def test_exit_130_on_sigint(tmp_path: Path) -> None:
     time.sleep(1.5)
     assert proc.poll() is None, "finished before it could be interrupted"
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     try:
         _out, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
