@@ -10,16 +10,9 @@ import pytest
 
 from preflight.lease import Lease
 from tests.hubserver import HubServer
-from tests.repos import hf_model
-from tests.test_sync import STATE, Volume, hf_lane, kill, vol  # noqa: F401
+from tests.test_sync import STATE, kill, model_vol, vol  # noqa: F401
 
 
-@pytest.fixture
-def model_vol(vol: Volume, hub_server: HubServer) -> tuple[Volume, dict[str, bytes]]:
-    files = hf_model(sharded=True)
-    hub_server.add_repo("org/llm", files)
-    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
-    return vol, files
 
 
 @pytest.mark.slow

@@ -443,3 +443,12 @@ def test_not_enough_disk_space_exits_5_before_any_byte(vol: Volume, hub_server: 
     assert hub_server.bytes_sent("org/huge", "huge.gguf") == 0
     assert not (vol.models / "gguf/huge.gguf").exists()
     assert vol.debris() == []
+
+
+# A sharded model on the Hub and a volume whose manifest asks for it (shared by the fault and lease tests).
+@pytest.fixture
+def model_vol(vol: Volume, hub_server: HubServer) -> tuple[Volume, dict[str, bytes]]:
+    files = hf_model(sharded=True)
+    hub_server.add_repo("org/llm", files)
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    return vol, files

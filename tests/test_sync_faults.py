@@ -14,7 +14,7 @@ import pytest
 from tests.builders import write_safetensors
 from tests.hubserver import DEFAULT_TOKEN, HubServer
 from tests.repos import hf_model
-from tests.test_sync import STATE, Volume, hf_lane, hub_downloads, kill, vol  # noqa: F401
+from tests.test_sync import STATE, Volume, hf_lane, hub_downloads, kill, model_vol, vol  # noqa: F401
 
 WEIGHTS = "model.safetensors"
 
@@ -42,12 +42,6 @@ def lane_message(run, name: str) -> str:
     return " ".join(p["message"] for p in run.lane(name)["problems"])
 
 
-@pytest.fixture
-def model_vol(vol: Volume, hub_server: HubServer) -> tuple[Volume, dict[str, bytes]]:
-    files = hf_model(sharded=True)
-    hub_server.add_repo("org/llm", files)
-    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
-    return vol, files
 
 
 SHARD = "model-00002-of-00003.safetensors"
