@@ -8,6 +8,7 @@ file URLs redirect to, streaming from files on disk):
     of the same URL, and `hf download org/big model.safetensors --local-dir D`
     (HF_HUB_DISABLE_XET=1). Targets: sync <= 1.3x curl, sync >= 2x faster than
     hf download, peak RSS of sync <= 200 MB.
+    With --chunk-kib N, also a sync with preflight's 4 MiB read chunk patched to N KiB.
   - org/sharded: a folder lane of 8 x 128 MiB shards, synced with --workers 4
     and --workers 1; the staging folder is watched to show shards in flight at once.
 preflight fetches to staging, hashes while writing, fsyncs and renames; curl
@@ -17,6 +18,7 @@ does none of that, so the curl figure is the floor. Exits 1 when a target is mis
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +38,10 @@ TARGET_CURL = 1.3
 TARGET_HF = 2.0
 TARGET_RSS_MB = 200.0
 SHARDS = 8
+CHUNK_WRAPPER = (
+    "import sys; import preflight.sources.http as h; h.CHUNK = int(sys.argv.pop(1)); "
+    "from preflight.cli import main; sys.argv[0] = 'preflight'; main()"
+)
 
 
 def safetensors_file(path: Path, data_bytes: int, prefix: str) -> Path:
@@ -99,6 +105,8 @@ class StagingWatch:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk-kib", type=int, default=0,
+                        help="also time sync with this read/hash chunk size patched in (to size a change; adds a minute)")
     args = parser.parse_args()
     targets = Targets()
     compile_package()
@@ -122,28 +130,42 @@ def main() -> int:
             sync = [*preflight_cmd(), "sync", "-m", str(manifest), "--quiet", "--termination-log", ""]
             url = hub.file_url("org/big", "model.safetensors")
             rss: list[float] = []
+            cpu: dict[str, list[float]] = {}
 
-            def preflight_big() -> float:
+            def preflight_big(cmd: list[str] = sync, key: str = "preflight sync") -> float:
                 fresh(out)
-                proc = run([*sync, "--lane", "big"], env=env)
+                proc = run([*cmd, "--lane", "big"], env=env)
                 assert (out / "big" / "model.safetensors").stat().st_size == big.stat().st_size
                 rss.append(proc.maxrss_mb)
+                cpu.setdefault(key, []).append(proc.cpu_s)
                 return proc.wall_s
 
             def curl_big() -> float:
                 folder = fresh(out / "big")
-                return run(["curl", "-sS", "-f", "-L", "-o", str(folder / "model.safetensors"), url], env=env).wall_s
+                proc = run(["curl", "-sS", "-f", "-L", "-o", str(folder / "model.safetensors"), url], env=env)
+                cpu.setdefault("curl -L -o", []).append(proc.cpu_s)
+                return proc.wall_s
 
             def hf_big() -> float:
                 folder = fresh(out / "big")
                 return run([str(hf_cli), "download", "org/big", "model.safetensors", "--local-dir", str(folder)], env=env).wall_s
 
             t0 = time.perf_counter()
-            times = interleave({"preflight sync": preflight_big, "curl -L -o": curl_big, "hf download": hf_big}, args.rounds)
+            timers = {"preflight sync": preflight_big, "curl -L -o": curl_big, "hf download": hf_big}
+            patched = f"sync, {args.chunk_kib} KiB chunks"
+            if args.chunk_kib:
+                wrapped = [PY, "-c", CHUNK_WRAPPER, str(args.chunk_kib * 1024), *sync[2:]]
+                timers[patched] = lambda: preflight_big(wrapped, patched)
+            times = interleave(timers, args.rounds)
             med = {k: median(v) for k, v in times.items()}
             size = big.stat().st_size
             for k, v in med.items():
-                print(f"  2 GiB file, {k:16s} median {v:.2f}s = {size / v / MiB:.0f} MiB/s  (runs: {', '.join(f'{x:.2f}' for x in times[k])})")
+                cpu_note = f", CPU {median(cpu[k]):.2f}s" if k in cpu else ""
+                print(f"  2 GiB file, {k:22s} median {v:.2f}s = {size / v / MiB:.0f} MiB/s{cpu_note}  (runs: {', '.join(f'{x:.2f}' for x in times[k])})")
+            t_hash = time.perf_counter()
+            with open(big, "rb") as f:
+                hashlib.file_digest(f, "sha256")
+            print(f"  sha256 of the 2 GiB file alone, in this process: {time.perf_counter() - t_hash:.2f}s (CPU curl does not spend)")
             targets.at_most("sync vs curl, 2 GiB over loopback", med["preflight sync"] / med["curl -L -o"], TARGET_CURL,
                             f"{med['preflight sync']:.2f}s vs {med['curl -L -o']:.2f}s")
             targets.at_least("hf download time / sync time", med["hf download"] / med["preflight sync"], TARGET_HF,

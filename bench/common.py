@@ -37,6 +37,7 @@ def preflight_cmd() -> list[str]:
 @dataclass(frozen=True)
 class Proc:
     wall_s: float
+    cpu_s: float  # user + system CPU time of the process
     maxrss_mb: float
     rchar: int  # bytes returned by read-like syscalls (page cache hits included)
     read_bytes: int  # bytes fetched from the storage layer
@@ -64,7 +65,7 @@ for line in sys.stdin:
             io = {}
         _pid, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
-    sys.stdout.write(json.dumps({"wall": wall, "maxrss_kb": ru.ru_maxrss, "io": io, "rc": p.returncode}) + "\n")
+    sys.stdout.write(json.dumps({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss, "io": io, "rc": p.returncode}) + "\n")
     sys.stdout.flush()
 """
 _launcher: subprocess.Popen | None = None
@@ -93,7 +94,7 @@ def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | 
     finally:
         os.unlink(err_path)
     io = answer["io"]
-    proc = Proc(answer["wall"], answer["maxrss_kb"] / 1024, io.get("rchar", -1), io.get("read_bytes", -1), answer["rc"], stderr)
+    proc = Proc(answer["wall"], answer["cpu"], answer["maxrss_kb"] / 1024, io.get("rchar", -1), io.get("read_bytes", -1), answer["rc"], stderr)
     if expect_rc is not None and proc.returncode != expect_rc:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}, expected {expect_rc}:\n{stderr[-3000:]}")
     return proc
