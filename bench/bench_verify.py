@@ -8,7 +8,7 @@ the page cache, then times, interleaved round by round:
     processes, two at a time (`xargs -P2`)
   - in-process `preflight.integrity.hash_file` (timed inside a fresh interpreter, startup
     excluded) vs the openssl process on the same file, with the shipped 4 MiB read chunk
-    and with 128 KiB chunks
+    and with 128 KiB chunks; and the whole check with CHUNK patched to 128 KiB (a proposed change)
 Prints medians and ratios; exits 1 when a ratio is above its target.
 """
 
@@ -41,6 +41,10 @@ start = time.perf_counter()
 integrity.hash_file(sys.argv[1])
 print(time.perf_counter() - start)
 """
+CHECK_WRAPPER = (
+    "import sys; from preflight import integrity; integrity.CHUNK = int(sys.argv.pop(1)); "
+    "from preflight.cli import main; sys.argv[0] = 'preflight'; main()"
+)
 
 
 def build_folder(folder: Path) -> list[Path]:
@@ -98,8 +102,10 @@ def main() -> int:
         pf = [*preflight_cmd(), "check", "--verify", "full", "--quiet", "--termination-log", ""]
         rss: dict[str, float] = {}
 
-        def preflight(manifest: Path, key: str) -> float:
-            proc = run([*pf, "-m", str(manifest)])
+        patched = [PY, "-c", CHECK_WRAPPER, str(SMALL_CHUNK), *pf[2:]]
+
+        def preflight(manifest: Path, key: str, cmd: list[str] = pf) -> float:
+            proc = run([*cmd, "-m", str(manifest)])
             rss[key] = max(rss.get(key, 0.0), proc.maxrss_mb)
             return proc.wall_s
 
@@ -115,6 +121,8 @@ def main() -> int:
             "openssl 4 files (xargs -P2)": lambda: run(["xargs", "-a", str(listing), "-P2", "-n1", "openssl", "dgst", "-sha256"]).wall_s,
             "hash_file in-process": in_process,
             f"hash_file, {SMALL_CHUNK // 1024} KiB chunks": lambda: in_process(SMALL_CHUNK),
+            f"preflight 1 file, {SMALL_CHUNK // 1024} KiB chunks": lambda: preflight(single_yaml, "single", patched),
+            f"preflight 4 files, {SMALL_CHUNK // 1024} KiB chunks": lambda: preflight(folder_yaml, "folder", patched),
         }, args.rounds)
         med = {name: median(values) for name, values in times.items()}
         for name, value in med.items():
@@ -131,6 +139,9 @@ def main() -> int:
         small = med[f"hash_file, {SMALL_CHUNK // 1024} KiB chunks"]
         print(f"info hash_file in-process vs openssl process: {inproc:.3f}x ({med['hash_file in-process']:.3f}s vs {med['openssl 1 file']:.3f}s)")
         print(f"info hash_file with CHUNK={SMALL_CHUNK // 1024} KiB instead of {CHUNK // 2**20} MiB: {small:.3f}s, {small / med['openssl 1 file']:.3f}x openssl")
+        kib = SMALL_CHUNK // 1024
+        print(f"info preflight check with CHUNK={kib} KiB: 1 file {med[f'preflight 1 file, {kib} KiB chunks'] / med['openssl 1 file']:.3f}x, "
+              f"4 files {med[f'preflight 4 files, {kib} KiB chunks'] / med['openssl 4 files (xargs -P2)']:.3f}x openssl")
     return targets.finish()
 
 
