@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-CHUNK = 4 * 2**20
+CHUNK = 4 * 2**20  # network reads: as much as the socket has
+# File reads: small enough that the copy out of the page cache stays in the CPU cache
+# for the hash that follows (4 MiB reads ran ~1.3x slower than openssl; see bench/).
+READ_CHUNK = 128 * 2**10
 
 
 class Hasher:
@@ -49,14 +50,14 @@ class Hasher:
 
 def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progress: Callable[[int], None] | None = None,
               stop: threading.Event | None = None) -> dict[str, str]:
-    """Digest a file in 4 MiB chunks into one reused buffer (hashlib drops the GIL).
+    """Digest a file in READ_CHUNK-sized reads into one reused buffer (hashlib drops the GIL).
 
     `stop` set by another thread ends the work within one chunk (InterruptedError)."""
     algos = tuple(algos)
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         hasher = Hasher(algos, size)
-        buf = bytearray(CHUNK)
+        buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         while True:
             if stop is not None and stop.is_set():
@@ -86,6 +87,8 @@ def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = No
 
     if workers == 1:
         return [one(j) for j in jobs]
+    from concurrent.futures import ThreadPoolExecutor  # not on the warm path, where nothing is hashed
+
     pool = ThreadPoolExecutor(workers)
     try:
         return list(pool.map(one, jobs))
@@ -180,6 +183,8 @@ class Receipts:
 def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write beside the target, fsync, rename over it: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -68,7 +68,7 @@ def expand_vars(text: str, env: Mapping[str, str], *, on_missing) -> str:
     return _VAR.sub(sub, text)
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml composes ~10x faster, same marks
     pass
 
 
@@ -160,7 +160,7 @@ def _convert(node: yaml.Node, key: PathKey, doc: Located, env: Mapping[str, str]
             )
 
         value = expand_vars(value, env, on_missing=missing)
-        if node.style is not None:
+        if node.style:  # quoted or block scalar (libyaml says "" for plain, the Python parser None)
             return value
         # plain scalar: re-resolve so `${X:-true}` becomes a bool
         node = yaml.ScalarNode(loader.resolve(yaml.ScalarNode, value, (True, False)), value, node.start_mark, node.end_mark)

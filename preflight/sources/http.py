@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, FetchError, StalledError
-from ..integrity import CHUNK, Hasher
+from ..integrity import CHUNK, READ_CHUNK, Hasher
 
 MAX_REDIRECTS = 10
 
@@ -251,7 +251,7 @@ def _write_all(f, data: bytes) -> None:
 
 def _feed(path: Path, hasher: Hasher, n: int, progress) -> None:
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(CHUNK)
+        buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         left = n
         while left:

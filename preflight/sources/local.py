@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import FetchError
-from ..integrity import CHUNK, Hasher, hash_file
+from ..integrity import READ_CHUNK, Hasher, hash_file
 from ..manifest import FileExpect, Lane
 
 FICLONE = 0x40049409
@@ -56,7 +56,7 @@ def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable
         except OSError:
             pass
         hasher = Hasher(algos, size)
-        buf = bytearray(CHUNK)
+        buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         while True:
             n = s.readinto(buf)
