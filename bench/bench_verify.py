@@ -7,8 +7,7 @@ the page cache, then times, interleaved round by round:
   - the 4-shard folder lane: `preflight check --verify full` vs four openssl
     processes, two at a time (`xargs -P2`)
   - in-process `preflight.integrity.hash_file` (timed inside a fresh interpreter, startup
-    excluded) vs the openssl process on the same file, with the shipped 4 MiB read chunk
-    and with 128 KiB chunks; and the whole check with CHUNK patched to 128 KiB (a proposed change)
+    excluded) vs the openssl process on the same file
 Prints medians and ratios; exits 1 when a ratio is above its target.
 """
 
@@ -24,27 +23,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PY, Targets, compile_package, interleave, median, preflight_cmd, run, scratch, warm, write_random  # noqa: E402
-from preflight.integrity import CHUNK, hash_file  # noqa: E402
+from preflight import integrity  # noqa: E402
+from preflight.integrity import hash_file  # noqa: E402
 from tests.builders import write_sparse_safetensors_layout  # noqa: E402
 
 GiB = 2**30
 SHARDS = 4
 TARGET_SINGLE = 1.05
 TARGET_FOLDER = 1.05
-SMALL_CHUNK = 128 * 2**10
+HASH_CHUNK = getattr(integrity, "READ_CHUNK", integrity.CHUNK)
 HASH_FILE_TIMER = """
 import sys, time
 from preflight import integrity
-if int(sys.argv[2]):
-    integrity.CHUNK = int(sys.argv[2])
 start = time.perf_counter()
 integrity.hash_file(sys.argv[1])
 print(time.perf_counter() - start)
 """
-CHECK_WRAPPER = (
-    "import sys; from preflight import integrity; integrity.CHUNK = int(sys.argv.pop(1)); "
-    "from preflight.cli import main; sys.argv[0] = 'preflight'; main()"
-)
 
 
 def build_folder(folder: Path) -> list[Path]:
@@ -102,16 +96,14 @@ def main() -> int:
         pf = [*preflight_cmd(), "check", "--verify", "full", "--quiet", "--termination-log", ""]
         rss: dict[str, float] = {}
 
-        patched = [PY, "-c", CHECK_WRAPPER, str(SMALL_CHUNK), *pf[2:]]
-
-        def preflight(manifest: Path, key: str, cmd: list[str] = pf) -> float:
-            proc = run([*cmd, "-m", str(manifest)])
+        def preflight(manifest: Path, key: str) -> float:
+            proc = run([*pf, "-m", str(manifest)])
             rss[key] = max(rss.get(key, 0.0), proc.maxrss_mb)
             return proc.wall_s
 
-        def in_process(chunk: int | None = None) -> float:
+        def in_process() -> float:
             """hash_file in a fresh interpreter (as the CLI calls it), timed inside it: startup excluded."""
-            out = subprocess.run([PY, "-c", HASH_FILE_TIMER, str(shards[0]), str(chunk or 0)], check=True, capture_output=True, text=True)
+            out = subprocess.run([PY, "-c", HASH_FILE_TIMER, str(shards[0])], check=True, capture_output=True, text=True)
             return float(out.stdout)
 
         times = interleave({
@@ -120,9 +112,6 @@ def main() -> int:
             "preflight 4 files": lambda: preflight(folder_yaml, "folder"),
             "openssl 4 files (xargs -P2)": lambda: run(["xargs", "-a", str(listing), "-P2", "-n1", "openssl", "dgst", "-sha256"]).wall_s,
             "hash_file in-process": in_process,
-            f"hash_file, {SMALL_CHUNK // 1024} KiB chunks": lambda: in_process(SMALL_CHUNK),
-            f"preflight 1 file, {SMALL_CHUNK // 1024} KiB chunks": lambda: preflight(single_yaml, "single", patched),
-            f"preflight 4 files, {SMALL_CHUNK // 1024} KiB chunks": lambda: preflight(folder_yaml, "folder", patched),
         }, args.rounds)
         med = {name: median(values) for name, values in times.items()}
         for name, value in med.items():
@@ -136,12 +125,8 @@ def main() -> int:
                         f"{med['preflight 1 file']:.3f}s vs {med['openssl 1 file']:.3f}s (openssl {rate:.0f} MiB/s)")
         targets.at_most("4 x 1 GiB folder lane vs openssl, xargs -P2", folder, TARGET_FOLDER,
                         f"{med['preflight 4 files']:.3f}s vs {med['openssl 4 files (xargs -P2)']:.3f}s")
-        small = med[f"hash_file, {SMALL_CHUNK // 1024} KiB chunks"]
-        print(f"info hash_file in-process vs openssl process: {inproc:.3f}x ({med['hash_file in-process']:.3f}s vs {med['openssl 1 file']:.3f}s)")
-        print(f"info hash_file with CHUNK={SMALL_CHUNK // 1024} KiB instead of {CHUNK // 2**20} MiB: {small:.3f}s, {small / med['openssl 1 file']:.3f}x openssl")
-        kib = SMALL_CHUNK // 1024
-        print(f"info preflight check with CHUNK={kib} KiB: 1 file {med[f'preflight 1 file, {kib} KiB chunks'] / med['openssl 1 file']:.3f}x, "
-              f"4 files {med[f'preflight 4 files, {kib} KiB chunks'] / med['openssl 4 files (xargs -P2)']:.3f}x openssl")
+        print(f"info hash_file in-process ({HASH_CHUNK // 1024} KiB reads) vs openssl process: {inproc:.3f}x "
+              f"({med['hash_file in-process']:.3f}s vs {med['openssl 1 file']:.3f}s)")
     return targets.finish()
 
 
