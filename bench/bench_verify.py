@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PY, Targets, compile_package, interleave, median, preflight_cmd, run, scratch, warm, write_random  # noqa: E402
+from bench.common import PY, Targets, checkout_env, compile_package, interleave, median, preflight_cmd, run, scratch, warm, write_random  # noqa: E402
 from preflight import integrity  # noqa: E402
 from preflight.integrity import hash_file  # noqa: E402
 from tests.builders import write_sparse_safetensors_layout  # noqa: E402
@@ -103,7 +103,7 @@ def main() -> int:
 
         def in_process() -> float:
             """hash_file in a fresh interpreter (as the CLI calls it), timed inside it: startup excluded."""
-            out = subprocess.run([PY, "-c", HASH_FILE_TIMER, str(shards[0])], check=True, capture_output=True, text=True)
+            out = subprocess.run([PY, "-c", HASH_FILE_TIMER, str(shards[0])], check=True, capture_output=True, text=True, env=checkout_env())
             return float(out.stdout)
 
         times = interleave({

@@ -86,7 +86,7 @@ def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | 
     fd, err_path = tempfile.mkstemp(prefix="bench-stderr-")
     os.close(fd)
     try:
-        launcher.stdin.write(json.dumps({"cmd": [str(c) for c in cmd], "env": dict(env if env is not None else os.environ),
+        launcher.stdin.write(json.dumps({"cmd": [str(c) for c in cmd], "env": checkout_env(env),
                                          "cwd": str(cwd) if cwd else None, "stderr": err_path}) + "\n")
         launcher.stdin.flush()
         answer = json.loads(launcher.stdout.readline())
@@ -98,6 +98,17 @@ def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | 
     if expect_rc is not None and proc.returncode != expect_rc:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}, expected {expect_rc}:\n{stderr[-3000:]}")
     return proc
+
+
+def checkout_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this environment) with the checkout first on PYTHONPATH.
+
+    An installed or editable `preflight` elsewhere would otherwise be what the
+    console script imports; every command gets the same path, references included.
+    """
+    out = dict(env if env is not None else os.environ)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), out.get("PYTHONPATH", "")) if p)
+    return out
 
 
 def compile_package() -> None:
