@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # Building the base image needs debootstrap; the image tests build it once and reuse it.
-python3 -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider "$@"
+# loadfile: the engine tests of one file share a worker (their leftover checks see every container)
+python3 -m pytest -n 2 --dist loadfile -q -p no:cacheprovider "$@"
