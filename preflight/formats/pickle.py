@@ -3,7 +3,6 @@ them, and then scanned for dangerous imports with picklescan."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -49,6 +48,8 @@ def scan_pickle(path: str | os.PathLike, *, name: str | None = None) -> list[Pro
     from picklescan.scanner import SafetyLevel, scan_file_path
 
     name = name or Path(path).name
+    import logging  # only when a pickle is scanned: keeps logging off the warm check path
+
     logging.getLogger("picklescan").setLevel(logging.CRITICAL)
     try:
         result = scan_file_path(os.fspath(path))
