@@ -143,6 +143,17 @@ class Receipts:
         digests = rec.get("digests")
         return digests if isinstance(digests, dict) else None
 
+    def format_ok(self, rel: str, st: os.stat_result, fmt: str) -> bool:
+        """The file passed its `fmt` header check and has not changed since (same stat key)."""
+        rec = self._files.get(rel)
+        return self.lookup(rel, st) is not None and isinstance(rec, dict) and rec.get("format") == fmt
+
+    def mark_format(self, rel: str, st: os.stat_result, fmt: str) -> None:
+        if self.lookup(rel, st) is None:
+            self.record(rel, st, {})
+        self._files[rel]["format"] = fmt
+        self._dirty = True
+
     def verified(self, rel: str) -> tuple[int, dict[str, str]] | None:
         """Size and digests recorded when `rel` was last verified, whatever its stat is now."""
         rec = self._files.get(rel)

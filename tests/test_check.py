@@ -461,3 +461,26 @@ def test_hf_cache_lane_via_lock_commit(vol: Volume) -> None:
     assert r.code == 0 and r.lane("embed")["revision"] == COMMIT_B
     r = vol.check("--lock", str(vol.root / "absent.json"))
     assert r.code == 2 and "lock file not found" in r.stderr
+
+
+def test_a_gguf_header_that_passed_is_trusted_until_the_file_changes(vol: Volume) -> None:
+    """Warm restarts skip re-parsing unchanged GGUF headers; any rewrite (new ctime) is parsed again."""
+    vol.put("gguf", {**gguf_file("one.gguf"), **gguf_split("big", 3)})
+    vol.lanes("""
+        - {name: one, kind: gguf, path: gguf/one.gguf}
+        - {name: split, kind: gguf, path: gguf/big-00001-of-00003.gguf}
+    """)
+    assert vol.check().code == 0
+    receipts = json.loads((vol.models / ".preflight" / "receipts.json").read_text())["files"]
+    assert {k for k, v in receipts.items() if v.get("format") == "gguf"} == {
+        "gguf/one.gguf", "gguf/big-00001-of-00003.gguf", "gguf/big-00002-of-00003.gguf", "gguf/big-00003-of-00003.gguf"}
+    assert vol.check().code == 0
+    for name in ("one.gguf", "big-00002-of-00003.gguf"):
+        path = vol.models / "gguf" / name
+        st = path.stat()
+        patch_bytes(path, 0, b"GGUX")  # same size; mtime put back, ctime moves
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = vol.check()
+    assert r.code == 1
+    assert "bad-magic" in r.codes("one") and "bad-magic" in r.codes("split")
+    assert vol.check("--verify", "full").code == 1
