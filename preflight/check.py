@@ -319,28 +319,14 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
     elif lane.kind == "gguf":
         from .formats.gguf import check_gguf, check_gguf_split
 
-        # A GGUF header that passed and whose stat key is unchanged is not parsed again
-        # (a 32k-token vocabulary costs ~15 ms per file on every restart otherwise).
         names = [rel for rel in plan.files]
-        keys = {rel: plan.state_key(rel) for rel in names}
-        trusted = {rel for rel in names if rel in present and ctx.verify != "full"
-                   and ctx.receipts.format_ok(keys[rel], plan.files[rel].st, "gguf")}
-        passed = []
         for rel in names:
-            if rel in present and rel not in trusted:
+            if rel in present:
                 info_one = check_gguf(plan.root / rel, name=rel)
                 result.problems.extend(info_one.problems)
                 info = info if info is not None else info_one
-                if not any(p.is_error for p in info_one.problems):
-                    passed.append(rel)
-        split_ok = True
-        if len(names) > 1 and all(n in present for n in names) and len(trusted) < len(names):
-            split_problems = check_gguf_split([plan.root / n for n in names])
-            result.problems.extend(split_problems)
-            split_ok = not any(p.is_error for p in split_problems)
-        if split_ok and (len(names) == 1 or all(n in present for n in names)):
-            for rel in passed:
-                ctx.receipts.mark_format(keys[rel], plan.files[rel].st, "gguf")
+        if len(names) > 1 and all(n in present for n in names):
+            result.problems.extend(check_gguf_split([plan.root / n for n in names]))
     elif lane.kind == "file":
         for rel in present:
             if rel in bad:
@@ -377,8 +363,20 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
     plans = [observe(ctx, lane, *remotes.get(lane.name, (None, None))) for lane in lanes]
     verify_digests(ctx, plans)
     infos: dict[str, object] = {}
+    bases = {lane.base for lane in lanes if lane.base}
     order = sorted(plans, key=lambda p: p.lane.kind == "adapter")  # bases before adapters
     for plan in order:
+        # A lane whose exact files (names and stat keys) passed their format checks before
+        # is not parsed again: a warm restart reads no headers. Bases and adapters are
+        # always checked, since an adapter is judged against its base's tensors.
+        fingerprint = None
+        if ctx.verify != "full" and not plan.escaped and not plan.result.errors and not plan.lane.base and plan.lane.name not in bases:
+            fingerprint = lane_fingerprint(plan)
+            warnings = ctx.receipts.lane_ok(plan.lane.name, fingerprint)
+            if warnings is not None:
+                plan.result.problems.extend(Problem(w["path"], w["code"], w["message"], "warning") for w in warnings if isinstance(w, dict))
+                plan.result.settle()
+                continue
         base_info = None
         if plan.lane.base:
             base_info = infos.get(plan.lane.base)
@@ -386,7 +384,21 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
                 base_info = _base_info(ctx, plan.lane.base)
         infos[plan.lane.name] = check_formats(ctx, plan, base_info)
         plan.result.settle()
+        if fingerprint is not None and not plan.result.errors:
+            ctx.receipts.mark_lane(plan.lane.name, fingerprint, [p.to_dict() for p in plan.result.problems])
     return [p.result for p in plans]
+
+
+def lane_fingerprint(plan: LanePlan) -> str:
+    """What a lane's format checks depend on: its settings and each file's name and stat key."""
+    import hashlib
+
+    lane = plan.lane
+    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, str(plan.root))).encode())
+    for rel, obs in sorted(plan.files.items()):
+        st = obs.st
+        h.update(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))).encode())
+    return h.hexdigest()
 
 
 def _base_info(ctx: Context, name: str):

@@ -124,12 +124,15 @@ class Receipts:
     def __init__(self, state_dir: Path | None) -> None:
         self.state_dir = state_dir
         self._files: dict[str, dict] = {}
+        self._lanes: dict[str, dict] = {}  # lane name -> fingerprint of a passed format check
         self._dirty = False
         if state_dir is not None:
             try:
                 data = json.loads((state_dir / self.FILE).read_bytes())
                 if isinstance(data, dict) and isinstance(data.get("files"), dict):
                     self._files = data["files"]
+                if isinstance(data, dict) and isinstance(data.get("lanes"), dict):
+                    self._lanes = data["lanes"]
             except (OSError, ValueError):
                 pass
 
@@ -143,15 +146,17 @@ class Receipts:
         digests = rec.get("digests")
         return digests if isinstance(digests, dict) else None
 
-    def format_ok(self, rel: str, st: os.stat_result, fmt: str) -> bool:
-        """The file passed its `fmt` header check and has not changed since (same stat key)."""
-        rec = self._files.get(rel)
-        return self.lookup(rel, st) is not None and isinstance(rec, dict) and rec.get("format") == fmt
+    def lane_ok(self, name: str, fingerprint: str) -> list[dict] | None:
+        """The warnings of a past folder/format check of exactly these files (same names and
+        stat keys), or None when the lane must be checked again."""
+        rec = self._lanes.get(name)
+        if isinstance(rec, dict) and rec.get("fingerprint") == fingerprint and isinstance(rec.get("warnings"), list):
+            return rec["warnings"]
+        return None
 
-    def mark_format(self, rel: str, st: os.stat_result, fmt: str) -> None:
-        if self.lookup(rel, st) is None:
-            self.record(rel, st, {})
-        self._files[rel]["format"] = fmt
+    def mark_lane(self, name: str, fingerprint: str, warnings: list[dict]) -> None:
+        self._lanes[name] = {"fingerprint": fingerprint, "warnings": warnings,
+                             "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self._dirty = True
 
     def verified(self, rel: str) -> tuple[int, dict[str, str]] | None:
@@ -180,11 +185,13 @@ class Receipts:
         path = self.state_dir / self.FILE
         try:
             try:
-                on_disk = json.loads(path.read_bytes()).get("files", {})
+                data = json.loads(path.read_bytes())
+                on_disk, lanes_on_disk = data.get("files", {}), data.get("lanes", {})
             except (OSError, ValueError, AttributeError):
-                on_disk = {}
+                on_disk, lanes_on_disk = {}, {}
             merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else self._files
-            atomic_write(path, json.dumps({"version": 1, "files": merged}, indent=0, sort_keys=True).encode())
+            lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
+            atomic_write(path, json.dumps({"version": 1, "files": merged, "lanes": lanes}, indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False

@@ -463,24 +463,39 @@ def test_hf_cache_lane_via_lock_commit(vol: Volume) -> None:
     assert r.code == 2 and "lock file not found" in r.stderr
 
 
-def test_a_gguf_header_that_passed_is_trusted_until_the_file_changes(vol: Volume) -> None:
-    """Warm restarts skip re-parsing unchanged GGUF headers; any rewrite (new ctime) is parsed again."""
+def test_a_lane_whose_files_passed_is_not_parsed_again_until_one_changes(vol: Volume, monkeypatch) -> None:
+    """Warm restarts read no headers; any rewrite of a file (new ctime), or a file added
+    or removed, makes the lane's format checks run again."""
+    import preflight.formats.gguf as gguf_mod
+    import preflight.formats.safetensors as st_mod
+
     vol.put("gguf", {**gguf_file("one.gguf"), **gguf_split("big", 3)})
+    _hf(vol)
     vol.lanes("""
         - {name: one, kind: gguf, path: gguf/one.gguf}
         - {name: split, kind: gguf, path: gguf/big-00001-of-00003.gguf}
+        - {name: tiny, kind: hf-dir, path: vllm/tiny}
     """)
     assert vol.check().code == 0
-    receipts = json.loads((vol.models / ".preflight" / "receipts.json").read_text())["files"]
-    assert {k for k, v in receipts.items() if v.get("format") == "gguf"} == {
-        "gguf/one.gguf", "gguf/big-00001-of-00003.gguf", "gguf/big-00002-of-00003.gguf", "gguf/big-00003-of-00003.gguf"}
+    receipts = json.loads((vol.models / ".preflight" / "receipts.json").read_text())
+    assert set(receipts["lanes"]) == {"one", "split", "tiny"}
+
+    parsed: list[str] = []
+    for mod, fn in ((gguf_mod, "check_gguf"), (st_mod, "check_safetensors")):
+        real = getattr(mod, fn)
+        monkeypatch.setattr(mod, fn, lambda path, *a, _real=real, **kw: (parsed.append(str(path)), _real(path, *a, **kw))[1])
     assert vol.check().code == 0
+    assert parsed == []
+
     for name in ("one.gguf", "big-00002-of-00003.gguf"):
         path = vol.models / "gguf" / name
         st = path.stat()
         patch_bytes(path, 0, b"GGUX")  # same size; mtime put back, ctime moves
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (vol.models / "vllm/tiny/tokenizer.json").unlink()
     r = vol.check()
     assert r.code == 1
     assert "bad-magic" in r.codes("one") and "bad-magic" in r.codes("split")
+    assert "tokenizer-missing" in r.codes("tiny")
+    assert parsed
     assert vol.check("--verify", "full").code == 1
