@@ -49,14 +49,19 @@ class Hasher:
 
 
 def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progress: Callable[[int], None] | None = None,
-              stop: threading.Event | None = None) -> dict[str, str]:
+              stop: threading.Event | None = None, *, pipelined: bool = False) -> dict[str, str]:
     """Digest a file in READ_CHUNK-sized reads into one reused buffer (hashlib drops the GIL).
 
-    `stop` set by another thread ends the work within one chunk (InterruptedError)."""
+    `pipelined` reads ahead on a second thread while this one hashes (worth it when a
+    core would otherwise idle: one large file). `stop` set by another thread ends the
+    work within one chunk (InterruptedError)."""
     algos = tuple(algos)
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         hasher = Hasher(algos, size)
+        if pipelined and size >= 4 * PIPE_CHUNK:
+            _hash_pipelined(f, hasher, progress, stop)
+            return hasher.hexdigests()
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         while True:
@@ -71,6 +76,54 @@ def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progr
     return hasher.hexdigests()
 
 
+PIPE_CHUNK = 2**20
+PIPE_BUFFERS = 4
+
+
+def _hash_pipelined(f, hasher: Hasher, progress: Callable[[int], None] | None, stop: threading.Event | None) -> None:
+    """A reader thread fills buffers while this thread hashes: read and hash overlap."""
+    import queue
+
+    free: queue.Queue = queue.Queue()
+    full: queue.Queue = queue.Queue()
+    for _ in range(PIPE_BUFFERS):
+        free.put(bytearray(PIPE_CHUNK))
+    halt = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not halt.is_set():
+                buf = free.get()
+                if buf is None:
+                    return
+                n = f.readinto(buf)
+                full.put((buf, n))
+                if not n:
+                    return
+        except BaseException as exc:  # handed to the hashing thread
+            full.put((exc, 0))
+
+    thread = threading.Thread(target=reader, name="hash-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            if stop is not None and stop.is_set():
+                raise InterruptedError("hashing stopped")
+            buf, n = full.get()
+            if isinstance(buf, BaseException):
+                raise buf
+            if not n:
+                break
+            hasher.update(memoryview(buf)[:n])
+            if progress:
+                progress(n)
+            free.put(buf)
+    finally:
+        halt.set()
+        free.put(None)
+        thread.join()
+
+
 def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = None) -> list[dict[str, str] | OSError]:
     """Hash several files at once, one thread per core; results in input order."""
     if not jobs:
@@ -81,7 +134,7 @@ def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = No
 
     def one(job: tuple[str, tuple[str, ...]]) -> dict[str, str] | OSError:
         try:
-            return hash_file(job[0], job[1], stop=stop)
+            return hash_file(job[0], job[1], stop=stop, pipelined=len(jobs) == 1)
         except OSError as exc:
             return exc
 
