@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, FetchError, StalledError
-from ..integrity import CHUNK, READ_CHUNK, Hasher
+from ..integrity import READ_CHUNK, Hasher
 
 MAX_REDIRECTS = 10
 
@@ -206,32 +206,31 @@ def fetch_to(
         hasher = Hasher(algos, size) if ("sha1" not in algos or size is not None) else Hasher(tuple(a for a in algos if a != "sha1"))
         if have:
             _feed(partial, hasher, have, progress)
-        # Unbuffered, and read1 hands over whatever has arrived: every byte received is in
-        # the partial file at once, so a process killed or stalled mid-way loses nothing.
-        with open(partial, mode, buffering=0) as f:
-            while True:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise StalledError("the run's deadline passed during the download", url=url)
-                try:
-                    data = resp.read1(CHUNK)
-                except (socket.timeout, TimeoutError):
-                    raise StalledError(f"no data for {timeouts.stall:g}s (stalled at byte {have})", url=url) from None
-                except (OSError, http.client.HTTPException, ValueError) as exc:
-                    if cancel is not None and cancel.is_set():
-                        raise FetchError(f"cancelled at byte {have}", url=url) from None
-                    raise FetchError(f"connection lost at byte {have}: {type(exc).__name__}", url=url) from None
-                if not data:
-                    break
-                _write_all(f, data)
-                hasher.update(data)
-                n = len(data)
-                have += n
-                if progress:
-                    progress(n)
-                if expected_size is not None and have > expected_size:
-                    raise FetchError(f"server sent more than the expected {expected_size} bytes", url=url)
-            f.flush()
-            os.fsync(f.fileno())
+        # A receiving thread keeps the socket drained while this one writes and hashes
+        # (one thread doing both lets the server's send window fill and stall). Unbuffered
+        # writes of whatever has arrived: a process killed or stalled loses at most the
+        # few chunks in flight.
+        chunks = _Receiver(resp, timeouts, cancel, url)
+        try:
+            with open(partial, mode, buffering=0) as f:
+                while True:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise StalledError("the run's deadline passed during the download", url=url)
+                    data = chunks.next(have, timeout=1.0)
+                    if data is None:
+                        continue
+                    if not data:
+                        break
+                    _write_all(f, data)
+                    hasher.update(data)
+                    have += len(data)
+                    if progress:
+                        progress(len(data))
+                    if expected_size is not None and have > expected_size:
+                        raise FetchError(f"server sent more than the expected {expected_size} bytes", url=url)
+                os.fsync(f.fileno())
+        finally:
+            chunks.stop()
         if total is not None and have != total:
             raise FetchError(f"connection closed at byte {have} of {total}", url=url)
         if expected_size is not None and have != expected_size:
@@ -241,6 +240,64 @@ def fetch_to(
         if cancel is not None:
             cancel.forget(sock)
         conn.close()
+
+
+class _Receiver:
+    """Chunks read from the response on a thread; errors are raised where they are consumed."""
+
+    DEPTH = 8
+
+    def __init__(self, resp: http.client.HTTPResponse, timeouts: Timeouts, cancel: Cancel | None, url: str) -> None:
+        import queue
+
+        self._q: queue.Queue = queue.Queue(self.DEPTH)
+        self._halt = threading.Event()
+        self._resp, self._timeouts, self._cancel, self._url = resp, timeouts, cancel, url
+        self._thread = threading.Thread(target=self._run, name="http-receive", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> None:
+        import queue
+
+        while not self._halt.is_set():
+            try:
+                self._q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                data = self._resp.read1(READ_CHUNK * 8)
+            except BaseException as exc:
+                self._put(exc)
+                return
+            self._put(data)
+            if not data:
+                return
+
+    def next(self, have: int, timeout: float) -> bytes | None:
+        """The next chunk, b"" at the end, None when nothing arrived within `timeout`."""
+        import queue
+
+        try:
+            item = self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            self._halt.set()
+            if isinstance(item, (socket.timeout, TimeoutError)):
+                raise StalledError(f"no data for {self._timeouts.stall:g}s (stalled at byte {have})", url=self._url) from None
+            if isinstance(item, (OSError, http.client.HTTPException, ValueError)):
+                if self._cancel is not None and self._cancel.is_set():
+                    raise FetchError(f"cancelled at byte {have}", url=self._url) from None
+                raise FetchError(f"connection lost at byte {have}: {type(item).__name__}", url=self._url) from None
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self._halt.set()
 
 
 def _write_all(f, data: bytes) -> None:
