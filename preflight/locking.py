@@ -28,10 +28,8 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
             if token is None:
                 token = read_token(token_file) or ""
             listing = resolve(lane, token or None)
-            lock.lanes[lane.name] = LockedLane(lane.name, src.raw, src.revision, listing.commit, {rel: f.expect.merge(FileExpect(sha1=None)) for rel, f in listing.files.items()})
-            for rel, f in listing.files.items():
-                # keep both: sha256 for LFS files, blob sha1 for the rest
-                lock.lanes[lane.name].files[rel] = FileExpect(f.size, f.sha256, None if f.sha256 else f.sha1)
+            # sha256 for LFS files, git blob sha1 for the rest (RemoteFile.expect)
+            lock.lanes[lane.name] = LockedLane(lane.name, src.raw, src.revision, listing.commit, {rel: f.expect for rel, f in listing.files.items()})
         elif src.scheme in ("https", "http"):
             name = Path(lane.path).name
             exp = lane.files.get(name)

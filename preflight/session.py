@@ -44,10 +44,8 @@ class Session:
         if lock or lock_path.exists():
             lock_obj = load_lock(lock_path)
         report = Report(command, str(root))
-        if not root.is_dir():
-            if command == "check" or not opts.get("create_models_dir", True):
-                raise_missing = root.exists()
-                report.notes.append(f"models folder {root} " + ("is not a folder" if raise_missing else "does not exist"))
+        if command == "check" and not root.is_dir():  # sync creates it
+            report.notes.append(f"models folder {root} " + ("is not a folder" if root.exists() else "does not exist"))
         sdir = Path(state_dir) if state_dir else root / STATE_DIR
         writable = _writable(sdir if sdir.exists() else (sdir.parent if sdir.parent.exists() else root))
         receipts = Receipts(sdir if sdir.exists() or writable else None)
