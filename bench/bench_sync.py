@@ -8,7 +8,7 @@ file URLs redirect to, streaming from files on disk):
     of the same URL, and `hf download org/big model.safetensors --local-dir D`
     (HF_HUB_DISABLE_XET=1). Targets: sync <= 1.3x curl, sync >= 2x faster than
     hf download, peak RSS of sync <= 200 MB.
-    With --chunk-kib N, also a sync with preflight's 4 MiB read chunk patched to N KiB.
+    With --chunk-kib N, also a sync with preflight's 1 MiB network read size patched to N KiB.
   - org/sharded: a folder lane of 8 x 128 MiB shards, synced with --workers 4
     and --workers 1; the staging folder is watched to show shards in flight at once.
 preflight fetches to staging, hashes while writing, fsyncs and renames; curl
@@ -39,7 +39,7 @@ TARGET_HF = 2.0
 TARGET_RSS_MB = 200.0
 SHARDS = 8
 CHUNK_WRAPPER = (
-    "import sys; import preflight.sources.http as h; h.CHUNK = int(sys.argv.pop(1)); "
+    "import sys; import preflight.sources.http as h; assert hasattr(h, 'RECV_CHUNK'); h.RECV_CHUNK = int(sys.argv.pop(1)); "
     "from preflight.cli import main; sys.argv[0] = 'preflight'; main()"
 )
 

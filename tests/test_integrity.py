@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from preflight.integrity import PIPE_CHUNK, hash_file, hash_files
+from preflight.integrity import PIPE_CHUNK, WriteBehind, hash_file, hash_files
 
 
 @pytest.fixture
@@ -38,3 +40,74 @@ def test_pipelined_hashing_stops_when_told(data_file) -> None:
     with pytest.raises(InterruptedError):
         hash_file(path, stop=stop, pipelined=True)
     assert [t for t in threading.enumerate() if t.name == "hash-reader"] == []
+
+
+MiB = 2**20
+
+
+def _cached_bytes(path: Path) -> int:
+    """How much of the file is in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def _write(path: Path, chunks: int, behind: bool) -> None:
+    block = os.urandom(MiB)
+    with open(path, "wb", buffering=0) as f:
+        wb = WriteBehind(f.fileno(), window=MiB)
+        for i in range(chunks):
+            f.write(block)
+            if behind:
+                wb.wrote((i + 1) * MiB)
+        if behind:
+            wb.finish()
+        else:
+            os.fsync(f.fileno())
+
+
+@pytest.fixture
+def page_cache_dir(tmp_path: Path) -> Path:
+    if shutil.which("fincore") is None:
+        pytest.skip("fincore (util-linux) is not installed")
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if fs == "tmpfs":
+        pytest.skip("tmpfs files live in the page cache; there is no writeback to drive")
+    return tmp_path
+
+
+def test_write_behind_leaves_a_large_file_out_of_the_page_cache(page_cache_dir: Path) -> None:
+    plain, behind = page_cache_dir / "plain", page_cache_dir / "behind"
+    _write(plain, 16, behind=False)
+    assert _cached_bytes(plain) >= 8 * MiB  # a plain write stays cached: the check below can fail
+    _write(behind, 16, behind=True)
+    assert behind.stat().st_size == 16 * MiB
+    assert _cached_bytes(behind) == 0
+
+
+def test_write_behind_keeps_a_file_under_one_window_cached(page_cache_dir: Path) -> None:
+    small = page_cache_dir / "small"
+    block = os.urandom(MiB // 2)
+    with open(small, "wb", buffering=0) as f:
+        wb = WriteBehind(f.fileno(), window=MiB)
+        f.write(block)
+        wb.wrote(len(block))
+        wb.finish()
+    assert small.read_bytes() == block
+    assert _cached_bytes(small) == len(block)
+
+
+def test_write_behind_carries_on_when_the_filesystem_refuses_advice(tmp_path: Path, monkeypatch) -> None:
+    def refuse(*_args) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    path = tmp_path / "f"
+    with open(path, "wb", buffering=0) as f:
+        wb = WriteBehind(f.fileno(), window=MiB)
+        for i in range(3):
+            f.write(b"x" * MiB)
+            wb.wrote((i + 1) * MiB)
+        wb.finish()
+    assert not wb.enabled
+    assert path.stat().st_size == 3 * MiB

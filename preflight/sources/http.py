@@ -15,9 +15,12 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, FetchError, StalledError
-from ..integrity import READ_CHUNK, Hasher
+from ..integrity import READ_CHUNK, Hasher, WriteBehind
 
 MAX_REDIRECTS = 10
+# The receiving thread's read size: whatever the socket holds, up to this (4 MiB reads
+# were slower here; bench/bench_sync.py --chunk-kib sizes a change).
+RECV_CHUNK = 2**20
 
 
 @dataclass
@@ -213,6 +216,7 @@ def fetch_to(
         chunks = _Receiver(resp, timeouts, cancel, url)
         try:
             with open(partial, mode, buffering=0) as f:
+                behind = WriteBehind(f.fileno(), have)
                 while True:
                     if deadline is not None and time.monotonic() > deadline:
                         raise StalledError("the run's deadline passed during the download", url=url)
@@ -224,11 +228,12 @@ def fetch_to(
                     _write_all(f, data)
                     hasher.update(data)
                     have += len(data)
+                    behind.wrote(have)
                     if progress:
                         progress(len(data))
                     if expected_size is not None and have > expected_size:
                         raise FetchError(f"server sent more than the expected {expected_size} bytes", url=url)
-                os.fsync(f.fileno())
+                behind.finish()
         finally:
             chunks.stop()
         if total is not None and have != total:
@@ -269,7 +274,7 @@ class _Receiver:
     def _run(self) -> None:
         while not self._halt.is_set():
             try:
-                data = self._resp.read1(READ_CHUNK * 8)
+                data = self._resp.read1(RECV_CHUNK)
             except BaseException as exc:
                 self._put(exc)
                 return

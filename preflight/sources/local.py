@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import FetchError
-from ..integrity import READ_CHUNK, Hasher, hash_file
+from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file
 from ..manifest import FileExpect, Lane
 
 FICLONE = 0x40049409
@@ -56,15 +56,19 @@ def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable
         except OSError:
             pass
         hasher = Hasher(algos, size)
+        behind = WriteBehind(d.fileno())
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
+        done = 0
         while True:
             n = s.readinto(buf)
             if not n:
                 break
             d.write(view[:n])
             hasher.update(view[:n])
+            done += n
+            behind.wrote(done)
             if progress:
                 progress(n)
-        os.fsync(d.fileno())
+        behind.finish()
     return hasher.hexdigests()
