@@ -135,6 +135,16 @@ class Volume:
         staging = self.models / STATE / "staging"
         return sorted(staging.glob("*.part")) if staging.is_dir() else []
 
+    def partial_sizes(self) -> list[int]:
+        """Sizes of the staged partials; one published (renamed away) between listing and stat is skipped."""
+        sizes = []
+        for path in self.partials():
+            try:
+                sizes.append(path.stat().st_size)
+            except FileNotFoundError:
+                pass
+        return sizes
+
 
 def hub_downloads(hub: HubServer, repo_id: str | None = None) -> int:
     """File-byte requests (resolve or CDN GETs) the hub received."""
