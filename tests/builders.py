@@ -91,20 +91,28 @@ def write_sharded(
     dtype: str = "BF16",
     shape: Sequence[int] = (4, 8),
     total_size: int | None = None,
+    tensors: Mapping[str, tuple[str, Sequence[int]]] | None = None,
 ) -> Sharded:
-    """Shards named like transformers names them, plus `model.safetensors.index.json`."""
+    """Shards named like transformers names them, plus `model.safetensors.index.json`.
+
+    `tensors` (name → (dtype, shape)) are dealt out over the shards in order; without
+    them each shard gets `tensors_per_shard` generic ones."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weight_map: dict[str, str] = {}
     shards: list[Path] = []
     data = 0
+    given = list((tensors or {}).items())
     for s in range(n_shards):
         shard = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
-        tensors = {f"model.layers.{s}.mlp.w{j}.weight": (dtype, shape) for j in range(tensors_per_shard)}
-        shards.append(write_safetensors(folder / shard, tensors, metadata={"format": "pt"}))
-        for name in tensors:
+        if given:
+            part = dict(given[s * len(given) // n_shards:(s + 1) * len(given) // n_shards])
+        else:
+            part = {f"model.layers.{s}.mlp.w{j}.weight": (dtype, shape) for j in range(tensors_per_shard)}
+        shards.append(write_safetensors(folder / shard, part, metadata={"format": "pt"}))
+        for name, (dt, shp) in part.items():
             weight_map[name] = shard
-            data += int(np.prod(shape)) * _BITS[dtype] // 8
+            data += int(np.prod(shp)) * _BITS[dt] // 8
     index = {"metadata": {"total_size": data if total_size is None else total_size}, "weight_map": dict(sorted(weight_map.items()))}
     index_path = folder / "model.safetensors.index.json"
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

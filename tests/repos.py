@@ -45,7 +45,7 @@ def hf_model(*, sharded: bool = False, config: dict | None = None, extra: dict[s
         (root / "tokenizer.json").write_text(json.dumps(TOKENIZER))
         (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 2048}))
         if sharded:
-            write_sharded(root, 3, tensors_per_shard=2)
+            write_sharded(root, 3, tensors=llama_weights())
         else:
             write_safetensors(root / "model.safetensors", llama_weights(), metadata={"format": "pt"})
         files = _read_tree(root)

@@ -65,7 +65,7 @@ def test_hf_folder_single_and_sharded(tmp_path: Path) -> None:
     assert (f["format"], f["architecture"], f["model type"], f["dtype"], f["context length"]) == ("hf-dir", "LlamaForCausalLM", "llama", "bfloat16", "2048")
     assert f["tokenizer"] == "tokenizer.json" and f["weights"] == "model.safetensors" and f["files"] == "5"
     code, j = as_json(sharded)
-    assert code == 0 and j["weights"] == ["model.safetensors.index.json"] and j["tensor_count"] == 6 and j["files"] == 8
+    assert code == 0 and j["weights"] == ["model.safetensors.index.json"] and j["tensor_count"] == 16 and j["files"] == 8
 
 
 def test_hf_folder_problems_are_listed(tmp_path: Path) -> None:
