@@ -31,7 +31,7 @@ GiB = 2**30
 SHARDS = 4
 TARGET_SINGLE = 1.05
 TARGET_FOLDER = 1.05
-HASH_CHUNK = getattr(integrity, "READ_CHUNK", integrity.CHUNK)
+HASH_CHUNK = integrity.READ_CHUNK
 HASH_FILE_TIMER = """
 import sys, time
 from preflight import integrity
