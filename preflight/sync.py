@@ -257,6 +257,8 @@ class Fetcher:
                 if self.cancel.is_set():
                     raise FetchError(f"{job.label}: cancelled")
                 if attempt:
+                    if self.deadline is not None and time.monotonic() > self.deadline:
+                        break
                     delay = min(2 ** (attempt - 1), 8)
                     self.progress.log(f"{job.label}: retry {attempt}/{self.opts.retries} in {delay}s after: {last}")
                     if self.cancel.wait(delay):

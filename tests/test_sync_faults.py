@@ -115,6 +115,19 @@ def test_stall_fails_with_3_in_bounded_time(model_vol, hub_server: HubServer) ->
     assert vol.debris(allow_partial=True) == []
 
 
+def test_deadline_ends_a_stalled_download_long_before_the_stall_timeout(model_vol, hub_server: HubServer) -> None:
+    vol, _files = model_vol
+    hub_server.fault("org/llm", SHARD).stall(50, 60)
+    started = time.monotonic()
+    r = vol.run("sync", "--deadline", "2", "--stall-timeout", "30", timeout=60)
+    took = time.monotonic() - started
+    assert r.code == 3, r.stderr
+    assert "deadline passed" in lane_message(r, "llm")
+    assert took < 10, f"took {took:.1f}s with a 2s deadline"
+    assert not (vol.models / "vllm/llm" / SHARD).exists()
+    assert vol.debris(allow_partial=True) == []
+
+
 def test_corrupt_bytes_are_never_published_and_valid_files_stay(model_vol, hub_server: HubServer) -> None:
     vol, files = model_vol
     assert vol.run().code == 0

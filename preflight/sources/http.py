@@ -213,7 +213,7 @@ def fetch_to(
         # (one thread doing both lets the server's send window fill and stall). Unbuffered
         # writes of whatever has arrived: a process killed or stalled loses at most the
         # few chunks in flight.
-        chunks = _Receiver(resp, timeouts, cancel, url)
+        chunks = _Receiver(resp, sock, timeouts, cancel, url)
         try:
             with open(partial, mode, buffering=0) as f:
                 behind = WriteBehind(f.fileno(), have)
@@ -252,12 +252,12 @@ class _Receiver:
 
     DEPTH = 8
 
-    def __init__(self, resp: http.client.HTTPResponse, timeouts: Timeouts, cancel: Cancel | None, url: str) -> None:
+    def __init__(self, resp: http.client.HTTPResponse, sock: socket.socket | None, timeouts: Timeouts, cancel: Cancel | None, url: str) -> None:
         import queue
 
         self._q: queue.Queue = queue.Queue(self.DEPTH)
         self._halt = threading.Event()
-        self._resp, self._timeouts, self._cancel, self._url = resp, timeouts, cancel, url
+        self._resp, self._sock, self._timeouts, self._cancel, self._url = resp, sock, timeouts, cancel, url
         self._thread = threading.Thread(target=self._run, name="http-receive", daemon=True)
         self._thread.start()
 
@@ -302,7 +302,16 @@ class _Receiver:
         return item
 
     def stop(self) -> None:
+        """End the thread now, even when it is blocked in a read of a stalled socket: closing
+        the response would otherwise wait for that read (the reader's lock) until the stall
+        timeout, past the run's deadline."""
         self._halt.set()
+        if self._thread.is_alive() and self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
 
 
 def _write_all(f, data: bytes) -> None:
