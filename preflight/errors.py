@@ -81,6 +81,14 @@ class IntegrityError(FetchError):
     """Fetched bytes do not match what was expected (size, digest, format)."""
 
 
+class UnsafeContentError(IntegrityError):
+    """The bytes are the ones asked for and must still not be published (a pickle that
+    imports dangerous callables). Fetching again cannot help; the lane is not ready."""
+
+    exit_code = ExitCode.NOT_READY
+    problem_code = "dangerous-pickle"
+
+
 class AuthError(FetchError):
     """401/403, or a gated/private repo without a token."""
 

@@ -26,6 +26,7 @@ from .errors import (
     ManifestError,
     NotReadyError,
     PreflightError,
+    UnsafeContentError,
 )
 from .lease import Lease
 from .manifest import FileExpect, Lane
@@ -289,6 +290,8 @@ class Fetcher:
                 except IntegrityError as exc:
                     last = exc
                     _unlink(partial)
+                    if isinstance(exc, UnsafeContentError):
+                        break
                 except FetchError as exc:
                     last = exc
                     if exc.status is not None and exc.status in (404, 400, 410):
@@ -310,7 +313,10 @@ class Fetcher:
             raise IntegrityError(f"{job.label}: downloaded git blob sha1 is {digests.get('sha1')}, expected {exp.sha1}")
         from .check import check_single_file
 
-        problems = [p for p in check_single_file(partial, job.rel, True) if p.is_error and p.code not in (P.DANGEROUS_PICKLE,)]
+        problems = [p for p in check_single_file(partial, job.rel, True) if p.is_error]
+        for p in problems:
+            if p.code == P.DANGEROUS_PICKLE:
+                raise UnsafeContentError(f"{job.label}: the downloaded file is refused, not published: {p.message}")
         if problems:
             raise IntegrityError(f"{job.label}: the downloaded file is not valid: {problems[0].message}")
 
@@ -476,7 +482,7 @@ def _attach(report: Report, errors: dict[str, PreflightError]) -> None:
     for lane in report.lanes:
         err = errors.get(lane.name)
         if err is not None:
-            lane.problems.append(P.error(lane.path, P.FETCH_FAILED, str(err)))
+            lane.problems.append(P.error(lane.path, getattr(err, "problem_code", P.FETCH_FAILED), str(err)))
             lane.settle()
 
 

@@ -345,6 +345,27 @@ def test_https_url_lane_with_a_wrong_sha256_is_not_published(vol: Volume, hub_se
     assert vol.debris() == []
 
 
+def test_a_dangerous_pickle_is_never_published_and_the_valid_file_stays(vol: Volume, hub_server: HubServer) -> None:
+    from tests.example_repos import malicious_checkpoint, whisper_checkpoint
+
+    good, evil = whisper_checkpoint(), malicious_checkpoint()
+    lane = {"name": "whisper", "kind": "file", "path": "whisper/small.pt", "allow_pickle": True}
+    vol.write([{**lane, "source": hub_server.add_url("/files/small.pt", good), "sha256": sha256(good)}])
+    assert vol.run().code == 0
+    target = vol.models / "whisper/small.pt"
+    before = target.stat().st_ino
+    # the manifest now names the malicious file, with its own (matching) digest
+    vol.write([{**lane, "source": hub_server.add_url("/files/evil.pt", evil), "sha256": sha256(evil)}])
+    r = vol.run("sync", "--retries", "3")
+    assert r.code == 1, r.stderr
+    codes = [p["code"] for p in r.lane("whisper")["problems"]]
+    assert "dangerous-pickle" in codes, codes
+    assert "posix.system" in r.stderr or "os.system" in r.stderr
+    assert target.read_bytes() == good and target.stat().st_ino == before
+    assert hub_server.count(path="/files/evil.pt") == 1  # refused once, not retried
+    assert vol.debris() == []
+
+
 def test_local_mirror_lane(vol: Volume, tmp_path: Path) -> None:
     files = hf_model(sharded=True)
     mirror = write_tree(tmp_path / "mirror" / "llm", files)
