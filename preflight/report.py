@@ -118,6 +118,10 @@ def summarise(bad: list[LaneResult]) -> str:
     return "; ".join(parts) + more
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -134,7 +138,7 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
     out = out or sys.stderr
     width = max([len(lane.name) for lane in report.lanes] + [4])
     for lane in report.lanes:
-        extra = f"{lane.files} files, {human_size(lane.bytes)}"
+        extra = f"{plural(lane.files, 'file')}, {human_size(lane.bytes)}"
         if lane.fetched_files:
             extra += f", fetched {lane.fetched_files} ({human_size(lane.fetched_bytes)})"
         if lane.hashed_bytes:

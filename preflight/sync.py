@@ -7,6 +7,7 @@ checked for size, digest and format, fsynced, then renamed over the target.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -31,7 +32,7 @@ from .errors import (
 from .lease import Lease
 from .manifest import FileExpect, Lane
 from .progress import Progress
-from .report import LaneResult, Report, human_size
+from .report import LaneResult, Report, human_size, plural
 from .session import Session
 from .sources.http import Cancel, Timeouts, fetch_to, redact
 
@@ -69,10 +70,16 @@ class Job:
     url: str | None = None
     mirror: Path | None = None
     link: Path | None = None  # hf-cache: snapshot symlink → target (the blob)
+    size_hint: int | None = None  # a URL file's size from HEAD when the manifest gives none: planning only
+    fetched: int = 0  # bytes of the published file
 
     @property
     def label(self) -> str:
         return f"{self.lane.name}/{self.rel}"
+
+    @property
+    def size(self) -> int | None:
+        return self.expect.size if self.expect.size is not None else self.size_hint
 
 
 class Remote:
@@ -250,7 +257,7 @@ class Fetcher:
             from .sources.hf import auth_headers
 
             headers = auth_headers(token)
-        key = self.progress.start(job.label, job.expect.size)
+        key = self.progress.start(job.label, job.size)
         started = time.monotonic()
         last: PreflightError | None = None
         try:
@@ -280,6 +287,7 @@ class Fetcher:
                         digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
                     self._publish(job, partial, digests)
+                    job.fetched = size
                     self.progress.finish(key)
                     key = None
                     secs = time.monotonic() - started
@@ -287,6 +295,13 @@ class Fetcher:
                     return
                 except AuthError:
                     raise
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    # The partial cannot be completed, and it holds the space others need.
+                    _unlink(partial)
+                    raise DiskSpaceError(f"{job.label}: the volume filled up during the download; the partial file was removed",
+                                         hint="free space on the volume, or select fewer lanes (--profile / --lane)") from None
                 except IntegrityError as exc:
                     last = exc
                     _unlink(partial)
@@ -376,10 +391,20 @@ def write_cache_refs(session: Session, remote: Remote) -> None:
             pass
 
 
+def learn_sizes(jobs: list[Job], opts: Options) -> None:
+    """Ask (HEAD) the size of each URL file the manifest gives none for, so the space check
+    and the progress lines count it; unanswered, the download checks space once it starts."""
+    from .sources.http import content_length
+
+    for job in jobs:
+        if job.url and job.size is None and job.mirror is None and not (job.lane.source and job.lane.source.scheme == "hf"):
+            job.size_hint = content_length(job.url, timeouts=opts.timeouts)
+
+
 def need_bytes(jobs: list[Job], staging: Path) -> int:
     total = 0
     for job in jobs:
-        size = job.expect.size or 0
+        size = job.size or 0
         partial = staging / staging_name(job)
         have = partial.stat().st_size if partial.exists() else 0
         total += max(0, size - have)
@@ -441,6 +466,7 @@ def run_sync(session: Session, opts: Options) -> Report:
             return report
         check_writable(session)
         staging = session.state_dir / "staging"
+        learn_sizes(jobs, opts)
         check_space(session, jobs, staging)
         lease = Lease(session.state_dir, stale_after=opts.stale_after)
         lease.acquire(opts.lease_wait, progress.log)
@@ -449,8 +475,11 @@ def run_sync(session: Session, opts: Options) -> Report:
             results = session.check(remote.expect).lanes
             jobs = plan_jobs(session, remote, results)
             if jobs:
-                total = sum(j.expect.size or 0 for j in jobs)
-                progress.log(f"fetching {len(jobs)} files ({human_size(total)}) for {len({j.lane.name for j in jobs})} lanes")
+                learn_sizes(jobs, opts)
+                total = sum(j.size or 0 for j in jobs)
+                unknown = sum(1 for j in jobs if j.size is None)
+                more = f" and {unknown} of unknown size" if unknown else ""
+                progress.log(f"fetching {plural(len(jobs), 'file')} ({human_size(total)}{more}) for {plural(len({j.lane.name for j in jobs}), 'lane')}")
                 failures = Fetcher(session, remote, opts, progress, deadline).run(jobs)
                 write_cache_refs(session, remote)
                 session.ctx.receipts.save()
@@ -459,7 +488,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                     if not any(j is fj for fj, _e in failures.get(j.lane.name, [])):
                         f = fetched.setdefault(j.lane.name, [0, 0])
                         f[0] += 1
-                        f[1] += j.expect.size or 0
+                        f[1] += j.fetched
                 results = session.check(remote.expect).lanes
                 for r in results:
                     if r.name in fetched:

@@ -309,3 +309,86 @@ def test_sigterm_during_download_exits_130_releases_lease_keeps_partial(vol: Vol
     resumed = vol.run()
     assert resumed.code == 0, resumed.stderr
     assert vol.tree("vllm/big") == files
+
+
+# --------------------------------------------------------------------------- a volume that fills up
+
+MiB = 2**20
+
+
+@pytest.fixture
+def small_vol(tmp_path: Path, hub_server: HubServer):
+    """A Volume whose models folder is an 80 MiB tmpfs (needs root, as the CI machine has)."""
+    import os
+    import subprocess
+
+    vol = Volume(tmp_path, hub_server)
+    vol.models.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(vol.models)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield vol
+    finally:
+        subprocess.run(["umount", "-l", str(vol.models)], check=False)
+
+
+def zeros_url(hub: HubServer, tmp_path: Path, name: str, size: int) -> tuple[str, str]:
+    """A sparse file of zeros served at /files/<name>; its URL and sha256."""
+    import hashlib
+
+    path = tmp_path / name
+    with open(path, "wb") as f:
+        f.truncate(size)
+    h = hashlib.sha256()
+    block = bytes(MiB)
+    for _ in range(size // MiB):
+        h.update(block)
+    h.update(bytes(size % MiB))
+    return hub.add_url(f"/files/{name}", path), h.hexdigest()
+
+
+def url_gets(hub: HubServer, name: str) -> int:
+    return sum(1 for r in hub.requests if r.path == f"/files/{name}" and r.method == "GET")
+
+
+def test_url_without_size_is_measured_before_fetching_so_a_full_volume_gives_5(small_vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    url, digest = zeros_url(hub_server, tmp_path, "blob.bin", 20 * MiB)  # 20 MiB + 64 MiB margin > 80 MiB
+    small_vol.write([{"name": "blob", "kind": "file", "path": "blob.bin", "source": url, "sha256": digest}])
+    r = small_vol.run("sync")
+    assert r.code == 5, r.stderr
+    assert "20.0 MiB to fetch" in r.stderr
+    assert url_gets(hub_server, "blob.bin") == 0
+    assert small_vol.debris() == []
+
+
+def test_url_without_size_and_no_head_answer_stops_at_the_announced_length(small_vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    url, digest = zeros_url(hub_server, tmp_path, "big.bin", 100 * MiB)
+    hub_server.url_fault("/files/big.bin").status(403, times=None, methods=("HEAD",))  # a URL signed for GET only
+    small_vol.write([{"name": "big", "kind": "file", "path": "big.bin", "source": url, "sha256": digest}])
+    r = small_vol.run("sync")
+    assert r.code == 5, r.stderr
+    assert "not enough disk space" in r.lane("big")["problems"][-1]["message"]
+    assert "of unknown size" in r.stderr
+    assert small_vol.debris() == []  # nothing was written
+
+
+def test_volume_filling_up_mid_download_gives_5_and_frees_the_partial(small_vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    lanes = []
+    for name in ("a.bin", "b.bin"):
+        url, digest = zeros_url(hub_server, tmp_path, name, 45 * MiB)  # each fits alone, not both
+        fault = hub_server.url_fault(f"/files/{name}")
+        fault.status(403, times=None, methods=("HEAD",))
+        fault.stall(MiB, 2, times=1)  # both downloads pass their space check before either goes on
+        lanes.append({"name": name.split(".")[0], "kind": "file", "path": name, "source": url, "sha256": digest})
+    small_vol.write(lanes)
+    r = small_vol.run("sync", "--workers", "2")
+    assert r.code == 5, r.stderr
+    assert "filled up" in r.stderr
+    assert small_vol.debris() == []  # the partial that could not finish is gone
+    published = [p.name for p in small_vol.models.glob("*.bin")]
+    assert len(published) <= 1
+    for name in published:
+        assert (small_vol.models / name).stat().st_size == 45 * MiB

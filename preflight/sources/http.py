@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import AuthError, FetchError, StalledError
+from ..errors import AuthError, DiskSpaceError, FetchError, StalledError
 from ..integrity import READ_CHUNK, Hasher, WriteBehind
+from ..report import human_size
 
 MAX_REDIRECTS = 10
 # The receiving thread's read size: whatever the socket holds, up to this (4 MiB reads
@@ -97,14 +98,14 @@ def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, 
     return conn, target
 
 
-def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
-    """GET following redirects; Authorization is dropped when the host changes (CDN)."""
+def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: str = "GET") -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
+    """GET (or HEAD) following redirects; Authorization is dropped when the host changes (CDN)."""
     hdrs = dict(headers)
     origin = urlsplit(url).netloc
     for _ in range(MAX_REDIRECTS):
         conn, target = _connect(url, timeouts)
         try:
-            conn.request("GET", target, headers=hdrs)
+            conn.request(method, target, headers=hdrs)
             conn.sock.settimeout(timeouts.stall)
             resp = conn.getresponse()
         except (socket.timeout, TimeoutError) as exc:
@@ -128,6 +129,28 @@ def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts) -> tup
             continue
         return resp, conn, url
     raise FetchError(f"more than {MAX_REDIRECTS} redirects", url=url)
+
+
+def content_length(url: str, headers: Mapping[str, str] | None = None, timeouts: Timeouts | None = None) -> int | None:
+    """The size a HEAD request announces, or None when it cannot tell (no HEAD support, a URL
+    signed for GET only, no Content-Length). For planning only: the GET is what is checked."""
+    try:
+        resp, conn, _url = open_stream(url, {"Accept-Encoding": "identity", **(headers or {})}, timeouts or Timeouts(), method="HEAD")
+    except FetchError:
+        return None
+    try:
+        length = resp.getheader("Content-Length") or ""
+        return int(length) if resp.status == 200 and length.isdigit() else None
+    finally:
+        conn.close()
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path.parent)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
@@ -206,6 +229,10 @@ def fetch_to(
         size = expected_size if expected_size is not None else total
         if expected_size is not None and total is not None and total != expected_size:
             raise FetchError(f"server announces {total} bytes, expected {expected_size}", url=url)
+        free = _free_bytes(partial) if total is not None else None
+        if total is not None and free is not None and total - have > free:
+            raise DiskSpaceError(f"not enough disk space on {partial.parent}: {human_size(total - have)} more to write, {human_size(free)} free",
+                                 hint="free space on the volume, or select fewer lanes (--profile / --lane)")
         hasher = Hasher(algos, size) if ("sha1" not in algos or size is not None) else Hasher(tuple(a for a in algos if a != "sha1"))
         if have:
             _feed(partial, hasher, have, progress)
