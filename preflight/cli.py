@@ -43,7 +43,7 @@ def _sigterm_to_interrupt() -> None:
     """Kubernetes stops a pod with SIGTERM: unwind (release the lease, keep partial bytes), exit 130."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("SIGTERM")
 
     try:
         signal.signal(signal.SIGTERM, handler)
@@ -62,8 +62,12 @@ def guarded(fn):
             code = fn(*args, **kwargs)
         except PreflightError as exc:
             code = fail(exc, tlog)
-        except KeyboardInterrupt:
-            click.echo("preflight: interrupted", err=True)
+        except KeyboardInterrupt as exc:
+            from .report import write_termination_log
+
+            reason = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}); partial downloads are kept and a rerun resumes them"
+            click.echo(f"preflight: {reason}", err=True)
+            write_termination_log(tlog, reason)
             code = ExitCode.INTERRUPTED
         except click.exceptions.Exit:
             raise
@@ -72,7 +76,11 @@ def guarded(fn):
         except Exception as exc:  # a bug: say so plainly, keep the contract's code
             if os.environ.get("PREFLIGHT_TRACEBACK"):
                 raise
-            click.echo(f"preflight: internal error: {type(exc).__name__}: {exc} (set PREFLIGHT_TRACEBACK=1 for details)", err=True)
+            from .report import write_termination_log
+
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            click.echo(f"preflight: {reason} (set PREFLIGHT_TRACEBACK=1 for details)", err=True)
+            write_termination_log(tlog, reason)
             code = ExitCode.NOT_READY
         sys.exit(int(code or 0))
 

@@ -301,7 +301,8 @@ def test_sigterm_during_download_exits_130_releases_lease_keeps_partial(vol: Vol
         kill(proc)
     assert r.code == 130, r.stderr
     assert time.monotonic() - started < 10
-    assert "interrupted" in r.stderr
+    assert "interrupted (SIGTERM)" in r.stderr
+    assert r.termination is not None and r.termination.startswith("interrupted (SIGTERM)")  # kubectl describe pod shows why
     assert not (vol.models / STATE / "lease.json").exists()
     assert vol.partial_sizes() == [100_000]
     assert not (vol.models / "vllm/big" / WEIGHTS).exists()
