@@ -133,10 +133,23 @@ def gguf_split_names(name: str) -> list[str]:
     return [f"{m['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
+def locked_lane(ctx: Context, lane: Lane):
+    """The lock's entry for the lane, unless the lock was made for another source (then it
+    says nothing about this lane: see `lock_drift`)."""
+    locked = ctx.lock.lanes.get(lane.name) if ctx.lock else None
+    if locked is not None and lock_drift(locked, lane):
+        return None
+    return locked
+
+
+def lock_drift(locked, lane: Lane) -> bool:
+    return locked.source is not None and lane.source is not None and locked.source != lane.source.raw
+
+
 def expected_files(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = None) -> dict[str, FileExpect | None]:
     """Everything known about what the lane must hold: lock, manifest, checksum/DVC files, a remote listing."""
     out: dict[str, FileExpect | None] = {}
-    locked = ctx.lock.lanes.get(lane.name) if ctx.lock else None
+    locked = locked_lane(ctx, lane)
     if locked:
         out.update(locked.files)
     if remote:
@@ -176,8 +189,12 @@ def load_checksums(ctx: Context, lane: Lane) -> dict[str, FileExpect]:
 
 def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = None, remote_commit: str | None = None) -> LanePlan:
     """Stat every expected file, trust or schedule digests, flag escapes. No hashing yet."""
-    locked = ctx.lock.lanes.get(lane.name) if ctx.lock else None
+    locked = locked_lane(ctx, lane)
     result = LaneResult(lane.name, lane.kind, lane.path, lane.required, source=lane.source.display() if lane.source else None)
+    drifted = ctx.lock.lanes.get(lane.name) if ctx.lock and locked is None else None
+    if drifted is not None:
+        result.problems.append(P.warning(lane.path, P.LOCK_DRIFT, f"the lock was made for source {drifted.source}, the manifest says "
+                                         f"{lane.source.raw if lane.source else None}; its digests are not used (run `preflight lock` again)"))
     commit = remote_commit or (locked.commit if locked else None)
     root = lane_root(ctx, lane)
     if lane.kind == "hf-cache":
@@ -382,10 +399,11 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
             base_info = infos.get(plan.lane.base)
             if base_info is None:
                 base_info = _base_info(ctx, plan.lane.base)
+        observed = len(plan.result.problems)  # observe's own findings are made again on every run
         infos[plan.lane.name] = check_formats(ctx, plan, base_info)
         plan.result.settle()
         if fingerprint is not None and not plan.result.errors:
-            ctx.receipts.mark_lane(plan.lane.name, fingerprint, [p.to_dict() for p in plan.result.problems])
+            ctx.receipts.mark_lane(plan.lane.name, fingerprint, [p.to_dict() for p in plan.result.problems[observed:]])
     return [p.result for p in plans]
 
 

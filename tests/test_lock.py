@@ -77,6 +77,25 @@ def test_check_against_the_lock_detects_a_changed_file_without_network(two_lanes
     assert json.loads(r.stdout)["status"] == "not-ready"
 
 
+def test_check_says_when_the_lock_was_made_for_another_source(two_lanes, hub_server: HubServer) -> None:
+    vol, model, tiny, _commit = two_lanes
+    other = gguf_file(GGUF, extra_kv={"general.name": "other"})
+    hub_server.add_repo("org/other", other)
+    assert vol.run("lock").code == 0
+    # the manifest moves the gguf lane to another repo; the volume holds that repo's file
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main"),
+               hf_lane("tiny", f"gguf/{GGUF}", f"hf://org/other/{GGUF}@main", kind="gguf")])
+    assert vol.run("sync").code == 0
+    assert (vol.models / "gguf" / GGUF).read_bytes() == other[GGUF]
+    hub_server.stop()
+    r = vol.run("check", "--json")
+    assert r.code == 0, r.stderr  # the stale lock's digests are not held against the new file
+    assert r.codes("tiny") == ["lock-drift"]
+    message = r.lane("tiny")["problems"][0]["message"]
+    assert f"hf://org/gguf/{GGUF}@main" in message and "preflight lock" in message
+    assert r.codes("llm") == []
+
+
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils sha256sum")
 def test_sha256sum_format_verifies_with_sha256sum(two_lanes) -> None:
     vol, model, tiny, _commit = two_lanes
