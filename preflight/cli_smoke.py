@@ -115,7 +115,7 @@ def _smoke(specs: tuple[str, ...], manifest: str | None, deadline: float, interv
     from dataclasses import replace
 
     from .errors import UsageError
-    from .smoke import API_KEY_ENV, endpoints_from_manifest, parse_endpoint_spec, render_human, run_smoke
+    from .smoke import API_KEY_ENV, SmokeReport, disabled_lanes, endpoints_from_manifest, parse_endpoint_spec, render_human, run_smoke
 
     flagged = [parse_endpoint_spec(s) for s in specs]
     names = [e.name for e in flagged]
@@ -125,6 +125,16 @@ def _smoke(specs: tuple[str, ...], manifest: str | None, deadline: float, interv
     if manifest is None and not flagged and os.path.exists(DEFAULT_MANIFEST):
         manifest = DEFAULT_MANIFEST
     listed = endpoints_from_manifest(manifest) if manifest else []
+    off = disabled_lanes(manifest) if listed else set()
+    skipped = [e for e in listed if e.lane in off and e.name not in names]
+    listed = [e for e in listed if e not in skipped]
+    for e in skipped:
+        if not quiet:
+            click.echo(f"skip {e.name}: lane {e.lane} is disabled (enabled: false), so its endpoint is not checked", err=True)
+    if skipped and not listed and not flagged:
+        if not quiet:
+            click.echo("preflight smoke: ready (every listed endpoint belongs to a disabled lane)", err=True)
+        return SmokeReport([], skipped=[e.name for e in skipped])
     by_name = {e.name: e for e in flagged}
     endpoints = [by_name.pop(e.name, e) for e in listed] + [e for e in flagged if e.name in by_name]
     key = os.environ.get(API_KEY_ENV)
@@ -139,6 +149,7 @@ def _smoke(specs: tuple[str, ...], manifest: str | None, deadline: float, interv
 
     result = run_smoke(endpoints, deadline_s=deadline, interval_s=interval, request_timeout_s=request_timeout,
                        completion=completion, log=log)
+    result.skipped = [e.name for e in skipped]
     if not quiet:
         render_human(result, sys.stderr)
     return result

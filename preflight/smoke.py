@@ -133,40 +133,103 @@ def endpoints_from_manifest(path: str | os.PathLike, env: Mapping[str, str] | No
     Only that list is expanded (`${VAR}`, `${VAR:-default}`), so an unset variable
     in a lane (a token the smoke run does not need) never stops the smoke run.
     """
-    import yaml
-
     env = os.environ if env is None else env
     file = os.fspath(path)
+    doc, text = _read_manifest(file)
+    raw = doc.get("endpoints")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ManifestError("expected a list of {name, kind, url, model, lane}", file=file, field="endpoints")
+    lines = _endpoint_lines(text)
+    return [endpoint_from_mapping(item, env=env, file=file, field=f"endpoints[{i}]", lines=lines.get(i)) for i, item in enumerate(raw)]
+
+
+def disabled_lanes(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> set[str]:
+    """Names of the manifest's lanes whose `enabled:` is false (after `${VAR}` expansion): their
+    endpoints are not deployed, so there is nothing to smoke-test. Only `enabled` is expanded;
+    an unset variable there without a default leaves the lane enabled."""
+    import yaml
+
+    from .yamlloc import expand_vars
+
+    env = os.environ if env is None else env
+    doc, _text = _read_manifest(os.fspath(path))
+    out: set[str] = set()
+    lanes = doc.get("lanes")
+    for lane in lanes if isinstance(lanes, list) else []:
+        if not isinstance(lane, dict) or not isinstance(lane.get("name"), str):
+            continue
+        value = lane.get("enabled", True)
+        if isinstance(value, str):
+            unset: list[str] = []
+            expanded = expand_vars(value, env, on_missing=unset.append)
+            try:
+                value = True if unset else yaml.safe_load(expanded)
+            except yaml.YAMLError:
+                value = True
+        if value is False:
+            out.add(lane["name"])
+    return out
+
+
+def _read_manifest(file: str) -> tuple[dict, str]:
+    import yaml
+
     try:
         with open(file, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+            text = f.read()
+        doc = yaml.safe_load(text)
     except OSError as exc:
         raise ManifestError(f"cannot read the manifest: {exc.strerror or exc}", file=file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=mark.line + 1 if mark else None) from None
     if doc is None:
-        return []
+        return {}, text
     if not isinstance(doc, dict):
         raise ManifestError("expected a mapping at the top level", file=file)
-    raw = doc.get("endpoints")
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise ManifestError("expected a list of {name, kind, url, model, lane}", file=file, field="endpoints")
-    return [endpoint_from_mapping(item, env=env, file=file, field=f"endpoints[{i}]") for i, item in enumerate(raw)]
+    return doc, text
 
 
-def endpoint_from_mapping(raw: Any, *, env: Mapping[str, str] | None = None, file: str | None = None, field: str | None = None) -> Endpoint:
-    """One manifest entry `{name, kind, url, model, lane, api_key_env}` → Endpoint."""
+def _endpoint_lines(text: str) -> dict[int, dict[str, int]]:
+    """For endpoints[i]: the line of the entry ("") and of each of its keys, for error messages."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return {}
+    out: dict[int, dict[str, int]] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return out
+    for k, v in root.value:
+        if getattr(k, "value", None) == "endpoints" and isinstance(v, yaml.SequenceNode):
+            for i, item in enumerate(v.value):
+                entry = out.setdefault(i, {"": item.start_mark.line + 1})
+                if isinstance(item, yaml.MappingNode):
+                    for ik, _iv in item.value:
+                        entry[str(ik.value)] = ik.start_mark.line + 1
+    return out
+
+
+def endpoint_from_mapping(raw: Any, *, env: Mapping[str, str] | None = None, file: str | None = None, field: str | None = None,
+                          lines: Mapping[str, int] | None = None) -> Endpoint:
+    """One manifest entry `{name, kind, url, model, lane, api_key_env}` → Endpoint.
+    `lines`: the line of the entry ("") and of each key, when read from a file."""
+    from .manifest import _close_match
     from .yamlloc import expand_vars
 
     env = os.environ if env is None else env
+    lines = lines or {}
     if not isinstance(raw, Mapping):
-        raise ManifestError("expected a mapping {name, kind, url, model, lane}", file=file, field=field)
+        raise ManifestError("expected a mapping {name, kind, url, model, lane}", file=file, field=field, line=lines.get(""))
     unknown = sorted(set(raw) - set(_ENDPOINT_KEYS))
     if unknown:
-        raise ManifestError(f"unknown key {unknown[0]!r}", file=file, field=field, hint=f"allowed: {', '.join(_ENDPOINT_KEYS)}")
+        close = _close_match(str(unknown[0]), set(_ENDPOINT_KEYS))
+        raise ManifestError(f"unknown key {unknown[0]!r}" + (f" (did you mean {close!r}?)" if close else ""), file=file,
+                            field=f"{field}.{unknown[0]}" if field else str(unknown[0]), line=lines.get(str(unknown[0])),
+                            hint=f"allowed: {', '.join(_ENDPOINT_KEYS)}")
     values: dict[str, str | None] = {}
     for key in _ENDPOINT_KEYS:
         value = raw.get(key)
@@ -175,24 +238,24 @@ def endpoint_from_mapping(raw: Any, *, env: Mapping[str, str] | None = None, fil
             values[key] = None
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ManifestError(f"expected a string, got {type(value).__name__}", file=file, field=where)
+            raise ManifestError(f"expected a string, got {type(value).__name__}", file=file, field=where, line=lines.get(key))
 
         def missing(var: str, where: str = where) -> None:
-            raise ManifestError(f"environment variable {var} is not set and has no default", file=file, field=where, hint=f"set {var}, or write ${{{var}:-default}}")
+            raise ManifestError(f"environment variable {var} is not set and has no default", file=file, field=where, line=lines.get(key), hint=f"set {var}, or write ${{{var}:-default}}")
 
         values[key] = expand_vars(str(value), env, on_missing=missing).strip() or None
     for key in ("name", "kind", "url"):
         if not values[key]:
-            raise ManifestError(f"{key} is required", file=file, field=f"{field}.{key}" if field else key)
+            raise ManifestError(f"{key} is required", file=file, field=f"{field}.{key}" if field else key, line=lines.get(""))
     api_key = None
     if values["api_key_env"]:
         api_key = env.get(values["api_key_env"])
         if not api_key:
-            raise ManifestError(f"environment variable {values['api_key_env']} (api_key_env) is not set", file=file, field=f"{field}.api_key_env" if field else "api_key_env")
+            raise ManifestError(f"environment variable {values['api_key_env']} (api_key_env) is not set", file=file, field=f"{field}.api_key_env" if field else "api_key_env", line=lines.get("api_key_env"))
     try:
         return Endpoint(values["name"], values["kind"], values["url"], values["model"], values["lane"], api_key)  # type: ignore[arg-type]
     except UsageError as exc:
-        raise ManifestError(exc.message, file=file, field=field, hint=exc.hint) from None
+        raise ManifestError(exc.message, file=file, field=field, line=lines.get(""), hint=exc.hint) from None
 
 
 # ----------------------------------------------------------------------------- results
@@ -246,6 +309,7 @@ class EndpointResult:
 class SmokeReport:
     endpoints: list[EndpointResult]
     elapsed_s: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # endpoints of disabled lanes
 
     @property
     def exit_code(self) -> ExitCode:
@@ -271,6 +335,8 @@ class SmokeReport:
         }
         if self.reason:
             d["reason"] = self.reason
+        if self.skipped:
+            d["skipped"] = list(self.skipped)
         return d
 
     def to_json(self) -> str:

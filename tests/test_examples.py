@@ -181,7 +181,8 @@ def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
     evil_url = hub.add_url("whisper/evil/small.pt", evil)
     code, report = d.report("sync", env={"WHISPER_URL": evil_url, "WHISPER_SHA256": hashlib.sha256(evil).hexdigest()})
     assert code == 1
-    assert ("small.pt", "dangerous-pickle") in codes(report, "whisper")
+    assert ("whisper/small.pt", "dangerous-pickle") in codes(report, "whisper")
+    assert not (d.models / "whisper/small.pt").exists()  # refused before publishing
 
 
 # ----------------------------------------------------------------------------- 3. model lanes

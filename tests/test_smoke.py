@@ -232,7 +232,9 @@ endpoints:
 @pytest.mark.parametrize("body, says", [
     ("endpoints:\n  - {name: a, kind: vllm, url: 'http://h:${NOPE}'}\n", "endpoints[0].url: environment variable NOPE is not set"),
     ("endpoints:\n  - {name: a, kind: vllm}\n", "endpoints[0].url: url is required"),
-    ("endpoints:\n  - {name: a, kind: vllm, url: 'http://h', modle: x}\n", "unknown key 'modle'"),
+    ("endpoints:\n  - {name: a, kind: vllm, url: 'http://h', modle: x}\n", ":2: endpoints[0].modle: unknown key 'modle' (did you mean 'model'?)"),
+    ("endpoints:\n  - name: a\n    kind: vllm\n    url: 'http://h'\n    api_key: x\n", ":5: endpoints[0].api_key: unknown key 'api_key' (did you mean 'api_key_env'?)"),
+    ("endpoints:\n  - name: a\n    kind: vllm\n", ":2: endpoints[0].url: url is required"),
     ("endpoints: {name: a}\n", "endpoints: expected a list"),
     ("endpoints:\n  - {name: a, kind: tgi, url: 'http://h'}\n", "endpoints[0]: endpoint a: unknown kind 'tgi'"),
     ("endpoints: [\n", "not valid YAML"),
@@ -287,6 +289,43 @@ endpoints:
     doc = json.loads(result.stdout)
     assert [(e["name"], e["url"], e["model"], e["lane"], e["status"]) for e in doc["endpoints"]] == [
         ("coder", vllm.url, "tiny-llm", "coder", "ready"), ("reader", llama.url, None, None, "ready")]
+
+
+DISABLED_LANE_MANIFEST = """\
+version: 1
+models_dir: /models
+lanes:
+  - name: coder
+    kind: hf-dir
+    path: coder
+    source: hf://org/coder@main
+    enabled: ${ENABLE_CODER:-true}
+  - {name: reader, kind: gguf, path: r.gguf, source: "hf://org/r/r.gguf@main"}
+endpoints:
+  - {name: coder, kind: vllm, url: "http://127.0.0.1:1", model: coder, lane: coder}
+  - {name: reader, kind: llama.cpp, url: "${READER_URL}", lane: reader}
+"""
+
+
+def test_cli_skips_the_endpoint_of_a_disabled_lane(serve, tmp_path):
+    llama = serve("llama.cpp")
+    path = write_manifest(tmp_path, DISABLED_LANE_MANIFEST)
+    env = {"READER_URL": llama.url, "PREFLIGHT_SMOKE_INTERVAL": "0.05", "PREFLIGHT_SMOKE_DEADLINE": "1"}
+    off = invoke(["--manifest", str(path), "--json"], env={**env, "ENABLE_CODER": "false"})
+    assert off.exit_code == 0, off.stderr
+    doc = json.loads(off.stdout)
+    assert [e["name"] for e in doc["endpoints"]] == ["reader"] and doc["skipped"] == ["coder"]
+    assert "skip coder: lane coder is disabled" in off.stderr
+    on = invoke(["--manifest", str(path), "--json"], env=env)  # enabled by default: checked, and down
+    assert on.exit_code == 3, on.stderr
+    assert [e["name"] for e in json.loads(on.stdout)["endpoints"]] == ["coder", "reader"]
+
+
+def test_cli_with_only_disabled_endpoints_is_ready_and_says_so(tmp_path):
+    path = write_manifest(tmp_path, DISABLED_LANE_MANIFEST.replace("lane: reader", "lane: coder"))
+    result = invoke(["--manifest", str(path)], env={"ENABLE_CODER": "no", "READER_URL": "http://127.0.0.1:1", "PREFLIGHT_SMOKE_DEADLINE": "1"})
+    assert result.exit_code == 0, result.stderr
+    assert "every listed endpoint belongs to a disabled lane" in result.stderr
 
 
 def test_cli_reads_every_option_from_the_environment(serve, tmp_path):
