@@ -139,5 +139,6 @@ def test_other_files(tmp_path: Path) -> None:
     (tmp_path / "w.pt").write_bytes(b"cos\nsystem\n(S'echo x'\ntR.")
     status, j = as_json(tmp_path / "w.pt")
     assert status == 1 and [p["code"] for p in j["problems"]] == ["unsafe-pickle"]
+    assert "--allow-pickle" in j["problems"][0]["message"] and "allow_pickle: true" not in j["problems"][0]["message"]
     status, j = as_json(tmp_path / "w.pt", "--allow-pickle")
     assert status == 1 and [p["code"] for p in j["problems"]] == ["dangerous-pickle"] and "os.system" in j["problems"][0]["message"]
