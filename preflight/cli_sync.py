@@ -15,6 +15,19 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _readable(token_file: str) -> None:
+    """A token file that cannot be read is a mistake in the deployment (a secret mounted at
+    another path): say so at once, whatever the lanes need."""
+    from .errors import UsageError
+
+    try:
+        with open(token_file, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}",
+                         hint="mount the secret there, or drop --token-file / PREFLIGHT_TOKEN_FILE") from None
+
+
 def network_options(fn):
     decorators = [
         opt("--token-file", default=None, type=click.Path(dir_okay=False), help="Read the Hub token from this file (a mounted secret). Else HF_TOKEN, then HF_TOKEN_PATH."),
@@ -55,6 +68,8 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
     from .sync import Options, run_sync
 
     offline = offline or _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+    if token_file and not offline:
+        _readable(token_file)
     session = Session.open(command="sync", **kw)
     opts = Options(
         offline=offline, locked=locked, token_file=token_file, timeouts=Timeouts(connect_timeout, stall_timeout),
@@ -81,6 +96,8 @@ def lock(manifest, output, fmt, lanes, token_file, termination_log=None) -> int:
     """
     from .locking import make_lock
 
+    if token_file:
+        _readable(token_file)
     text, path = make_lock(manifest, output, fmt, lanes, token_file)
     if path is None:
         sys.stdout.write(text)

@@ -220,6 +220,23 @@ def test_gated_repo_without_token_exits_4_with_token_file_0(vol: Volume, hub_ser
     assert vol.tree("vllm/llama") == files
 
 
+def test_an_unreadable_token_file_is_a_usage_error_before_any_lane(vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    files = hf_model()
+    hub_server.add_repo("org/llm", files)
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    assert vol.run().code == 0  # the lane is complete: no token is needed, but the file is still wrong
+    since = len(hub_server.requests)
+    missing = tmp_path / "secrets" / "hf-token"
+    for command in ("sync", "lock"):
+        r = vol.run(command, "--token-file", str(missing))
+        assert r.code == 2, r.stderr
+        assert f"cannot read the token file {missing}" in r.stderr
+        assert "BAD" not in r.stderr and "Traceback" not in r.stderr
+    assert len(hub_server.requests) == since
+    offline = vol.run("sync", "--offline", "--token-file", str(missing))  # offline needs no token
+    assert offline.code == 0, offline.stderr
+
+
 def test_token_never_appears_in_any_output(vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
     weak = "hf_weakTokenValue0123456789"
     hub_server.add_token(weak, access=False)
