@@ -87,6 +87,19 @@ def guarded(fn):
     return wrapper
 
 
+def _termination_log_arg(argv: list[str]) -> str | None:
+    """--termination-log from the command line or the environment, read without click (parsing failed)."""
+    for i, arg in enumerate(argv):
+        if arg == "--termination-log" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--termination-log="):
+            return arg.split("=", 1)[1]
+    for var in ("PREFLIGHT_TERMINATION_LOG", "PREFLIGHT_SMOKE_TERMINATION_LOG"):
+        if var in os.environ:
+            return os.environ[var]
+    return None
+
+
 class LazyGroup(click.Group):
     """Subcommands whose modules import heavy things load only when used."""
 
@@ -101,6 +114,25 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """As click's, but a usage error found while parsing (unknown option, a token file
+        that is a folder) also goes to the termination log, as every other failure does."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            from .report import write_termination_log
+
+            exc.show()
+            write_termination_log(_termination_log_arg(argv), f"usage error: {exc.format_message()}")
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("preflight: interrupted", err=True)
+            sys.exit(int(ExitCode.INTERRUPTED))
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def get_command(self, ctx, name):
         if name in self.lazy:

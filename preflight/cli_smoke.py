@@ -53,8 +53,9 @@ def _opt(*decls: str, envvar: str | list[str], **kw: Any):
 @click.command("smoke", epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_opt("--endpoint", "-e", "endpoint_specs", multiple=True, metavar="NAME=KIND@URL[#MODEL]", envvar="PREFLIGHT_SMOKE_ENDPOINT",
       help="An endpoint to check (repeatable; whitespace-separated in the variable). KIND: vllm, llama.cpp, embeddings, http.")
-@_opt("--manifest", "-m", default=None, type=click.Path(dir_okay=False), envvar=["PREFLIGHT_SMOKE_MANIFEST", "PREFLIGHT_MANIFEST"],
-      help=f"Also check the manifest's `endpoints:` (default: {DEFAULT_MANIFEST} when no --endpoint is given and it exists).")
+@_opt("--manifest", "-m", default=None, type=click.Path(dir_okay=False), envvar="PREFLIGHT_SMOKE_MANIFEST",
+      help=f"Also check the manifest's `endpoints:` (default: $PREFLIGHT_MANIFEST, else {DEFAULT_MANIFEST}, "
+           "when no --endpoint is given and the file exists).")
 @_opt("--deadline", default=600.0, show_default=True, type=click.FloatRange(min=0), envvar="PREFLIGHT_SMOKE_DEADLINE",
       help="Seconds every endpoint has to become ready.")
 @_opt("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.05), envvar="PREFLIGHT_SMOKE_INTERVAL",
@@ -87,9 +88,11 @@ def run_command(
     quiet: bool,
 ) -> int:
     """Run the smoke checks and return the exit code; errors become messages, never tracebacks."""
+    from .cli import _sigterm_to_interrupt
     from .errors import ExitCode, PreflightError
     from .report import write_termination_log
 
+    _sigterm_to_interrupt()  # `docker stop` / pod deletion: end at once with 130, not after the grace period
     try:
         result = _smoke(endpoint_specs, manifest, deadline, interval, request_timeout, completion, quiet)
         if as_json:
@@ -105,8 +108,10 @@ def run_command(
             click.echo(f"  hint: {exc.hint}", err=True)
         write_termination_log(termination_log, f"preflight smoke: {exc}")
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("preflight smoke: interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        reason = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
+        click.echo(f"preflight smoke: {reason}", err=True)
+        write_termination_log(termination_log, f"preflight smoke: {reason}")
         return int(ExitCode.INTERRUPTED)
 
 
@@ -122,8 +127,11 @@ def _smoke(specs: tuple[str, ...], manifest: str | None, deadline: float, interv
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"--endpoint name {twice[0]!r} is given twice")
-    if manifest is None and not flagged and os.path.exists(DEFAULT_MANIFEST):
-        manifest = DEFAULT_MANIFEST
+    if manifest is None and not flagged:
+        # the image sets PREFLIGHT_MANIFEST for sync; a smoke Job may mount no manifest at all
+        candidate = os.environ.get("PREFLIGHT_MANIFEST") or DEFAULT_MANIFEST
+        if os.path.exists(candidate):
+            manifest = candidate
     listed = endpoints_from_manifest(manifest) if manifest else []
     off = disabled_lanes(manifest) if listed else set()
     skipped = [e for e in listed if e.lane in off and e.name not in names]

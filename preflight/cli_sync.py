@@ -16,16 +16,21 @@ def _truthy(value: str | None) -> bool:
 
 
 def _readable(token_file: str) -> None:
-    """A token file that cannot be read is a mistake in the deployment (a secret mounted at
-    another path): say so at once, whatever the lanes need."""
+    """An absent token file is an optional secret that was not mounted (Kubernetes
+    `optional: true`): no token, said once. One that is there but cannot be read is a
+    deployment mistake (owner, mode, fsGroup): say so at once, whatever the lanes need."""
     from .errors import UsageError
 
+    if not os.path.lexists(token_file):
+        click.echo(f"note: token file {token_file} does not exist; continuing without a token", err=True)
+        return
     try:
         with open(token_file, "rb"):
             pass
     except OSError as exc:
         raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}",
-                         hint="mount the secret there, or drop --token-file / PREFLIGHT_TOKEN_FILE") from None
+                         hint=f"make it readable by uid {os.getuid()} (e.g. mode 0440 with group {os.getgid()}), "
+                              "or drop --token-file / PREFLIGHT_TOKEN_FILE") from None
 
 
 def network_options(fn):

@@ -169,3 +169,17 @@ def test_exit_130_on_interrupt(tmp_path: Path, signum: int) -> None:
     assert proc.returncode == 130, err.decode()
     assert time.monotonic() - sent < 5
     assert b"interrupted" in err and b"Traceback" not in err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sync", "--bogus"], "No such option '--bogus'"),
+    (["sync", "--token-file", "{tmp}"], "is a directory"),
+    (["check", "--verify", "sometimes"], "sometimes"),
+])
+def test_usage_errors_found_while_parsing_also_reach_the_termination_log(tmp_path: Path, args: list[str], says: str) -> None:
+    tlog = tmp_path / "termination-log"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--termination-log", str(tlog)]
+    proc = subprocess.run([sys.executable, "-m", "preflight.cli", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert tlog.read_text().startswith("usage error: ") and says in tlog.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -382,3 +383,31 @@ def test_real_process(serve, tmp_path, command):
     assert json.loads(proc.stdout)["status"] == "ready"
     assert "preflight smoke: ready (2 endpoints" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_ends_a_waiting_smoke_run_with_130_and_says_why(tmp_path):
+    tlog = tmp_path / "termination-log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, *CONSOLE_SCRIPT, "-e", "coder=vllm@http://127.0.0.1:1#m", "--interval", "0.1",
+                             "--deadline", "60", "--termination-log", str(tlog)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 5
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert "interrupted (SIGTERM)" in tlog.read_text()
+
+
+def test_an_absent_shared_manifest_does_not_stop_a_flag_only_smoke_run(serve, tmp_path):
+    llama = serve("llama.cpp")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFLIGHT_MANIFEST": str(tmp_path / "not-mounted.yaml")}
+    proc = subprocess.run([sys.executable, *CONSOLE_SCRIPT, "-e", f"reader=llama.cpp@{llama.url}", "--interval", "0.05",
+                           "--deadline", "10"], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr

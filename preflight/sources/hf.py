@@ -49,6 +49,8 @@ def read_token(token_file: str | None) -> str | None:
     if token_file:
         try:
             token = Path(token_file).read_text().strip()
+        except FileNotFoundError:
+            return None  # an optional secret that is not mounted: no token
         except OSError as exc:
             raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}") from None
         return token or None
