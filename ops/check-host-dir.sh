@@ -12,10 +12,11 @@ if [[ $# -lt 2 ]]; then
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
+[[ -d "$1" ]] || { echo "no such folder: $1" >&2; exit 2; }
+[[ -f "$2" ]] || { echo "no such manifest: $2" >&2; exit 2; }
 dir="$(cd "$1" && pwd)"
 manifest="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
 shift 2
-[[ -f "$manifest" ]] || { echo "no such manifest: $manifest" >&2; exit 2; }
 
 exec docker run --rm \
     --read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m \

@@ -10,13 +10,17 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+fi
+[[ -f "$2" ]] || { echo "no such manifest: $2" >&2; exit 2; }
+if [[ -n "${HF_TOKEN_FILE:-}" && ! -r "$HF_TOKEN_FILE" ]]; then
+    echo "cannot read HF_TOKEN_FILE=$HF_TOKEN_FILE" >&2
     exit 2
 fi
 volume="$1"
 manifest="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
 shift 2
-[[ -f "$manifest" ]] || { echo "no such manifest: $manifest" >&2; exit 2; }
 
 args=(--rm --read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m
       --cap-drop ALL --security-opt no-new-privileges
