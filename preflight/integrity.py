@@ -250,6 +250,32 @@ class Receipts:
         return True
 
 
+def staged_size(path: Path) -> int:
+    """Bytes already in a staging file. Whatever stands there that is not a regular file
+    (a symlink, a folder) is removed, never followed: staging is ours, and a link would
+    send downloaded bytes outside the models folder."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISDIR(st.st_mode):
+        import shutil
+
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+    return 0
+
+
+def nofollow(path: str, flags: int) -> int:
+    """An `opener` for open(): never through a symlink at the last component."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+
+
 WRITE_BEHIND = 32 * 2**20
 
 

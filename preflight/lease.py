@@ -34,6 +34,7 @@ class Lease:
         self._thread: threading.Thread | None = None
         self.held = False
         self.lost = False
+        self.on_lost: Callable[[], None] | None = None  # called from the heartbeat thread
 
     def _content(self) -> bytes:
         return json.dumps({
@@ -152,15 +153,20 @@ class Lease:
             try:
                 data = json.loads(self.path.read_bytes())
                 if data.get("owner") != self.owner:
-                    self.lost = True
+                    self._lose()
                     return
                 self._beats += 1
                 tmp = self.path.with_name(f".{LEASE}.{self.owner.replace(':', '_')}.tmp")
                 tmp.write_bytes(self._content())
                 os.replace(tmp, self.path)
             except (OSError, ValueError):
-                self.lost = True
+                self._lose()
                 return
+
+    def _lose(self) -> None:
+        self.lost = True
+        if self.on_lost is not None:
+            self.on_lost()
 
     def release(self) -> None:
         self._stop.set()

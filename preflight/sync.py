@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ class Job:
     mirror: Path | None = None
     link: Path | None = None  # hf-cache: snapshot symlink → target (the blob)
     size_hint: int | None = None  # a URL file's size from HEAD when the manifest gives none: planning only
-    fetched: int = 0  # bytes of the published file
+    fetched: int | None = None  # bytes of the published file, once published
 
     @property
     def label(self) -> str:
@@ -208,6 +209,9 @@ def staging_name(job: Job) -> str:
     return f"{key}-{target}.part"
 
 
+MAX_LEASE_ROUNDS = 3  # lose the lease, wait, check again: at most this many times
+
+
 class Fetcher:
     def __init__(self, session: Session, remote: Remote, opts: Options, progress: Progress, deadline: float | None) -> None:
         self.session = session
@@ -286,6 +290,8 @@ class Fetcher:
                                        cancel=self.cancel)
                         digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
+                    if self.cancel.is_set():
+                        raise FetchError(f"{job.label}: cancelled before publishing")
                     self._publish(job, partial, digests)
                     job.fetched = size
                     self.progress.finish(key)
@@ -406,7 +412,11 @@ def need_bytes(jobs: list[Job], staging: Path) -> int:
     for job in jobs:
         size = job.size or 0
         partial = staging / staging_name(job)
-        have = partial.stat().st_size if partial.exists() else 0
+        try:
+            st = os.lstat(partial)
+            have = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        except OSError:
+            have = 0
         total += max(0, size - have)
     return total
 
@@ -470,25 +480,39 @@ def run_sync(session: Session, opts: Options) -> Report:
         check_space(session, jobs, staging)
         lease = Lease(session.state_dir, stale_after=opts.stale_after)
         lease.acquire(opts.lease_wait, progress.log)
+        fetched: dict[str, list[int]] = {}
         try:
-            session.ctx.receipts = type(session.ctx.receipts)(session.state_dir)  # pick up another writer's receipts
-            results = session.check(remote.expect).lanes
-            jobs = plan_jobs(session, remote, results)
-            if jobs:
+            for _round in range(MAX_LEASE_ROUNDS):
+                session.ctx.receipts = type(session.ctx.receipts)(session.state_dir)  # pick up another writer's receipts
+                results = session.check(remote.expect).lanes
+                jobs = plan_jobs(session, remote, results)
+                if not jobs:
+                    write_cache_refs(session, remote)
+                    progress.log("another writer already fetched everything; verified")
+                    break
                 learn_sizes(jobs, opts)
                 total = sum(j.size or 0 for j in jobs)
                 unknown = sum(1 for j in jobs if j.size is None)
                 more = f" and {unknown} of unknown size" if unknown else ""
                 progress.log(f"fetching {plural(len(jobs), 'file')} ({human_size(total)}{more}) for {plural(len({j.lane.name for j in jobs}), 'lane')}")
-                failures = Fetcher(session, remote, opts, progress, deadline).run(jobs)
-                write_cache_refs(session, remote)
+                fetcher = Fetcher(session, remote, opts, progress, deadline)
+                lease.on_lost = fetcher.cancel.trip  # stop downloading at once: another writer has the volume
+                failures = fetcher.run(jobs)
                 session.ctx.receipts.save()
-                fetched = {}
                 for j in jobs:
-                    if not any(j is fj for fj, _e in failures.get(j.lane.name, [])):
+                    if j.fetched is not None and not any(j is fj for fj, _e in failures.get(j.lane.name, [])):
                         f = fetched.setdefault(j.lane.name, [0, 0])
                         f[0] += 1
                         f[1] += j.fetched
+                if lease.lost:
+                    # This process stalled past --lease-stale (a paused container, a frozen node) and
+                    # another writer took the volume over: wait for it, then judge the volume again.
+                    progress.log("lost the volume lease to another writer; waiting for it, then checking again")
+                    lease.release()
+                    lease = Lease(session.state_dir, stale_after=opts.stale_after)
+                    lease.acquire(opts.lease_wait, progress.log)
+                    continue
+                write_cache_refs(session, remote)
                 results = session.check(remote.expect).lanes
                 for r in results:
                     if r.name in fetched:
@@ -497,9 +521,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                     errs = {name: fl[0][1] for name, fl in failures.items()}
                     _attach(report, errs)
                     _fail_with(report, errs)
-            else:
-                write_cache_refs(session, remote)
-                progress.log("another writer already fetched everything; verified")
+                break
         finally:
             lease.release()
         return report

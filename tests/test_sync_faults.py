@@ -338,6 +338,69 @@ def test_sigterm_during_download_exits_130_releases_lease_keeps_partial(vol: Vol
     assert vol.tree("vllm/big") == files
 
 
+def _killed_with_a_partial(vol: Volume, hub_server: HubServer) -> tuple[dict[str, bytes], Path]:
+    """A sync killed (SIGKILL) while 100 kB of the weights are staged; the repo and that partial."""
+    files = big_model(256 * 1024)
+    hub_server.add_repo("org/big", files)
+    vol.write([hf_lane("big", "vllm/big", "hf://org/big@main")])
+    hub_server.fault("org/big", WEIGHTS).stall(100_000, 60, times=1)
+    proc, _argv = vol.spawn("sync", "--lease-stale", "1")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(size >= 100_000 for size in vol.partial_sizes()):
+            time.sleep(0.05)
+    finally:
+        kill(proc)
+    (partial,) = [p for p in vol.partials() if p.stat().st_size >= 100_000]
+    return files, partial
+
+
+@pytest.mark.parametrize("odd", ["symlink", "folder"])
+def test_whatever_stands_at_a_staging_name_is_replaced_never_followed(vol: Volume, hub_server: HubServer, tmp_path: Path, odd: str) -> None:
+    files, partial = _killed_with_a_partial(vol, hub_server)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"precious")
+    partial.unlink()
+    if odd == "symlink":
+        partial.symlink_to(outside)
+    else:
+        partial.mkdir()
+        (partial / "x").write_bytes(b"x")
+    r = vol.run("sync", "--lease-stale", "1")
+    assert r.code == 0, r.stderr
+    assert outside.read_bytes() == b"precious"  # no byte went through the link
+    assert vol.tree("vllm/big") == files
+    assert vol.debris() == []
+
+
+def test_a_writer_that_loses_the_lease_stops_waits_and_ends_ready(vol: Volume, hub_server: HubServer) -> None:
+    """A paused sync (SIGSTOP: a frozen container) loses the lease to a second one; resumed, it
+    stops downloading, waits for the new holder, checks again and exits 0, as the second does."""
+    files = big_model(256 * 1024)
+    hub_server.add_repo("org/big", files)
+    vol.write([hf_lane("big", "vllm/big", "hf://org/big@main")])
+    hub_server.fault("org/big", WEIGHTS).stall(100_000, 30, times=1)  # only the first writer's download stalls
+    first, first_argv = vol.spawn("sync", "--lease-stale", "1")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(size >= 100_000 for size in vol.partial_sizes()):
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)
+        second = vol.run("sync", "--lease-stale", "1", timeout=60)
+        assert second.code == 0, second.stderr
+        assert "taking over" in second.stderr
+        first.send_signal(signal.SIGCONT)
+        r = vol.finish(first, first_argv, timeout=60)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        kill(first)
+    assert r.code == 0, r.stderr
+    assert "lost the volume lease" in r.stderr
+    assert vol.tree("vllm/big") == files
+    assert vol.debris() == []
+    assert not (vol.models / STATE / "lease.json").exists()
+
+
 # --------------------------------------------------------------------------- a volume that fills up
 
 MiB = 2**20

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, DiskSpaceError, FetchError, StalledError
-from ..integrity import READ_CHUNK, Hasher, WriteBehind
+from ..integrity import READ_CHUNK, Hasher, WriteBehind, nofollow, staged_size
 from ..report import human_size
 
 MAX_REDIRECTS = 10
@@ -188,7 +188,7 @@ def fetch_to(
     timeouts = timeouts or Timeouts()
     headers = dict(headers or {})
     headers.setdefault("Accept-Encoding", "identity")
-    have = partial.stat().st_size if partial.exists() else 0
+    have = staged_size(partial)
     if expected_size is not None and have > expected_size:
         partial.unlink()
         have = 0
@@ -242,7 +242,7 @@ def fetch_to(
         # few chunks in flight.
         chunks = _Receiver(resp, sock, timeouts, cancel, url)
         try:
-            with open(partial, mode, buffering=0) as f:
+            with open(partial, mode, buffering=0, opener=nofollow) as f:
                 behind = WriteBehind(f.fileno(), have)
                 while True:
                     if deadline is not None and time.monotonic() > deadline:

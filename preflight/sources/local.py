@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import FetchError
-from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file
+from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file, nofollow, staged_size
 from ..manifest import FileExpect, Lane
 
 FICLONE = 0x40049409
@@ -47,7 +47,8 @@ def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable
         s = open(src, "rb", buffering=0)
     except OSError as exc:
         raise FetchError(f"cannot read mirror file {src}: {exc.strerror}") from None
-    with s, open(partial, "wb", buffering=0) as d:
+    staged_size(partial)  # clears a symlink or folder standing at the staging name
+    with s, open(partial, "wb", buffering=0, opener=nofollow) as d:
         size = os.fstat(s.fileno()).st_size
         try:
             fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
