@@ -51,6 +51,11 @@ def _sigterm_to_interrupt() -> None:
         pass
 
 
+def interrupt_reason(exc: KeyboardInterrupt) -> str:
+    """'interrupted (SIGTERM)' when our handler raised it, else a Ctrl-C."""
+    return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
+
+
 def guarded(fn):
     """The one place exceptions become exit codes (never a traceback unless asked)."""
 
@@ -65,7 +70,7 @@ def guarded(fn):
         except KeyboardInterrupt as exc:
             from .report import write_termination_log
 
-            reason = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}); partial downloads are kept and a rerun resumes them"
+            reason = f"{interrupt_reason(exc)}; partial downloads are kept and a rerun resumes them"
             click.echo(f"preflight: {reason}", err=True)
             write_termination_log(tlog, reason)
             code = ExitCode.INTERRUPTED

@@ -88,7 +88,7 @@ def run_command(
     quiet: bool,
 ) -> int:
     """Run the smoke checks and return the exit code; errors become messages, never tracebacks."""
-    from .cli import _sigterm_to_interrupt
+    from .cli import _sigterm_to_interrupt, interrupt_reason
     from .errors import ExitCode, PreflightError
     from .report import write_termination_log
 
@@ -109,7 +109,7 @@ def run_command(
         write_termination_log(termination_log, f"preflight smoke: {exc}")
         return int(exc.exit_code)
     except KeyboardInterrupt as exc:
-        reason = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
+        reason = interrupt_reason(exc)
         click.echo(f"preflight smoke: {reason}", err=True)
         write_termination_log(termination_log, f"preflight smoke: {reason}")
         return int(ExitCode.INTERRUPTED)
@@ -120,7 +120,7 @@ def _smoke(specs: tuple[str, ...], manifest: str | None, deadline: float, interv
     from dataclasses import replace
 
     from .errors import UsageError
-    from .smoke import API_KEY_ENV, SmokeReport, disabled_lanes, endpoints_from_manifest, parse_endpoint_spec, render_human, run_smoke
+    from .smoke import API_KEY_ENV, SmokeReport, parse_endpoint_spec, read_smoke_manifest, render_human, run_smoke
 
     flagged = [parse_endpoint_spec(s) for s in specs]
     names = [e.name for e in flagged]
@@ -132,8 +132,7 @@ def _smoke(specs: tuple[str, ...], manifest: str | None, deadline: float, interv
         candidate = os.environ.get("PREFLIGHT_MANIFEST") or DEFAULT_MANIFEST
         if os.path.exists(candidate):
             manifest = candidate
-    listed = endpoints_from_manifest(manifest) if manifest else []
-    off = disabled_lanes(manifest) if listed else set()
+    listed, off = read_smoke_manifest(manifest) if manifest else ([], set())
     skipped = [e for e in listed if e.lane in off and e.name not in names]
     listed = [e for e in listed if e not in skipped]
     for e in skipped:

@@ -18,19 +18,14 @@ def _truthy(value: str | None) -> bool:
 def _readable(token_file: str) -> None:
     """An absent token file is an optional secret that was not mounted (Kubernetes
     `optional: true`): no token, said once. One that is there but cannot be read is a
-    deployment mistake (owner, mode, fsGroup): say so at once, whatever the lanes need."""
-    from .errors import UsageError
+    deployment mistake (owner, mode, fsGroup): `read_token` says so at once, whatever
+    the lanes need."""
+    from .sources.hf import read_token
 
     if not os.path.lexists(token_file):
         click.echo(f"note: token file {token_file} does not exist; continuing without a token", err=True)
         return
-    try:
-        with open(token_file, "rb"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}",
-                         hint=f"make it readable by uid {os.getuid()} (e.g. mode 0440 with group {os.getgid()}), "
-                              "or drop --token-file / PREFLIGHT_TOKEN_FILE") from None
+    read_token(token_file)
 
 
 def network_options(fn):

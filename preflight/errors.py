@@ -97,6 +97,10 @@ class AuthError(FetchError):
 
 class DiskSpaceError(PreflightError):
     exit_code = ExitCode.DISK_SPACE
+    HINT = "free space on the volume, or select fewer lanes (--profile / --lane)"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hint=self.HINT)
 
 
 class LeaseError(PreflightError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
+from . import problems as P
 from .check import discover, gguf_split_names
 from .problems import Problem
 
@@ -13,8 +14,10 @@ def _problems(problems: list[Problem]) -> list[dict]:
     out = []
     for p in problems:
         d = {**p.to_dict(), "severity": p.severity}
-        if p.code == "unsafe-pickle":  # here the switch is the command's flag, not a lane setting
-            d["message"] = d["message"].replace("set `allow_pickle: true` on the lane to accept it", "pass --allow-pickle to scan it")
+        if p.code == P.UNSAFE_PICKLE:  # here the switch is the command's flag, not a lane setting
+            from .formats.pickle import ACCEPT_ON_LANE
+
+            d["message"] = d["message"].replace(ACCEPT_ON_LANE, "pass --allow-pickle to scan it")
         out.append(d)
     return out
 
@@ -54,8 +57,6 @@ def inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
             siblings = [path.parent / n for n in names]
             missing = [s for s in siblings if not s.exists()]
             if missing:
-                from . import problems as P
-
                 problems += [P.error(m.name, P.SPLIT_MISSING, f"split {m.name} is missing") for m in missing]
             else:
                 problems += check_gguf_split(siblings)

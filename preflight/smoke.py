@@ -133,28 +133,31 @@ def endpoints_from_manifest(path: str | os.PathLike, env: Mapping[str, str] | No
     Only that list is expanded (`${VAR}`, `${VAR:-default}`), so an unset variable
     in a lane (a token the smoke run does not need) never stops the smoke run.
     """
+    return read_smoke_manifest(path, env)[0]
+
+
+def read_smoke_manifest(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> tuple[list[Endpoint], set[str]]:
+    """The manifest's endpoints, and the names of its disabled lanes (`enabled:` false after
+    `${VAR}` expansion; their endpoints are not deployed). One read, one parse."""
     env = os.environ if env is None else env
     file = os.fspath(path)
-    doc, text = _read_manifest(file)
+    doc, root = _read_manifest(file)
     raw = doc.get("endpoints")
     if raw is None:
-        return []
+        return [], set()
     if not isinstance(raw, list):
         raise ManifestError("expected a list of {name, kind, url, model, lane}", file=file, field="endpoints")
-    lines = _endpoint_lines(text)
-    return [endpoint_from_mapping(item, env=env, file=file, field=f"endpoints[{i}]", lines=lines.get(i)) for i, item in enumerate(raw)]
+    lines = _endpoint_lines(root)
+    endpoints = [endpoint_from_mapping(item, env=env, file=file, field=f"endpoints[{i}]", lines=lines.get(i)) for i, item in enumerate(raw)]
+    return endpoints, _disabled_lanes(doc, env)
 
 
-def disabled_lanes(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> set[str]:
-    """Names of the manifest's lanes whose `enabled:` is false (after `${VAR}` expansion): their
-    endpoints are not deployed, so there is nothing to smoke-test. Only `enabled` is expanded;
-    an unset variable there without a default leaves the lane enabled."""
+def _disabled_lanes(doc: dict, env: Mapping[str, str]) -> set[str]:
+    """Only `enabled` is expanded; an unset variable there without a default leaves the lane enabled."""
     import yaml
 
     from .yamlloc import expand_vars
 
-    env = os.environ if env is None else env
-    doc, _text = _read_manifest(os.fspath(path))
     out: set[str] = set()
     lanes = doc.get("lanes")
     for lane in lanes if isinstance(lanes, list) else []:
@@ -173,33 +176,35 @@ def disabled_lanes(path: str | os.PathLike, env: Mapping[str, str] | None = None
     return out
 
 
-def _read_manifest(file: str) -> tuple[dict, str]:
+def _read_manifest(file: str) -> tuple[dict, Any]:
+    """The document and its node tree (for line numbers), from one parse."""
     import yaml
 
     try:
         with open(file, encoding="utf-8") as f:
             text = f.read()
-        doc = yaml.safe_load(text)
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+        try:
+            root = loader.get_single_node()
+            doc = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except OSError as exc:
         raise ManifestError(f"cannot read the manifest: {exc.strerror or exc}", file=file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=mark.line + 1 if mark else None) from None
     if doc is None:
-        return {}, text
+        return {}, None
     if not isinstance(doc, dict):
         raise ManifestError("expected a mapping at the top level", file=file)
-    return doc, text
+    return doc, root
 
 
-def _endpoint_lines(text: str) -> dict[int, dict[str, int]]:
+def _endpoint_lines(root: Any) -> dict[int, dict[str, int]]:
     """For endpoints[i]: the line of the entry ("") and of each of its keys, for error messages."""
     import yaml
 
-    try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return {}
     out: dict[int, dict[str, int]] = {}
     if not isinstance(root, yaml.MappingNode):
         return out

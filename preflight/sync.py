@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import problems as P
-from .check import repo_folder
+from .check import lock_drift, repo_folder
 from .errors import (
     AuthError,
     DiskSpaceError,
@@ -111,7 +111,7 @@ class Remote:
             return
         lock = self.session.ctx.lock
         locked = lock.lanes.get(lane.name) if lock else None
-        if locked is not None and locked.source not in (None, src.raw):
+        if locked is not None and lock_drift(locked, lane):
             if self.opts.locked:
                 raise ManifestError(f"lane {lane.name}: the lock was made for source {locked.source}, the manifest says {src.raw}", file=lock.path, hint="run `preflight lock` again")
             self.progress.log(f"{lane.name}: the lock is stale (source changed); resolving again")
@@ -306,8 +306,7 @@ class Fetcher:
                         raise
                     # The partial cannot be completed, and it holds the space others need.
                     _unlink(partial)
-                    raise DiskSpaceError(f"{job.label}: the volume filled up during the download; the partial file was removed",
-                                         hint="free space on the volume, or select fewer lanes (--profile / --lane)") from None
+                    raise DiskSpaceError(f"{job.label}: the volume filled up during the download; the partial file was removed") from None
                 except IntegrityError as exc:
                     last = exc
                     _unlink(partial)
@@ -397,14 +396,17 @@ def write_cache_refs(session: Session, remote: Remote) -> None:
             pass
 
 
-def learn_sizes(jobs: list[Job], opts: Options) -> None:
+def learn_sizes(jobs: list[Job], opts: Options, known: dict[str, int | None]) -> None:
     """Ask (HEAD) the size of each URL file the manifest gives none for, so the space check
-    and the progress lines count it; unanswered, the download checks space once it starts."""
+    and the progress lines count it; unanswered, the download checks space once it starts.
+    `known` keeps the answers for the run: a URL is asked once."""
     from .sources.http import content_length
 
     for job in jobs:
         if job.url and job.size is None and job.mirror is None and not (job.lane.source and job.lane.source.scheme == "hf"):
-            job.size_hint = content_length(job.url, timeouts=opts.timeouts)
+            if job.url not in known:
+                known[job.url] = content_length(job.url, timeouts=opts.timeouts)
+            job.size_hint = known[job.url]
 
 
 def need_bytes(jobs: list[Job], staging: Path) -> int:
@@ -428,8 +430,7 @@ def check_space(session: Session, jobs: list[Job], staging: Path) -> None:
     free = shutil.disk_usage(probe).free
     if need + margin > free:
         raise DiskSpaceError(
-            f"not enough disk space on {session.ctx.models_dir}: {human_size(need)} to fetch (+{human_size(margin)} margin), {human_size(free)} free",
-            hint="free space on the volume, or select fewer lanes (--profile / --lane)",
+            f"not enough disk space on {session.ctx.models_dir}: {human_size(need)} to fetch (+{human_size(margin)} margin), {human_size(free)} free"
         )
 
 
@@ -476,7 +477,8 @@ def run_sync(session: Session, opts: Options) -> Report:
             return report
         check_writable(session)
         staging = session.state_dir / "staging"
-        learn_sizes(jobs, opts)
+        sizes: dict[str, int | None] = {}
+        learn_sizes(jobs, opts, sizes)
         check_space(session, jobs, staging)
         lease = Lease(session.state_dir, stale_after=opts.stale_after)
         lease.acquire(opts.lease_wait, progress.log)
@@ -490,7 +492,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                     write_cache_refs(session, remote)
                     progress.log("another writer already fetched everything; verified")
                     break
-                learn_sizes(jobs, opts)
+                learn_sizes(jobs, opts, sizes)
                 total = sum(j.size or 0 for j in jobs)
                 unknown = sum(1 for j in jobs if j.size is None)
                 more = f" and {unknown} of unknown size" if unknown else ""
@@ -522,6 +524,8 @@ def run_sync(session: Session, opts: Options) -> Report:
                     _attach(report, errs)
                     _fail_with(report, errs)
                 break
+            else:  # the lease was lost every round: report the volume as it stands now
+                session.check(remote.expect)
         finally:
             lease.release()
         return report

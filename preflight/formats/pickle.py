@@ -16,10 +16,13 @@ def is_pickle_name(name: str) -> bool:
     return name.lower().endswith(PICKLE_SUFFIXES)
 
 
+ACCEPT_ON_LANE = "set `allow_pickle: true` on the lane to accept it"  # `inspect` names its flag instead
+
+
 def refuse(name: str) -> Problem:
     return P.error(
         name, P.UNSAFE_PICKLE,
-        f"{name} is a pickle file, which can run code when loaded; set `allow_pickle: true` on the lane to accept it (it is then scanned)",
+        f"{name} is a pickle file, which can run code when loaded; {ACCEPT_ON_LANE} (it is then scanned)",
     )
 
 

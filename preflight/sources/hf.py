@@ -52,7 +52,9 @@ def read_token(token_file: str | None) -> str | None:
         except FileNotFoundError:
             return None  # an optional secret that is not mounted: no token
         except OSError as exc:
-            raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+            raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}",
+                             hint=f"make it readable by uid {os.getuid()} (e.g. mode 0440 with group {os.getgid()}), "
+                                  "or drop --token-file / PREFLIGHT_TOKEN_FILE") from None
         return token or None
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if token:

@@ -145,14 +145,6 @@ def content_length(url: str, headers: Mapping[str, str] | None = None, timeouts:
         conn.close()
 
 
-def _free_bytes(path: Path) -> int | None:
-    try:
-        st = os.statvfs(path.parent)
-    except (OSError, AttributeError):
-        return None
-    return st.f_bavail * st.f_frsize
-
-
 def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
     body = b""
     try:
@@ -229,10 +221,12 @@ def fetch_to(
         size = expected_size if expected_size is not None else total
         if expected_size is not None and total is not None and total != expected_size:
             raise FetchError(f"server announces {total} bytes, expected {expected_size}", url=url)
-        free = _free_bytes(partial) if total is not None else None
-        if total is not None and free is not None and total - have > free:
-            raise DiskSpaceError(f"not enough disk space on {partial.parent}: {human_size(total - have)} more to write, {human_size(free)} free",
-                                 hint="free space on the volume, or select fewer lanes (--profile / --lane)")
+        if total is not None:
+            import shutil
+
+            free = shutil.disk_usage(partial.parent).free
+            if total - have > free:
+                raise DiskSpaceError(f"not enough disk space on {partial.parent}: {human_size(total - have)} more to write, {human_size(free)} free")
         hasher = Hasher(algos, size) if ("sha1" not in algos or size is not None) else Hasher(tuple(a for a in algos if a != "sha1"))
         if have:
             _feed(partial, hasher, have, progress)
