@@ -1,13 +1,17 @@
 # lane-preflight: an init container that makes a model volume provably ready.
 #
+#   ops/build-image.sh                                    # no registry: debootstrapped base + wheelhouse
 #   docker build -t lane-preflight .                      # from PyPI, on python:3.11-slim
-#   ops/wheelhouse.sh && docker build --build-arg BASE_IMAGE=lane-preflight-base:bookworm -t lane-preflight .
 #
 # With a wheelhouse/ folder in the context every wheel comes from it (--no-index);
 # without one, from the package index. Code changes rebuild only the last layers.
+# Both stages carry the io.lane-preflight.stage label: the builder stage ends as an
+# untagged image, and `docker image prune -f --filter label=io.lane-preflight.stage`
+# removes it (ops/build-image.sh does so after each build).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
+LABEL io.lane-preflight.stage=builder
 # hf-xet (a 12 MB Rust client) is left out: preflight streams resolve URLs itself and only
 # calls huggingface_hub's API, so the xet client would never run. HF_XET=1 keeps it.
 ARG HF_XET=0
@@ -35,6 +39,7 @@ RUN set -eu; \
     /opt/preflight/bin/preflight --version
 
 FROM ${BASE_IMAGE}
+LABEL io.lane-preflight.stage=runtime
 # /models is owned by the runtime user so a fresh named volume mounted there is writable.
 RUN echo 'preflight:x:65532:65532::/tmp:/usr/sbin/nologin' >>/etc/passwd \
  && echo 'preflight:x:65532:' >>/etc/group \

@@ -28,8 +28,8 @@ MANIFEST_MOUNT = "/etc/preflight/manifest.yaml"
 TOKEN_MOUNT = "/run/secrets/hf-token"
 RUN_LABEL = "io.lane-preflight.run"
 BUILD_HINT = (
-    "build it from a checkout: ops/base-image/build.sh && ops/wheelhouse.sh && "
-    "docker build --build-arg BASE_IMAGE=lane-preflight-base:bookworm -t lane-preflight ."
+    "build it from a checkout with ops/build-image.sh (no registry needed: it builds the base image with "
+    "debootstrap on first use, as root, then tags lane-preflight:latest), or pass --image"
 )
 SECRET_ENV_NAMES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN"})
 

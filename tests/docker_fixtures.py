@@ -5,6 +5,8 @@ except under CI (CI set), where they fail: CI must not go green without running 
 
 The image is built once per session (base image if missing, wheelhouse, project
 image); layers are reused, so only a code change rebuilds, and only the last layers.
+The builder stage is kept as lane-preflight-builder:test for that reuse; no build
+leaves an untagged image behind.
 Containers reach the test Hub server through the host network namespace, so every
 request stays on 127.0.0.1.
 """
@@ -26,6 +28,8 @@ from filelock import FileLock
 REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "lane-preflight-base:bookworm"
 TEST_IMAGE = os.environ.get("PREFLIGHT_TEST_IMAGE", "lane-preflight:test")
+BUILDER_IMAGE = "lane-preflight-builder:test"
+STAGE_LABEL = "io.lane-preflight.stage"
 TEST_LABEL = "io.lane-preflight.test"
 RUNTIME_UID = 65532
 
@@ -99,8 +103,13 @@ def preflight_image(docker_client: Any, base_image: str, tmp_path_factory: pytes
     """The project image, built from the working tree (cached layers make reruns fast)."""
     with FileLock(str(tmp_path_factory.getbasetemp().parent / "preflight-image.lock")):
         _sh(["bash", "ops/wheelhouse.sh"], timeout=600)
-        _sh(["docker", "build", "-q", "--force-rm", "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", "VERSION=test",
-             "--build-arg", f"REVISION={_revision()}", "-t", TEST_IMAGE, str(REPO)], timeout=1200)
+        build = ["docker", "build", "-q", "--force-rm", "--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", "VERSION=test",
+                 "--build-arg", f"REVISION={_revision()}"]
+        # The builder stage stays tagged, so the next session reuses its dependency layer;
+        # what earlier builds left untagged (a superseded builder or test image) goes.
+        _sh([*build, "--target", "builder", "-t", BUILDER_IMAGE, str(REPO)], timeout=1200)
+        _sh([*build, "-t", TEST_IMAGE, str(REPO)], timeout=1200)
+        _sh(["docker", "image", "prune", "-f", "--filter", f"label={STAGE_LABEL}"], timeout=300)
     return TEST_IMAGE
 
 

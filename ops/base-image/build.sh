@@ -20,6 +20,7 @@ if [[ "${FORCE:-0}" != 1 ]] && docker image inspect "$image" >/dev/null 2>&1; th
 fi
 
 if ! command -v debootstrap >/dev/null 2>&1; then
+    echo "installing debootstrap"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 fi
@@ -51,11 +52,17 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
 
-echo "debootstrap $suite ($packages) from $mirror"
-debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+echo "building $image: debootstrap $suite ($packages) from $mirror; this takes a few minutes"
+# The full log is kept for a failure; the terminal gets a line per phase and every 20 packages.
+debootstrap --variant=minbase --include="$packages" "$suite" "$root" "$mirror" 2>&1 \
+    | tee "$work/debootstrap.log" \
+    | awk '/^I: / { verb = $2; n = (verb == last) ? n + 1 : 1
+                    if (verb != last || n % 20 == 0) { print "  debootstrap: " substr($0, 4) (n > 1 ? " (" n ")" : ""); fflush() }
+                    last = verb }' || {
     tail -n 40 "$work/debootstrap.log" >&2
     exit 1
 }
+echo "  stripping the root and importing it into Docker"
 
 # Keep later apt-get installs in derived images as lean as this one.
 cat >"$root/etc/dpkg/dpkg.cfg.d/01-lean" <<'CFG'
