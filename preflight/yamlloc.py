@@ -1,14 +1,26 @@
-"""YAML → plain Python values, keeping the line of every node and expanding ${VAR}.
+"""YAML → plain Python values, keeping the line of every value and expanding ${VAR}, within bounds.
 
-PyYAML's safe loader drops positions and silently keeps the last of duplicate
-keys; a manifest error must name file, line and field, so we walk the node
-graph ourselves.
+PyYAML's safe loader drops positions, silently keeps the last of duplicate keys, and
+composes the whole node graph before anything can count it (a 4 MiB file of `[1,1,…]`
+becomes 600 MB of nodes). We read libyaml's event stream instead and build the values
+as the events arrive, so every bound below is enforced before the memory is spent:
+
+- MAX_BYTES   the manifest text (4 MiB; a 10 000-lane manifest is about 2 MiB)
+- MAX_VALUES  values and keys, counting each alias as the values it stands for
+- MAX_STRING  characters in one value or key, after ${VAR} expansion
+- MAX_TEXT    characters in all values together, after alias and ${VAR} expansion
+- MAX_DEPTH   nesting of mappings and lists
+
+An alias shares the value of its anchor (as PyYAML does), so it costs no memory, but it
+counts as everything it stands for: a few lines that stand for millions of values, or
+one `$$…` string referenced 40 000 times, are refused at once.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +29,19 @@ import yaml
 
 from .errors import ManifestError
 
+MAX_BYTES = 4 << 20
+MAX_VALUES = 250_000
+MAX_STRING = 64 << 10
+MAX_TEXT = 16 << 20
+MAX_DEPTH = 64
+
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 PathKey = tuple  # ("lanes", 0, "path")
+
+# The line of every value: an int for a scalar, (line, children) for a mapping (a dict
+# of key → record) or a list (a list of records). A mapping entry's line is its key's.
+Lines = Any
 
 
 @dataclass
@@ -28,17 +50,27 @@ class Located:
 
     value: Any
     file: str
-    lines: dict[PathKey, int] = field(default_factory=dict)
+    tree: Lines = None
+    retyped: dict[PathKey, Any] = field(default_factory=dict)  # quoted `"${X:-true}"` as a plain scalar would read
 
     def line(self, *key: Any) -> int | None:
-        while key:
-            if key in self.lines:
-                return self.lines[key]
-            key = key[:-1]
-        return self.lines.get(())
+        """The line of `key`, or of the nearest enclosing value the document has."""
+        rec = self.tree
+        if rec is None:
+            return None
+        best = rec if isinstance(rec, int) else rec[0]
+        for part in key:
+            if isinstance(rec, int):
+                break
+            try:
+                rec = rec[1][part]
+            except (KeyError, IndexError, TypeError):
+                break
+            best = rec if isinstance(rec, int) else rec[0]
+        return best
 
     def error(self, key: PathKey, message: str, hint: str | None = None) -> ManifestError:
-        return ManifestError(message, file=self.file, line=self.line(*key), field=dotted(key), hint=hint)
+        return ManifestError(message, file=self.file, line=self.line(*key), field=dotted(key) or None, hint=hint)
 
 
 def dotted(key: PathKey) -> str:
@@ -48,37 +80,54 @@ def dotted(key: PathKey) -> str:
     return out
 
 
-def expand_vars(text: str, env: Mapping[str, str], *, on_missing) -> str:
+class ExpansionTooLong(ValueError):
+    """${VAR} expansion made a value longer than the limit."""
+
+
+def expand_vars(text: str, env: Mapping[str, str], *, on_missing, limit: int | None = None) -> str:
     """Expand ${VAR}, ${VAR:-default} (default when unset or empty), ${VAR-default}
-    (default when unset); `$$` is a literal `$`."""
+    (default when unset); `$$` is a literal `$`. Past `limit` characters, ExpansionTooLong."""
+    grown = 0
 
     def sub(m: re.Match) -> str:
+        nonlocal grown
         if m.group(0) == "$$":
-            return "$"
-        name, default = m.group(1), m.group(2)
-        value = env.get(name)
-        colon = m.group(0).startswith("${" + name + ":-")
-        if value is None or (colon and value == ""):
-            if default is not None:
-                return expand_vars(default, env, on_missing=on_missing)
-            on_missing(name)
-            return ""
-        return value
+            out = "$"
+        else:
+            name, default = m.group(1), m.group(2)
+            value = env.get(name)
+            colon = m.group(0).startswith("${" + name + ":-")
+            if value is None or (colon and value == ""):
+                if default is not None:
+                    out = expand_vars(default, env, on_missing=on_missing)
+                else:
+                    on_missing(name)
+                    out = ""
+            else:
+                out = value
+        if limit is not None:
+            grown += len(out) - (m.end() - m.start())
+            if len(text) + grown > limit:
+                raise ExpansionTooLong(f"longer than {limit} characters once variables are expanded")
+        return out
 
     return _VAR.sub(sub, text)
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml composes ~10x faster, same marks
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml parses ~10x faster, same marks
     pass
 
 
 def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None) -> Located:
     """Parse one YAML (or JSON) document with positions and variable expansion."""
     env = os.environ if env is None else env
+    doc = Located(None, file)
+    if len(text) > MAX_BYTES:
+        raise ManifestError(f"the manifest is larger than {_size(MAX_BYTES)}", file=file, hint="a manifest lists lanes, not data")
     try:
         loader = _Loader(text)
         try:
-            node = loader.get_single_node()
+            doc.value, doc.tree = _Build(doc, env, loader).document()
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
@@ -87,87 +136,243 @@ def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None) -> Loc
         raise ManifestError(f"not valid YAML: {exc.problem or exc}", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"not valid YAML: {exc}", file=file) from None
-    except RecursionError:
-        raise ManifestError("not valid YAML: nested too deeply", file=file) from None
-    doc = Located(None, file)
-    if node is None:
-        return doc
-    resolver = _Loader("")
-    try:
-        doc.value = _Walk(doc, env, resolver).convert(node, ())
-    except RecursionError:
+    except RecursionError:  # MAX_DEPTH keeps us far from it; a last line of defence
         raise ManifestError("nested too deeply", file=file) from None
     return doc
 
 
-MAX_NODES = 200_000
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_BOOLS = yaml.constructor.SafeConstructor.bool_values
+_MERGE = "tag:yaml.org,2002:merge"
+_RETYPE = (_BOOL, _INT)
 
 
 @dataclass
-class _Walk:
-    """Node graph → values. Aliases are followed, but a cycle or an alias bomb
-    (a few lines expanding to millions of nodes) is a manifest error, not a hang."""
-
-    doc: Located
-    env: Mapping[str, str]
-    loader: yaml.SafeLoader
-    count: int = 0
-    active: set = field(default_factory=set)
-
-    def convert(self, node: yaml.Node, key: PathKey) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise ManifestError(f"more than {MAX_NODES} values (anchors and aliases expand too far)", file=self.doc.file, line=node.start_mark.line + 1)
-        if id(node) in self.active:
-            raise ManifestError("an alias refers to a node that contains it", file=self.doc.file, line=node.start_mark.line + 1, field=dotted(key) or None)
-        if not isinstance(node, yaml.ScalarNode):
-            self.active.add(id(node))
-        try:
-            return _convert(node, key, self.doc, self.env, self.loader, self.convert)
-        finally:
-            self.active.discard(id(node))
+class _Anchor:
+    value: Any
+    lines: Lines
+    values: int  # what one alias of it counts as
+    chars: int
+    depth: int
 
 
-def _convert(node: yaml.Node, key: PathKey, doc: Located, env: Mapping[str, str], loader: yaml.SafeLoader, walk) -> Any:
-    doc.lines[key] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+class _Build:
+    """libyaml events → values and their lines, counting as it goes."""
+
+    def __init__(self, doc: Located, env: Mapping[str, str], loader: yaml.SafeLoader) -> None:
+        self.doc = doc
+        self.env = env
+        self.loader = loader
+        self.next = loader.get_event
+        self.values = 0
+        self.chars = 0
+        self.depth = 0
+        self.aliases = 0
+        self.peak = 0  # deepest nesting inside the anchored node being built
+        self.anchors: dict[str, _Anchor] = {}
+        self.opening: dict[str, int] = {}  # anchors whose node is being built → their line
+
+    def fail(self, message: str, line: int | None, key: PathKey = (), hint: str | None = None) -> ManifestError:
+        return ManifestError(message, file=self.doc.file, line=line, field=dotted(key) or None, hint=hint)
+
+    def document(self) -> tuple[Any, Lines]:
+        self.next()  # stream start
+        ev = self.next()
+        if isinstance(ev, yaml.StreamEndEvent):
+            return None, None
+        value, lines = self.node(self.next(), ())
+        self.next()  # document end
+        ev = self.next()
+        if not isinstance(ev, yaml.StreamEndEvent):
+            raise self.fail("not valid YAML: expected a single document, found a second one", ev.start_mark.line + 1)
+        return value, lines
+
+    def count(self, values: int, chars: int, line: int, key: PathKey) -> None:
+        self.values += values
+        self.chars += chars
+        why = "anchors and aliases expand too far" if self.aliases else "far more than any manifest needs"
+        if self.values > MAX_VALUES:
+            raise self.fail(f"more than {MAX_VALUES} values ({why})", line, key)
+        if self.chars > MAX_TEXT:
+            why = "anchors, aliases or variables expand too far" if self.aliases else "far more than any manifest needs"
+            raise self.fail(f"the values add up to more than {_size(MAX_TEXT)} of text ({why})", line, key)
+
+    def node(self, ev: yaml.Event, key: PathKey) -> tuple[Any, Lines]:
+        line = ev.start_mark.line + 1
+        cls = type(ev)
+        if cls is yaml.AliasEvent:
+            return self.alias(ev.anchor, line, key)
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self.count(0, 0, line, key)
+        anchor = ev.anchor
+        if anchor is not None:
+            first = self.anchors[anchor].lines if anchor in self.anchors else self.opening.get(anchor)
+            if first is not None:
+                first = first if isinstance(first, int) else first[0]
+                raise self.fail(f"anchor &{anchor} is defined twice (first at line {first})", line, key)
+            self.opening[anchor] = line
+            start = (self.values - 1, self.chars, self.depth, self.peak)
+            self.peak = self.depth
+        if cls is yaml.ScalarEvent:
+            value, lines = self.scalar(ev, key, line), line
+        elif cls is yaml.MappingStartEvent:
+            value, lines = self.mapping(key, line)
+        elif cls is yaml.SequenceStartEvent:
+            value, lines = self.sequence(key, line)
+        else:  # libyaml reports malformed streams itself; this is a guard, not a path
+            raise self.fail(f"not valid YAML: unexpected {cls.__name__}", line, key)
+        if anchor is not None:
+            del self.opening[anchor]
+            self.anchors[anchor] = _Anchor(value, lines, self.values - start[0], self.chars - start[1], self.peak - start[2])
+            self.peak = max(self.peak, start[3])
+        return value, lines
+
+    def alias(self, name: str, line: int, key: PathKey) -> tuple[Any, Lines]:
+        a = self.anchors.get(name)
+        if a is None:
+            if name in self.opening:
+                raise self.fail(f"an alias refers to a node that contains it (*{name} inside &{name}, line {self.opening[name]})", line, key)
+            raise self.fail(f"alias *{name} has no anchor &{name} before it", line, key)
+        self.aliases += 1
+        self.count(a.values, a.chars, line, key)
+        if self.depth + a.depth > MAX_DEPTH:
+            raise self.fail(f"nested more than {MAX_DEPTH} levels deep", line, key)
+        self.peak = max(self.peak, self.depth + a.depth)
+        return a.value, (line if isinstance(a.lines, int) else (line, a.lines[1]))
+
+    def enter(self, line: int, key: PathKey) -> None:
+        self.depth += 1
+        self.peak = max(self.peak, self.depth)
+        if self.depth > MAX_DEPTH:
+            raise self.fail(f"nested more than {MAX_DEPTH} levels deep", line, key)
+
+    def mapping(self, key: PathKey, line: int) -> tuple[dict, Lines]:
+        self.enter(line, key)
         out: dict[str, Any] = {}
-        try:
-            loader.flatten_mapping(node)
-        except yaml.MarkedYAMLError as exc:
-            raise ManifestError(f"bad merge key '<<': {exc.problem}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
-        for k_node, v_node in node.value:
-            if not isinstance(k_node, yaml.ScalarNode):
-                raise ManifestError("mapping keys must be plain strings", file=doc.file, line=k_node.start_mark.line + 1, field=dotted(key) or None)
-            k = str(k_node.value)
-            if k in out:
-                raise ManifestError(f"duplicate key {k!r}", file=doc.file, line=k_node.start_mark.line + 1, field=dotted(key + (k,)))
-            out[k] = walk(v_node, key + (k,))
-            doc.lines[key + (k,)] = k_node.start_mark.line + 1  # errors point at `key:`, not at a block value below it
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [walk(v, key + (i,)) for i, v in enumerate(node.value)]
-    value = node.value
-    if "$" in value:
+        lines: dict[str, Lines] = {}
+        merges: list[tuple[Any, Lines, int]] = []
+        while True:
+            kev = self.next()
+            if isinstance(kev, yaml.MappingEndEvent):
+                break
+            kline = kev.start_mark.line + 1
+            if not isinstance(kev, yaml.ScalarEvent):
+                raise self.fail("mapping keys must be plain strings", kline, key)
+            k = str(kev.value)
+            if len(k) > MAX_STRING:
+                raise self.fail(f"a key longer than {MAX_STRING} characters", kline, key)
+            self.count(1, len(k), kline, key)
+            if kev.anchor is not None:
+                self.anchors[kev.anchor] = _Anchor(k, kline, 1, len(k), 0)
+            merge = kev.tag == _MERGE or (kev.tag is None and not kev.style and k == "<<")
+            if k in out or (merge and merges):
+                raise self.fail(f"duplicate key {k!r}", kline, key + (k,))
+            value, vlines = self.node(self.next(), key + (k,))
+            if merge:
+                merges.append((value, vlines, kline))
+                continue
+            out[k] = value
+            lines[k] = kline if isinstance(vlines, int) else (kline, vlines[1])
+        self.depth -= 1
+        if merges:
+            out, lines = self.merged(out, lines, merges[0], key, line)
+        return out, (line, lines)
 
-        def missing(name: str) -> None:
-            raise ManifestError(
-                f"environment variable {name} is not set and has no default",
-                file=doc.file,
-                line=node.start_mark.line + 1,
-                field=dotted(key) or None,
-                hint=f"set {name}, or write ${{{name}:-default}}",
-            )
+    def merged(self, out: dict, lines: dict, merge: tuple[Any, Lines, int], key: PathKey, line: int) -> tuple[dict, dict]:
+        """`<<: *base` or `<<: [*a, *b]`: keys given here win, then the first mapping listed."""
+        value, vlines, kline = merge
+        if isinstance(value, dict):
+            sources = [(value, vlines)]
+        elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            sources = list(zip(value, vlines[1]))
+        else:
+            raise self.fail(f"bad merge key '<<': expected a mapping or a list of mappings, found {type(value).__name__}", kline, key)
+        new: dict[str, Any] = {}
+        new_lines: dict[str, Lines] = {}
+        for src, src_lines in sources:
+            for k, v in src.items():
+                if k not in out and k not in new:
+                    new[k] = v
+                    new_lines[k] = src_lines[1][k]
+        new.update(out)
+        new_lines.update(lines)
+        return new, new_lines
 
-        value = expand_vars(value, env, on_missing=missing)
-        if node.style:  # quoted or block scalar (libyaml says "" for plain, the Python parser None)
+    def sequence(self, key: PathKey, line: int) -> tuple[list, Lines]:
+        self.enter(line, key)
+        out: list[Any] = []
+        lines: list[Lines] = []
+        append, append_line, nxt = out.append, lines.append, self.next
+        while True:
+            ev = nxt()
+            if isinstance(ev, yaml.SequenceEndEvent):
+                break
+            value, vlines = self.node(ev, key + (len(out),))
+            append(value)
+            append_line(vlines)
+        self.depth -= 1
+        return out, (line, lines)
+
+    def scalar(self, ev: yaml.ScalarEvent, key: PathKey, line: int) -> Any:
+        value, tag, implicit = ev.value, ev.tag, ev.implicit
+        if len(value) > MAX_STRING:
+            raise self.fail(f"a value longer than {MAX_STRING} characters", line, key)
+        expanded = "$" in value
+        if expanded:
+
+            def missing(name: str) -> None:
+                raise self.fail(f"environment variable {name} is not set and has no default", line, key, hint=f"set {name}, or write ${{{name}:-default}}")
+
+            try:
+                value = expand_vars(value, self.env, on_missing=missing, limit=MAX_STRING)
+            except ExpansionTooLong as exc:
+                raise self.fail(f"a value {exc}", line, key) from None
+            implicit = (True, False) if not ev.style else implicit  # `${X:-true}` reads as a bool
+        self.chars += len(value)
+        if self.chars > MAX_TEXT:
+            self.count(0, 0, line, key)
+        if tag is None or tag == "!":
+            tag = self.loader.resolve(yaml.ScalarNode, value, implicit)
+            if expanded and ev.style and ev.tag is None:  # quoted: a string, and what it reads as unquoted
+                typed = self.loader.resolve(yaml.ScalarNode, value, (True, False))
+                if typed in _RETYPE:
+                    try:
+                        self.doc.retyped[key] = self.construct(typed, value, ev, key, line)
+                    except ManifestError:
+                        pass
+        if tag == _STR:
             return value
-        # plain scalar: re-resolve so `${X:-true}` becomes a bool
-        node = yaml.ScalarNode(loader.resolve(yaml.ScalarNode, value, (True, False)), value, node.start_mark, node.end_mark)
-    try:
-        return loader.construct_object(node)
-    except yaml.constructor.ConstructorError as exc:
-        raise ManifestError(f"cannot read value: {exc.problem}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
-    except (ValueError, TypeError, AttributeError, OverflowError, IndexError, KeyError):
-        # explicit tags such as `!!int xx` or `!!timestamp xx` fail inside PyYAML's constructors
-        raise ManifestError(f"cannot read value {node.value!r} as {node.tag.rsplit(':', 1)[-1]}", file=doc.file, line=node.start_mark.line + 1, field=dotted(key) or None) from None
+        if tag == _NULL:
+            return None
+        if tag == _BOOL and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+        if tag == _INT and value.isdecimal() and value.isascii() and len(value) < 100 and (value[0] != "0" or value == "0"):
+            return int(value)
+        return self.construct(tag, value, ev, key, line)
+
+    def construct(self, tag: str, value: str, ev: yaml.ScalarEvent, key: PathKey, line: int) -> Any:
+        name = tag.rsplit(":", 1)[-1]
+        fn = type(self.loader).yaml_constructors.get(tag)
+        if fn is None:
+            raise self.fail(f"cannot read value {value!r}: unknown tag {tag}", line, key)
+        node = yaml.ScalarNode(tag, value, ev.start_mark, ev.end_mark, ev.style)
+        try:
+            data = fn(self.loader, node)
+        except yaml.constructor.ConstructorError as exc:
+            raise self.fail(f"cannot read value: {exc.problem}", line, key) from None
+        except (ValueError, TypeError, AttributeError, OverflowError, IndexError, KeyError):
+            # explicit tags such as `!!int xx` or `!!timestamp xx` fail inside PyYAML's constructors
+            raise self.fail(f"cannot read value {value!r} as {name}", line, key) from None
+        if isinstance(data, types.GeneratorType):  # `!!seq x`, `!!map x`: a collection tag on a scalar
+            data.close()
+            raise self.fail(f"cannot read value {value!r} as {name}", line, key)
+        return data
+
