@@ -6,7 +6,6 @@ presence, safetensors headers (single or sharded with index), pickle policy.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from .. import problems as P
 from ..problems import Problem
+from .jsonfile import CONFIG_LIMITS, read_json
 from .pickle import is_pickle_name, refuse, scan_pickle
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -62,18 +62,16 @@ class FolderInfo:
 
 
 def read_json_object(path: Path, name: str, code: str = P.CONFIG_INVALID) -> tuple[dict | None, Problem | None]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, P.error(name, P.CONFIG_MISSING if code == P.CONFIG_INVALID else code, f"{name} is missing")
-    except OSError as exc:
-        return None, P.error(name, P.UNREADABLE, f"{name}: cannot read ({exc.strerror})")
-    if not raw.strip():
-        return None, P.error(name, P.EMPTY_FILE if code == P.CONFIG_INVALID else code, f"{name} is empty")
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, P.error(name, code, f"{name} is not valid JSON ({exc})")
+    """A config-like JSON object (config.json, adapter_config.json) within `CONFIG_LIMITS`."""
+    value, err = read_json(path, CONFIG_LIMITS)
+    if err is not None:
+        if err.kind == "missing":
+            return None, P.error(name, P.CONFIG_MISSING if code == P.CONFIG_INVALID else code, f"{name} is missing")
+        if err.kind == "unreadable":
+            return None, P.error(name, P.UNREADABLE, f"{name}: {err.message}")
+        if err.kind == "empty":
+            return None, P.error(name, P.EMPTY_FILE if code == P.CONFIG_INVALID else code, f"{name} is empty")
+        return None, P.error(name, code, f"{name} {err.message}")
     if not isinstance(value, dict):
         return None, P.error(name, code, f"{name} must be a JSON object, found {type(value).__name__}")
     return value, None

@@ -15,18 +15,18 @@ Typical use::
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from preflight import problems as P
+from preflight.formats.jsonfile import INDEX_LIMITS, parse_json
 from preflight.formats.safetensors import Findings, PathOrFile, SafetensorsInfo, Source, os_problem
 from preflight.problems import Problem
 
 INDEX_NAME = "model.safetensors.index.json"
-MAX_INDEX_BYTES = 64 * 2**20  # the largest Hub indexes (a few thousand tensors) are a few MB
+MAX_INDEX_BYTES = INDEX_LIMITS.max_bytes  # a 100k-tensor index is about 10 MB
 
 
 @dataclass
@@ -97,19 +97,12 @@ def _parse(src: Source, info: IndexInfo, out: Findings) -> None:
     if src.size == 0:
         out.error(P.INDEX_INVALID, "index is empty (0 bytes)")
         return
-    if src.size > MAX_INDEX_BYTES:
-        out.error(P.INDEX_INVALID, f"index is {src.size} bytes, above the limit of {MAX_INDEX_BYTES}")
+    if src.size > INDEX_LIMITS.max_bytes:
+        out.error(P.INDEX_INVALID, f"index is {src.size} bytes, above the limit of {INDEX_LIMITS.max_bytes}")
         return
-    try:
-        doc = json.loads(src.read_at(0, src.size).decode("utf-8"))
-    except UnicodeDecodeError as e:
-        out.error(P.INDEX_INVALID, f"index is not UTF-8 (bad byte at offset {e.start})")
-        return
-    except json.JSONDecodeError as e:
-        out.error(P.INDEX_INVALID, f"index is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
-        return
-    except (ValueError, RecursionError) as e:
-        out.error(P.INDEX_INVALID, f"index is not valid JSON: {e}")
+    doc, err = parse_json(src.read_at(0, src.size), INDEX_LIMITS)
+    if err is not None:
+        out.error(P.INDEX_INVALID, f"index {err.message}")
         return
     if not isinstance(doc, dict):
         out.error(P.INDEX_INVALID, f"index is a JSON {type(doc).__name__}, expected an object with 'weight_map'")
