@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -29,14 +30,28 @@ def opt(*decls: str, **kw):
     return click.option(*decls, **kw)
 
 
-def fail(exc: PreflightError, termination_log: str | None = None) -> int:
-    from .report import write_termination_log
+REPORTING = ("check", "sync", "lock")  # every exit of these leaves a JSON report (--json, --report)
+_TRUE = ("1", "true", "t", "yes", "y", "on")  # click's spellings of a true flag
 
-    click.echo(f"preflight: error: {exc}", err=True)
-    if exc.hint:
-        click.echo(f"  hint: {exc.hint}", err=True)
-    write_termination_log(termination_log, str(exc))
-    return int(exc.exit_code)
+
+def leave(command: str | None, out, code: int, reason: str, hint: str | None = None, *,
+          models_dir: str | None = None, started: float | None = None) -> int:
+    """Every early exit (an error, an interrupt, a usage error, a bug) of a reporting command
+    leaves the report so far, with the exit code and the reason, on --json and --report;
+    every command's reason reaches the termination log. Returns `code`."""
+    from .report import Report, current, emit, write_termination_log
+
+    report = current()
+    if command not in REPORTING or (report is not None and report.emitted):
+        write_termination_log(out.termination_log, reason)
+        return int(code)
+    if report is None or report.command != command:
+        report = Report(command, models_dir)
+    report.fail(int(code), reason, hint)
+    if started is not None:
+        report.elapsed_s = time.monotonic() - started
+    emit(report, out, human=False)  # the caller said why on stderr
+    return int(code)
 
 
 def _sigterm_to_interrupt() -> None:
@@ -56,53 +71,87 @@ def interrupt_reason(exc: KeyboardInterrupt) -> str:
     return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
 
 
-def guarded(fn):
-    """The one place exceptions become exit codes (never a traceback unless asked)."""
+def guarded(fn=None, *, report: str | None = None):
+    """The one place a command's exceptions become exit codes (never a traceback unless asked).
+
+    `@guarded(report="check")` marks a command whose every exit leaves a JSON report."""
+    if fn is None:
+        return functools.partial(guarded, report=report)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .report import Outputs, track
+
         _sigterm_to_interrupt()
-        tlog = kwargs.get("termination_log")
+        out = Outputs.from_options(kwargs)
+        track(None)
+        started = time.monotonic()
+
+        def end(code: int, reason: str, hint: str | None = None) -> int:
+            return leave(report, out, code, reason, hint, models_dir=kwargs.get("models_dir"), started=started)
+
         try:
             code = fn(*args, **kwargs)
         except PreflightError as exc:
-            code = fail(exc, tlog)
+            click.echo(f"preflight: error: {exc}", err=True)
+            if exc.hint:
+                click.echo(f"  hint: {exc.hint}", err=True)
+            code = end(exc.exit_code, str(exc), exc.hint)
         except KeyboardInterrupt as exc:
-            from .report import write_termination_log
-
             reason = f"{interrupt_reason(exc)}; partial downloads are kept and a rerun resumes them"
             click.echo(f"preflight: {reason}", err=True)
-            write_termination_log(tlog, reason)
-            code = ExitCode.INTERRUPTED
+            code = end(ExitCode.INTERRUPTED, reason)
         except click.exceptions.Exit:
             raise
         except click.ClickException:
             raise
         except Exception as exc:  # a bug: say so plainly, keep the contract's code
-            if os.environ.get("PREFLIGHT_TRACEBACK"):
-                raise
-            from .report import write_termination_log
-
             reason = f"internal error: {type(exc).__name__}: {exc}"
+            if os.environ.get("PREFLIGHT_TRACEBACK"):
+                end(ExitCode.NOT_READY, reason)
+                raise
             click.echo(f"preflight: {reason} (set PREFLIGHT_TRACEBACK=1 for details)", err=True)
-            write_termination_log(tlog, reason)
-            code = ExitCode.NOT_READY
+            code = end(ExitCode.NOT_READY, reason)
         sys.exit(int(code or 0))
 
     return wrapper
 
 
+def _arg(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` / `--name=VALUE` in argv (the last one wins, as with click)."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == name and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(name + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
 def _termination_log_arg(argv: list[str]) -> str | None:
     """--termination-log from the command line or the environment, read without click (parsing failed)."""
-    for i, arg in enumerate(argv):
-        if arg == "--termination-log" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--termination-log="):
-            return arg.split("=", 1)[1]
+    found = _arg(argv, "--termination-log")
+    if found is not None:
+        return found
     for var in ("PREFLIGHT_TERMINATION_LOG", "PREFLIGHT_SMOKE_TERMINATION_LOG"):
         if var in os.environ:
             return os.environ[var]
     return None
+
+
+def outputs_from_argv(argv: list[str]):
+    """Where the report goes, read without click (parsing failed): argv first, then PREFLIGHT_*."""
+    from .report import Outputs
+
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    as_json = "--json" in words or os.environ.get("PREFLIGHT_JSON", "").strip().lower() in _TRUE
+    quiet = any(w in ("--quiet", "-q") for w in words) or os.environ.get("PREFLIGHT_QUIET", "").strip().lower() in _TRUE
+    report = _arg(argv, "--report")
+    if report is None:
+        report = os.environ.get("PREFLIGHT_REPORT") or None
+    return Outputs(as_json, report, _termination_log_arg(argv), quiet)
 
 
 class LazyGroup(click.Group):
@@ -121,22 +170,39 @@ class LazyGroup(click.Group):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        """As click's, but a usage error found while parsing (unknown option, a token file
-        that is a folder) also goes to the termination log, as every other failure does."""
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        argv = list(sys.argv[1:] if args is None else args)
-        try:
-            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as exc:
-            from .report import write_termination_log
+        """As click's, with every secret masked on stdout and stderr, and a usage error found
+        while parsing (unknown option, a token file that is a folder) reported like every
+        other failure: the reason on the termination log, the report on --json/--report."""
+        from .redact import redacting_streams, register_environment, reset
 
-            exc.show()
-            write_termination_log(_termination_log_arg(argv), f"usage error: {exc.format_message()}")
-            sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("preflight: interrupted", err=True)
-            sys.exit(int(ExitCode.INTERRUPTED))
+        reset()
+        register_environment()
+        if not standalone_mode:
+            with redacting_streams():
+                return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        command = argv[0] if argv and argv[0] in REPORTING else None
+        with redacting_streams():
+            from .report import track
+
+            track(None)
+            try:
+                rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.ClickException as exc:
+                exc.show()
+                sys.exit(leave(command, outputs_from_argv(argv), exc.exit_code, f"usage error: {exc.format_message()}"))
+            except click.exceptions.Abort:
+                click.echo("preflight: interrupted", err=True)
+                sys.exit(leave(command, outputs_from_argv(argv), ExitCode.INTERRUPTED, "interrupted"))
+            except Exception as exc:  # outside a command (loading it), or PREFLIGHT_TRACEBACK asked for it
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                if os.environ.get("PREFLIGHT_TRACEBACK"):
+                    import traceback
+
+                    traceback.print_exc()  # through the masking stream
+                else:
+                    click.echo(f"preflight: {reason} (set PREFLIGHT_TRACEBACK=1 for details)", err=True)
+                sys.exit(leave(command, outputs_from_argv(argv), ExitCode.NOT_READY, reason))
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def get_command(self, ctx, name):
@@ -198,7 +264,7 @@ def split_lanes(lanes: tuple[str, ...]) -> tuple[str, ...]:
 
 @main.command()
 @common_volume_options
-@guarded
+@guarded(report="check")
 def check(**kw) -> int:
     """Validate the volume against the manifest (and lock). Never uses the network.
 

@@ -22,10 +22,17 @@ def _readable(token_file: str) -> None:
     the lanes need."""
     from .sources.hf import read_token
 
+    from .redact import register
+
     if not os.path.lexists(token_file):
         click.echo(f"note: token file {token_file} does not exist; continuing without a token", err=True)
         return
-    read_token(token_file)
+    try:
+        with open(token_file, "rb") as f:
+            register(f.read(4096))  # masked from here on, whatever read_token makes of it
+    except OSError:
+        pass
+    register(read_token(token_file))
 
 
 def network_options(fn):
@@ -49,7 +56,7 @@ def network_options(fn):
 @opt("--deadline", type=float, default=None, help="Give up (exit 3) when the whole run takes longer than this many seconds.")
 @opt("--lease-wait", type=float, default=1800.0, show_default=True, help="Seconds to wait for another writer before exit 6.")
 @opt("--lease-stale", type=float, default=60.0, show_default=True, help="A lease whose heartbeat stopped this long ago is taken over.")
-@guarded
+@guarded(report="sync")
 def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, deadline, lease_wait, lease_stale, **kw) -> int:
     """Check, fetch what is missing or broken, verify, publish, report.
 
@@ -85,17 +92,25 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
 @opt("--format", "fmt", type=click.Choice(["json", "sha256sum"]), default="json", show_default=True, help="json: the lock file; sha256sum: a `sha256sum -c` file of every file with a sha256.")
 @click.option("--lane", "-l", "lanes", multiple=True, envvar="PREFLIGHT_LANES", show_envvar=True, help="Lock only these lanes (others are kept as they are).")
 @opt("--token-file", default=None, type=click.Path(dir_okay=False), help="Read the Hub token from this file.")
-@guarded
-def lock(manifest, output, fmt, lanes, token_file, termination_log=None) -> int:
+@opt("--json", "as_json", is_flag=True, help="Print the JSON report on stdout (not with --output -).")
+@opt("--report", default=None, type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
+@opt("--termination-log", default=None, help="Write a short reason here on failure (default /dev/termination-log when it exists; '' disables).")
+@guarded(report="lock")
+def lock(manifest, output, fmt, lanes, token_file, as_json=False, report=None, termination_log=None) -> int:
     """Resolve every lane's source to a commit and each file's size and digest.
 
     \b
     Examples:
       preflight lock -m lanes.yaml                     # writes lanes.lock.json
       preflight lock -m lanes.yaml --format sha256sum -o - --lane coder
+      preflight lock -m lanes.yaml --report lock-report.json
     """
+    from .errors import UsageError
     from .locking import make_lock
+    from .report import Outputs, emit
 
+    if as_json and output == "-":
+        raise UsageError("--json and --output - would both write to stdout", hint="write the lock to a file (-o FILE), or leave out --json")
     if token_file:
         _readable(token_file)
     text, path = make_lock(manifest, output, fmt, lanes, token_file)
@@ -103,4 +118,25 @@ def lock(manifest, output, fmt, lanes, token_file, termination_log=None) -> int:
         sys.stdout.write(text)
     else:
         click.echo(f"preflight lock: wrote {path}", err=True)
+    emit(_lock_report(manifest, lanes, text if fmt == "json" else None, path), Outputs(as_json, report, termination_log), human=False)
     return ExitCode.READY
+
+
+def _lock_report(manifest: str, lanes: tuple[str, ...], lock_text: str | None, path):
+    """What `lock` pinned, as a report: one ready lane per locked lane, its commit as revision."""
+    import json
+
+    from .cli import split_lanes
+    from .manifest import load_manifest
+    from .report import LaneResult, Report
+
+    m = load_manifest(manifest)
+    names = split_lanes(lanes)
+    locked = json.loads(lock_text)["lanes"] if lock_text else {}
+    report = Report("lock", None, extra={"output": str(path) if path is not None else "-"})
+    for lane in m.select(None, names) if names else m.lanes:
+        entry = locked.get(lane.name) or {}
+        report.lanes.append(LaneResult(lane.name, lane.kind, lane.path, lane.required, files=len(entry.get("files") or {}),
+                                       source=lane.source.display() if lane.source else None,
+                                       revision=entry.get("commit") or (lane.source.revision if lane.source else None)))
+    return report

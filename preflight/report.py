@@ -9,11 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from . import problems as P
 from .errors import ExitCode
 from .integrity import atomic_write
 from .problems import Problem
+from .redact import redact
 
 READY, MISSING, INVALID, SKIPPED = "ready", "missing", "invalid", "skipped"
+# Errors that say a file is not there (yet): a lane with only these is missing, not invalid.
+ABSENT = frozenset({P.MISSING, P.SHARD_MISSING, P.SPLIT_MISSING, P.WEIGHTS_MISSING, P.CONFIG_MISSING})
+# Format findings that repeat what a size-mismatch on the same file already says.
+SAID_BY_SIZE = frozenset({P.TRUNCATED, P.TRAILING_DATA, P.TENSOR_OUT_OF_BOUNDS})
 
 
 @dataclass
@@ -38,13 +44,23 @@ class LaneResult:
         return [p for p in self.problems if p.is_error]
 
     def settle(self) -> None:
-        """Derive status from problems: missing only if every error is `missing`."""
+        """Fold repeated findings, then derive status from problems.
+
+        A file whose size is wrong is reported once: its format findings that say the
+        same (truncated, trailing data, tensors past the end) are dropped. A lane is
+        missing when every error says a file is absent or could not be fetched
+        (`fetch-failed` says why it is still absent), invalid when any other error
+        stands, ready when none does.
+        """
+        sized = {p.path for p in self.problems if p.code == P.SIZE_MISMATCH and p.is_error}
+        if sized:
+            self.problems = [p for p in self.problems if not (p.path in sized and p.code in SAID_BY_SIZE)]
         if self.status == SKIPPED:
             return
         errs = self.errors
         if not errs:
             self.status = READY
-        elif all(p.code in ("missing", "shard-missing", "split-missing", "weights-missing", "config-missing") for p in errs):
+        elif all(p.code in ABSENT or p.code == P.FETCH_FAILED for p in errs):
             self.status = MISSING
         else:
             self.status = INVALID
@@ -70,12 +86,15 @@ class LaneResult:
 @dataclass
 class Report:
     command: str
-    models_dir: str
+    models_dir: str | None
     lanes: list[LaneResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     exit_code: int = ExitCode.READY
     reason: str | None = None
+    hint: str | None = None
     elapsed_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    emitted: bool = False
 
     @property
     def status(self) -> str:
@@ -101,12 +120,24 @@ class Report:
         }
         if self.reason:
             d["reason"] = self.reason
+        if self.hint:
+            d["hint"] = self.hint
         if self.notes:
             d["notes"] = self.notes
+        d.update(self.extra)
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        """The report as it leaves the program: every registered secret masked."""
+        return redact(json.dumps(self.to_dict(), indent=2))
+
+    def fail(self, exit_code: int, reason: str, hint: str | None = None) -> None:
+        """The run ended early (an error, an interrupt): keep the lanes known so far."""
+        for lane in self.lanes:
+            lane.settle()
+        self.exit_code = exit_code
+        self.reason = reason
+        self.hint = hint
 
 
 def summarise(bad: list[LaneResult]) -> str:
@@ -137,6 +168,7 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
     """One line per lane, then the reasons for anything not ready, then the verdict."""
     out = out or sys.stderr
     width = max([len(lane.name) for lane in report.lanes] + [4])
+    path_width = max([len(lane.path) for lane in report.lanes] + [4])
     for lane in report.lanes:
         extra = f"{plural(lane.files, 'file')}, {human_size(lane.bytes)}"
         if lane.fetched_files:
@@ -146,7 +178,7 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
         opt = "" if lane.required else " (optional)"
         if lane.status == SKIPPED:
             extra = lane.note or "skipped"
-        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path}  {lane.status}{opt}  [{extra}]", file=out)
+        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {lane.status}{opt}  [{extra}]", file=out)
     for lane in report.lanes:
         for p in lane.problems:
             if lane.status == READY and p.is_error:
@@ -156,7 +188,7 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
     for note in report.notes:
         print(f"note: {note}", file=out)
     if report.exit_code == ExitCode.READY:
-        print(f"preflight {report.command}: ready ({len(report.lanes)} lanes, {report.elapsed_s:.2f}s)", file=out)
+        print(f"preflight {report.command}: ready ({plural(len(report.lanes), 'lane')}, {report.elapsed_s:.2f}s)", file=out)
     else:
         print(f"preflight {report.command}: NOT READY (exit {int(report.exit_code)}): {report.reason or 'see above'}", file=out)
 
@@ -173,7 +205,7 @@ def write_termination_log(path: str | None, message: str) -> None:
         target = DEFAULT_TERMINATION_LOG
     if not target:
         return
-    data = message.encode("utf-8", "replace")[:4000]
+    data = redact(message).encode("utf-8", "replace")[:4000]
     try:
         p = Path(target)
         if p.exists() and not p.is_file():  # a device or a bind-mounted file we cannot replace
@@ -191,3 +223,55 @@ def write_termination_log(path: str | None, message: str) -> None:
 
 def write_report_file(path: str, report: Report) -> None:
     atomic_write(Path(path), report.to_json().encode() + b"\n", fsync=False)
+
+
+# --------------------------------------------------------------------------- every exit
+
+
+@dataclass
+class Outputs:
+    """Where a run's report goes: --json (stdout), --report FILE, --termination-log, --quiet."""
+
+    as_json: bool = False
+    report: str | None = None
+    termination_log: str | None = None
+    quiet: bool = False
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any]) -> Outputs:
+        return cls(bool(opts.get("as_json")), opts.get("report") or None, opts.get("termination_log"), bool(opts.get("quiet")))
+
+
+_current: Report | None = None
+
+
+def track(report: Report | None) -> Report | None:
+    """Make `report` the run's report: an error that ends the run reports its lanes."""
+    global _current
+    _current = report
+    return report
+
+
+def current() -> Report | None:
+    return _current
+
+
+def emit(report: Report, out: Outputs, *, human: bool = True) -> None:
+    """The one way a report leaves: human summary (stderr), JSON (stdout), report file,
+    termination log (on failure). Once per run; a report file that cannot be written is
+    said on stderr and does not change the exit code."""
+    if report.emitted:
+        return
+    report.emitted = True
+    if human and not out.quiet:
+        render_human(report, sys.stderr)
+    if out.as_json:
+        sys.stdout.write(report.to_json() + "\n")
+        sys.stdout.flush()
+    if out.report:
+        try:
+            write_report_file(out.report, report)
+        except OSError as exc:
+            print(f"preflight: cannot write the report to {out.report}: {exc.strerror or exc}", file=sys.stderr)
+    if report.exit_code != ExitCode.READY:
+        write_termination_log(out.termination_log, report.reason or "not ready")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from .errors import ExitCode, UsageError
 from .integrity import Receipts, atomic_write
 from .lockfile import Lock, default_lock_path, load_lock
 from .manifest import Lane, Manifest, load_manifest
-from .report import Report, render_human, write_report_file, write_termination_log
+from .report import Outputs, Report, emit, track
 
 
 @dataclass
@@ -36,6 +35,7 @@ class Session:
         started = time.monotonic()
         m = load_manifest(manifest)
         root = Path(models_dir or m.models_dir)
+        report = track(Report(command, str(root)))
         selected = m.select(profile, split_lanes(lanes))
         if not selected:
             raise UsageError("no lanes selected (every lane is disabled, or the profile/lane filter matched none)")
@@ -43,10 +43,13 @@ class Session:
         lock_path = Path(lock) if lock else default_lock_path(m)
         if lock or lock_path.exists():
             lock_obj = load_lock(lock_path)
-        report = Report(command, str(root))
         if command == "check" and not root.is_dir():  # sync creates it
             report.notes.append(f"models folder {root} " + ("is not a folder" if root.exists() else "does not exist"))
         sdir = Path(state_dir) if state_dir else root / STATE_DIR
+        if root.is_dir():
+            from .volume import state_volume
+
+            state_volume(root, sdir, create=False)  # a .preflight that leads out of the volume is refused, not read or written
         writable = _writable(sdir if sdir.exists() else (sdir.parent if sdir.parent.exists() else root))
         receipts = Receipts(sdir if sdir.exists() or writable else None)
         ctx = Context(m, root, receipts, lock_obj, verify)
@@ -80,14 +83,7 @@ class Session:
                 }).encode())
             except OSError as exc:
                 report.notes.append(f"could not write ready.json: {exc.strerror}")
-        if not self.opts.get("quiet"):
-            render_human(report, sys.stderr)
-        if self.opts.get("as_json"):
-            print(report.to_json())
-        if self.opts.get("report"):
-            write_report_file(self.opts["report"], report)
-        if code != ExitCode.READY:
-            write_termination_log(self.opts.get("termination_log"), report.reason or "not ready")
+        emit(report, Outputs.from_options(self.opts))
         return code
 
 

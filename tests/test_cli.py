@@ -65,7 +65,7 @@ def ready(tmp_path: Path) -> Path:
 def test_exit_0_ready(ready: Path) -> None:
     r = cli(["check", "-m", str(ready)])
     assert r.exit_code == 0 and r.stdout == ""
-    assert r.stderr.splitlines()[-1].startswith("preflight check: ready (1 lanes")
+    assert r.stderr.splitlines()[-1].startswith("preflight check: ready (1 lane, ")
 
 
 def test_exit_0_with_options_from_env(ready: Path, tmp_path: Path) -> None:
