@@ -62,6 +62,24 @@ class ManifestError(UsageError):
         self.reason = message
 
 
+class ManifestErrors(ManifestError):
+    """Several manifest errors found in one pass. It reads as the first one (same file,
+    line, field and start of str()), then lists the others, one per line."""
+
+    SHOWN = 20
+
+    def __init__(self, errors: list[ManifestError]) -> None:
+        first, rest = errors[0], errors[1:]
+        super().__init__(first.reason, file=first.file, line=first.line, field=first.field)
+        self.errors = list(errors)
+        lines = [self.message] + ([f"  hint: {first.hint}"] if first.hint else [])
+        lines.append(f"{len(rest)} more error{'s' if len(rest) > 1 else ''} in this manifest:")
+        lines += [f"  {e}" + (f" (hint: {e.hint})" if e.hint else "") for e in rest[: self.SHOWN]]
+        if len(rest) > self.SHOWN:
+            lines.append(f"  … and {len(rest) - self.SHOWN} more")
+        self.message = "\n".join(lines)
+
+
 class FetchError(PreflightError):
     """Network, HTTP, not found, timeout: the source could not deliver."""
 
@@ -71,6 +89,7 @@ class FetchError(PreflightError):
         super().__init__(message, hint=hint)
         self.url = url
         self.status = status
+        self.retry_after: float | None = None  # seconds, from the server's Retry-After
 
 
 class StalledError(FetchError):
@@ -87,6 +106,14 @@ class UnsafeContentError(IntegrityError):
 
     exit_code = ExitCode.NOT_READY
     problem_code = "dangerous-pickle"
+
+
+class UnsafeSourceError(IntegrityError):
+    """A source listed a name (or id) that would put a file outside its lane. Nothing is
+    fetched for the lane; asking again cannot help."""
+
+    exit_code = ExitCode.NOT_READY
+    problem_code = "path-escape"
 
 
 class AuthError(FetchError):

@@ -273,7 +273,7 @@ def staged_size(path: Path) -> int:
 
 def nofollow(path: str, flags: int) -> int:
     """An `opener` for open(): never through a symlink at the last component."""
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
 
 
 WRITE_BEHIND = 32 * 2**20
@@ -327,22 +327,36 @@ class WriteBehind:
                 pass
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write beside the target, fsync, rename over it: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True, dir_fd: int | None = None) -> None:
+    """Write beside the target, fsync, rename over it: readers see old or new, never half.
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    The file gets the mode every other tool's files get (0666 less the umask), so a
+    server running as another uid reads refs and reports as it reads the weights. With
+    `dir_fd`, `path` is a bare name in that folder (see volume.Volume)."""
+    import secrets
+
+    if dir_fd is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder, name = str(path.parent), path.name
+    else:
+        folder, name = None, os.fspath(path)
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp_path = tmp if folder is None else os.path.join(folder, tmp)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp_path, flags, 0o666, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if dir_fd is None:
+            os.replace(tmp_path, path)
+        else:
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp_path, dir_fd=dir_fd)
         except OSError:
             pass
         raise

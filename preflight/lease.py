@@ -34,6 +34,7 @@ class Lease:
         self._thread: threading.Thread | None = None
         self.held = False
         self.lost = False
+        self.confirmed = 0.0  # monotonic time this process last saw the lease as its own
         self.on_lost: Callable[[], None] | None = None  # called from the heartbeat thread
 
     def _content(self) -> bytes:
@@ -117,6 +118,7 @@ class Lease:
         while True:
             if self._try_create():
                 self.held = True
+                self.confirmed = time.monotonic()
                 self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
                 self._thread.start()
                 return
@@ -159,9 +161,31 @@ class Lease:
                 tmp = self.path.with_name(f".{LEASE}.{self.owner.replace(':', '_')}.tmp")
                 tmp.write_bytes(self._content())
                 os.replace(tmp, self.path)
+                self.confirmed = time.monotonic()
             except (OSError, ValueError):
                 self._lose()
                 return
+
+    def still_ours(self) -> bool:
+        """Whether this process may still write into staging, asked before every write.
+
+        Cheap while the heartbeat has confirmed the lease recently. A process that was
+        paused (SIGSTOP, a frozen node) past half the stale time reads the lease again
+        before its next write, so bytes queued before the pause never land in a file a
+        new holder now owns."""
+        if self.lost or not self.held:
+            return False
+        if time.monotonic() - self.confirmed < self.stale_after / 2:
+            return True
+        try:
+            ours = json.loads(self.path.read_bytes()).get("owner") == self.owner
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            self._lose()
+            return False
+        self.confirmed = time.monotonic()
+        return True
 
     def _lose(self) -> None:
         self.lost = True

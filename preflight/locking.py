@@ -11,6 +11,21 @@ from .lockfile import Lock, LockedLane, default_lock_path, format_sha256sum, loa
 from .manifest import FileExpect, load_manifest
 
 
+def checked_names(lane, files: dict) -> dict:
+    """The listing under the names sync will use, refused as sync refuses it (path-escape)."""
+    from .errors import UnsafeSourceError
+    from .sync import place_names
+    from .volume import UnsafeName, safe_rel
+
+    placed = place_names(lane, files)
+    for rel in placed:
+        try:
+            safe_rel(rel)
+        except UnsafeName as exc:
+            raise UnsafeSourceError(f"lane {lane.name}: the source lists a name that would leave the lane: {exc}; not locked") from None
+    return placed
+
+
 def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str, ...], token_file: str | None) -> tuple[str, Path | None]:
     manifest = load_manifest(manifest_path)
     names = split_lanes(lanes)
@@ -29,7 +44,8 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
                 token = read_token(token_file) or ""
             listing = resolve(lane, token or None)
             # sha256 for LFS files, git blob sha1 for the rest (RemoteFile.expect)
-            lock.lanes[lane.name] = LockedLane(lane.name, src.raw, src.revision, listing.commit, {rel: f.expect for rel, f in listing.files.items()})
+            lock.lanes[lane.name] = LockedLane(lane.name, src.raw, src.revision, listing.commit,
+                                               checked_names(lane, {rel: f.expect for rel, f in listing.files.items()}))
         elif src.scheme in ("https", "http"):
             name = Path(lane.path).name
             exp = lane.files.get(name)
@@ -42,7 +58,7 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
             files = {}
             for rel, (p, e) in local_listing(lane, manifest.file).items():
                 files[rel] = FileExpect(e.size, hash_file(p)["sha256"], None)
-            lock.lanes[lane.name] = LockedLane(lane.name, src.raw, None, None, files)
+            lock.lanes[lane.name] = LockedLane(lane.name, src.raw, None, None, checked_names(lane, files))
     if fmt == "sha256sum":
         files: dict[str, FileExpect] = {}
         for lane in selected:

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,17 @@ from .errors import (
     NotReadyError,
     PreflightError,
     UnsafeContentError,
+    UnsafeSourceError,
+    UsageError,
 )
 from .lease import Lease
 from .manifest import FileExpect, Lane
 from .progress import Progress
 from .report import LaneResult, Report, human_size, plural
 from .session import Session
-from .sources.http import Cancel, Timeouts, fetch_to, redact
+from .sources.http import Cancel, Timeouts, fetch_to, redact, retry_delay
+from .integrity import nofollow
+from .volume import PathEscape, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume
 
 FIXABLE = {
     P.MISSING, P.EMPTY_FILE, P.TRUNCATED, P.TRAILING_DATA, P.HEADER_TOO_LARGE, P.HEADER_INVALID, P.BAD_OFFSETS,
@@ -86,10 +91,11 @@ class Job:
 class Remote:
     """What each lane's source says the lane must hold, resolved once per run."""
 
-    def __init__(self, session: Session, opts: Options, progress: Progress) -> None:
+    def __init__(self, session: Session, opts: Options, progress: Progress, deadline: float | None = None) -> None:
         self.session = session
         self.opts = opts
         self.progress = progress
+        self.deadline = deadline
         self.token: str | None = None
         self._token_read = False
         self.expect: dict[str, tuple[dict[str, FileExpect], str | None]] = {}
@@ -126,16 +132,55 @@ class Remote:
                 exp = lane.files.get(name, FileExpect())
                 if locked and name in locked.files:
                     exp = exp.merge(locked.files[name])
-                self.expect[lane.name] = ({name: exp}, None)
-                self.fetchable[lane.name] = {name: {"url": src.url, "expect": exp, "etag": exp.sha256}}
+                self._set(lane, {name: {"url": src.url, "expect": exp, "etag": exp.sha256}}, None)
             elif src.scheme == "local":
                 from .sources.local import listing
 
                 files = listing(lane, self.session.manifest.file)
-                self.expect[lane.name] = ({rel: e for rel, (_p, e) in files.items()}, None)
-                self.fetchable[lane.name] = {rel: {"mirror": p, "expect": e} for rel, (p, e) in files.items()}
+                self._set(lane, {rel: {"mirror": p, "expect": e} for rel, (p, e) in files.items()}, None)
         except PreflightError as exc:
             self.errors[lane.name] = exc
+
+    def _set(self, lane: Lane, fetchable: dict[str, dict], commit: str | None) -> None:
+        """The one door for every source's listing: names are checked (`safe_rel`) and placed
+        (a single-file lane's path names its file, whatever the source calls it) before
+        anything can be planned from them."""
+        if commit is not None and not is_hex_digest(commit, (40, 64)):
+            raise UnsafeSourceError(f"the source gave {commit[:80]!r} as the commit, which is not a commit id; nothing was written")
+        fetchable = place_names(lane, fetchable)
+        bad = []
+        for rel, spec in fetchable.items():
+            try:
+                safe_rel(rel)
+            except UnsafeName as exc:
+                bad.append(str(exc))
+            if lane.kind == "hf-cache" and spec.get("etag") is not None and not is_hex_digest(spec["etag"]):
+                bad.append(f"{rel!r} comes with {str(spec['etag'])[:80]!r} as its blob id, which is not a digest")
+        if bad:
+            more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise UnsafeSourceError(f"the source lists names that would leave the lane: {'; '.join(bad[:3])}{more}; nothing was written",
+                                    hint="the source (a mirror, a lock file or a server) is damaged or hostile")
+        self.expect[lane.name] = ({rel: spec["expect"] for rel, spec in fetchable.items()}, commit)
+        self.fetchable[lane.name] = fetchable
+
+    def _retrying(self, lane: Lane, call):
+        """A source's listing request, retried as downloads are (--retries, backoff,
+        Retry-After within the deadline): one 503 or 429 must not fail the run."""
+        for attempt in range(self.opts.retries + 1):
+            if attempt:
+                delay = retry_delay(attempt, last, self.deadline)
+                if delay is None:
+                    break
+                self.progress.log(f"{lane.name}: listing retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
+                time.sleep(delay)
+            try:
+                self.requests += 1
+                return call()
+            except AuthError:
+                raise
+            except FetchError as exc:
+                last = exc
+        raise last
 
     def _resolve_hf(self, lane: Lane, locked) -> None:
         from .sources.hf import file_url, resolve
@@ -153,8 +198,7 @@ class Remote:
             commit = locked.commit
         else:
             token = self.get_token()
-            listing = resolve(lane, token, timeout=max(self.opts.timeouts.connect, 10.0))
-            self.requests += 1
+            listing = self._retrying(lane, lambda: resolve(lane, token, timeout=max(self.opts.timeouts.connect, 10.0)))
             if listing.gated and not token:
                 raise AuthError(
                     f"{src.repo} is gated: a token is needed and none was given",
@@ -162,11 +206,29 @@ class Remote:
                 )
             commit = listing.commit
             files = {rel: (f.path_in_repo, f.expect) for rel, f in listing.files.items()}
-        self.expect[lane.name] = ({rel: e for rel, (_p, e) in files.items()}, commit)
-        self.fetchable[lane.name] = {
+        if not is_hex_digest(commit, (40, 64)):
+            raise UnsafeSourceError(f"the source gave {str(commit)[:80]!r} as the commit of {src.repo}, which is not a commit id; nothing was written")
+        self._set(lane, {
             rel: {"url": file_url(src.repo, pir, commit, src.repo_type), "expect": e, "etag": e.sha256 or e.sha1, "commit": commit}
             for rel, (pir, e) in files.items()
-        }
+        }, commit)
+
+
+def place_names(lane: Lane, fetchable: dict[str, dict]) -> dict[str, dict]:
+    """A single-file lane's files under the lane's own name(s): `path: gguf/reader.gguf`
+    with a source file `upstream.gguf` is fetched into reader.gguf (split parts by number)."""
+    if lane.is_dir or not fetchable:
+        return fetchable
+    from .check import gguf_split_names
+
+    want = gguf_split_names(Path(lane.path).name) if lane.kind == "gguf" else [Path(lane.path).name]
+    have = sorted(fetchable)
+    if len(have) != len(want):
+        raise UsageError(f"lane {lane.name}: the source holds {plural(len(have), 'file')} ({', '.join(have[:3])}), the lane path names {len(want)}",
+                         hint="a split GGUF lane's path is named like the first part: NAME-00001-of-0000N.gguf")
+    if have == want:
+        return fetchable
+    return {w: fetchable[h] for h, w in zip(have, want)}
 
 
 def plan_jobs(session: Session, remote: Remote, results: list[LaneResult]) -> list[Job]:
@@ -221,12 +283,14 @@ class Fetcher:
         self.deadline = deadline
         assert session.state_dir is not None
         self.staging = session.state_dir / "staging"
+        self.volume = Volume(session.ctx.models_dir)
         self.cancel = Cancel()
+        self.may_write: Callable[[], bool] | None = None  # the lease's still_ours
 
     def run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         """Fetch every job; on an interrupt (SIGTERM arrives as KeyboardInterrupt) stop all
         downloads at once, keeping their partial bytes, and re-raise."""
-        self.staging.mkdir(parents=True, exist_ok=True)
+        state_volume(self.session.ctx.models_dir, self.staging.parent).dir_path("staging")  # no symlink out on the way
         failures: dict[str, list[tuple[Job, PreflightError]]] = {}
         workers = max(1, min(self.opts.workers, len(jobs)))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
@@ -269,10 +333,11 @@ class Fetcher:
                 if self.cancel.is_set():
                     raise FetchError(f"{job.label}: cancelled")
                 if attempt:
-                    if self.deadline is not None and time.monotonic() > self.deadline:
+                    assert last is not None
+                    delay = retry_delay(attempt, last, self.deadline)
+                    if delay is None:
                         break
-                    delay = min(2 ** (attempt - 1), 8)
-                    self.progress.log(f"{job.label}: retry {attempt}/{self.opts.retries} in {delay}s after: {last}")
+                    self.progress.log(f"{job.label}: retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
                     if self.cancel.wait(delay):
                         raise FetchError(f"{job.label}: cancelled")
                     self.progress.reset(key)
@@ -282,17 +347,17 @@ class Fetcher:
                     if job.mirror is not None:
                         from .sources.local import copy_to
 
-                        digests = copy_to(job.mirror, partial, algos, lambda n: self.progress.advance(key, n))
+                        digests = copy_to(job.mirror, partial, algos, lambda n: self.progress.advance(key, n), self.may_write)
                         size = partial.stat().st_size
                     else:
                         got = fetch_to(job.url, partial, headers=headers, expected_size=job.expect.size, algos=algos, etag=job.etag,
                                        timeouts=self.opts.timeouts, progress=lambda n: self.progress.advance(key, n), deadline=self.deadline,
-                                       cancel=self.cancel)
+                                       cancel=self.cancel, may_write=self.may_write)
                         digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
                     if self.cancel.is_set():
                         raise FetchError(f"{job.label}: cancelled before publishing")
-                    self._publish(job, partial, digests)
+                    self._publish(job, partial, size, digests)
                     job.fetched = size
                     self.progress.finish(key)
                     key = None
@@ -314,8 +379,6 @@ class Fetcher:
                         break
                 except FetchError as exc:
                     last = exc
-                    if exc.status is not None and exc.status in (404, 400, 410):
-                        break
             assert last is not None
             msg = redact(str(last), token)
             raise type(last)(f"{job.label}: {msg}" if not msg.startswith(job.label) else msg, url=getattr(last, "url", None), status=getattr(last, "status", None))
@@ -340,20 +403,36 @@ class Fetcher:
         if problems:
             raise IntegrityError(f"{job.label}: the downloaded file is not valid: {problems[0].message}")
 
-    def _publish(self, job: Job, partial: Path, digests: dict[str, str]) -> None:
-        job.target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, job.target)
-        _fsync_dir(job.target.parent)
+    def _publish(self, job: Job, partial: Path, size: int, digests: dict[str, str]) -> None:
+        """Rename the verified staged file into place, through folders opened without
+        following any symlink out of the volume. The staged file itself must still be the
+        size that was verified (a writer that lost the lease may have appended to it)."""
+        vol = self.volume
+        st = os.lstat(partial)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            raise IntegrityError(f"{job.label}: the staged file changed after it was verified ({st.st_size} bytes, verified {size}); discarded")
+        sfd = os.open(partial.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = vol.open_dir(vol.rel_of(job.target.parent))
+        try:
+            os.replace(partial.name, job.target.name, src_dir_fd=sfd, dst_dir_fd=dfd)
+            _fsync_fd(dfd)
+            st = os.stat(job.target.name, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(sfd)
+            os.close(dfd)
         if job.link is not None:
-            job.link.parent.mkdir(parents=True, exist_ok=True)
-            rel_target = os.path.relpath(job.target, job.link.parent)
-            tmp = job.link.with_name(f".{job.link.name}.{os.getpid()}.lnk")
-            _unlink(tmp)
-            os.symlink(rel_target, tmp)
-            os.replace(tmp, job.link)
-        st = os.stat(job.target)
-        key = os.path.relpath(job.link or job.target, self.session.ctx.models_dir).replace(os.sep, "/")
-        self.session.ctx.receipts.record(key, st, digests)
+            lfd = vol.open_dir(vol.rel_of(job.link.parent))
+            try:
+                tmp = f".{job.link.name}.{os.getpid()}.lnk"
+                try:
+                    os.unlink(tmp, dir_fd=lfd)
+                except FileNotFoundError:
+                    pass
+                os.symlink(os.path.relpath(job.target, job.link.parent), tmp, dir_fd=lfd)
+                os.replace(tmp, job.link.name, src_dir_fd=lfd, dst_dir_fd=lfd)
+            finally:
+                os.close(lfd)
+        self.session.ctx.receipts.record(vol.rel_of(job.link or job.target), st, digests)
 
 
 def _unlink(p: Path) -> None:
@@ -363,17 +442,11 @@ def _unlink(p: Path) -> None:
         pass
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync_fd(fd: int) -> None:
     try:
         os.fsync(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def write_cache_refs(session: Session, remote: Remote) -> None:
@@ -385,15 +458,16 @@ def write_cache_refs(session: Session, remote: Remote) -> None:
         rev = lane.source.revision if lane.source else None
         if not commit or not rev or rev == commit:
             continue
-        ref = session.ctx.models_dir / lane.path / repo_folder(lane.source.repo, lane.source.repo_type) / "refs" / rev
+        rel = f"{lane.path}/{repo_folder(lane.source.repo, lane.source.repo_type)}/refs/{rev}"
         try:
-            if ref.exists() and ref.read_text().strip() == commit:
+            if (session.ctx.models_dir / rel).read_text().strip() == commit:
                 continue
-            from .integrity import atomic_write
-
-            atomic_write(ref, commit.encode())
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             pass
+        try:
+            Volume(session.ctx.models_dir).write_atomic(rel, commit.encode())
+        except OSError as exc:
+            session.report.notes.append(f"could not write {rel}: {exc.strerror}")
 
 
 def learn_sizes(jobs: list[Job], opts: Options, known: dict[str, int | None]) -> None:
@@ -424,8 +498,10 @@ def need_bytes(jobs: list[Job], staging: Path) -> int:
 
 
 def check_space(session: Session, jobs: list[Job], staging: Path) -> None:
+    """What must be fetched, plus a margin that grows with it (1/64, at least 1 MiB, at
+    most 64 MiB, and 1% beyond 6.4 GiB), must fit in what is free."""
     need = need_bytes(jobs, staging)
-    margin = max(64 * 2**20, need // 100)
+    margin = max(min(64 * 2**20, max(2**20, need // 64)), need // 100)
     probe = staging if staging.exists() else session.ctx.models_dir
     free = shutil.disk_usage(probe).free
     if need + margin > free:
@@ -434,22 +510,65 @@ def check_space(session: Session, jobs: list[Job], staging: Path) -> None:
         )
 
 
-def check_writable(session: Session) -> None:
+def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightError]:
+    """Before the first byte: the state folder and every folder a file will be published
+    in must be writable by this uid, and reachable without a symlink out of the volume.
+    A lane whose folder leads out fails alone (path-escape); anything else unwritable
+    stops the run (exit 1) with the folder named."""
+    root = session.ctx.models_dir
     sdir = session.state_dir
     assert sdir is not None
+    if os.path.lexists(root) and not root.is_dir():
+        raise NotReadyError(f"the models folder {root} is a file, not a folder; cannot fetch", hint="point --models-dir / models_dir at a folder")
     try:
-        session.ctx.models_dir.mkdir(parents=True, exist_ok=True)
-        (sdir / "staging").mkdir(parents=True, exist_ok=True)
-        probe = sdir / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        staging = state_volume(root, sdir).dir_path("staging")
+        probe = staging / f".write-probe-{os.getpid()}"
+        with open(probe, "wb", opener=nofollow):
+            pass
+        os.unlink(probe)
+    except PathEscape:
+        raise
     except OSError as exc:
-        raise NotReadyError(
-            f"the models folder {session.ctx.models_dir} is not writable by uid {os.getuid()} ({exc.strerror}); cannot fetch",
-            hint="mount the volume read-write, or fix its owner (e.g. chown 65532 for the image's user)",
-        ) from None
+        raise NotReadyError(f"cannot write the state folder {sdir}: {_why_unwritable(sdir, exc)}; cannot fetch", hint=_OWNER_HINT) from None
+    vol = Volume(root)
+    escaped: dict[str, PreflightError] = {}
+    seen: set[str] = set()
+    for job in jobs:
+        for folder in filter(None, (job.target.parent, job.link.parent if job.link else None)):
+            rel = vol.rel_of(folder)
+            if rel in seen or job.lane.name in escaped:
+                continue
+            seen.add(rel)
+            try:
+                existing, _missing = vol.deepest(rel)
+            except PathEscape as exc:
+                escaped[job.lane.name] = exc
+                continue
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise NotReadyError(f"the folder {existing} is not writable by uid {os.getuid()}: {_why_unwritable(existing, None)}; cannot fetch lane {job.lane.name}",
+                                    hint=_OWNER_HINT)
     session.writable = True
     session.ctx.receipts.state_dir = sdir
+    return escaped
+
+
+_OWNER_HINT = "mount the volume read-write, or give it to this uid (chown, or fsGroup in Kubernetes; the image runs as uid 65532)"
+
+
+def _why_unwritable(path: Path, exc: OSError | None) -> str:
+    """The real cause: a read-only mount, another owner, or what the OS said."""
+    try:
+        if os.statvfs(path if path.exists() else path.parent).f_flag & os.ST_RDONLY:
+            return "the filesystem is mounted read-only"
+    except OSError:
+        pass
+    try:
+        st = os.stat(path if path.exists() else path.parent)
+        if exc is None or exc.errno in (errno.EACCES, errno.EPERM):
+            return f"owned by uid {st.st_uid} gid {st.st_gid} with mode {stat.filemode(st.st_mode)}"
+    except OSError:
+        pass
+    return exc.strerror if exc is not None and exc.strerror else "permission denied"
 
 
 def run_sync(session: Session, opts: Options) -> Report:
@@ -461,7 +580,7 @@ def run_sync(session: Session, opts: Options) -> Report:
             session.check()
             report.notes.append("offline: nothing was fetched")
             return report
-        remote = Remote(session, opts, progress)
+        remote = Remote(session, opts, progress, deadline)
         for lane in session.lanes:
             remote.resolve(lane)
         if remote.errors:
@@ -475,7 +594,10 @@ def run_sync(session: Session, opts: Options) -> Report:
         if not jobs:
             write_cache_refs(session, remote)
             return report
-        check_writable(session)
+        escaped = check_writable(session, jobs)
+        for name in escaped:
+            remote.fetchable.pop(name, None)  # nothing is fetched for a lane whose folder leads out of the volume
+        jobs = [j for j in jobs if j.lane.name not in escaped]
         staging = session.state_dir / "staging"
         sizes: dict[str, int | None] = {}
         learn_sizes(jobs, opts, sizes)
@@ -490,7 +612,11 @@ def run_sync(session: Session, opts: Options) -> Report:
                 jobs = plan_jobs(session, remote, results)
                 if not jobs:
                     write_cache_refs(session, remote)
-                    progress.log("another writer already fetched everything; verified")
+                    if escaped:
+                        _attach(report, escaped)
+                        _fail_with(report, escaped)
+                    else:
+                        progress.log("another writer already fetched everything; verified")
                     break
                 learn_sizes(jobs, opts, sizes)
                 total = sum(j.size or 0 for j in jobs)
@@ -499,6 +625,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                 progress.log(f"fetching {plural(len(jobs), 'file')} ({human_size(total)}{more}) for {plural(len({j.lane.name for j in jobs}), 'lane')}")
                 fetcher = Fetcher(session, remote, opts, progress, deadline)
                 lease.on_lost = fetcher.cancel.trip  # stop downloading at once: another writer has the volume
+                fetcher.may_write = lease.still_ours  # and never write a byte after a pause that let another writer in
                 failures = fetcher.run(jobs)
                 session.ctx.receipts.save()
                 for j in jobs:
@@ -519,8 +646,8 @@ def run_sync(session: Session, opts: Options) -> Report:
                 for r in results:
                     if r.name in fetched:
                         r.fetched_files, r.fetched_bytes = fetched[r.name]
-                if failures:
-                    errs = {name: fl[0][1] for name, fl in failures.items()}
+                errs = {**escaped, **{name: fl[0][1] for name, fl in failures.items()}}
+                if errs:
                     _attach(report, errs)
                     _fail_with(report, errs)
                 break

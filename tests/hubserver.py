@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import formatdate
@@ -299,6 +299,7 @@ class _State:
         self.tree_page_size = tree_page_size
         self.stopping = threading.Event()
         self.cdn_port = 0
+        self.tampers: dict[tuple[str, str], Callable[[dict], dict]] = {}  # a hostile Hub's rewrite of repo info
 
     def fault(self, key: tuple[str, ...]) -> Fault:
         with self.lock:
@@ -545,7 +546,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._info["revision"] = revision
             commit = self._revision(repo, revision)
             if commit is not None:
-                self._json(self._repo_info(repo, commit, params))
+                info = self._repo_info(repo, commit, params)
+                tamper = self.state.tampers.get((repo.repo_type, repo.repo_id))
+                self._json(tamper(info) if tamper is not None else info)
             return None
         if rest[0] == "tree" and len(rest) >= 2:
             self._info["revision"] = rest[1]
@@ -977,6 +980,12 @@ class HubServer:
                 if f.lfs:
                     self._state.blobs[f.sha256] = f.content
         return sha
+
+    def tamper(self, repo_id: str, rewrite: Callable[[dict], dict], *, repo_type: str = "model") -> None:
+        """Serve the repo's info JSON (the listing) as ``rewrite`` returns it: a hostile Hub that
+        lists names, sizes, digests or commit ids it does not hold."""
+        with self._state.lock:
+            self._state.tampers[(repo_type, repo_id)] = rewrite
 
     def set_ref(self, repo_id: str, name: str, revision: str, *, tag: bool = False,
                 repo_type: str = "model") -> str:

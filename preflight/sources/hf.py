@@ -45,23 +45,46 @@ def endpoint() -> str:
 
 
 def read_token(token_file: str | None) -> str | None:
-    """--token-file first (a mounted secret, re-read each run), then HF_TOKEN, then HF_TOKEN_PATH."""
+    """--token-file first (a mounted secret, re-read each run), then HF_TOKEN, then
+    HF_TOKEN_PATH (huggingface_hub's own lookup). Read strictly: the first line, stripped;
+    a token with a control character (a NUL, a stray CR) is a usage error that names
+    where it came from, never its value."""
     if token_file:
         try:
-            token = Path(token_file).read_text().strip()
+            raw = Path(token_file).read_bytes()[: 64 * 1024]
         except FileNotFoundError:
             return None  # an optional secret that is not mounted: no token
         except OSError as exc:
             raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}",
                              hint=f"make it readable by uid {os.getuid()} (e.g. mode 0440 with group {os.getgid()}), "
                                   "or drop --token-file / PREFLIGHT_TOKEN_FILE") from None
-        return token or None
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        return token.strip()
+        return clean_token(raw.decode("utf-8", "replace"), f"the token file {token_file}")
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if os.environ.get(var):
+            return clean_token(os.environ[var], var)
+    if os.environ.get("HF_TOKEN_PATH"):
+        return read_token(os.environ["HF_TOKEN_PATH"])
     from huggingface_hub import get_token
 
-    return get_token()
+    token = get_token()
+    return clean_token(token, "the stored Hugging Face token") if token else None
+
+
+def clean_token(raw: str, where: str) -> str | None:
+    """The first line of `raw`, stripped; UsageError (without the value) for anything
+    that would corrupt an HTTP header."""
+    lines = raw.splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        return None
+    bad = next((c for c in token if ord(c) < 0x20 or ord(c) == 0x7F or c in "\ufffd" or c.isspace()), None)
+    if bad is not None:
+        raise UsageError(f"{where} holds a character that cannot be part of a token (U+{ord(bad):04X}); its value is not shown",
+                         hint="write the token alone on the file's first line")
+    from ..redact import register
+
+    register(token)
+    return token
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
@@ -115,12 +138,24 @@ def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> Listing:
     except EntryNotFoundError:
         raise FetchError(f"{where}: not found") from None
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if getattr(exc, "response", None) is not None else None
+        response = getattr(exc, "response", None)
+        status = response.status_code if response is not None else None
         if status in (401, 403):
             raise AuthError(f"{where}: HTTP {status} (token rejected)") from None
-        raise FetchError(f"{where}: HTTP {status}: {str(exc).splitlines()[0][:200]}", status=status) from None
+        err = FetchError(f"{where}: HTTP {status}: {str(exc).splitlines()[0][:200]}", status=status)
+        if response is not None:
+            from .http import parse_retry_after
+
+            err.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise err from None
     except Exception as exc:  # connection refused, DNS, timeouts from the HTTP client
-        raise FetchError(f"cannot reach {endpoint()} for {where}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        from .http import DNS_FAILURE
+
+        import socket
+
+        dns = any(isinstance(e, socket.gaierror) or any(w in str(e).lower() for w in _DNS_WORDS) for e in _chain(exc))
+        raise FetchError(f"cannot reach {endpoint()} for {where}: {type(exc).__name__}: {str(exc)[:200]}",
+                         status=DNS_FAILURE if dns else None) from None
     commit = info.sha
     if not commit:
         raise FetchError(f"{where}: the Hub gave no commit for this revision")
@@ -152,6 +187,17 @@ def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> Listing:
     if not files:
         raise FetchError(f"{where}: no files match the lane's include/exclude")
     return Listing(commit, files, bool(getattr(info, "gated", False)))
+
+
+_DNS_WORDS = ("name or service not known", "temporary failure in name resolution", "nodename nor servname", "getaddrinfo failed")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and len(out) < 10:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
 
 
 def _is_split_sibling(first: str, path: str) -> bool:

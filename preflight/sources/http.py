@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import AuthError, DiskSpaceError, FetchError, StalledError
+from ..errors import AuthError, DiskSpaceError, FetchError, IntegrityError, StalledError
 from ..integrity import READ_CHUNK, Hasher, WriteBehind, nofollow, staged_size
 from ..report import human_size
 
 MAX_REDIRECTS = 10
+DNS_FAILURE = -1  # FetchError.status of a name that does not resolve: not retried (it will not heal in seconds)
 # The receiving thread's read size: whatever the socket holds, up to this (4 MiB reads
 # were slower here; bench/bench_sync.py --chunk-kib sizes a change).
 RECV_CHUNK = 2**20
@@ -87,7 +88,10 @@ def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"unsupported URL {url}", url=url)
-    port = parts.port
+    try:
+        port = parts.port
+    except ValueError:
+        raise FetchError(f"bad port in URL {url[:200]}", url=url) from None
     if parts.scheme == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, port, timeout=timeouts.connect, context=ssl.create_default_context())
     else:
@@ -98,29 +102,45 @@ def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, 
     return conn, target
 
 
-def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: str = "GET") -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
-    """GET (or HEAD) following redirects; Authorization is dropped when the host changes (CDN)."""
+def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: str = "GET",
+                cancel: Cancel | None = None) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
+    """GET (or HEAD) following redirects; Authorization is dropped when the host changes (CDN).
+
+    `cancel` watches the socket from the moment it connects, so an interrupt also ends a
+    request still waiting for its response headers (the caller forgets it)."""
     hdrs = dict(headers)
     origin = urlsplit(url).netloc
     for _ in range(MAX_REDIRECTS):
         conn, target = _connect(url, timeouts)
+        host = urlsplit(url).netloc
+        stage = "connect"
         try:
+            conn.connect()
+            if cancel is not None:
+                cancel.watch(conn.sock)
+            stage = "headers"
             conn.request(method, target, headers=hdrs)
             conn.sock.settimeout(timeouts.stall)
             resp = conn.getresponse()
         except (socket.timeout, TimeoutError) as exc:
-            conn.close()
-            raise StalledError(f"no answer from {urlsplit(url).netloc} within {timeouts.connect:g}s", url=url) from exc
+            _close(conn, cancel)
+            if stage == "connect":
+                raise StalledError(f"cannot connect to {host}: no answer within {timeouts.connect:g}s (--connect-timeout)", url=url) from exc
+            raise StalledError(f"{host} accepted the connection but sent no response within {timeouts.stall:g}s (--stall-timeout)", url=url) from exc
         except OSError as exc:
-            conn.close()
-            raise FetchError(f"cannot connect to {urlsplit(url).netloc}: {exc.strerror or exc}", url=url) from exc
+            _close(conn, cancel)
+            if cancel is not None and cancel.is_set():
+                raise FetchError("cancelled", url=url) from exc
+            if isinstance(exc, socket.gaierror):
+                raise FetchError(f"cannot resolve host {urlsplit(url).hostname}: {exc.strerror or exc}", url=url, status=DNS_FAILURE) from exc
+            raise FetchError(f"cannot connect to {host}: {exc.strerror or exc}", url=url) from exc
         except http.client.HTTPException as exc:
-            conn.close()
-            raise FetchError(f"bad HTTP answer from {urlsplit(url).netloc}: {type(exc).__name__}", url=url) from exc
+            _close(conn, cancel)
+            raise FetchError(f"bad HTTP answer from {host}: {type(exc).__name__}", url=url) from exc
         if resp.status in (301, 302, 303, 307, 308):
             location = resp.getheader("Location")
             resp.read()
-            conn.close()
+            _close(conn, cancel)
             if not location:
                 raise FetchError(f"HTTP {resp.status} without Location", url=url, status=resp.status)
             url = urljoin(url, location)
@@ -129,6 +149,12 @@ def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts, method
             continue
         return resp, conn, url
     raise FetchError(f"more than {MAX_REDIRECTS} redirects", url=url)
+
+
+def _close(conn: http.client.HTTPConnection, cancel: Cancel | None) -> None:
+    if cancel is not None:
+        cancel.forget(conn.sock)
+    conn.close()
 
 
 def content_length(url: str, headers: Mapping[str, str] | None = None, timeouts: Timeouts | None = None) -> int | None:
@@ -156,7 +182,50 @@ def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
     text = f"HTTP {resp.status} for {url}" + (f" ({code}: {msg})" if code else (f": {msg}" if msg else ""))
     if resp.status in (401, 403):
         return AuthError(text, url=url, status=resp.status, hint="check the token (HF_TOKEN, HF_TOKEN_PATH or --token-file) and that it has access to the repo")
-    return FetchError(text, url=url, status=resp.status)
+    err = FetchError(text, url=url, status=resp.status)
+    err.retry_after = parse_retry_after(resp.getheader("Retry-After"))
+    return err
+
+
+NO_RETRY = {400, 404, 410, 416, DNS_FAILURE}  # asking again gives the same answer
+MAX_RETRY_AFTER = 300.0  # the longest wait a server's Retry-After gets when the run has no deadline
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()[:64]
+    if value.isdigit():
+        return float(min(int(value), 10**7))
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def retry_delay(attempt: int, exc: FetchError, deadline: float | None) -> float | None:
+    """How long to wait before attempt `attempt` (1, 2, ...) after `exc`, or None when
+    retrying cannot help: an answer that will not change, or a Retry-After that reaches
+    past the run's deadline (or past MAX_RETRY_AFTER without one). The reason is then
+    added to the error's message."""
+    if isinstance(exc, AuthError) or exc.status in NO_RETRY:
+        return None
+    delay = float(min(2 ** (attempt - 1), 8))
+    asked = getattr(exc, "retry_after", None)
+    if asked is not None:
+        delay = max(delay, asked)
+        left = (deadline - time.monotonic()) if deadline is not None else MAX_RETRY_AFTER
+        if delay > left:
+            limit = "the run's deadline" if deadline is not None else f"the {MAX_RETRY_AFTER:g}s limit"
+            exc.message = f"{exc.message} (the server asked to retry after {asked:g}s, past {limit})"
+            return None
+    if deadline is not None and time.monotonic() + delay > deadline:
+        return None
+    return delay
 
 
 def fetch_to(
@@ -171,11 +240,15 @@ def fetch_to(
     progress: Callable[[int], None] | None = None,
     deadline: float | None = None,
     cancel: Cancel | None = None,
+    may_write: Callable[[], bool] | None = None,
 ) -> Fetched:
     """One attempt: append to `partial` (resuming when it holds bytes), return digests of the whole file.
 
     Raises FetchError (retryable) or AuthError. Bytes already in `partial` are kept
-    on failure, so the next attempt, or the next process, resumes.
+    on failure, so the next attempt, or the next process, resumes. `may_write` is asked
+    before every write (the volume lease); the file is appended to only, and its size
+    must be exactly what this process accounted for at the end, so bytes another writer
+    appended are never taken for ours.
     """
     timeouts = timeouts or Timeouts()
     headers = dict(headers or {})
@@ -192,10 +265,8 @@ def fetch_to(
             headers["If-Range"] = f'"{etag}"'
     if cancel is not None and cancel.is_set():
         raise FetchError("cancelled", url=url)
-    resp, conn, final_url = open_stream(url, headers, timeouts)
+    resp, conn, final_url = open_stream(url, headers, timeouts, cancel=cancel)
     sock = conn.sock
-    if cancel is not None:
-        cancel.watch(sock)
     try:
         if resp.status == 206 and have:
             crange = resp.getheader("Content-Range") or ""
@@ -207,7 +278,9 @@ def fetch_to(
                 raise FetchError(f"server resumed at byte {start}, asked for {have} (Content-Range: {crange!r})", url=url)
             mode = "ab"
         elif resp.status == 200:
-            have, mode = 0, "wb"  # server ignored Range (or If-Range failed): start over
+            have, mode = 0, "ab"  # server ignored Range (or If-Range failed): start over
+            with open(partial, "wb", buffering=0, opener=nofollow):
+                pass  # emptied; every write appends, so a stray writer can only add bytes, which the size check catches
         elif resp.status == 416 and have:
             resp.read()
             partial.unlink()
@@ -246,6 +319,8 @@ def fetch_to(
                         continue
                     if not data:
                         break
+                    if may_write is not None and not may_write():
+                        raise FetchError(f"stopped at byte {have}: another writer holds the volume now", url=url)
                     _write_all(f, data)
                     hasher.update(data)
                     have += len(data)
@@ -255,6 +330,10 @@ def fetch_to(
                     if expected_size is not None and have > expected_size:
                         raise FetchError(f"server sent more than the expected {expected_size} bytes", url=url)
                 behind.finish()
+                on_disk = os.fstat(f.fileno()).st_size
+                if on_disk != have:
+                    raise IntegrityError(f"the staging file holds {on_disk} bytes, this process wrote up to {have}: another writer "
+                                         "appended to it; discarded", url=url)
         finally:
             chunks.stop()
         if total is not None and have != total:

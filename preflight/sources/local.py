@@ -8,11 +8,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import FetchError
+from ..errors import FetchError, IntegrityError
 from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file, nofollow, staged_size
 from ..manifest import FileExpect, Lane
 
 FICLONE = 0x40049409
+
+
+def _write_all(f, data: memoryview) -> None:
+    while data:
+        data = data[f.write(data):]
 
 
 def mirror_root(lane: Lane, manifest_file: str) -> Path:
@@ -24,52 +29,78 @@ def mirror_root(lane: Lane, manifest_file: str) -> Path:
 
 
 def listing(lane: Lane, manifest_file: str) -> dict[str, tuple[Path, FileExpect]]:
+    """The mirror's files for the lane, keyed by their names in the mirror (sync places
+    them: a single-file lane's path names the target, whatever the mirror calls it)."""
     from ..check import discover, gguf_split_names, selected
 
     root = mirror_root(lane, manifest_file)
     if lane.is_dir:
-        if not root.is_dir():
+        if not root.exists():
             raise FetchError(f"mirror folder {root} does not exist")
+        if not root.is_dir():
+            raise FetchError(f"mirror source {root} is a file, and a {lane.kind} lane needs a folder",
+                             hint="point the source at the folder that holds the model's files")
         return {rel: (root / rel, FileExpect(size=(root / rel).stat().st_size)) for rel in discover(root) if selected(rel, lane)}
+    if root.is_dir():
+        raise FetchError(f"mirror source {root} is a folder, and a {lane.kind} lane needs a file",
+                         hint="name the file in the source, e.g. /mnt/mirror/model.Q4_K_M.gguf")
     names = gguf_split_names(root.name) if lane.kind == "gguf" else [root.name]
     out = {}
     for n in names:
         p = root.parent / n
+        if not p.parent.is_dir():
+            raise FetchError(f"mirror folder {p.parent} does not exist (the source names {p})")
+        if not p.exists():
+            raise FetchError(f"mirror file {p} does not exist" + (f" (split part {n} of {len(names)})" if len(names) > 1 else ""))
         if not p.is_file():
-            raise FetchError(f"mirror file {p} does not exist")
+            raise FetchError(f"mirror source {p} is not a regular file")
         out[n] = (p, FileExpect(size=p.stat().st_size))
     return out
 
 
-def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """Reflink when possible (then hash the result), else a streamed copy hashed on the way."""
+def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable[[int], None] | None = None,
+            may_write: Callable[[], bool] | None = None) -> dict[str, str]:
+    """Reflink when possible (then hash the result), else a streamed copy hashed on the way.
+    As for downloads: `may_write` before every write, appends only, and the file must end
+    exactly as long as what this process wrote."""
     try:
         s = open(src, "rb", buffering=0)
     except OSError as exc:
         raise FetchError(f"cannot read mirror file {src}: {exc.strerror}") from None
     staged_size(partial)  # clears a symlink or folder standing at the staging name
-    with s, open(partial, "wb", buffering=0, opener=nofollow) as d:
-        size = os.fstat(s.fileno()).st_size
-        try:
-            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
-            os.fsync(d.fileno())
-            return hash_file(partial, algos, progress)
-        except OSError:
-            pass
-        hasher = Hasher(algos, size)
-        behind = WriteBehind(d.fileno())
-        buf = bytearray(READ_CHUNK)
-        view = memoryview(buf)
-        done = 0
-        while True:
-            n = s.readinto(buf)
-            if not n:
-                break
-            d.write(view[:n])
-            hasher.update(view[:n])
-            done += n
-            behind.wrote(done)
-            if progress:
-                progress(n)
-        behind.finish()
+    with s:
+        with open(partial, "wb", buffering=0, opener=nofollow) as d:
+            try:
+                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())  # (an append-only descriptor cannot be a clone target)
+                os.fsync(d.fileno())
+                return hash_file(partial, algos, progress)
+            except OSError:
+                pass
+        with open(partial, "ab", buffering=0, opener=nofollow) as d:
+            return _stream(s, d, src, algos, progress, may_write)
+
+
+def _stream(s, d, src: Path, algos: tuple[str, ...], progress: Callable[[int], None] | None,
+            may_write: Callable[[], bool] | None) -> dict[str, str]:
+    size = os.fstat(s.fileno()).st_size
+    hasher = Hasher(algos, size)
+    behind = WriteBehind(d.fileno())
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    done = 0
+    while True:
+        n = s.readinto(buf)
+        if not n:
+            break
+        if may_write is not None and not may_write():
+            raise FetchError(f"stopped copying {src}: another writer holds the volume now")
+        _write_all(d, view[:n])
+        hasher.update(view[:n])
+        done += n
+        behind.wrote(done)
+        if progress:
+            progress(n)
+    behind.finish()
+    if os.fstat(d.fileno()).st_size != done:
+        raise IntegrityError(f"the staging copy of {src} changed under this process (another writer?); discarded")
     return hasher.hexdigests()
