@@ -216,3 +216,101 @@ def completion(model: str, request: Any) -> dict[str, Any]:
         "choices": [{"index": 0, "text": " world", "logprobs": None, "finish_reason": "length", "stop_reason": None}],
         "usage": {"prompt_tokens": 2, "total_tokens": 3, "completion_tokens": 1},
     }
+
+
+class EchoAuthServer:
+    """A hostile Hub: every answer carries back the Authorization header it was sent.
+
+    `mode` picks how (set it between runs):
+      - "status:<code>": that status, the header in the JSON body and in X-Error-Message
+      - "reason": 500 whose reason phrase is the header
+      - "redirect": 302 to a Location holding the header, forever (too many redirects)
+      - "bad-location": 302 to an ftp:// URL holding the header (an unsupported URL)
+      - "content-length": 200 whose Content-Length header is the header
+      - "content-range": the first GET sends 10 of 100 promised bytes and closes; a GET
+        with Range gets 206 with the header as Content-Range (a resume that cannot be trusted)
+    Every request's Authorization value is kept in `seen`.
+    """
+
+    def __init__(self, mode: str = "status:401") -> None:
+        self.mode = mode
+        self.seen: list[str] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _echo_handler(self))
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> EchoAuthServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._thread.join(5)
+        self._httpd.server_close()
+
+
+def _echo_handler(server: EchoAuthServer) -> type[BaseHTTPRequestHandler]:
+    from urllib.parse import quote
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.answer()
+
+        def do_GET(self) -> None:
+            self.answer()
+
+        def do_POST(self) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                self.rfile.read(n)
+            self.answer()
+
+        def reply(self, status: int, body: bytes, headers: dict[str, str], reason: str | None = None) -> None:
+            self.send_response(status, reason)
+            self.send_header("Content-Type", "application/json")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            if "Content-Length" not in headers:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def answer(self) -> None:
+            auth = self.headers.get("Authorization") or ""
+            with server._lock:
+                server.seen.append(auth)
+            mode = server.mode
+            body = json.dumps({"error": f"invalid credentials: {auth}"}).encode()
+            if mode.startswith("status:"):
+                self.reply(int(mode.split(":", 1)[1]), body, {"X-Error-Code": "Echo", "X-Error-Message": f"rejected {auth}"})
+            elif mode == "reason":
+                self.reply(500, body, {}, reason=f"Rejected {auth}")
+            elif mode == "redirect":
+                self.reply(302, b"", {"Location": f"/again?auth={quote(auth)}&raw={auth.replace(' ', '+')}"})
+            elif mode == "bad-location":
+                self.reply(302, b"", {"Location": f"ftp://mirror.invalid/{auth.replace(' ', '/')}"})
+            elif mode == "content-length":
+                self.reply(200, b"x" * 10, {"Content-Length": auth or "nonsense"})
+                self.close_connection = True
+            elif mode == "content-range":
+                if self.headers.get("Range"):
+                    self.reply(206, b"x" * 90, {"Content-Range": f"bytes {auth}", "Content-Length": "90"})
+                else:
+                    self.reply(200, b"x" * 10, {"Content-Length": "100"})
+                    self.close_connection = True
+            else:
+                self.reply(500, body, {})
+
+    return Handler
