@@ -55,6 +55,8 @@ MODEL_MISMATCH = "model-mismatch"
 COMPLETION_FAILED = "completion-failed"
 EMBEDDING_FAILED = "embedding-failed"
 BAD_RESPONSE = "bad-response"
+# config.json disagrees with the weights beside it (layers, vocabulary, hidden size, LM head).
+CONFIG_MISMATCH = "config-mismatch"
 
 
 @dataclass(frozen=True)
