@@ -1,4 +1,12 @@
-"""Manifest, Lane, Source: YAML → typed objects with located errors."""
+"""Manifest, Lane, Source: YAML → typed objects with located errors.
+
+Errors name file, line and field. Independent mistakes (each field of each lane, each
+top-level section, each cross-lane check) are reported together in one ManifestErrors
+that reads as the first. Limits, so a hostile manifest is refused in well under a
+second and 100 MB: yamlloc's bounds (4 MiB of text, 250 000 values, 64 KiB per string,
+16 MiB of text after aliases and variables, 64 levels), at most MAX_LANES lanes, and
+paths the kernel accepts (MAX_NAME_BYTES per component, MAX_PATH_BYTES in all).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
-from .yamlloc import Located, load_yaml
+from .errors import ManifestError, ManifestErrors
+from .yamlloc import MAX_BYTES, Located, load_yaml
 
 KINDS = ("hf-dir", "gguf", "adapter", "hf-cache", "file")
 DIR_KINDS = ("hf-dir", "adapter", "hf-cache")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _LANE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+STATE_DIR = ".preflight"  # <models_dir>/.preflight: receipts, staging, the lease; no lane may live there
+MAX_LANES = 10_000
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
+MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
 
 
 @dataclass(frozen=True)
@@ -40,38 +53,102 @@ class Source:
         return self.raw
 
 
+_SUPPORTED = "hf://, https://, http://, file:// or a path"
+_SCHEMES = ("hf", "https", "http", "file")
+_FUTURE = ("s3", "oci")  # planned sources: say so rather than read them as a folder name
+_SCHEME_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(://|:|//)(.*)", re.S)
+_WINDOWS = re.compile(r"[A-Za-z]:[\\/]")
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
+
+
 def parse_source(raw: str, revision: str | None = None) -> Source:
-    """Parse `hf://org/repo[/path]@rev`, `https://…`, `file://…` or a path."""
+    """Parse `hf://org/repo[/path]@rev`, `https://…`, `file://…` or a path.
+
+    A string that looks like a misspelt scheme (`hf:/org/repo`, `HF://…`, `htps://…`,
+    `huggingface://…`, `C:\\…`) is refused with a did-you-mean instead of being read as a
+    folder name that then fails much later as a missing mirror."""
     raw = raw.strip()
+    if not raw:
+        raise ValueError("the source is empty")
+    if _CONTROL.search(raw):
+        raise ValueError("the source contains a control character")
     if raw.startswith("hf://"):
-        rest = raw[len("hf://") :]
-        rev = None
-        if "@" in rest:
-            rest, rev = rest.rsplit("@", 1)
-            if not rev:
-                raise ValueError("empty revision after '@'")
-        repo_type = "model"
-        parts = [p for p in rest.split("/") if p]
-        if parts and parts[0] in ("datasets", "models") and len(parts) >= 3:
-            repo_type = "dataset" if parts[0] == "datasets" else "model"
-            parts = parts[1:]
-        if len(parts) < 2:
-            raise ValueError("expected hf://ORG/REPO[/path/in/repo][@revision]")
-        if any(p in (".", "..") for p in parts):
-            raise ValueError("'.' and '..' are not allowed in a repo path")
-        repo = "/".join(parts[:2])
-        path_in_repo = "/".join(parts[2:]) or None
-        if revision and rev and revision != rev:
-            raise ValueError(f"revision given twice: @{rev} in source and revision: {revision}")
-        return Source("hf", raw, repo=repo, path_in_repo=path_in_repo, revision=rev or revision or "main", repo_type=repo_type)
+        return _hf_source(raw, revision)
     if raw.startswith(("https://", "http://")):
-        return Source(raw.split(":", 1)[0], raw, url=raw)
+        scheme, rest = raw.split("://", 1)
+        host = rest.split("/", 1)[0].split("@")[-1]
+        if not host or host.startswith(":"):
+            raise ValueError(f"no host in the URL (expected {scheme}://HOST/PATH)")
+        if any(c.isspace() for c in raw):
+            raise ValueError("a URL cannot contain spaces (write them as %20)")
+        path = rest.split("/", 1)[1] if "/" in rest else ""
+        parts = [p for p in path.split("?")[0].split("/") if p]
+        if host.lower() in _HUB_HOSTS and len(parts) >= 2 and "resolve" not in parts:
+            raise ValueError(f"a Hub page, not a file download: did you mean 'hf://{parts[0]}/{parts[1]}'?")
+        return Source(scheme, raw, url=raw)
     if raw.startswith("file://"):
-        return Source("local", raw, local=raw[len("file://") :])
-    if "://" in raw:
-        scheme = raw.split("://", 1)[0]
-        raise ValueError(f"unsupported source scheme {scheme}:// (supported: hf://, https://, http://, file://, a path)")
+        local = raw[len("file://") :]
+        if not local:
+            raise ValueError("no path after file:// (write file:///absolute/path or a plain path)")
+        return Source("local", raw, local=local)
+    problem = _scheme_typo(raw)
+    if problem:
+        raise ValueError(problem)
     return Source("local", raw, local=raw)
+
+
+def _scheme_typo(raw: str) -> str | None:
+    """What is wrong with a source that starts like a URL but is not a supported one."""
+    if _WINDOWS.match(raw):
+        return "a Windows path: the container sees POSIX paths (e.g. /mnt/mirror/x or file:///mnt/mirror/x)"
+    m = _SCHEME_LIKE.match(raw)
+    if not m:
+        return None
+    word, sep, rest = m.groups()
+    low = word.lower()
+    if low in _FUTURE:
+        return f"{low}:// sources are not supported yet (supported: {_SUPPORTED})"
+    target = low if low in _SCHEMES else "hf" if low in ("huggingface", "hugging-face", "hugging_face") else None
+    if target is None and sep == "://":
+        close = _close_match(low, {*_SCHEMES, "huggingface"}, cutoff=0.6)
+        target = "hf" if close == "huggingface" else close
+        if target is None:
+            return f"unsupported source scheme {word}:// (supported: {_SUPPORTED})"
+    if target is None:
+        return None  # `mirror:v2/x` is a folder name
+    if target == "file":
+        rest = "/" + rest.lstrip("/") if rest.startswith("/") else rest
+        fix = f"file://{rest}" if rest.startswith("/") else f"file:///ABSOLUTE/PATH' or the plain path '{rest}"
+    else:
+        fix = f"{target}://{rest.lstrip('/')}"
+    return f"not a supported scheme: did you mean '{fix}'?"
+
+
+def _hf_source(raw: str, revision: str | None) -> Source:
+    rest = raw[len("hf://") :]
+    rev = None
+    if "@" in rest:
+        rest, rev = rest.rsplit("@", 1)
+        if not rev:
+            raise ValueError("empty revision after '@'")
+    repo_type = "model"
+    parts = [p for p in rest.split("/") if p]
+    if parts and parts[0] in ("datasets", "models") and len(parts) >= 3:
+        repo_type = "dataset" if parts[0] == "datasets" else "model"
+        parts = parts[1:]
+    if len(parts) < 2:
+        raise ValueError("expected hf://ORG/REPO[/path/in/repo][@revision]")
+    if any(p in (".", "..") for p in parts):
+        raise ValueError("'.' and '..' are not allowed in a repo path")
+    for part in parts[:2]:
+        if not _REPO_PART.match(part):
+            raise ValueError(f"{_show(part)} is not a Hub organisation or repo name (letters, digits, '-', '_', '.')")
+    repo = "/".join(parts[:2])
+    path_in_repo = "/".join(parts[2:]) or None
+    if revision and rev and revision != rev:
+        raise ValueError(f"revision given twice: @{rev} in source and revision: {revision}")
+    return Source("hf", raw, repo=repo, path_in_repo=path_in_repo, revision=rev or revision or "main", repo_type=repo_type)
 
 
 @dataclass(frozen=True)
@@ -168,6 +245,7 @@ _LANE_KEYS = {
     "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env",
 }
 _DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text"}
+_FLAGS = ("required", "enabled", "allow_pickle", "serves_text")
 
 
 def _type_name(t: type | tuple) -> str:
@@ -177,9 +255,38 @@ def _type_name(t: type | tuple) -> str:
     return names.get(t, t.__name__)
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """repr() for a message, cut short: a value can be 64 KiB long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
+
+
+class _Collect:
+    """`with r.section():` — a ManifestError inside is recorded and parsing goes on."""
+
+    def __init__(self, errors: list[ManifestError]) -> None:
+        self.errors = errors
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, ManifestErrors):
+            self.errors.extend(exc.errors)
+            return True
+        if isinstance(exc, ManifestError):
+            self.errors.append(exc)
+            return True
+        return False
+
+
 class _Reader:
     def __init__(self, doc: Located) -> None:
         self.doc = doc
+        self.errors: list[ManifestError] = []
+
+    def section(self) -> _Collect:
+        return _Collect(self.errors)
 
     def get(self, obj: Mapping, key: tuple, name: str, typ: type | tuple, default: Any = None, required: bool = False) -> Any:
         if name not in obj or obj[name] is None:
@@ -187,9 +294,11 @@ class _Reader:
                 raise self.doc.error(key, f"missing required field {name!r}")
             return default
         value = obj[name]
+        if isinstance(value, str) and typ in (bool, int):  # JSON: "${FLAG:-true}" is quoted, and still a flag
+            value = self.doc.retyped.get(key + (name,), value)
         ok = isinstance(value, typ) and not (typ in (int, (int,)) and isinstance(value, bool))
         if not ok:
-            raise self.doc.error(key + (name,), f"expected {_type_name(typ)}, found {type(value).__name__} {value!r}")
+            raise self.doc.error(key + (name,), f"expected {_type_name(typ)}, found {type(value).__name__} {_show(value)}")
         return value
 
     def strings(self, obj: Mapping, key: tuple, name: str, default: tuple = ()) -> tuple[str, ...]:
@@ -199,24 +308,27 @@ class _Reader:
         if isinstance(value, str):
             return (value,)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.doc.error(key + (name,), f"expected a list of strings, found {value!r}")
+            raise self.doc.error(key + (name,), f"expected a list of strings, found {_show(value)}")
         return tuple(value)
 
     def unknown(self, obj: Mapping, key: tuple, allowed: set[str], what: str) -> None:
+        """Every unknown key is an error of its own (with a did-you-mean)."""
         for k in obj:
             if k not in allowed:
                 close = _close_match(k, allowed)
-                raise self.doc.error(
+                self.errors.append(self.doc.error(
                     key + (k,),
-                    f"unknown {what} key {k!r}" + (f" (did you mean {close!r}?)" if close else ""),
-                    hint=f"allowed: {', '.join(sorted(allowed))}",
-                )
+                    f"unknown {what} key {_show(k)}" + (f" (did you mean {close!r}?)" if close else ""),
+                    hint=None if close else f"allowed: {', '.join(sorted(allowed))}",
+                ))
 
 
-def _close_match(word: str, options: set[str]) -> str | None:
+def _close_match(word: str, options: set[str], cutoff: float = 0.7) -> str | None:
     import difflib
 
-    found = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.7)
+    if len(word) > 64:
+        return None
+    found = difflib.get_close_matches(word, sorted(options), n=1, cutoff=cutoff)
     return found[0] if found else None
 
 
@@ -230,9 +342,46 @@ def normalise_rel(path: str) -> str | None:
     return norm
 
 
+def rel_path_problem(path: str) -> str | None:
+    """Why `path` cannot name something inside its root, or None. Stricter than
+    normalise_rel: no `..` at all, no control character, nothing the kernel would refuse."""
+    if not path:
+        return "it is empty"
+    if _CONTROL.search(path):
+        return "it contains a control character"
+    if "\\" in path:
+        return "it contains '\\' (write POSIX paths, with '/')"
+    if path.startswith("/"):
+        return "it is absolute"
+    if ".." in path.split("/"):  # `a//b`, `a/./b` and `a/` are harmless: they are normalised
+        return "it goes up with '..'"
+    return _length_problem(path)
+
+
+def _length_problem(path: str) -> str | None:
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_BYTES:
+        return f"it is {size} bytes long (at most {MAX_PATH_BYTES})"
+    for part in path.split("/"):
+        n = len(part.encode("utf-8", "surrogatepass"))
+        if n > MAX_NAME_BYTES:
+            return f"a component is {n} bytes long (at most {MAX_NAME_BYTES}): {_show(part, 40)}"
+    return None
+
+
+def _fs_path(r: _Reader, obj: Mapping, key: tuple, name: str) -> str | None:
+    """An optional file path (absolute, or relative to the manifest): a string the kernel can open."""
+    value = r.get(obj, key, name, str)
+    if value is not None:
+        problem = "it is empty" if not value else "it contains a control character" if _CONTROL.search(value) else _length_problem(value)
+        if problem:
+            raise r.doc.error(key + (name,), f"{name} {_show(value)} is not a usable path: {problem}")
+    return value
+
+
 def _expect(r: _Reader, obj: Any, key: tuple) -> FileExpect:
     if not isinstance(obj, dict):
-        raise r.doc.error(key, f"expected a mapping with sha256/sha1/size, found {obj!r}")
+        raise r.doc.error(key, f"expected a mapping with sha256/sha1/size, found {_show(obj)}")
     r.unknown(obj, key, {"sha256", "sha1", "size"}, "file")
     size = r.get(obj, key, "size", int)
     if size is not None and size < 0:
@@ -241,12 +390,12 @@ def _expect(r: _Reader, obj: Any, key: tuple) -> FileExpect:
     if sha256 is not None:
         sha256 = sha256.lower().removeprefix("sha256:")
         if not _HEX64.match(sha256):
-            raise r.doc.error(key + ("sha256",), f"expected 64 hex digits, found {sha256!r}")
+            raise r.doc.error(key + ("sha256",), f"expected 64 hex digits, found {_show(sha256)}")
     sha1 = r.get(obj, key, "sha1", str)
     if sha1 is not None:
         sha1 = sha1.lower()
         if not _HEX40.match(sha1):
-            raise r.doc.error(key + ("sha1",), f"expected 40 hex digits (git blob sha1), found {sha1!r}")
+            raise r.doc.error(key + ("sha1",), f"expected 40 hex digits (git blob sha1), found {_show(sha1)}")
     return FileExpect(size, sha256, sha1)
 
 
@@ -257,106 +406,177 @@ def parse_manifest(doc: Located) -> Manifest:
         raise doc.error((), "the manifest is empty", hint="see README.md, 'Manifest reference'")
     if not isinstance(top, dict):
         raise doc.error((), f"expected a mapping at the top level, found {type(top).__name__}")
+    version = top.get("version")
+    if version is not None:
+        version = r.get(top, (), "version", int)  # a wrong type is an error of its own: stop here
+        if version != 1:
+            raise doc.error(("version",), f"unsupported manifest version {version} (this preflight reads version 1)")
     r.unknown(top, (), _TOP_KEYS, "top-level")
-    version = r.get(top, (), "version", int, default=1)
-    if version != 1:
-        raise doc.error(("version",), f"unsupported manifest version {version} (this preflight reads version 1)")
-    models_dir = r.get(top, (), "models_dir", str, default="/models")
-    defaults = r.get(top, (), "defaults", dict, default={})
-    r.unknown(defaults, ("defaults",), _DEFAULT_KEYS, "defaults")
-    profiles_raw = r.get(top, (), "profiles", dict, default={})
-    lanes_raw = r.get(top, (), "lanes", list, required=True)
-    if not lanes_raw:
-        raise doc.error(("lanes",), "no lanes: a manifest needs at least one lane")
-    lanes: list[Lane] = []
+    models_dir = "/models"
+    with r.section():
+        models_dir = _models_dir(r, top)
+    defaults: dict = {}
+    with r.section():
+        defaults = _defaults(r, top)
+    profiles_raw: dict = {}
+    with r.section():
+        profiles_raw = r.get(top, (), "profiles", dict, default={})
+    lanes_raw: list = []
+    with r.section():
+        lanes_raw = r.get(top, (), "lanes", list, required=True)
+        if not lanes_raw:
+            raise doc.error(("lanes",), "no lanes: a manifest needs at least one lane")
+        if len(lanes_raw) > MAX_LANES:
+            raise doc.error(("lanes",), f"{len(lanes_raw)} lanes: at most {MAX_LANES} in one manifest")
+    lanes: list[tuple[int, dict, Lane]] = []  # (index, raw, lane) of the lanes that parsed
+    names: set[str] = set()  # every lane name given, parsed or not: nothing else reports it as unknown
     seen: dict[str, int] = {}
     for i, raw in enumerate(lanes_raw):
         key = ("lanes", i)
-        if not isinstance(raw, dict):
-            raise doc.error(key, f"expected a lane mapping, found {raw!r}")
-        lane = _parse_lane(r, raw, key, defaults)
-        if lane.name in seen:
-            raise doc.error(key + ("name",), f"duplicate lane name {lane.name!r} (first at line {seen[lane.name]})")
-        seen[lane.name] = doc.line(*key) or 0
-        lanes.append(lane)
-    names = set(seen)
+        with r.section():
+            if not isinstance(raw, dict):
+                raise doc.error(key, f"expected a lane mapping, found {_show(raw)}")
+            if isinstance(raw.get("name"), str):
+                names.add(raw["name"])
+            lane = _parse_lane(r, raw, key, defaults, models_dir)
+            if lane is None:
+                continue
+            if lane.name in seen:
+                raise doc.error(key + ("name",), f"duplicate lane name {lane.name!r} (first at line {seen[lane.name]})")
+            seen[lane.name] = doc.line(*key) or 0
+            lanes.append((i, raw, lane))
     profiles: dict[str, tuple[str, ...]] = {}
     for pname, members in profiles_raw.items():
         key = ("profiles", pname)
-        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-            raise doc.error(key, f"expected a list of lane names, found {members!r}")
-        for j, m in enumerate(members):
-            if m not in names:
-                raise doc.error(key + (j,), f"profile {pname!r} names unknown lane {m!r}")
-        profiles[pname] = tuple(members)
-    by_name = {lane.name: lane for lane in lanes}
-    for i, lane in enumerate(lanes):
+        with r.section():
+            if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+                raise doc.error(key, f"expected a list of lane names, found {_show(members)}")
+            for j, m in enumerate(members):
+                if m not in names:
+                    raise doc.error(key + (j,), f"profile {pname!r} names unknown lane {_show(m)}")
+            profiles[pname] = tuple(members)
+    for i, _raw, lane in lanes:
         if lane.base is not None:
-            if lane.base not in by_name:
-                raise doc.error(("lanes", i, "base"), f"base lane {lane.base!r} is not defined")
-            if lane.base == lane.name:
-                raise doc.error(("lanes", i, "base"), "a lane cannot be its own base")
-    _check_overlaps(doc, lanes)
-    endpoints = r.get(top, (), "endpoints", list, default=[])
-    for i, lane_raw in enumerate(lanes_raw):
-        ep = lane_raw.get("endpoint")
+            with r.section():
+                if lane.base not in names:
+                    raise doc.error(("lanes", i, "base"), f"base lane {_show(lane.base)} is not defined")
+                if lane.base == lane.name:
+                    raise doc.error(("lanes", i, "base"), "a lane cannot be its own base")
+    r.errors.extend(_overlaps(doc, lanes))
+    endpoints: list = []
+    with r.section():
+        endpoints = r.get(top, (), "endpoints", list, default=[])
+    for i, raw, lane in lanes:
+        ep = raw.get("endpoint")
         if ep is not None:
-            if not isinstance(ep, dict):
-                raise doc.error(("lanes", i, "endpoint"), f"expected a mapping {{kind, url, model}}, found {ep!r}")
-            endpoints = [*endpoints, {"name": lanes[i].name, "lane": lanes[i].name, **ep}]
-    lock = r.get(top, (), "lock", str)
-    return Manifest(doc.file, version, models_dir, tuple(lanes), profiles, tuple(endpoints), lock)
+            with r.section():
+                if not isinstance(ep, dict):
+                    raise doc.error(("lanes", i, "endpoint"), f"expected a mapping {{kind, url, model}}, found {_show(ep)}")
+                endpoints = [*endpoints, {"name": lane.name, "lane": lane.name, **ep}]
+    lock = None
+    with r.section():
+        lock = _fs_path(r, top, (), "lock")
+    r.errors.sort(key=lambda e: e.line or 0)  # in reading order (stable: a lane's own order within a line)
+    if version is None:
+        r.errors.append(doc.error(("version",), "missing required field 'version': write `version: 1` as the manifest's first line"))
+    if r.errors:
+        raise r.errors[0] if len(r.errors) == 1 else ManifestErrors(r.errors)
+    return Manifest(doc.file, 1, models_dir, tuple(lane for _i, _raw, lane in lanes), profiles, tuple(endpoints), lock)
 
 
-def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping) -> Lane:
+def _models_dir(r: _Reader, top: Mapping) -> str:
+    value = r.get(top, (), "models_dir", str, default="/models")
+    problem = "it is empty" if not value.strip() else "it contains a control character" if _CONTROL.search(value) else _length_problem(value)
+    if problem:
+        raise r.doc.error(("models_dir",), f"models_dir {_show(value)} is not a usable folder: {problem}")
+    return value
+
+
+def _defaults(r: _Reader, top: Mapping) -> dict:
+    """`defaults:`, each value checked as the lane field it stands for."""
+    defaults = r.get(top, (), "defaults", dict, default={})
+    key = ("defaults",)
+    r.unknown(defaults, key, _DEFAULT_KEYS, "defaults")
+    out: dict[str, Any] = {}
+    for name in ("required", "allow_pickle", "serves_text"):
+        with r.section():
+            out[name] = r.get(defaults, key, name, bool)
+    with r.section():
+        out["revision"] = r.get(defaults, key, "revision", str)
+    for name in ("include", "exclude"):
+        with r.section():
+            out[name] = r.strings(defaults, key, name)
+    return {k: v for k, v in out.items() if v is not None and v != ()}
+
+
+def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir: str) -> Lane | None:
+    """One lane, or None when it has errors (all of them recorded in r.errors)."""
     doc = r.doc
+    before = len(r.errors)
     r.unknown(raw, key, _LANE_KEYS, "lane")
-    name = r.get(raw, key, "name", str, required=True)
-    if not _LANE_NAME.match(name):
-        raise doc.error(key + ("name",), f"lane name {name!r} must be letters, digits, '-', '_' or '.'")
-    kind = r.get(raw, key, "kind", str, required=True)
-    if kind not in KINDS:
-        close = _close_match(kind, set(KINDS))
-        raise doc.error(key + ("kind",), f"unknown kind {kind!r}" + (f" (did you mean {close!r}?)" if close else ""), hint=f"kinds: {', '.join(KINDS)}")
-    path_raw = r.get(raw, key, "path", str, required=True)
-    path = normalise_rel(path_raw)
-    if path is None or path == ".":
-        raise doc.error(key + ("path",), f"path {path_raw!r} must be relative and stay inside models_dir", hint="path-escape")
-    revision = r.get(raw, key, "revision", str)
+    name = kind = path = None
+    with r.section():
+        name = r.get(raw, key, "name", str, required=True)
+        if not _LANE_NAME.match(name) or len(name) > MAX_NAME_BYTES:
+            raise doc.error(key + ("name",), f"lane name {_show(name)} must be letters, digits, '-', '_' or '.' (at most {MAX_NAME_BYTES})")
+    with r.section():
+        kind = r.get(raw, key, "kind", str, required=True)
+        if kind not in KINDS:
+            close = _close_match(kind, set(KINDS))
+            kind = None
+            raise doc.error(key + ("kind",), f"unknown kind {_show(raw['kind'])}" + (f" (did you mean {close!r}?)" if close else ""), hint=f"kinds: {', '.join(KINDS)}")
+    with r.section():
+        path = _lane_path(r, raw, key, models_dir)
     source = None
-    src_raw = r.get(raw, key, "source", str)
-    if src_raw is not None:
-        try:
-            # a default revision yields to an explicit `@rev` in the source; the lane's own `revision:` must agree with it
-            pinned = "@" in src_raw.strip().removeprefix("hf://")
-            source = parse_source(src_raw, revision or (None if pinned else defaults.get("revision")))
-        except ValueError as exc:
-            raise doc.error(key + ("source",), f"bad source {src_raw!r}: {exc}") from None
+    with r.section():
+        revision = r.get(raw, key, "revision", str)
+        src_raw = r.get(raw, key, "source", str)
+        if src_raw is not None:
+            try:
+                # a default revision yields to an explicit `@rev` in the source; the lane's own `revision:` must agree with it
+                pinned = "@" in src_raw.strip().removeprefix("hf://")
+                source = parse_source(src_raw, revision or (None if pinned else defaults.get("revision")))
+            except ValueError as exc:
+                raise doc.error(key + ("source",), f"bad source {_show(src_raw)}: {exc}") from None
     files: dict[str, FileExpect] = {}
-    files_raw = r.get(raw, key, "files", dict, default={})
-    for rel, exp in files_raw.items():
-        norm = normalise_rel(rel)
-        if norm is None:
-            raise doc.error(key + ("files", rel), f"file path {rel!r} must be relative and stay inside the lane", hint="path-escape")
-        files[norm] = _expect(r, exp if exp is not None else {}, key + ("files", rel))
+    with r.section():
+        files_raw = r.get(raw, key, "files", dict, default={})
+        for rel, exp in files_raw.items():
+            with r.section():
+                problem = rel_path_problem(rel)
+                if problem:
+                    raise doc.error(key + ("files", rel), f"file path {_show(rel)} must be relative and stay inside the lane: {problem}")
+                files[posixpath.normpath(rel)] = _expect(r, exp if exp is not None else {}, key + ("files", rel))
     direct = {k: raw[k] for k in ("sha256", "sha1", "size") if k in raw}
-    if direct:
-        if kind in ("hf-dir", "adapter", "hf-cache"):
-            raise doc.error(key + (next(iter(direct)),), f"a {kind} lane is a folder: give digests per file under 'files:'")
-        files[posixpath.basename(path)] = _expect(r, direct, key).merge(files.get(posixpath.basename(path)))
-    required = r.get(raw, key, "required", bool, default=defaults.get("required", True))
-    enabled = r.get(raw, key, "enabled", bool, default=True)
-    allow_pickle = r.get(raw, key, "allow_pickle", bool, default=defaults.get("allow_pickle", False))
-    serves_text = r.get(raw, key, "serves_text", bool, default=defaults.get("serves_text", True))
-    include = r.strings(raw, key, "include", tuple(defaults.get("include") or ()))
-    exclude = r.strings(raw, key, "exclude", tuple(defaults.get("exclude") or ()))
-    profiles = r.strings(raw, key, "profiles")
-    base = r.get(raw, key, "base", str)
-    if base is not None and kind != "adapter":
-        raise doc.error(key + ("base",), f"'base' applies to adapter lanes, not {kind}")
+    if direct and kind is not None and path is not None:
+        with r.section():
+            if kind in DIR_KINDS:
+                raise doc.error(key + (next(iter(direct)),), f"a {kind} lane is a folder: give digests per file under 'files:'")
+            files[posixpath.basename(path)] = _expect(r, direct, key).merge(files.get(posixpath.basename(path)))
+    flags: dict[str, bool] = {}
+    for flag in _FLAGS:
+        with r.section():
+            flags[flag] = r.get(raw, key, flag, bool, default=defaults.get(flag, flag != "allow_pickle"))
+    strings: dict[str, tuple[str, ...]] = {}
+    for field_name in ("include", "exclude", "profiles"):
+        with r.section():
+            strings[field_name] = r.strings(raw, key, field_name, tuple(defaults.get(field_name) or ()))
+    base = checksums = dvc = env = None
+    with r.section():
+        base = r.get(raw, key, "base", str)
+        if base is not None and kind is not None and kind != "adapter":
+            raise doc.error(key + ("base",), f"'base' applies to adapter lanes, not {kind}")
+    with r.section():
+        checksums = _fs_path(r, raw, key, "checksums")
+    with r.section():
+        dvc = _fs_path(r, raw, key, "dvc")
+    with r.section():
+        env = r.get(raw, key, "env", str)
+    if len(r.errors) > before:
+        return None
     if source is not None and source.scheme in ("https", "http") and kind not in DIR_KINDS:
         fname = posixpath.basename(path)
-        if not files.get(fname, FileExpect()).sha256 and not r.get(raw, key, "checksums", str) and not r.get(raw, key, "dvc", str):
+        if not files.get(fname, FileExpect()).sha256 and not checksums and not dvc:
             raise doc.error(
                 key + ("source",),
                 "a URL source needs the file's sha256 (plain URLs carry no digest to verify against)",
@@ -365,33 +585,69 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping) -> Lane:
     if kind == "hf-cache" and (source is None or source.scheme != "hf"):
         raise doc.error(key + ("source",), "an hf-cache lane needs an hf:// source (the repo whose cache entry it is)")
     return Lane(
-        name=name, kind=kind, path=path, source=source, include=include, exclude=exclude, files=files,
-        required=required, enabled=enabled, profiles=profiles, allow_pickle=allow_pickle, serves_text=serves_text,
-        base=base, checksums=r.get(raw, key, "checksums", str), dvc=r.get(raw, key, "dvc", str), env=r.get(raw, key, "env", str), line=doc.line(*key),
+        name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
+        required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
+        serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, line=doc.line(*key),
     )
 
 
-def _check_overlaps(doc: Located, lanes: list[Lane]) -> None:
-    """Two lanes writing the same file would fight; nested hf-cache roots are fine."""
-    for i, a in enumerate(lanes):
-        for b in lanes[i + 1 :]:
-            if a.kind == b.kind == "hf-cache":
-                continue
-            if a.path == b.path or (a.is_dir and b.path.startswith(a.path + "/")) or (b.is_dir and a.path.startswith(b.path + "/")):
-                line = doc.line("lanes", lanes.index(b))
-                raise ManifestError(f"lanes {a.name!r} and {b.name!r} overlap ({a.path} / {b.path})", file=doc.file, line=line, field="path")
+def _lane_path(r: _Reader, raw: dict, key: tuple, models_dir: str) -> str:
+    doc = r.doc
+    path_raw = r.get(raw, key, "path", str, required=True)
+    problem = rel_path_problem(path_raw)
+    path = posixpath.normpath(path_raw) if problem is None else None
+    if path == ".":
+        problem = "it is models_dir itself"
+    if problem:
+        raise doc.error(key + ("path",), f"path {_show(path_raw)} must be relative and stay inside models_dir: {problem}")
+    if any(part.lower() == STATE_DIR for part in path.split("/")):
+        raise doc.error(key + ("path",), f"path {_show(path_raw)} uses the reserved name {STATE_DIR} (preflight's own state in models_dir)")
+    total = len(models_dir.rstrip("/").encode("utf-8", "surrogatepass")) + 1 + len(path.encode("utf-8", "surrogatepass"))
+    if total > MAX_PATH_BYTES:
+        raise doc.error(key + ("path",), f"models_dir and path together are {total} bytes long (at most {MAX_PATH_BYTES})")
+    return path
+
+
+def _overlaps(doc: Located, lanes: list[tuple[int, dict, Lane]]) -> list[ManifestError]:
+    """Two lanes writing the same file would fight; nested hf-cache roots are fine.
+
+    Sorting by path components puts every lane right after the lanes it lies inside,
+    so one pass with a stack of enclosing lanes finds every conflict: O(n log n)."""
+    order = sorted(lanes, key=lambda t: (t[2].path.split("/"), t[0]))
+    stack: list[tuple[list[str], int, Lane]] = []
+    errors = []
+    for i, _raw, b in order:
+        parts = b.path.split("/")
+        while stack and stack[-1][0] != parts[: len(stack[-1][0])]:
+            stack.pop()
+        for _parts, j, a in stack:  # a encloses b (or is the same path)
+            if not (a.kind == b.kind == "hf-cache"):
+                how = "is the same path as" if a.path == b.path else "lies inside the folder of" if a.is_dir else "lies inside the file of"
+                first, second = (a, b) if j < i else (b, a)
+                errors.append(ManifestError(
+                    f"lanes {first.name!r} and {second.name!r} overlap: {b.path} {how} lane {a.name!r}",
+                    file=doc.file, line=doc.line("lanes", max(i, j)), field=f"lanes[{max(i, j)}].path",
+                ))
+                break
+        stack.append((parts, i, b))
+    return sorted(errors, key=lambda e: e.line or 0)
 
 
 def load_manifest(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Manifest:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ManifestError("manifest not found", file=str(p), hint="pass --manifest FILE or set PREFLIGHT_MANIFEST") from None
     except IsADirectoryError:
         raise ManifestError("manifest path is a folder, expected a YAML file", file=str(p)) from None
-    except UnicodeDecodeError:
-        raise ManifestError("manifest is not UTF-8 text", file=str(p)) from None
     except OSError as exc:
         raise ManifestError(f"cannot read manifest: {exc.strerror}", file=str(p)) from None
+    if len(data) > MAX_BYTES:
+        raise ManifestError(f"the manifest is larger than {MAX_BYTES >> 20} MiB", file=str(p), hint="a manifest lists lanes, not data")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError("manifest is not UTF-8 text", file=str(p)) from None
     return parse_manifest(load_yaml(text, str(p), env))

@@ -124,6 +124,7 @@ def test_json_is_yaml(tmp_path: Path) -> None:
 
 def test_variables(tmp_path: Path) -> None:
     p = write(tmp_path, """
+        version: 1
         models_dir: ${ROOT}/models
         lanes:
           - name: a
@@ -133,12 +134,12 @@ def test_variables(tmp_path: Path) -> None:
           - name: b
             kind: file
             path: b
-            required: "${REQ:-false}"
+            required: "false"
             enabled: ${ON}
     """)
-    with pytest.raises(ManifestError):
-        load_manifest(p, env={"ROOT": "/r", "EMPTY": "", "ON": "true"})  # quoted "false" is a string, not a bool
-    p.write_text(p.read_text().replace('required: "${REQ:-false}"', "required: ${REQ:-true}"))
+    with pytest.raises(ManifestError, match="lanes\\[1\\].required: expected true or false, found str 'false'"):
+        load_manifest(p, env={"ROOT": "/r", "EMPTY": "", "ON": "true"})  # a literal quoted "false" is a string, not a bool
+    p.write_text(p.read_text().replace('required: "false"', "required: ${REQ:-true}"))
     m = load_manifest(p, env={"ROOT": "/r", "EMPTY": "", "ON": "false"})
     assert m.models_dir == "/r/models"
     assert m.lane("a").path == "fallback/colon/${LITERAL}/cost$"  # ${EMPTY-kept} keeps the empty value
@@ -210,7 +211,7 @@ BAD = {
     "base-on-non-adapter": ("lanes:\n" + LANE + "    base: a\n", 5, "lanes[0].base", "applies to adapter lanes"),
     "digest-on-folder": ("lanes:\n  - name: a\n    kind: hf-dir\n    path: d\n    sha256: " + SHA_A + "\n", 5, "lanes[0].sha256", "give digests per file"),
     "hf-cache-needs-hf": ("lanes:\n  - name: a\n    kind: hf-cache\n    path: c\n", 2, "lanes[0].source", "needs an hf:// source"),
-    "overlap": ("lanes:\n  - {name: a, kind: hf-dir, path: m}\n  - {name: b, kind: file, path: m/x.bin}\n", 3, "path", "overlap"),
+    "overlap": ("lanes:\n  - {name: a, kind: hf-dir, path: m}\n  - {name: b, kind: file, path: m/x.bin}\n", 3, "lanes[1].path", "overlap"),
     "version": ("version: 2\nlanes:\n" + LANE, 1, "version", "unsupported manifest version 2"),
     "explicit-tag": ("lanes:\n" + LANE + "    size: !!int twelve\n", 5, "lanes[0].size", "cannot read value"),
     "python-tag": ("lanes:\n" + LANE + "    size: !!python/name:os.system x\n", 5, "lanes[0].size", "cannot read value"),
@@ -320,6 +321,6 @@ def test_unknown_lane_or_profile_is_exit_2(volume) -> None:
 
 
 def test_every_lane_disabled_is_a_usage_error(tmp_path: Path) -> None:
-    p = write(tmp_path, "lanes:\n  - {name: a, kind: file, path: a, enabled: false}\n")
+    p = write(tmp_path, "version: 1\nlanes:\n  - {name: a, kind: file, path: a, enabled: false}\n")
     r = cli(["check", "-m", str(p), "-d", str(tmp_path)])
     assert r.exit_code == 2 and "no lanes selected" in r.stderr
