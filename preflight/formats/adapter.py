@@ -39,7 +39,7 @@ def check_adapter(root: Path, files: list[str], *, base: FolderInfo | None = Non
         info.problems.append(problem)
     if WEIGHTS not in files:
         info.problems.append(P.error(WEIGHTS, P.MISSING, f"{WEIGHTS} is missing"))
-    inner = check_hf_dir(root, files, serves_text=False, require_config=False, require_weights=False)
+    inner = check_hf_dir(root, files, serves_text=False, require_config=False, require_weights=False, model_checks=False)
     info.problems.extend(inner.problems)
     info.tensors, info.tensor_count, info.parameter_count, info.dtypes = inner.tensors, inner.tensor_count, inner.parameter_count, inner.dtypes
     info.weights = [WEIGHTS] if WEIGHTS in files else []

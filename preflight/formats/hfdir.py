@@ -14,6 +14,7 @@ from typing import Any
 from .. import problems as P
 from ..problems import Problem
 from .jsonfile import CONFIG_LIMITS, read_json
+from .modelcheck import ModelFacts, TensorMeta, check_model, text_config
 from .pickle import is_pickle_name, refuse, scan_pickle
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -45,6 +46,7 @@ class FolderInfo:
     tokenizer: list[str] = field(default_factory=list)
     config: dict[str, Any] | None = None
     tensors: dict[str, tuple[str, list[int]]] = field(default_factory=dict)  # name -> (dtype, shape)
+    model: ModelFacts | None = None  # what the model-level checks compared (None: no config to compare)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -57,6 +59,7 @@ class FolderInfo:
             "dtype": self.dtype, "context_length": self.context_length, "quantization": self.quantization,
             "weights": self.weights, "tensor_count": self.tensor_count, "parameter_count": self.parameter_count,
             "dtypes": dict(self.dtypes), "tokenizer": self.tokenizer,
+            "model": self.model.to_dict() if self.model is not None else None,
             "problems": [p.to_dict() for p in self.problems],
         }
 
@@ -105,13 +108,19 @@ def check_hf_dir(
     allow_pickle: bool = False,
     require_config: bool = True,
     require_weights: bool = True,
+    model_checks: bool = True,
 ) -> FolderInfo:
-    """Validate a model folder given the relative paths of the files in it."""
+    """Validate a model folder given the relative paths of the files in it.
+
+    With `model_checks`, config.json is compared with the tensors the loaders would
+    read (see `modelcheck`): the index's shards, else model.safetensors, else the
+    top-level .safetensors files."""
     from .safetensors import check_safetensors
     from .sharded import check_index, index_shard_names
 
     info = FolderInfo()
     present = set(files)
+    config = None
     if "config.json" in present or require_config:
         config, problem = read_json_object(root / "config.json", "config.json")
         if problem:
@@ -136,6 +145,7 @@ def check_hf_dir(
 
     checked: set[str] = set()
     top_level = [f for f in files if "/" not in f]
+    model_tensors: dict[str, TensorMeta] = {}
     if INDEX_NAME in present:
         shard_names, index_problem = index_shard_names(root / INDEX_NAME)
         if index_problem is not None:
@@ -145,13 +155,27 @@ def check_hf_dir(
             shards[shard] = _safetensors(info, root, shard, check_safetensors) if shard in present else None
             checked.add(shard)
         if index_problem is None:
-            info.problems.extend(check_index(root / INDEX_NAME, shards, name=INDEX_NAME).problems)
+            index = check_index(root / INDEX_NAME, shards, name=INDEX_NAME)
+            info.problems.extend(index.problems)
+            model_tensors = dict.fromkeys(index.weight_map)
+            for st in shards.values():
+                if st is not None:
+                    model_tensors.update((n, (t.dtype, t.shape)) for n, t in st.tensors.items() if n in model_tensors)
         info.weights.append(INDEX_NAME)
+    loose: dict[str, Any] = {}
     for rel in files:
         if rel.endswith(".safetensors") and rel not in checked:
+            st = _safetensors(info, root, rel, check_safetensors)
             if rel in top_level and rel not in ADAPTER_WEIGHTS:  # adapter weights are validated, not counted as the model's
                 info.weights.append(rel)
-            _safetensors(info, root, rel, check_safetensors)
+                loose[rel] = st
+    if INDEX_NAME not in present:
+        # transformers reads model.safetensors; without it, vLLM reads every top-level file
+        for st in [loose["model.safetensors"]] if "model.safetensors" in loose else loose.values():
+            model_tensors.update((n, (t.dtype, t.shape)) for n, t in st.tensors.items())
+    if model_checks and isinstance(config, dict):
+        info.model, found = check_model(config, model_tensors)
+        info.problems.extend(found)
     pickles = [rel for rel in files if is_pickle_name(rel) and not rel.endswith("training_args.bin")]
     for rel in pickles:
         if not allow_pickle:
@@ -163,6 +187,30 @@ def check_hf_dir(
     if require_weights and not info.weights and not any(f.endswith(".gguf") for f in files):
         info.problems.append(P.error(".", P.WEIGHTS_MISSING, "no weights: expected model.safetensors, a sharded index with its shards, or (with allow_pickle) a .bin/.pt file"))
     return info
+
+
+def infer_serves_text(config: dict[str, Any] | None, files: list[str]) -> tuple[bool, str]:
+    """Whether a folder holds a text model (so needs a tokenizer), and why we think so.
+
+    `inspect` has no lane to say `serves_text`; a voice-activity detector or a
+    time-series model with its own config.json needs no tokenizer. A folder is taken
+    for a text model when its config names a tokenizer class, has a vocabulary size
+    (in its text config for multimodal models), or its architecture is a language
+    model head; a tokenizer file present settles it too."""
+    if any(all(n in files for n in names) for names in TOKENIZER_SETS):
+        return True, "a tokenizer is present"
+    if not isinstance(config, dict):
+        return False, "no config.json"
+    text = text_config(config)
+    if isinstance(config.get("tokenizer_class"), str) or isinstance(text.get("tokenizer_class"), str):
+        return True, "config.json names a tokenizer class"
+    if any(isinstance(text.get(k), int) for k in ("vocab_size", "n_vocab", "padded_vocab_size")):
+        return True, "config.json has a vocabulary size"
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    if arch and arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForSeq2SeqLM", "ForMaskedLM")):
+        return True, f"architecture {arch} is a language model"
+    return False, "config.json has no vocabulary, tokenizer class or language-model architecture"
 
 
 def _safetensors(info: FolderInfo, root: Path, rel: str, check) -> Any:
