@@ -356,6 +356,8 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
 
 
 def check_single_file(path: Path, rel: str, allow_pickle: bool) -> list[Problem]:
+    """A `.safetensors` or `.gguf` name is checked as that format; any other file as what its
+    bytes are (safetensors, GGUF, a pickle or PyTorch checkpoint, or plain data), whatever its name."""
     low = rel.lower()
     if path.stat().st_size == 0:
         return [P.error(rel, P.EMPTY_FILE, f"{rel} is empty (0 bytes)")]
@@ -367,11 +369,9 @@ def check_single_file(path: Path, rel: str, allow_pickle: bool) -> list[Problem]
         from .formats.gguf import check_gguf
 
         return list(check_gguf(path, name=rel).problems)
-    from .formats.pickle import is_pickle_name, refuse, scan_pickle
+    from .formats.pickle import check_by_content
 
-    if is_pickle_name(low):
-        return scan_pickle(path, name=rel) if allow_pickle else [refuse(rel)]
-    return []
+    return check_by_content(path, rel, allow_pickle)
 
 
 def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[str, FileExpect], str | None]] | None = None) -> list[LaneResult]:

@@ -57,6 +57,9 @@ EMBEDDING_FAILED = "embedding-failed"
 BAD_RESPONSE = "bad-response"
 # config.json disagrees with the weights beside it (layers, vocabulary, hidden size, LM head).
 CONFIG_MISMATCH = "config-mismatch"
+# Pickle-bearing files.
+ARCHIVE_INVALID = "archive-invalid"  # an archive its loader cannot read (a torch zip whose data.pkl is no pickle)
+TORCHSCRIPT = "torchscript"  # a TorchScript archive: a program as well as weights
 
 
 @dataclass(frozen=True)
