@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,17 +25,16 @@ def _problems(problems: list[Problem]) -> list[dict]:
 
 def inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
     if path.is_dir():
-        files = discover(path)
-        if "adapter_config.json" in files:
-            from .formats.adapter import check_adapter
-
-            info = check_adapter(path, files)
-        else:
-            from .formats.hfdir import check_hf_dir
-
-            info = check_hf_dir(path, files, serves_text="config.json" in files, allow_pickle=allow_pickle)
-        out = info.to_dict()
-        out.update(path=str(path), files=len(files), problems=_problems(info.problems))
+        cache = cache_snapshot(path)
+        if cache is not None:
+            snapshot, repo, revision, problems = cache
+            if snapshot is None:
+                return {"path": str(path), "format": "hf-cache", "repo": repo, "problems": _problems(problems)}
+            out = _inspect_folder(snapshot, allow_pickle)
+            out.update(path=str(path), format="hf-cache", repo=repo, revision=revision, snapshot=str(snapshot))
+            return out
+        out = _inspect_folder(path, allow_pickle)
+        out["path"] = str(path)
         return out
     name = path.name
     low = name.lower()
@@ -71,6 +71,59 @@ def inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
     return {"path": str(path), "format": "file", "size": path.stat().st_size, "problems": _problems(check_single_file(path, name, allow_pickle))}
 
 
+def _inspect_folder(path: Path, allow_pickle: bool) -> dict[str, Any]:
+    files = discover(path)
+    serves: tuple[bool, str] | None = None
+    if "adapter_config.json" in files:
+        from .formats.adapter import check_adapter
+
+        info = check_adapter(path, files)
+    else:
+        from .formats.hfdir import check_hf_dir, infer_serves_text, read_json_object
+
+        config = read_json_object(path / "config.json", "config.json")[0] if "config.json" in files else None
+        serves = infer_serves_text(config, files)
+        info = check_hf_dir(path, files, serves_text=serves[0], allow_pickle=allow_pickle)
+    out = info.to_dict()
+    out.update(files=len(files), problems=_problems(info.problems))
+    if serves is not None:
+        out["serves_text"] = {"value": serves[0], "because": serves[1]}
+    return out
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def cache_snapshot(path: Path) -> tuple[Path | None, str, str | None, list[Problem]] | None:
+    """A Hugging Face cache tree (`hub/` or one `models--org--name/`): the snapshot `check` would read.
+
+    As for an hf-cache lane: `refs/main` names the commit; without it, the one snapshot
+    there is. None when `path` is not a cache tree. A hub folder holding several repos
+    is not guessed at: say which are there."""
+    repo_dir = path
+    if not (path.name.startswith(("models--", "datasets--")) and (path / "snapshots").is_dir()):
+        repos = sorted(p for p in path.glob("models--*") if (p / "snapshots").is_dir())
+        if not repos:
+            return None
+        if len(repos) > 1:
+            names = ", ".join(r.name for r in repos)
+            return None, "", None, [P.error(".", P.MISSING, f"{path} holds {len(repos)} cached repos ({names}); inspect one of them")]
+        repo_dir = repos[0]
+    repo = repo_dir.name.split("--", 1)[1].replace("--", "/")
+    snapshots = sorted(p.name for p in (repo_dir / "snapshots").iterdir() if p.is_dir())
+    try:
+        ref = (repo_dir / "refs" / "main").read_text().strip()
+    except OSError:
+        ref = None
+    if ref is not None and _COMMIT.fullmatch(ref) and ref in snapshots:
+        return repo_dir / "snapshots" / ref, repo, ref, []
+    if len(snapshots) == 1:
+        return repo_dir / "snapshots" / snapshots[0], repo, snapshots[0], []
+    why = f"refs/main says {ref!r}, which has no snapshot" if ref is not None else "no refs/main"
+    found = f"{len(snapshots)} snapshots" if snapshots else "no snapshot"
+    return None, repo, None, [P.error(repo_dir.name, P.MISSING, f"{repo}: {found} in the cache and {why}; nothing to inspect")]
+
+
 def _fmt_params(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -79,14 +132,16 @@ def _fmt_params(n: int) -> str:
 
 
 def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
-    keys = ("path", "format", "architecture", "model_type", "dtype", "quantization", "file_type", "context_length",
-            "tensor_count", "parameter_count", "dtypes", "quant_types", "tokenizer", "weights", "rank", "target_modules",
+    keys = ("path", "format", "repo", "revision", "architecture", "model_type", "dtype", "quantization", "file_type", "context_length",
+            "tensor_count", "parameter_count", "dtypes", "quant_types", "tokenizer", "serves_text", "weights", "rank", "target_modules",
             "base_model", "files", "size", "split")
     for key in keys:
         value = result.get(key)
         if value in (None, [], {}, ""):
             continue
-        if key == "parameter_count":
+        if key == "serves_text":
+            value = f"{'yes' if value['value'] else 'no'} ({value['because']})"
+        elif key == "parameter_count":
             value = f"{_fmt_params(value)} ({value})"
         elif key == "split":
             value = f"{len(value['files'])} parts: " + ", ".join(value["files"])
@@ -95,8 +150,32 @@ def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
         elif isinstance(value, list):
             value = ", ".join(map(str, value))
         print(f"{key.replace('_', ' ') + ':':<17} {value}", file=out)
+    model = result.get("model")
+    if model:
+        for label, value in _model_lines(model):
+            print(f"{label + ':':<17} {value}", file=out)
     problems = result.get("problems", [])
     if not problems:
         print("problems:         none", file=out)
     for p in problems:
         print(f"{p.get('severity', 'error')}: {p['path']}: {p['code']}: {p['message']}", file=out)
+
+
+def _model_lines(model: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model-level facts compared with config.json (see formats/modelcheck.py)."""
+    if not model.get("checked"):
+        return [("model checks", f"none ({model.get('reason', 'not done')})")]
+    lines = [("layout", f"{model['layout']} under {model['prefix'] or '(root)'}")]
+    if model.get("layers") is not None:
+        lines.append(("layers", f"{model['layers']} (found {model['layers_found']})"))
+    if model.get("vocab_size") is not None:
+        lines.append(("vocabulary size", str(model["vocab_size"])))
+    if model.get("hidden_size") is not None:
+        lines.append(("hidden size", str(model["hidden_size"])))
+    if "lm_head" in model:
+        tied = {True: "yes", False: "no", None: "not set in config.json"}[model.get("tied_embeddings")]
+        lines.append(("tied embeddings", f"{tied}; LM head {'present' if model['lm_head'] else 'absent'}"))
+    if model.get("quantized_layout"):
+        lines.append(("quantized layout", model["quantized_layout"]))
+    lines.append(("model checks", ", ".join(model["checks"]) or "none (config.json gives no sizes)"))
+    return lines
