@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +28,7 @@ import pytest
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parent.parent
+COMPOSE = REPO / "compose"
 BASE_IMAGE = "lane-preflight-base:bookworm"
 TEST_IMAGE = os.environ.get("PREFLIGHT_TEST_IMAGE", "lane-preflight:test")
 BUILDER_IMAGE = "lane-preflight-builder:test"
@@ -243,3 +246,48 @@ HARDENED: dict[str, Any] = {
     "security_opt": ["no-new-privileges"],
     "user": f"{RUNTIME_UID}:{RUNTIME_UID}",
 }
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def compose_bin() -> str:
+    found = shutil.which("docker-compose")
+    if not found:
+        unavailable("docker-compose is not installed")
+    return found
+
+
+def compose_config(env: dict[str, str], *files: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`docker-compose config` of the files (default: the shipped docker-compose.yml), parsed."""
+    import yaml
+
+    args = [compose_bin()]
+    for f in files or (COMPOSE / "docker-compose.yml",):
+        args += ["-f", str(f)]
+    for p in profiles:
+        args += ["--profile", p]
+    proc = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env}, cwd=COMPOSE)
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+def mount(volume: str | dict[str, Any]) -> tuple[str, str, bool]:
+    """(source, target, read-only) from either volume syntax `config` may print."""
+    if isinstance(volume, dict):
+        return volume["source"], volume["target"], bool(volume.get("read_only", False))
+    source, target, *mode = volume.split(":")
+    return source, target, mode == ["ro"]
+
+
+def compose_containers(client: Any, project: str) -> dict[str, Any]:
+    """The project's containers by service name (one-off `run` containers excluded)."""
+    found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+    return {c.labels["com.docker.compose.service"]: c for c in found if c.labels.get("com.docker.compose.oneoff") != "True"}
+
+
+def docker_time(stamp: str) -> datetime:
+    """A Docker timestamp (nanoseconds, Z) as a datetime, to compare start and finish."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")

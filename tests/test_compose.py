@@ -4,57 +4,37 @@ stand-in inference services that record when they started and what they saw."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import yaml
 
-from tests.docker_fixtures import TEST_LABEL, Setup, corrupt, unavailable
+from tests.docker_fixtures import (
+    COMPOSE,
+    TEST_LABEL,
+    Setup,
+    compose_bin,
+    compose_config,
+    compose_containers,
+    corrupt,
+    docker_time,
+    mount,
+)
 
-COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 SERVERS = ("vllm", "llamacpp")
 
 
-def _compose_bin() -> str:
-    found = shutil.which("docker-compose")
-    if not found:
-        unavailable("docker-compose is not installed")
-    return found
-
-
-def _config(env: dict[str, str], *files: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
-    args = [_compose_bin()]
-    for f in files or (COMPOSE / "docker-compose.yml",):
-        args += ["-f", str(f)]
-    for p in profiles:
-        args += ["--profile", p]
-    proc = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env}, cwd=COMPOSE)
-    assert proc.returncode == 0, proc.stderr
-    return yaml.safe_load(proc.stdout)
-
-
-def _mount(volume: str | dict[str, Any]) -> tuple[str, str, bool]:
-    """(source, target, read-only) from either volume syntax `config` may print."""
-    if isinstance(volume, dict):
-        return volume["source"], volume["target"], bool(volume.get("read_only", False))
-    source, target, *mode = volume.split(":")
-    return source, target, mode == ["ro"]
-
-
 def test_servers_wait_for_the_init_service_to_succeed() -> None:
-    services = _config({})["services"]
+    services = compose_config({})["services"]
     for name in SERVERS:
         assert services[name]["depends_on"] == {"models-preflight": {"condition": "service_completed_successfully"}}
 
 
 def test_init_service_is_hardened_and_gets_the_token_as_a_secret_file() -> None:
-    svc = _config({})["services"]["models-preflight"]
+    svc = compose_config({})["services"]["models-preflight"]
     assert svc["read_only"] is True
     assert svc["cap_drop"] == ["ALL"]
     assert "/tmp" in svc["tmpfs"]
@@ -67,13 +47,13 @@ def test_init_service_is_hardened_and_gets_the_token_as_a_secret_file() -> None:
 def test_host_folder_images_and_files_follow_the_environment(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("x")
-    config = _config({"MODELS_PATH": str(tmp_path), "PREFLIGHT_IMAGE": "pf:1", "VLLM_IMAGE": "v:1",
+    config = compose_config({"MODELS_PATH": str(tmp_path), "PREFLIGHT_IMAGE": "pf:1", "VLLM_IMAGE": "v:1",
                       "LLAMACPP_IMAGE": "l:1", "HF_TOKEN_FILE": str(token), "PREFLIGHT_PROFILE": "minimal"})
     services = config["services"]
     assert (services["models-preflight"]["image"], services["vllm"]["image"], services["llamacpp"]["image"]) == ("pf:1", "v:1", "l:1")
     assert services["models-preflight"]["environment"]["PREFLIGHT_PROFILE"] == "minimal"
     for name in ("models-preflight", *SERVERS):
-        mounts = [_mount(v) for v in services[name]["volumes"]]
+        mounts = [mount(v) for v in services[name]["volumes"]]
         assert [(src, ro) for src, dst, ro in mounts if dst == "/models"] == [(str(tmp_path), name != "models-preflight")], name
     assert config["secrets"]["hf_token"]["file"] == str(token)
 
@@ -83,13 +63,13 @@ def test_servers_serve_paths_of_the_minimal_profile() -> None:
 
     manifest = load_manifest(COMPOSE / "manifest.yaml", env={})
     minimal = {f"/models/{lane.path}" for lane in manifest.select("minimal")}
-    services = _config({})["services"]
+    services = compose_config({})["services"]
     assert any(arg.split("=", 1)[-1] in minimal for arg in services["vllm"]["command"])
     assert set(services["llamacpp"]["command"]) & minimal
 
 
 def test_minimal_profile_adds_the_smoke_test() -> None:
-    services = _config({}, profiles=("minimal",))["services"]
+    services = compose_config({}, profiles=("minimal",))["services"]
     assert [name for name, svc in services.items() if "minimal" in svc.get("profiles", ())] == ["smoke"]
     assert not any(svc.get("profiles") for name, svc in services.items() if name != "smoke")
     smoke = services["smoke"]
@@ -131,24 +111,14 @@ def compose_project(docker_client: Any, preflight_image: str, base_image: str, t
            "VLLM_MODEL": "vllm/tiny", "LLAMACPP_MODEL": "gguf/tiny.gguf", "HF_TOKEN_FILE": str(COMPOSE / "no-token")}
     file = _stand_in_compose(tmp_path / "docker-compose.yml")
     yield {"project": project, "env": env, "file": file, "markers": markers}
-    subprocess.run([_compose_bin(), "-f", str(file), "down", "-v", "--remove-orphans", "-t", "1"],
+    subprocess.run([compose_bin(), "-f", str(file), "down", "-v", "--remove-orphans", "-t", "1"],
                    env={**os.environ, **env}, capture_output=True, timeout=120, cwd=tmp_path)
 
 
 def _up(cp: dict[str, Any], setup: Setup) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **cp["env"], "MODELS_PATH": str(setup.models), "PREFLIGHT_MANIFEST_FILE": str(setup.manifest)}
-    return subprocess.run([_compose_bin(), "-f", str(cp["file"]), "up", "-d", "--no-color"], env=env,
+    return subprocess.run([compose_bin(), "-f", str(cp["file"]), "up", "-d", "--no-color"], env=env,
                           capture_output=True, text=True, timeout=300, cwd=cp["file"].parent)
-
-
-def _containers(docker_client: Any, project: str) -> dict[str, Any]:
-    found = docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
-    return {c.labels["com.docker.compose.service"]: c for c in found}
-
-
-def _when(stamp: str) -> datetime:
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
 
 
 def _wait_exited(containers: dict[str, Any], names: tuple[str, ...]) -> None:
@@ -162,14 +132,14 @@ def test_servers_start_after_the_init_service_exits_0(docker_client: Any, compos
                                                       ready_setup: Setup) -> None:
     up = _up(compose_project, ready_setup)
     assert up.returncode == 0, up.stderr
-    containers = _containers(docker_client, compose_project["project"])
+    containers = compose_containers(docker_client, compose_project["project"])
     _wait_exited(containers, ("models-preflight", *SERVERS))
     init = containers["models-preflight"].attrs["State"]
     assert init["ExitCode"] == 0
     for name in SERVERS:
         assert (compose_project["markers"] / name).exists(), f"{name} never started"
-        started = _when(containers[name].attrs["State"]["StartedAt"])
-        assert started >= _when(init["FinishedAt"]), f"{name} started before the init service finished"
+        started = docker_time(containers[name].attrs["State"]["StartedAt"])
+        assert started >= docker_time(init["FinishedAt"]), f"{name} started before the init service finished"
     assert "tiny.gguf" in (compose_project["markers"] / "llamacpp.models").read_text()
     assert "config.json" in (compose_project["markers"] / "vllm.models").read_text()
 
@@ -180,7 +150,7 @@ def test_servers_never_start_when_the_init_service_fails(docker_client: Any, com
     corrupt(ready_setup)
     up = _up(compose_project, ready_setup)
     assert up.returncode != 0
-    containers = _containers(docker_client, compose_project["project"])
+    containers = compose_containers(docker_client, compose_project["project"])
     _wait_exited(containers, ("models-preflight",))
     assert containers["models-preflight"].attrs["State"]["ExitCode"] == 1
     assert "model.safetensors" in containers["models-preflight"].logs().decode("utf-8", "replace")

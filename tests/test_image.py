@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 from tests.docker_fixtures import (
     HARDENED,
+    REPO,
     RUNTIME_UID,
+    STAGE_LABEL,
     Setup,
     corrupt,
     run_container,
@@ -162,3 +165,37 @@ def test_operator_scripts_check_a_host_dir_and_fill_a_volume(docker_client: Any,
         assert sorted(listing.logs.split()) == ["/models/gguf/tiny.gguf", "/models/vllm/tiny/model.safetensors"]
     finally:
         docker_client.volumes.get(volume).remove(force=True)
+
+
+def _dangling(client: Any) -> set[str]:
+    return {image.id for image in client.images.list(filters={"dangling": True})}
+
+
+def test_a_test_build_leaves_no_untagged_image(docker_client: Any, preflight_image: str,
+                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "preflight-image.lock")):
+        left = docker_client.images.list(filters={"dangling": True, "label": STAGE_LABEL})
+    assert not left, f"untagged images of this project: {[i.id for i in left]}"
+
+
+def test_build_script_says_each_step_and_leaves_nothing_untagged(docker_client: Any, preflight_image: str, base_image: str,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    tag = f"lane-preflight:buildtest-{uuid.uuid4().hex[:8]}"
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "preflight-image.lock")):
+        before = _dangling(docker_client)
+        try:
+            done = subprocess.run(["bash", str(REPO / "ops" / "build-image.sh"), tag], capture_output=True, text=True,
+                                  timeout=1200, env={**os.environ, "BASE_IMAGE": base_image})
+            after = _dangling(docker_client)
+        finally:
+            try:
+                docker_client.images.remove(tag)
+            except Exception:  # the build failed before tagging: nothing to remove
+                pass
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = [line for line in done.stdout.splitlines() if line.startswith("==> [")]
+    assert [s.split("]")[0] for s in steps] == ["==> [1/4", "==> [2/4", "==> [3/4", "==> [4/4"], done.stdout
+    assert "already exists" in done.stdout  # the base image is reused, not rebuilt
+    assert any(line.startswith(("Step ", "#")) for line in done.stdout.splitlines()), "docker build printed no progress"
+    assert f"{tag}: " in done.stdout and "added: " in done.stdout
+    assert after <= before, f"new untagged images: {after - before}"
