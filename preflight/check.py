@@ -58,6 +58,7 @@ class LanePlan:
     files: dict[str, FileObs] = field(default_factory=dict)
     commit: str | None = None
     escaped: bool = False
+    remembered: set[str] = field(default_factory=set)  # expected only because a receipt knows them
 
     def state_key(self, rel: str) -> str:
         return os.path.relpath(self.root / rel, self.root_models).replace(os.sep, "/")
@@ -217,8 +218,18 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         on_disk = [rel for rel in discover(froot) if selected(rel, lane)]
         for rel in on_disk:
             expected.setdefault(rel, None)
+        if remote is None and locked is None:
+            # No listing or lock says what the lane holds: what was verified here before still
+            # belongs to it, so a file deleted since (a tokenizer_config.json with the chat
+            # template) is missing, not silently absent.
+            base = plan.state_key("")
+            for key in ctx.receipts.under(base):
+                rel = key[len(base.rstrip("/")) + 1:]
+                if rel not in expected and selected(rel, lane) and ctx.receipts.verified(key) is not None:
+                    expected[rel] = None
+                    plan.remembered.add(rel)
         if not froot.exists():
-            result.problems.append(P.error(lane.path, P.MISSING, f"folder {lane.path} does not exist"))
+            result.problems.append(P.error(lane.path, P.MISSING, _missing_folder(ctx, lane, froot, commit)))
             for rel, exp in expected.items():
                 plan.files[rel] = FileObs(rel, froot / rel, exp)
             return plan
@@ -236,7 +247,8 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
             st = os.stat(obs.abs)
         except FileNotFoundError:
             code = P.SPLIT_MISSING if lane.kind == "gguf" and len(expected) > 1 else P.MISSING
-            result.problems.append(P.error(rel, code, f"{rel} is missing" + (f" (expected {exp.size} bytes)" if exp and exp.size is not None else "")))
+            why = " (it was verified here before: see .preflight/receipts.json)" if rel in plan.remembered else ""
+            result.problems.append(P.error(rel, code, f"{rel} is missing" + (f" (expected {exp.size} bytes)" if exp and exp.size is not None else "") + why))
             continue
         except OSError as exc:
             result.problems.append(P.error(rel, P.UNREADABLE, f"{rel}: cannot stat ({exc.strerror})"))
@@ -266,6 +278,19 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
                 obs.digests = rec
                 obs.from_receipt = True
     return plan
+
+
+def _missing_folder(ctx: Context, lane: Lane, froot: Path, commit: str | None) -> str:
+    """What exactly is absent: the lane folder, or (cache layout) the repo, or one snapshot."""
+    if lane.kind != "hf-cache":
+        return f"folder {lane.path} does not exist"
+    snapshots = froot.parent
+    repo_dir = snapshots.parent
+    if not repo_dir.is_dir():
+        return f"{repo_dir.name} is not in the cache at {lane.path}"
+    have = sorted(p.name for p in snapshots.iterdir())[:5] if snapshots.is_dir() else []
+    return f"the cache has no snapshot {commit} of {lane.source.repo if lane.source else repo_dir.name}" + (
+        f" (it has: {', '.join(have)})" if have else " (it has no snapshots)")
 
 
 def _algo(exp: FileExpect) -> str | None:

@@ -177,6 +177,8 @@ class Receipts:
         self.state_dir = state_dir
         self._files: dict[str, dict] = {}
         self._lanes: dict[str, dict] = {}  # lane name -> fingerprint of a passed format check
+        self._refused: dict[str, dict] = {}  # refusal key -> why fetched bytes were not published
+        self._dropped: set[str] = set()  # files forgotten here, not to come back from disk on save
         self._dirty = False
         if state_dir is not None:
             try:
@@ -185,6 +187,8 @@ class Receipts:
                     self._files = data["files"]
                 if isinstance(data, dict) and isinstance(data.get("lanes"), dict):
                     self._lanes = data["lanes"]
+                if isinstance(data, dict) and isinstance(data.get("refused"), dict):
+                    self._refused = data["refused"]
             except (OSError, ValueError):
                 pass
 
@@ -228,7 +232,21 @@ class Receipts:
 
     def forget(self, rel: str) -> None:
         if self._files.pop(rel, None) is not None:
+            self._dropped.add(rel)
             self._dirty = True
+
+    def under(self, prefix: str) -> list[str]:
+        """Keys of files verified under folder `prefix` (relative to the models folder)."""
+        head = prefix.rstrip("/") + "/"
+        return [k for k in self._files if k.startswith(head)]
+
+    def refusal(self, key: str) -> dict | None:
+        rec = self._refused.get(key)
+        return rec if isinstance(rec, dict) else None
+
+    def refuse(self, key: str, record: dict) -> None:
+        self._refused[key] = {**record, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._dirty = True
 
     def save(self) -> bool:
         """Merge with what is on disk (another process may have written) and replace atomically."""
@@ -238,12 +256,15 @@ class Receipts:
         try:
             try:
                 data = json.loads(path.read_bytes())
-                on_disk, lanes_on_disk = data.get("files", {}), data.get("lanes", {})
+                on_disk, lanes_on_disk, refused_on_disk = data.get("files", {}), data.get("lanes", {}), data.get("refused", {})
             except (OSError, ValueError, AttributeError):
-                on_disk, lanes_on_disk = {}, {}
-            merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else self._files
+                on_disk, lanes_on_disk, refused_on_disk = {}, {}, {}
+            merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else dict(self._files)
+            for rel in self._dropped:
+                merged.pop(rel, None)
             lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
-            atomic_write(path, json.dumps({"version": 1, "files": merged, "lanes": lanes}, indent=0, sort_keys=True).encode())
+            refused = {**refused_on_disk, **self._refused} if isinstance(refused_on_disk, dict) else self._refused
+            atomic_write(path, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused}, indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False

@@ -224,8 +224,8 @@ def place_names(lane: Lane, fetchable: dict[str, dict]) -> dict[str, dict]:
     want = gguf_split_names(Path(lane.path).name) if lane.kind == "gguf" else [Path(lane.path).name]
     have = sorted(fetchable)
     if len(have) != len(want):
-        raise UsageError(f"lane {lane.name}: the source holds {plural(len(have), 'file')} ({', '.join(have[:3])}), the lane path names {len(want)}",
-                         hint="a split GGUF lane's path is named like the first part: NAME-00001-of-0000N.gguf")
+        raise UsageError(f"lane {lane.name}: the source holds {plural(len(have), 'file')} ({', '.join(have[:3])}), the lane path names "
+                         f"{len(want)}; a split GGUF lane's path is named like its first part: NAME-00001-of-{len(have):05d}.gguf")
     if have == want:
         return fetchable
     return {w: fetchable[h] for h, w in zip(have, want)}
@@ -376,6 +376,11 @@ class Fetcher:
                     last = exc
                     _unlink(partial)
                     if isinstance(exc, UnsafeContentError):
+                        from . import __version__
+
+                        self.session.ctx.receipts.refuse(refusal_key(job), {
+                            "lane": job.lane.name, "file": job.rel, "reason": redact(str(exc), token)[:500],
+                            "version": __version__, "allow_pickle": job.lane.allow_pickle})
                         break
                 except FetchError as exc:
                     last = exc
@@ -449,8 +454,21 @@ def _fsync_fd(fd: int) -> None:
         pass
 
 
-def write_cache_refs(session: Session, remote: Remote) -> None:
-    """hf-cache lanes: refs/<revision> → commit, as huggingface_hub writes it."""
+def settle_listings(session: Session, remote: Remote) -> None:
+    """Once the volume agrees with the sources' listings: hf-cache lanes get
+    refs/<revision> → commit (as huggingface_hub writes it), and receipts of files a
+    folder lane's listing no longer holds (an older revision's) are dropped, so `check`
+    does not expect them back."""
+    from .check import files_root
+
+    receipts = session.ctx.receipts
+    for lane in session.lanes:
+        if lane.is_dir and lane.name in remote.expect and lane.name not in remote.errors:
+            listing, commit = remote.expect[lane.name]
+            base = os.path.relpath(files_root(session.ctx, lane, commit), session.ctx.models_dir).replace(os.sep, "/")
+            for key in receipts.under(base):
+                if key[len(base) + 1:] not in listing:
+                    receipts.forget(key)
     for lane in session.lanes:
         if lane.kind != "hf-cache" or lane.name not in remote.expect:
             continue
@@ -589,15 +607,15 @@ def run_sync(session: Session, opts: Options) -> Report:
                 _attach(report, remote.errors)
                 _fail_with(report, remote.errors)
                 return report
+        blocked: dict[str, PreflightError] = dict(remote.errors)  # lanes that fail without a fetch (optional ones here)
         results = session.check(remote.expect).lanes
-        jobs = plan_jobs(session, remote, results)
+        jobs = held_back(session, plan_jobs(session, remote, results), blocked)
         if not jobs:
-            write_cache_refs(session, remote)
+            settle_listings(session, remote)
+            _report_errors(report, blocked)
             return report
-        escaped = check_writable(session, jobs)
-        for name in escaped:
-            remote.fetchable.pop(name, None)  # nothing is fetched for a lane whose folder leads out of the volume
-        jobs = [j for j in jobs if j.lane.name not in escaped]
+        blocked.update(check_writable(session, jobs))
+        jobs = [j for j in jobs if j.lane.name not in blocked]
         staging = session.state_dir / "staging"
         sizes: dict[str, int | None] = {}
         learn_sizes(jobs, opts, sizes)
@@ -609,14 +627,12 @@ def run_sync(session: Session, opts: Options) -> Report:
             for _round in range(MAX_LEASE_ROUNDS):
                 session.ctx.receipts = type(session.ctx.receipts)(session.state_dir)  # pick up another writer's receipts
                 results = session.check(remote.expect).lanes
-                jobs = plan_jobs(session, remote, results)
+                jobs = held_back(session, plan_jobs(session, remote, results), blocked)
                 if not jobs:
-                    write_cache_refs(session, remote)
-                    if escaped:
-                        _attach(report, escaped)
-                        _fail_with(report, escaped)
-                    else:
+                    settle_listings(session, remote)
+                    if not blocked:
                         progress.log("another writer already fetched everything; verified")
+                    _report_errors(report, blocked)
                     break
                 learn_sizes(jobs, opts, sizes)
                 total = sum(j.size or 0 for j in jobs)
@@ -641,15 +657,12 @@ def run_sync(session: Session, opts: Options) -> Report:
                     lease = Lease(session.state_dir, stale_after=opts.stale_after)
                     lease.acquire(opts.lease_wait, progress.log)
                     continue
-                write_cache_refs(session, remote)
+                settle_listings(session, remote)
                 results = session.check(remote.expect).lanes
                 for r in results:
                     if r.name in fetched:
                         r.fetched_files, r.fetched_bytes = fetched[r.name]
-                errs = {**escaped, **{name: fl[0][1] for name, fl in failures.items()}}
-                if errs:
-                    _attach(report, errs)
-                    _fail_with(report, errs)
+                _report_errors(report, {**blocked, **{name: fl[0][1] for name, fl in failures.items()}})
                 break
             else:  # the lease was lost every round: report the volume as it stands now
                 session.check(remote.expect)
@@ -658,6 +671,48 @@ def run_sync(session: Session, opts: Options) -> Report:
         return report
     finally:
         progress.close()
+
+
+def held_back(session: Session, jobs: list[Job], blocked: dict[str, PreflightError]) -> list[Job]:
+    """Jobs of blocked lanes are dropped; so is a file refused before (a dangerous pickle)
+    while neither its source nor this program changed: it would only be refused again."""
+    from . import __version__
+
+    out = []
+    for job in jobs:
+        if job.lane.name in blocked:
+            continue
+        rec = session.ctx.receipts.refusal(refusal_key(job))
+        if rec is not None and rec.get("version") == __version__ and rec.get("allow_pickle") == job.lane.allow_pickle:
+            blocked[job.lane.name] = UnsafeContentError(
+                f"{job.label}: refused at {rec.get('at', '?')} and not fetched again: {rec.get('reason', '?')}",
+                hint="the lane becomes ready when its source holds other bytes (a new revision or digest)")
+            continue
+        out.append(job)
+    return [j for j in out if j.lane.name not in blocked]
+
+
+def refusal_key(job: Job) -> str:
+    """What a refusal is remembered by: the expected digest, else the source and its size
+    (and a mirror file's mtime), so any change to the bytes on offer clears it."""
+    if job.expect.sha256:
+        return f"sha256:{job.expect.sha256}"
+    if job.expect.sha1:
+        return f"sha1:{job.expect.sha1}"
+    extra = ""
+    if job.mirror is not None:
+        try:
+            st = os.stat(job.mirror)
+            extra = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            pass
+    return "source:" + hashlib.sha256(f"{job.url or job.mirror}|{job.expect.size}|{extra}".encode()).hexdigest()
+
+
+def _report_errors(report: Report, errors: dict[str, PreflightError]) -> None:
+    if errors:
+        _attach(report, errors)
+        _fail_with(report, errors)
 
 
 def _attach(report: Report, errors: dict[str, PreflightError]) -> None:
