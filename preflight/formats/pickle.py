@@ -36,8 +36,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 ACCEPT_ON_LANE = "set `allow_pickle: true` on the lane to accept it"  # `inspect` names its flag instead
 TORCHSCRIPT_ON_LANE = "set `allow_pickle: torchscript` on the lane to accept TorchScript"
 
-MAX_OPS = 5_000_000           # opcodes per file
-MAX_MEMO = 500_000            # memo entries per pickle
+MAX_OPS = 2_000_000           # opcodes per file (a state dict needs about 20 a tensor)
+MAX_MEMO = 300_000            # memo entries per pickle (about 6 a tensor)
 MAX_STACK = 1_000_000         # stack items, marks included
 MAX_MARKS = 100_000
 KEEP_STR = 256                # strings longer than this are not kept (a global's name never is)
@@ -46,7 +46,7 @@ MAX_PICKLES = 16              # pickles read back to back from one stream
 MAX_ZIP_MEMBERS = 100_000
 MAX_ZIP_DIRECTORY = 32 << 20
 MAX_PICKLE_MEMBERS = 4096
-MAX_INFLATE = 256 << 20       # bytes inflated from compressed pickle members, per file
+MAX_INFLATE = 64 << 20        # bytes inflated from compressed pickle members, per file
 MAX_TAR_MEMBERS = 10_000
 MAX_NPY_HEADER = 1 << 16
 
@@ -398,12 +398,13 @@ class _Truncated(_Bad):
 class _Reader:
     """Bytes [start, end) of a binary file, buffered; large arguments are skipped, not read."""
 
-    CHUNK = 1 << 16
+    CHUNK = 1 << 20
 
     def __init__(self, f, start: int, end: int, *, seekable: bool = True, budget: list[int] | None = None) -> None:
         self.f, self.end, self.seekable = f, end, seekable
         self.base, self.buf, self.pos = start, b"", 0
         self.inflate = budget  # [bytes left] shared by a file's compressed members
+        self.line_len, self.line_last = 0, b""
         if seekable:
             f.seek(start)
 
@@ -431,24 +432,13 @@ class _Reader:
         self.pos = 0
         return True
 
-    def byte(self) -> int:
-        if self.pos < len(self.buf):
-            b = self.buf[self.pos]
-            self.pos += 1
-            return b
-        if not self._more(1):
-            raise _Truncated("the stream ends before its STOP opcode")
-        return self.byte()
-
-    def read(self, n: int) -> bytes:
-        p = self.pos
-        if p + n <= len(self.buf):
-            self.pos = p + n
-            return self.buf[p:p + n]
+    def refill(self, pos: int, n: int) -> bytes:
+        """The buffer with at least `n` bytes from `pos` on (`self.pos` is then where `pos` went)."""
+        self.pos = pos
         while len(self.buf) - self.pos < n:
             if not self._more(n - (len(self.buf) - self.pos)):
-                raise _Truncated(f"an argument of {n} bytes runs past the end")
-        return self.read(n)
+                raise _Truncated("the stream ends before its STOP opcode" if n == 1 else f"an argument of {n} bytes runs past the end")
+        return self.buf
 
     def skip(self, n: int) -> None:
         have = len(self.buf) - self.pos
@@ -477,15 +467,22 @@ class _Reader:
             n -= len(data)
 
     def readline(self, keep: int = 4096) -> bytes:
-        """A newline-ended argument (without the newline); only its first `keep` bytes are kept."""
-        out = b""
+        """A newline-ended argument (without the newline); only its first `keep` bytes are kept.
+        `line_len` and `line_last` are the whole line's length and last byte."""
+        out, total = b"", 0
         while True:
             i = self.buf.find(b"\n", self.pos)
+            piece = self.buf[self.pos:i] if i >= 0 else self.buf[self.pos:]
+            out += piece[: max(0, keep - len(out))]
+            total += len(piece)
+            if piece:
+                self.line_last = piece[-1:]
             if i >= 0:
-                out += self.buf[self.pos:i][: max(0, keep - len(out))]
                 self.pos = i + 1
+                self.line_len = total
+                if not total:
+                    self.line_last = b""
                 return out
-            out += self.buf[self.pos:][: max(0, keep - len(out))]
             self.pos = len(self.buf)
             if not self._more(1):
                 raise _Truncated("a text argument has no newline before the end")
@@ -541,9 +538,6 @@ class _Walk:
         return self.end is not None and self.unjudged is None
 
 
-_TEXT = {0x46, 0x49, 0x4C}  # FLOAT INT LONG: newline-ended numbers
-
-
 def _walk(r: _Reader, rules: _Rules, budget: _Budget) -> _Walk:
     """Follow one pickle's opcodes as the C unpickler would, running nothing."""
     w = _Walk(r.tell())
@@ -563,13 +557,15 @@ def _walk(r: _Reader, rules: _Rules, budget: _Budget) -> _Walk:
 def _run(r: _Reader, rules: _Rules, budget: _Budget, w: _Walk) -> None:  # noqa: C901 - one branch per opcode
     st: list = []
     marks: list[list] = []
-    saved = 0
+    saved = 0  # values held in the frames below the marks
     memo: dict[int, object] = {}
-    byte, read, skip, readline = r.byte, r.read, r.skip, r.readline
     ops = budget.ops
+    buf, pos = r.buf, r.pos
+    blen = len(buf)
+    unpack_from = struct.unpack_from
 
     def keep(data: bytes, how: str) -> str | None:
-        if len(data) > KEEP_STR or budget.kept > KEEP_BUDGET:
+        if budget.kept > KEEP_BUDGET:
             return None
         budget.kept += len(data)
         try:
@@ -584,12 +580,6 @@ def _run(r: _Reader, rules: _Rules, budget: _Budget, w: _Walk) -> None:  # noqa:
             return data.decode("latin-1")
         except (UnicodeDecodeError, ValueError):
             return None
-
-    def string(n: int, how: str) -> str | None:
-        if n > KEEP_STR:
-            skip(n)
-            return None
-        return keep(read(n), how)
 
     def make_global(module: str, name: str) -> _Global:
         shown = f"{module}.{name}"
@@ -633,215 +623,271 @@ def _run(r: _Reader, rules: _Rules, budget: _Budget, w: _Walk) -> None:  # noqa:
                   and isinstance(pid[1], _Global) and pid[1].ok and pid[1].name.endswith("Storage")):
             w.refusals["a persistent id that is not a torch storage reference"] = None
 
-    while True:
-        op = byte()
-        ops += 1
-        if not ops & 0xFFF:
-            budget.ops = ops
-            if ops > MAX_OPS:
-                raise _Unjudgeable(f"more than {MAX_OPS} opcodes in the file")
-            if len(st) + saved > MAX_STACK:
-                raise _Unjudgeable(f"more than {MAX_STACK} values on the stack")
-        if op == 0x71:  # BINPUT
-            i = byte()
-            memo[i] = st[-1]
-        elif op == 0x68:  # BINGET
-            i = byte()
-            if i not in memo:
-                raise _Bad(f"memo {i} is read before it is written")
-            st.append(memo[i])
-        elif op == 0x94:  # MEMOIZE
-            memo[len(memo)] = st[-1]
-            if len(memo) > MAX_MEMO:
-                raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
-        elif op in (0x72, 0x6A, 0x70, 0x67):  # LONG_BINPUT LONG_BINGET PUT GET
-            if op in (0x72, 0x6A):
-                i = struct.unpack("<I", read(4))[0]
-            else:
-                try:
-                    i = int(readline(64))
-                except ValueError:
-                    raise _Bad("a memo index that is not a number") from None
-            if op in (0x72, 0x70):
-                if i < 0:
-                    raise _Bad("a negative memo index")
-                memo[i] = st[-1]
-                if len(memo) > MAX_MEMO:
-                    raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
-            else:
+    try:
+        while True:
+            if pos >= blen:
+                buf = r.refill(pos, 1)
+                pos, blen = r.pos, len(buf)
+            op = buf[pos]
+            pos += 1
+            ops += 1
+            if not ops & 0xFFF:
+                budget.ops = ops
+                if ops > MAX_OPS:
+                    raise _Unjudgeable(f"more than {MAX_OPS} opcodes in the file")
+                if len(st) + saved > MAX_STACK:
+                    raise _Unjudgeable(f"more than {MAX_STACK} values on the stack")
+            # fixed-size arguments: make sure the longest (8 bytes) is in the buffer
+            if pos + 8 > blen and op in _FIXED:
+                buf = r.refill(pos, _FIXED[op])
+                pos, blen = r.pos, len(buf)
+
+            if op == 0x71:  # BINPUT
+                memo[buf[pos]] = st[-1]
+                pos += 1
+            elif op == 0x68:  # BINGET
+                i = buf[pos]
+                pos += 1
                 if i not in memo:
                     raise _Bad(f"memo {i} is read before it is written")
                 st.append(memo[i])
-        elif op == 0x28:  # MARK
-            if len(marks) >= MAX_MARKS:
-                raise _Unjudgeable(f"more than {MAX_MARKS} nested marks")
-            marks.append(st)
-            saved += len(st)
-            st = []
-        elif op == 0x2E:  # STOP
-            st.pop()
-            w.end = r.tell()
-            return
-        elif op in (0x58, 0x8C, 0x8D):  # BINUNICODE SHORT_BINUNICODE BINUNICODE8
-            n = byte() if op == 0x8C else struct.unpack("<I" if op == 0x58 else "<Q", read(4 if op == 0x58 else 8))[0]
-            st.append(string(n, "utf8"))
-        elif op in (0x42, 0x43, 0x8E, 0x96, 0x54, 0x55):  # BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 BINSTRING SHORT_BINSTRING
-            if op in (0x43, 0x55):
-                n = byte()
-            elif op == 0x54:
-                n = struct.unpack("<i", read(4))[0]
+            elif op in _STRINGS:  # BINUNICODE SHORT_BINUNICODE BINUNICODE8 BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 BINSTRING SHORT_BINSTRING
+                width, fmt, how = _STRINGS[op]
+                n = unpack_from(fmt, buf, pos)[0]
+                pos += width
                 if n < 0:
                     raise _Bad("a negative string length")
-            elif op == 0x42:
-                n = struct.unpack("<I", read(4))[0]
-            else:
-                n = struct.unpack("<Q", read(8))[0]
-            value = string(n, "latin1")
-            st.append(None if op == 0x96 else value)
-        elif op in (0x4A, 0x4B, 0x4D, 0x47):  # BININT BININT1 BININT2 BINFLOAT
-            skip({0x4A: 4, 0x4B: 1, 0x4D: 2, 0x47: 8}[op])
-            st.append(None)
-        elif op in (0x4E, 0x88, 0x89, 0x7D, 0x5D, 0x8F, 0x97):  # NONE NEWTRUE NEWFALSE EMPTY_DICT EMPTY_LIST EMPTY_SET NEXT_BUFFER
-            st.append(None)
-        elif op == 0x29:  # EMPTY_TUPLE
-            st.append(())
-        elif op in (0x85, 0x86, 0x87):  # TUPLE1 TUPLE2 TUPLE3
-            n = op - 0x84
-            if len(st) < n:
-                raise _Bad("stack underflow")
-            t = tuple(st[-n:])
-            del st[-n:]
-            st.append(t)
-        elif op == 0x74:  # TUPLE
-            if not marks:
-                raise _Bad("TUPLE without a MARK")
-            items, st = st, marks.pop()
-            saved -= len(st)
-            st.append(tuple(items) if len(items) <= 8 else None)
-        elif op in (0x6C, 0x64, 0x91):  # LIST DICT FROZENSET
-            if not marks:
-                raise _Bad("a collection without a MARK")
-            st = marks.pop()
-            saved -= len(st)
-            st.append(None)
-        elif op in (0x8A, 0x8B):  # LONG1 LONG4
-            n = byte() if op == 0x8A else struct.unpack("<i", read(4))[0]
-            if n < 0:
-                raise _Bad("a negative LONG4 length")
-            skip(n)
-            st.append(None)
-        elif op in _TEXT:
-            readline(64)
-            st.append(None)
-        elif op == 0x53:  # STRING
-            line = readline(KEEP_STR + 2)
-            if len(line) < 2 or line[:1] != line[-1:] or line[:1] not in (b"'", b'"'):
-                raise _Bad("a STRING argument that is not quoted")
-            st.append(keep(line[1:-1], "escape"))
-        elif op == 0x56:  # UNICODE
-            st.append(keep(readline(KEEP_STR + 1), "raw"))
-        elif op == 0x61:  # APPEND
-            st.pop()
-            into(st[-1], "APPEND")
-        elif op in (0x65, 0x75, 0x90):  # APPENDS SETITEMS ADDITEMS
-            if not marks:
-                raise _Bad("a MARK is missing")
-            items, st = st, marks.pop()
-            saved -= len(st)
-            target = st[-1]
-            if items:
-                into(target, {0x65: "APPENDS", 0x75: "SETITEMS", 0x90: "ADDITEMS"}[op])
-        elif op == 0x73:  # SETITEM
-            st.pop()
-            st.pop()
-            into(st[-1], "SETITEM")
-        elif op == 0x62:  # BUILD
-            st.pop()
-            inst = st[-1]
-            if isinstance(inst, _Global):
-                w.called = True
-                w.refusals[f"BUILD sets attributes of {inst.shown} itself"] = None
-            elif isinstance(inst, _Made):
-                w.called = True
-        elif op == 0x52:  # REDUCE
-            args = st.pop()
-            st[-1] = call(st[-1], args, "REDUCE")
-        elif op == 0x81:  # NEWOBJ
-            args = st.pop()
-            st[-1] = call(st[-1], args, "NEWOBJ")
-        elif op == 0x92:  # NEWOBJ_EX
-            st.pop()
-            args = st.pop()
-            st[-1] = call(st[-1], args, "NEWOBJ_EX")
-        elif op == 0x6F:  # OBJ
-            if not marks:
-                raise _Bad("OBJ without a MARK")
-            items, st = st, marks.pop()
-            saved -= len(st)
-            if not items:
-                raise _Bad("OBJ without a class")
-            st.append(call(items[0], tuple(items[1:]) if len(items) <= 9 else None, "OBJ"))
-        elif op in (0x63, 0x69):  # GLOBAL INST
-            if op == 0x69 and not marks:
-                raise _Bad("INST without a MARK")
-            module = readline(KEEP_STR).decode("utf-8", "replace")
-            name = readline(KEEP_STR).decode("utf-8", "replace")
-            g = make_global(module, name)
-            if op == 0x63:
-                st.append(g)
-            else:
+                if n <= KEEP_STR:
+                    if pos + n > blen:
+                        buf = r.refill(pos, n)
+                        pos, blen = r.pos, len(buf)
+                    value = keep(buf[pos:pos + n], how) if how else None
+                    pos += n
+                else:
+                    r.pos = pos
+                    r.skip(n)
+                    buf, pos = r.buf, r.pos
+                    blen = len(buf)
+                    value = None
+                st.append(value)
+            elif op == 0x28:  # MARK
+                if len(marks) >= MAX_MARKS:
+                    raise _Unjudgeable(f"more than {MAX_MARKS} nested marks")
+                marks.append(st)
+                saved += len(st)
+                st = []
+            elif op in _PLAIN:  # NONE NEWTRUE NEWFALSE EMPTY_DICT EMPTY_LIST EMPTY_SET NEXT_BUFFER, BININT BININT1 BININT2 BINFLOAT
+                pos += _PLAIN[op]
+                st.append(None)
+            elif op == 0x74:  # TUPLE
+                if not marks:
+                    raise _Bad("TUPLE without a MARK")
                 items, st = st, marks.pop()
                 saved -= len(st)
-                st.append(call(g, tuple(items) if len(items) <= 8 else None, "INST"))
-        elif op == 0x93:  # STACK_GLOBAL
-            name = st.pop()
-            module = st.pop()
-            if isinstance(module, str) and isinstance(name, str):
-                st.append(make_global(module, name))
-            else:
-                w.refusals["STACK_GLOBAL imports a name that is not a plain string in the pickle"] = None
-                st.append(_Global("?", "?", "?", False))
-        elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
-            width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-            code = int.from_bytes(read(width), "little")
-            w.refusals[f"EXT{width} {code}, an import through copyreg's extension registry"] = None
-            st.append(_Global("?", "?", f"extension {code}", False))
-        elif op == 0x51:  # BINPERSID
-            persistent(st.pop())
-            st.append(_STORAGE)
-        elif op == 0x50:  # PERSID
-            readline(KEEP_STR)
-            w.called = True
-            w.refusals["a text persistent id (PERSID), which torch never writes"] = None
-            st.append(_STORAGE)
-        elif op == 0x80:  # PROTO
-            p = byte()
-            if p > 5:
-                raise _Bad(f"unsupported pickle protocol {p}")
-            w.proto = p
-            if r.tell() - w.start == 2:
-                w.began = True
-        elif op == 0x95:  # FRAME
-            skip(8)
-        elif op == 0x30:  # POP
-            if st:
+                st.append(tuple(items) if len(items) <= 8 else None)
+            elif op in (0x85, 0x86, 0x87):  # TUPLE1 TUPLE2 TUPLE3
+                n = op - 0x84
+                if len(st) < n:
+                    raise _Bad("stack underflow")
+                t = tuple(st[-n:])
+                del st[-n:]
+                st.append(t)
+            elif op == 0x29:  # EMPTY_TUPLE
+                st.append(())
+            elif op == 0x52:  # REDUCE
+                args = st.pop()
+                st[-1] = call(st[-1], args, "REDUCE")
+            elif op == 0x51:  # BINPERSID
+                persistent(st.pop())
+                st.append(_STORAGE)
+            elif op in (0x75, 0x65, 0x90):  # SETITEMS APPENDS ADDITEMS
+                if not marks:
+                    raise _Bad("a MARK is missing")
+                items, st = st, marks.pop()
+                saved -= len(st)
+                target = st[-1]
+                if items:
+                    into(target, {0x65: "APPENDS", 0x75: "SETITEMS", 0x90: "ADDITEMS"}[op])
+            elif op == 0x73:  # SETITEM
                 st.pop()
-            elif marks:
+                st.pop()
+                into(st[-1], "SETITEM")
+            elif op == 0x61:  # APPEND
+                st.pop()
+                into(st[-1], "APPEND")
+            elif op in (0x72, 0x6A):  # LONG_BINPUT LONG_BINGET
+                i = unpack_from("<I", buf, pos)[0]
+                pos += 4
+                if op == 0x72:
+                    memo[i] = st[-1]
+                    if len(memo) > MAX_MEMO:
+                        raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
+                else:
+                    if i not in memo:
+                        raise _Bad(f"memo {i} is read before it is written")
+                    st.append(memo[i])
+            elif op == 0x94:  # MEMOIZE
+                memo[len(memo)] = st[-1]
+                if len(memo) > MAX_MEMO:
+                    raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
+            elif op == 0x2E:  # STOP
+                st.pop()
+                pos_end = pos
+                w.end = r.base + pos_end
+                return
+            elif op == 0x62:  # BUILD
+                st.pop()
+                inst = st[-1]
+                if isinstance(inst, _Global):
+                    w.called = True
+                    w.refusals[f"BUILD sets attributes of {inst.shown} itself"] = None
+                elif isinstance(inst, _Made):
+                    w.called = True
+            elif op == 0x81:  # NEWOBJ
+                args = st.pop()
+                st[-1] = call(st[-1], args, "NEWOBJ")
+            elif op == 0x92:  # NEWOBJ_EX
+                st.pop()
+                args = st.pop()
+                st[-1] = call(st[-1], args, "NEWOBJ_EX")
+            elif op in (0x8A, 0x8B):  # LONG1 LONG4
+                if op == 0x8A:
+                    n = buf[pos]
+                    pos += 1
+                else:
+                    n = unpack_from("<i", buf, pos)[0]
+                    pos += 4
+                    if n < 0:
+                        raise _Bad("a negative LONG4 length")
+                r.pos = pos
+                r.skip(n)
+                buf, pos = r.buf, r.pos
+                blen = len(buf)
+                st.append(None)
+            elif op == 0x93:  # STACK_GLOBAL
+                name = st.pop()
+                module = st.pop()
+                if isinstance(module, str) and isinstance(name, str):
+                    st.append(make_global(module, name))
+                else:
+                    w.refusals["STACK_GLOBAL imports a name that is not a plain string in the pickle"] = None
+                    st.append(_Global("?", "?", "?", False))
+            elif op == 0x80:  # PROTO
+                p = buf[pos]
+                pos += 1
+                if p > 5:
+                    raise _Bad(f"unsupported pickle protocol {p}")
+                w.proto = p
+                if r.base + pos - w.start == 2:
+                    w.began = True
+            elif op == 0x95:  # FRAME (a buffering hint)
+                pos += 8
+            elif op in _LINES:  # opcodes whose arguments are newline-ended lines
+                r.pos = pos
+                if op in (0x63, 0x69):  # GLOBAL INST
+                    if op == 0x69 and not marks:
+                        raise _Bad("INST without a MARK")
+                    module = r.readline(KEEP_STR).decode("utf-8", "replace")
+                    name = r.readline(KEEP_STR).decode("utf-8", "replace")
+                    g = make_global(module, name)
+                    if op == 0x63:
+                        st.append(g)
+                    else:
+                        items, st = st, marks.pop()
+                        saved -= len(st)
+                        st.append(call(g, tuple(items) if len(items) <= 8 else None, "INST"))
+                elif op in (0x70, 0x67):  # PUT GET
+                    try:
+                        i = int(r.readline(64))
+                    except ValueError:
+                        raise _Bad("a memo index that is not a number") from None
+                    if op == 0x70:
+                        if i < 0:
+                            raise _Bad("a negative memo index")
+                        memo[i] = st[-1]
+                        if len(memo) > MAX_MEMO:
+                            raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
+                    else:
+                        if i not in memo:
+                            raise _Bad(f"memo {i} is read before it is written")
+                        st.append(memo[i])
+                elif op == 0x53:  # STRING
+                    line = r.readline(KEEP_STR + 2)
+                    if r.line_len < 2 or line[:1] != r.line_last or line[:1] not in (b"'", b'"'):
+                        raise _Bad("a STRING argument that is not quoted")
+                    st.append(keep(line[1:-1], "escape") if r.line_len <= KEEP_STR + 2 else None)
+                elif op == 0x56:  # UNICODE
+                    line = r.readline(KEEP_STR)
+                    st.append(keep(line, "raw") if r.line_len <= KEEP_STR else None)
+                elif op == 0x50:  # PERSID
+                    r.readline(KEEP_STR)
+                    w.called = True
+                    w.refusals["a text persistent id (PERSID), which torch never writes"] = None
+                    st.append(_STORAGE)
+                else:  # INT LONG FLOAT
+                    r.readline(64)
+                    st.append(None)
+                buf, pos = r.buf, r.pos
+                blen = len(buf)
+            elif op in (0x6C, 0x64, 0x91):  # LIST DICT FROZENSET
+                if not marks:
+                    raise _Bad("a collection without a MARK")
                 st = marks.pop()
                 saved -= len(st)
+                st.append(None)
+            elif op == 0x6F:  # OBJ
+                if not marks:
+                    raise _Bad("OBJ without a MARK")
+                items, st = st, marks.pop()
+                saved -= len(st)
+                if not items:
+                    raise _Bad("OBJ without a class")
+                st.append(call(items[0], tuple(items[1:]) if len(items) <= 9 else None, "OBJ"))
+            elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
+                width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
+                code = int.from_bytes(buf[pos:pos + width], "little")
+                pos += width
+                w.refusals[f"EXT{width} {code}, an import through copyreg's extension registry"] = None
+                st.append(_Global("?", "?", f"extension {code}", False))
+            elif op == 0x30:  # POP
+                if st:
+                    st.pop()
+                elif marks:
+                    st = marks.pop()
+                    saved -= len(st)
+                else:
+                    raise _Bad("stack underflow")
+            elif op == 0x31:  # POP_MARK
+                if not marks:
+                    raise _Bad("POP_MARK without a MARK")
+                st = marks.pop()
+                saved -= len(st)
+            elif op == 0x32:  # DUP
+                st.append(st[-1])
+            elif op == 0x98:  # READONLY_BUFFER
+                st[-1]
             else:
-                raise _Bad("stack underflow")
-        elif op == 0x31:  # POP_MARK
-            if not marks:
-                raise _Bad("POP_MARK without a MARK")
-            st = marks.pop()
-            saved -= len(st)
-        elif op == 0x32:  # DUP
-            st.append(st[-1])
-        elif op == 0x98:  # READONLY_BUFFER
-            st[-1]
-        else:
-            raise _Bad(f"unknown opcode 0x{op:02x}")
+                pos -= 1
+                raise _Bad(f"unknown opcode 0x{op:02x}")
+    finally:
+        r.pos = pos if r.buf is buf else r.pos
+        budget.ops = ops
+
+
+# Argument widths: fixed-size ones (checked against the buffer before the opcode runs).
+_FIXED = {
+    0x71: 1, 0x68: 1, 0x72: 4, 0x6A: 4, 0x4A: 4, 0x4B: 1, 0x4D: 2, 0x47: 8, 0x80: 1, 0x95: 8, 0x8A: 1, 0x8B: 4,
+    0x82: 1, 0x83: 2, 0x84: 4, 0x58: 4, 0x8C: 1, 0x8D: 8, 0x42: 4, 0x43: 1, 0x8E: 8, 0x96: 8, 0x54: 4, 0x55: 1,
+}
+# Strings: (width of the length, its format, how the value is kept; "" = not kept).
+_STRINGS = {
+    0x58: (4, "<I", "utf8"), 0x8C: (1, "<B", "utf8"), 0x8D: (8, "<Q", "utf8"),
+    0x42: (4, "<I", "latin1"), 0x43: (1, "<B", "latin1"), 0x8E: (8, "<Q", "latin1"), 0x96: (8, "<Q", ""),
+    0x54: (4, "<i", "latin1"), 0x55: (1, "<B", "latin1"),
+}
+# Plain values and the width of their argument.
+_PLAIN = {0x4E: 0, 0x88: 0, 0x89: 0, 0x7D: 0, 0x5D: 0, 0x8F: 0, 0x97: 0, 0x4A: 4, 0x4B: 1, 0x4D: 2, 0x47: 8}
+_LINES = {0x63, 0x69, 0x70, 0x67, 0x53, 0x56, 0x50, 0x49, 0x4C, 0x46}
 
 
 # ----------------------------------------------------------------------------- judging a file
@@ -892,15 +938,14 @@ def _judge(path: str | os.PathLike, found: Found, torchscript: bool) -> _Verdict
             _walk_stream(_Reader(f, 0, size), _Rules(), budget, verdict, "")
         elif found.kind == "torch-legacy":
             r = _Reader(f, 0, size)
-            walks = []
             for i in range(LEGACY_PICKLES):  # the storages that follow are raw bytes: never read
+                if r.at_end():
+                    verdict.broken.append(f"the file ends after {i} of the {LEGACY_PICKLES} pickles of the legacy format")
+                    break
                 w = _walk(r, _Rules(persistent="legacy" if i == 3 else None), budget)
                 verdict.take(w, "")
-                walks.append(w)
                 if not w.complete:
                     break
-            if len(walks) < LEGACY_PICKLES and all(x.complete for x in walks):
-                verdict.broken.append(f"the file ends after {len(walks)} of the {LEGACY_PICKLES} pickles of the legacy format")
         elif found.kind == "numpy-pickle":
             parsed = _npy_header(f, 0)
             start = parsed[1] if parsed else size

@@ -1,0 +1,310 @@
+"""Pickle-bearing files: what a file holds is judged by its bytes; an allowed pickle must have a state dict's shape.
+
+Files come from real writers: the pickle module (with stand-ins registered under torch's
+names, see pickle_builders), numpy, zipfile and tarfile, the safetensors and gguf packages.
+Hostile pickles are written opcode by opcode.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preflight.check import check_single_file
+from preflight.formats.pickle import MAX_INFLATE, MAX_MEMO, MAX_OPS, classify, pickle_policy, scan_pickle
+from tests import pickle_builders as pb
+from tests.builders import write_safetensors
+from tests.repos import gguf_file
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def judged(tmp_path: Path, name: str, data: bytes, allow: bool | str = True) -> list:
+    return pickle_policy(write(tmp_path, name, data), name, allow)
+
+
+def refusal(tmp_path: Path, name: str, data: bytes, allow: bool | str = True) -> str:
+    """The one dangerous-pickle message for a file that must be refused."""
+    problems = judged(tmp_path, name, data, allow)
+    errors = [p for p in problems if p.is_error]
+    assert [p.code for p in errors] == ["dangerous-pickle"], problems
+    return errors[0].message
+
+
+def op_str(s: str) -> bytes:
+    """SHORT_BINUNICODE s (BINUNICODE when longer than 255 bytes)."""
+    raw = s.encode()
+    return (b"\x8c" + bytes([len(raw)]) if len(raw) < 256 else b"X" + struct.pack("<I", len(raw))) + raw
+
+
+# ----------------------------------------------------------------------------- what passes
+
+
+def test_torch_state_dicts_pass_with_allow_pickle(tmp_path: Path) -> None:
+    for name, data in (("pytorch_model.bin", pb.state_dict_zip()), ("small.pt", pb.whisper_small()),
+                       ("legacy.pth", pb.legacy_checkpoint())):
+        assert judged(tmp_path, name, data) == [], name
+        (refused,) = judged(tmp_path, name, data, allow=False)
+        assert refused.code == "unsafe-pickle" and "allow_pickle: true" in refused.message
+    assert classify(write(tmp_path, "small.pt", pb.whisper_small())).kind == "torch-zip"
+    assert classify(write(tmp_path, "legacy.pth", pb.legacy_checkpoint())).kind == "torch-legacy"
+
+
+def test_numpy_pickles_of_every_protocol_pass(tmp_path: Path) -> None:
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.int64(3), "b": b"\x00\xff", "s": {1, 2},
+             "f": frozenset({3}), "c": 1 + 2j, "od": collections.OrderedDict(a=1), "empty": b""}
+    for protocol in range(0, pickle.HIGHEST_PROTOCOL + 1):
+        assert judged(tmp_path, f"p{protocol}.pkl", pickle.dumps(state, protocol=protocol)) == [], protocol
+
+
+def test_numpy_array_files(tmp_path: Path) -> None:
+    plain = io.BytesIO()
+    np.save(plain, np.zeros(4, dtype=np.float16))
+    assert classify(write(tmp_path, "a.npy", plain.getvalue())).kind == "numpy"
+    assert judged(tmp_path, "a.npy", plain.getvalue(), allow=False) == []
+    objects = io.BytesIO()
+    np.save(objects, np.array([{"k": 1}, None], dtype=object), allow_pickle=True)
+    assert classify(write(tmp_path, "o.npy", objects.getvalue())).kind == "numpy-pickle"
+    assert [p.code for p in judged(tmp_path, "o.npy", objects.getvalue(), allow=False)] == ["unsafe-pickle"]
+    assert judged(tmp_path, "o.npy", objects.getvalue()) == []
+    evil = io.BytesIO()
+    np.save(evil, np.array([RunsShell(), None], dtype=object), allow_pickle=True)
+    assert "posix.system" in refusal(tmp_path, "e.npy", evil.getvalue())
+    npz = io.BytesIO()
+    np.savez(npz, ok=np.zeros(2), bad=np.array([RunsShell()], dtype=object))
+    message = refusal(tmp_path, "e.npz", npz.getvalue())
+    assert "posix.system" in message and "bad.npy" in message
+
+
+class RunsShell:
+    def __reduce__(self):
+        return os.system, ("echo owned",)
+
+
+# ----------------------------------------------------------------------------- content, not name
+
+
+def test_a_bin_is_judged_by_its_content(tmp_path: Path) -> None:
+    raw = bytes(range(256)) * 64  # raw bytes: neither a pickle nor a zip
+    for allow in (False, True):
+        assert check_single_file(write(tmp_path, "raw.bin", raw), "raw.bin", allow) == []
+    assert classify(tmp_path / "raw.bin").kind == "data"
+    write_safetensors(tmp_path / "st.bin", {"w": ("F32", (2, 2))})
+    assert classify(tmp_path / "st.bin").kind == "safetensors"
+    assert check_single_file(tmp_path / "st.bin", "st.bin", False) == []
+    data = bytearray((tmp_path / "st.bin").read_bytes())
+    write(tmp_path, "cut.bin", bytes(data[:-3]))
+    assert [p.code for p in check_single_file(tmp_path / "cut.bin", "cut.bin", False)] == ["truncated"]
+    g = write(tmp_path, "g.bin", gguf_file("m.gguf")["m.gguf"])
+    assert classify(g).kind == "gguf" and check_single_file(g, "g.bin", False) == []
+    ggml = write(tmp_path, "old.bin", b"tjgg" + bytes(64))
+    assert classify(ggml).kind == "ggml" and "ggjt" in classify(ggml).label
+    assert check_single_file(ggml, "old.bin", False) == []
+    assert check_single_file(write(tmp_path, "z.bin", pb.zip_of({"a.txt": b"hi"})), "z.bin", False) == []
+    assert check_single_file(write(tmp_path, "notes.txt", b"hello\ncat\ndog\n"), "notes.txt", False) == []
+
+
+def test_a_pickle_is_a_pickle_whatever_its_name(tmp_path: Path) -> None:
+    for name in ("weights.dat", "noext", "config.yaml"):
+        (problem,) = check_single_file(write(tmp_path, name, pickle.dumps({"a": 1})), name, False)
+        assert problem.code == "unsafe-pickle" and "a pickle (protocol" in problem.message
+        assert check_single_file(tmp_path / name, name, True) == []
+    # a text pickle without PROTO is recognised by what it does
+    (problem,) = check_single_file(write(tmp_path, "w.txt", b"cos\nsystem\n(S'echo owned'\ntR."), "w.txt", True)
+    assert problem.code == "dangerous-pickle" and "os.system" in problem.message
+
+
+def test_one_rule_for_raw_bytes_and_a_zip_member(tmp_path: Path) -> None:
+    junk = b"\x00\x01 these bytes are no pickle"
+    assert judged(tmp_path, "raw.pt", junk) == []
+    (problem,) = judged(tmp_path, "z.pt", pb.state_dict_zip(data_pkl=junk))
+    assert problem.code == "archive-invalid" and "data.pkl is not a pickle" in problem.message
+    broken = b"\x80\x02\xff\xff"  # says it is a pickle, then is not
+    assert "does not parse" in refusal(tmp_path, "raw2.pt", broken)
+    assert "archive/data.pkl" in refusal(tmp_path, "z2.pt", pb.state_dict_zip(data_pkl=broken))
+
+
+# ----------------------------------------------------------------------------- every way to import
+
+
+PAYLOADS = {
+    "GLOBAL": (b"cos\nsystem\n(S'echo owned'\ntR.", "os.system"),
+    "GLOBAL in protocol 2": (b"\x80\x02cposix\nsystem\nX\x02\x00\x00\x00id\x85R.", "posix.system"),
+    "INST": (b"(S'echo owned'\nios\nsystem\n.", "os.system"),
+    "OBJ": (b"(cos\nsystem\nS'echo owned'\no.", "os.system"),
+    "STACK_GLOBAL": (b"\x80\x04" + op_str("os") + op_str("system") + b"\x93" + op_str("id") + b"\x85R.", "os.system"),
+    "STACK_GLOBAL through the memo": (
+        b"\x80\x04" + op_str("runpy") + b"\x94" + op_str("_run_code") + b"\x94" + b"00" + b"h\x00h\x01\x93)R.", "runpy._run_code"),
+    "STACK_GLOBAL through LONG_BINGET": (
+        b"\x80\x04" + op_str("builtins") + b"r\x07\x00\x00\x00" + op_str("eval") + b"r\x09\x00\x00\x00" + b"00"
+        + b"j\x07\x00\x00\x00j\x09\x00\x00\x00\x93" + op_str("1") + b"\x85R.", "builtins.eval"),
+    "NEWOBJ": (b"\x80\x02ccode\nInteractiveInterpreter\n)\x81.", "code.InteractiveInterpreter"),
+    "protocol 2 name mapping": (b"\x80\x02c__builtin__\nexec\nX\x01\x00\x00\x001\x85R.", "__builtin__.exec (builtins.exec)"),
+    "getattr": (pickle.dumps(__import__("code").InteractiveInterpreter.runsource, protocol=2), "builtins.getattr"),
+    "dotted name": (pickle.dumps(__import__("code").InteractiveInterpreter.runsource, protocol=4), "code.InteractiveInterpreter.runsource"),
+    "distutils": (b"\x80\x02cdistutils.spawn\nspawn\n]X\x02\x00\x00\x00id\x85R.", "distutils.spawn.spawn"),
+    "nested torch.load": (b"\x80\x02ctorch.serialization\nload\nX\x01\x00\x00\x00f\x85R.", "torch.serialization.load"),
+    "nested pickle in storage bytes": (b"\x80\x02ctorch.storage\n_load_from_bytes\nC\x01x\x85R.", "torch.storage._load_from_bytes"),
+    "module class in a checkpoint": (b"\x80\x02ctorch.nn.modules.linear\nLinear\n)\x81.", "torch.nn.modules.linear.Linear"),
+}
+
+
+@pytest.mark.parametrize("form", PAYLOADS)
+def test_every_import_form_is_refused_naming_the_callable(tmp_path: Path, form: str) -> None:
+    data, callable_ = PAYLOADS[form]
+    message = refusal(tmp_path, "evil.pt", data)
+    assert callable_ in message and "refusing it" in message
+    # the same payload as a torch checkpoint's data.pkl, or beside it in the zip
+    assert callable_ in refusal(tmp_path, "z.pt", pb.state_dict_zip(data_pkl=data))
+    assert callable_ in refusal(tmp_path, "z2.pt", pb.state_dict_zip(extra={"extra/other.pkl": data}))
+
+
+STRUCTURAL = {
+    "EXT1": (b"\x80\x02\x82\x01)R.", "EXT1 1"),
+    "EXT2": (b"\x80\x02\x83\x01\x02)R.", "EXT2 513"),
+    "EXT4": (b"\x80\x02\x84\x01\x00\x00\x01)R.", "EXT4"),
+    "computed STACK_GLOBAL": (b"\x80\x04" + op_str("x" * 300) + op_str("system") + b"\x93.", "not a plain string"),
+    "STACK_GLOBAL of a call's result": (
+        b"\x80\x04" + op_str("collections") + op_str("OrderedDict") + b"\x93)R" + op_str("system") + b"\x93.", "not a plain string"),
+    "APPEND into a global": (b"csys\npath\nS'/tmp/evil'\na.", "writes into sys.path"),
+    "SETITEM into a global": (b"cos\nenviron\nS'LD_PRELOAD'\nS'/tmp/x.so'\ns.", "writes into os.environ"),
+    "BUILD on an allowed function": (
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}X\x0c\x00\x00\x00__defaults__Nsb.", "BUILD sets attributes of torch._utils._rebuild_tensor_v2"),
+    "calling a call's result": (b"\x80\x02ccollections\nOrderedDict\n)R)R.", "not an imported global"),
+    "codecs with another encoding": (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R.", "not latin1"),
+    "text persistent id": (b"Pfoo\n.", "PERSID"),
+    "persistent id in a plain pickle": (b"\x80\x02X\x01\x00\x00\x00xQ.", "persistent id"),
+}
+
+
+@pytest.mark.parametrize("form", STRUCTURAL)
+def test_structural_tricks_are_refused(tmp_path: Path, form: str) -> None:
+    data, why = STRUCTURAL[form]
+    assert why in refusal(tmp_path, "evil.pkl", data)
+
+
+def test_persistent_ids_must_have_torch_storage_shape(tmp_path: Path) -> None:
+    def pid(*items: bytes) -> bytes:
+        return b"\x80\x02(" + b"".join(items) + b"tQ."
+
+    storage = b"X\x07\x00\x00\x00storage"
+    float_storage, key, cpu, numel = b"ctorch\nFloatStorage\n", b"X\x01\x00\x00\x000", b"X\x03\x00\x00\x00cpu", b"K\x04"
+    assert judged(tmp_path, "ok.pt", pb.state_dict_zip(data_pkl=pid(storage, float_storage, key, cpu, numel))) == []
+    for bad in (pid(b"X\x06\x00\x00\x00module", b"ctorch.nn\nLinear\n", key, cpu),
+                pid(storage, b"cos\nsystem\n", key, cpu, numel),
+                pid(storage, float_storage, key, cpu),
+                b"\x80\x02K\x01Q."):
+        message = refusal(tmp_path, "bad.pt", pb.state_dict_zip(data_pkl=bad))
+        assert "persistent id" in message or "os.system" in message
+
+
+def test_legacy_checkpoints_are_walked_pickle_by_pickle(tmp_path: Path) -> None:
+    state, storages = pb.tensors({"w": (2, 2)})
+    state["evil"] = RunsShell()
+    message = refusal(tmp_path, "legacy.pt", pb.legacy_checkpoint(state, storages))
+    assert "posix.system" in message
+    good = pb.legacy_checkpoint()
+    cut = good[: good.index(b"\x80\x02]")]  # ends before the storage keys' pickle
+    assert "4 of the 5 pickles" in refusal(tmp_path, "cut.pt", cut)
+
+
+def test_archives_two_members_of_one_name_and_torchscript(tmp_path: Path) -> None:
+    good = pb.dump(pb.tensors({"w": (2,)})[0])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", good)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            z.writestr("archive/data.pkl", PAYLOADS["GLOBAL"][0])
+    message = refusal(tmp_path, "dup.pt", buf.getvalue())
+    assert "two members named 'archive/data.pkl'" in message and "os.system" in message
+    ts = pb.torchscript_archive()
+    assert classify(write(tmp_path, "ViT-B-32.pt", ts)).kind == "torchscript"
+    message = refusal(tmp_path, "ViT-B-32.pt", ts)
+    assert "TorchScript archive (1 code file under code/)" in message and "allow_pickle: torchscript" in message
+    assert [p.code for p in judged(tmp_path, "ViT-B-32.pt", ts, allow="torchscript")] == ["torchscript"]
+    assert [p.code for p in judged(tmp_path, "ViT-B-32.pt", ts, allow=False)] == ["unsafe-pickle"]
+    (problem,) = judged(tmp_path, "old.pt", pb.legacy_tar())
+    assert problem.code == "dangerous-pickle" and "tar format" in problem.message
+
+
+def test_trailing_bytes_after_stop(tmp_path: Path) -> None:
+    first = pickle.dumps({"a": 1}, protocol=2)
+    assert "os.system" in refusal(tmp_path, "t.pkl", first + PAYLOADS["GLOBAL"][0])
+    (warning,) = judged(tmp_path, "t2.pkl", first + b"\x00\x00 junk")
+    assert warning.code == "trailing-data" and not warning.is_error
+
+
+# ----------------------------------------------------------------------------- bounded work
+
+
+def test_truncated_and_malformed_pickles_are_refused_without_a_traceback(tmp_path: Path) -> None:
+    whole = pickle.dumps({"w": np.zeros(3), "x": [1, 2, 3]}, protocol=4)
+    for cut in (3, len(whole) // 2, len(whole) - 1):
+        assert "does not parse" in refusal(tmp_path, "cut.pkl", whole[:cut])
+    for data in (b"\x80\x02X\xff\xff\xff\x7f", b"\x80\x02h\x05.", b"\x80\x02t.", b"\x80\x02\x8e" + b"\xff" * 8 + b".",
+                 b"\x80\x02S'unterminated\n.", b"\x80\x02\x8b\xff\xff\xff\xff."):
+        assert "does not parse" in refusal(tmp_path, "bad.pkl", data)
+
+
+def test_bombs_are_refused_within_bounds(tmp_path: Path) -> None:
+    memo = b"\x80\x04" + b"".join(b"Nr" + struct.pack("<I", i) for i in range(MAX_MEMO + 1)) + b"."
+    assert "memo entries" in refusal(tmp_path, "memo.pkl", memo)
+    assert "nested marks" in refusal(tmp_path, "marks.pkl", b"\x80\x04" + b"(" * 100_001 + b"N.")
+    assert "opcodes" in refusal(tmp_path, "ops.pkl", b"\x80\x04" + b"N0" * (MAX_OPS // 2 + 4096) + b"N.")
+    bomb = pb.zip_of({"archive/data.pkl": b"\x80\x02\x8e" + struct.pack("<Q", MAX_INFLATE + 1) + bytes(MAX_INFLATE + 1) + b"."},
+                     zipfile.ZIP_DEFLATED)
+    assert len(bomb) < MAX_INFLATE // 100
+    assert "compressed" in refusal(tmp_path, "bomb.pt", bomb)
+
+
+def test_a_large_argument_is_skipped_not_read(tmp_path: Path) -> None:
+    """A pickle with a 300 MB byte string inline (NumPy's protocol 4/5 layout) is judged from its opcodes."""
+    p = tmp_path / "big.pkl"
+    size = 300 << 20
+    with open(p, "wb") as f:
+        f.write(b"\x80\x04ccollections\nOrderedDict\n)R" + op_str("w") + b"\x8e" + struct.pack("<Q", size))
+        f.truncate(f.tell() + size)  # sparse: the bytes are never written, nor read back
+        f.seek(0, 2)
+        f.write(b"s.")
+    assert scan_pickle(p) == []
+
+
+MEASURE = """
+import sys, time
+from preflight.formats.pickle import pickle_policy
+t = time.perf_counter()
+problems = pickle_policy(sys.argv[1], "x", True)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(len([p for p in problems if p.is_error]), hwm // 1024, round(time.perf_counter() - t, 3))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc")
+def test_hostile_pickles_stay_under_100_mb(tmp_path: Path) -> None:
+    """Each in a fresh process, whose own peak resident memory (VmHWM) is read at the end."""
+    files = {
+        "memo.pkl": b"\x80\x04" + b"".join(b"Nr" + struct.pack("<I", i) for i in range(MAX_MEMO + 1)) + b".",
+        "stack.pkl": b"\x80\x04" + b"N" * 1_100_000 + b".",
+        "strings.pkl": b"\x80\x04" + b"".join(op_str(f"{i:0>200}") + b"0" for i in range(60_000)) + b"N.",
+        "members.pt": pb.state_dict_zip({f"layer.{i}.weight": (2, 2) for i in range(20_000)}),
+    }
+    for name, data in files.items():
+        out = subprocess.run([sys.executable, "-c", MEASURE, str(write(tmp_path, name, data))],
+                             capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent).stdout.split()
+        errors, peak_mb = int(out[0]), int(out[1])
+        assert peak_mb < 100, (name, out)
+        assert errors == (0 if name in ("members.pt", "strings.pkl") else 1), (name, out)
