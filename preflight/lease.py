@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import LeaseError
 
 LEASE = "lease.json"
+LEASE_SIZE = 512
 
 
 class Lease:
@@ -38,10 +39,13 @@ class Lease:
         self.on_lost: Callable[[], None] | None = None  # called from the heartbeat thread
 
     def _content(self) -> bytes:
-        return json.dumps({
+        """The lease's JSON, padded to one fixed size: a heartbeat rewrites it in place with
+        one write, so a reader never sees a shorter or longer file mid-beat."""
+        data = json.dumps({
             "owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(), "pidns": _pid_namespace(),
             "beat": self._beats, "at": time.time(),
         }).encode()
+        return data.ljust(LEASE_SIZE) if len(data) < LEASE_SIZE else data
 
     def _holder_is_gone(self, holder: dict) -> bool:
         """A holder in our own host and PID namespace whose process no longer runs (a
@@ -151,20 +155,30 @@ class Lease:
             time.sleep(poll)
 
     def _beat(self) -> None:
+        """Rewrite the lease in place through a descriptor, while it is still ours. A writer
+        that takes a stale lease over moves it aside and creates a new file, so a beat of a
+        process paused between its check and its write (SIGSTOP) lands in the old, unlinked
+        file, never over the new holder's lease."""
         while not self._stop.wait(self.heartbeat):
             try:
-                data = json.loads(self.path.read_bytes())
-                if data.get("owner") != self.owner:
+                fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                self._lose()
+                return
+            try:
+                if _owner(os.pread(fd, 64 * 1024, 0)) != self.owner:
                     self._lose()
                     return
                 self._beats += 1
-                tmp = self.path.with_name(f".{LEASE}.{self.owner.replace(':', '_')}.tmp")
-                tmp.write_bytes(self._content())
-                os.replace(tmp, self.path)
+                content = self._content()
+                os.pwrite(fd, content, 0)
+                os.ftruncate(fd, len(content))
                 self.confirmed = time.monotonic()
-            except (OSError, ValueError):
+            except OSError:
                 self._lose()
                 return
+            finally:
+                os.close(fd)
 
     def still_ours(self) -> bool:
         """Whether this process may still write into staging, asked before every write.
@@ -178,8 +192,8 @@ class Lease:
         if time.monotonic() - self.confirmed < self.stale_after / 2:
             return True
         try:
-            ours = json.loads(self.path.read_bytes()).get("owner") == self.owner
-        except (OSError, ValueError, AttributeError):
+            ours = _owner(self.path.read_bytes()) == self.owner
+        except OSError:
             ours = False
         if not ours:
             self._lose()
@@ -204,6 +218,14 @@ class Lease:
             except (OSError, ValueError):
                 pass
         self.held = False
+
+
+def _owner(data: bytes) -> str | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc.get("owner") if isinstance(doc, dict) else None
 
 
 def _pid_namespace() -> int | None:

@@ -52,7 +52,7 @@ def project(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     proj = tmp_path / "project"
     dvc_track_dir(proj, "models/classifier", files)
     (proj / "lanes.yaml").write_text(
-        f"models_dir: {models}\nlanes:\n  - {{name: classifier, kind: hf-dir, path: classifier, dvc: models/classifier.dvc}}\n"
+        f"version: 1\nmodels_dir: {models}\nlanes:\n  - {{name: classifier, kind: hf-dir, path: classifier, dvc: models/classifier.dvc}}\n"
     )
     return proj, models, files
 
@@ -61,7 +61,7 @@ def project(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
 def test_dir_out_gives_md5_per_file_from_either_cache_layout(tmp_path: Path, dvc3: bool) -> None:
     files = {"config.json": b"{}", "sub/w.bin": b"\x00" * 10}
     dvc_track_dir(tmp_path, "data/clf", files, dvc3=dvc3)
-    (tmp_path / "m.yaml").write_text("lanes:\n  - {name: clf, kind: hf-dir, path: clf, dvc: data/clf.dvc}\n")
+    (tmp_path / "m.yaml").write_text("version: 1\nlanes:\n  - {name: clf, kind: hf-dir, path: clf, dvc: data/clf.dvc}\n")
     m = load_manifest(tmp_path / "m.yaml")
     got = dvc_expectations(m, m.lane("clf"))
     assert {rel: e.md5 for rel, e in got.items()} == {rel: md5(d) for rel, d in files.items()}
@@ -70,7 +70,7 @@ def test_dir_out_gives_md5_per_file_from_either_cache_layout(tmp_path: Path, dvc
 def test_file_out_gives_md5_and_size(tmp_path: Path) -> None:
     data = b"GGUF" + b"\x01" * 20
     (tmp_path / "model.gguf.dvc").write_text(f"outs:\n- md5: {md5(data)}\n  size: {len(data)}\n  hash: md5\n  path: model.gguf\n")
-    (tmp_path / "m.yaml").write_text("lanes:\n  - {name: g, kind: file, path: gguf/model.gguf, dvc: model.gguf.dvc}\n")
+    (tmp_path / "m.yaml").write_text("version: 1\nlanes:\n  - {name: g, kind: file, path: gguf/model.gguf, dvc: model.gguf.dvc}\n")
     m = load_manifest(tmp_path / "m.yaml")
     exp = dvc_expectations(m, m.lane("g"))["model.gguf"]
     assert (exp.md5, exp.size) == (md5(data), len(data))
@@ -80,7 +80,7 @@ def test_missing_cache_listing_is_a_manifest_error_naming_the_place(tmp_path: Pa
     dvc_file = dvc_track_dir(tmp_path, "clf", {"a.json": b"{}"})
     for p in (tmp_path / ".dvc" / "cache").rglob("*.dir"):
         p.unlink()
-    (tmp_path / "m.yaml").write_text("lanes:\n  - {name: clf, kind: hf-dir, path: clf, dvc: clf.dvc}\n")
+    (tmp_path / "m.yaml").write_text("version: 1\nlanes:\n  - {name: clf, kind: hf-dir, path: clf, dvc: clf.dvc}\n")
     m = load_manifest(tmp_path / "m.yaml")
     with pytest.raises(ManifestError, match=r"no listing for folder .*files/md5"):
         dvc_expectations(m, m.lane("clf"))

@@ -23,6 +23,7 @@ def run(args: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 ENV_MANIFEST = """\
+version: 1
 models_dir: ${MODELS_PATH:-/models}
 lanes:
   - {name: llm, kind: gguf, path: llm/mistral-7b-instruct-v0.2.Q4_K_M.gguf, env: TEXT_MODEL_PATH}
@@ -61,6 +62,7 @@ def test_env_rejects_a_name_two_lanes_claim(tmp_path: Path) -> None:
 
 
 PERMS_MANIFEST = """\
+version: 1
 models_dir: {models}
 lanes:
   - {{name: llama, kind: hf-dir, path: Meta-Llama-3.1-8B-Instruct}}

@@ -315,10 +315,15 @@ def test_sigterm_during_download_exits_130_releases_lease_keeps_partial(vol: Vol
     vol.write([hf_lane("big", "vllm/big", "hf://org/big@main")])
     hub_server.fault("org/big", WEIGHTS).stall(100_000, 60, times=1)
     proc, argv = vol.spawn()
+    small = [vol.models / "vllm/big" / name for name in files if name != WEIGHTS]
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(size >= 100_000 for size in vol.partial_sizes()):
+        # SIGTERM once the weights are 100 kB in and every small file is published: partials
+        # of small files still in flight would be kept too (as they should), so wait for them.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (any(size >= 100_000 for size in vol.partial_sizes())
+                                                   and all(p.exists() for p in small)):
             time.sleep(0.05)
+        assert all(p.exists() for p in small) and vol.partial_sizes() == [100_000], vol.partial_sizes()
         assert (vol.models / STATE / "lease.json").exists()
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -445,13 +450,23 @@ def url_gets(hub: HubServer, name: str) -> int:
 
 
 def test_url_without_size_is_measured_before_fetching_so_a_full_volume_gives_5(small_vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
-    url, digest = zeros_url(hub_server, tmp_path, "blob.bin", 20 * MiB)  # 20 MiB + 64 MiB margin > 80 MiB
+    url, digest = zeros_url(hub_server, tmp_path, "blob.bin", 80 * MiB)  # more than the 80 MiB volume holds
     small_vol.write([{"name": "blob", "kind": "file", "path": "blob.bin", "source": url, "sha256": digest}])
     r = small_vol.run("sync")
     assert r.code == 5, r.stderr
-    assert "20.0 MiB to fetch" in r.stderr
+    assert "80.0 MiB to fetch" in r.stderr
     assert url_gets(hub_server, "blob.bin") == 0
     assert small_vol.debris() == []
+
+
+def test_the_free_space_margin_scales_with_what_is_fetched(small_vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    """70 MiB onto an 80 MiB volume fits: the margin is a fraction of what is fetched (about
+    1 MiB here), not a fixed 64 MiB that made small lanes fail on small volumes."""
+    url, digest = zeros_url(hub_server, tmp_path, "blob.dat", 70 * MiB)
+    small_vol.write([{"name": "blob", "kind": "file", "path": "blob.dat", "source": url, "sha256": digest}])
+    r = small_vol.run("sync")
+    assert r.code == 0, r.stderr
+    assert (small_vol.models / "blob.dat").stat().st_size == 70 * MiB
 
 
 def test_url_without_size_and_no_head_answer_stops_at_the_announced_length(small_vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:

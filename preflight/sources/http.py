@@ -278,9 +278,7 @@ def fetch_to(
                 raise FetchError(f"server resumed at byte {start}, asked for {have} (Content-Range: {crange!r})", url=url)
             mode = "ab"
         elif resp.status == 200:
-            have, mode = 0, "ab"  # server ignored Range (or If-Range failed): start over
-            with open(partial, "wb", buffering=0, opener=nofollow):
-                pass  # emptied; every write appends, so a stray writer can only add bytes, which the size check catches
+            have, mode = 0, "wb"  # server ignored Range (or If-Range failed): start over
         elif resp.status == 416 and have:
             resp.read()
             partial.unlink()
@@ -309,7 +307,10 @@ def fetch_to(
         # few chunks in flight.
         chunks = _Receiver(resp, sock, timeouts, cancel, url)
         try:
-            with open(partial, mode, buffering=0, opener=nofollow) as f:
+            if mode == "wb":
+                with open(partial, "wb", buffering=0, opener=nofollow):
+                    pass  # emptied; every write appends, so a stray writer can only add bytes, which the size check catches
+            with open(partial, "ab", buffering=0, opener=nofollow) as f:
                 behind = WriteBehind(f.fileno(), have)
                 while True:
                     if deadline is not None and time.monotonic() > deadline:
