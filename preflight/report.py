@@ -164,21 +164,25 @@ def human_size(n: int) -> str:
 _MARK = {READY: "ok  ", MISSING: "MISS", INVALID: "BAD ", SKIPPED: "skip"}
 
 
+def _state(lane: LaneResult) -> str:
+    return lane.status + ("" if lane.required else " (optional)")
+
+
 def render_human(report: Report, out: IO[str] | None = None) -> None:
     """One line per lane, then the reasons for anything not ready, then the verdict."""
     out = out or sys.stderr
     width = max([len(lane.name) for lane in report.lanes] + [4])
     path_width = max([len(lane.path) for lane in report.lanes] + [4])
+    state_width = max([len(_state(lane)) for lane in report.lanes] + [5])
     for lane in report.lanes:
         extra = f"{plural(lane.files, 'file')}, {human_size(lane.bytes)}"
         if lane.fetched_files:
             extra += f", fetched {lane.fetched_files} ({human_size(lane.fetched_bytes)})"
         if lane.hashed_bytes:
             extra += f", hashed {human_size(lane.hashed_bytes)}"
-        opt = "" if lane.required else " (optional)"
         if lane.status == SKIPPED:
             extra = lane.note or "skipped"
-        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {lane.status}{opt}  [{extra}]", file=out)
+        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
     for lane in report.lanes:
         for p in lane.problems:
             if lane.status == READY and p.is_error:

@@ -229,12 +229,17 @@ class EchoAuthServer:
       - "content-length": 200 whose Content-Length header is the header
       - "content-range": the first GET sends 10 of 100 promised bytes and closes; a GET
         with Range gets 206 with the header as Content-Range (a resume that cannot be trusted)
-    Every request's Authorization value is kept in `seen`.
+    With `api_ok`, the Hub API answers as the Hub does (repo `org/llm` at `commit`, one
+    100-byte config.json) and only the file downloads misbehave. Every request's path and
+    Authorization value are kept in `seen`.
     """
 
-    def __init__(self, mode: str = "status:401") -> None:
+    def __init__(self, mode: str = "status:401", *, api_ok: bool = False,
+                 commit: str = "0123456789abcdef0123456789abcdef01234567") -> None:
         self.mode = mode
-        self.seen: list[str] = []
+        self.api_ok = api_ok
+        self.commit = commit
+        self.seen: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _echo_handler(self))
         self._httpd.daemon_threads = True
@@ -290,7 +295,12 @@ def _echo_handler(server: EchoAuthServer) -> type[BaseHTTPRequestHandler]:
         def answer(self) -> None:
             auth = self.headers.get("Authorization") or ""
             with server._lock:
-                server.seen.append(auth)
+                server.seen.append((self.path, auth))
+            if server.api_ok and self.path.startswith("/api/"):
+                info = {"id": "org/llm", "modelId": "org/llm", "sha": server.commit, "private": False, "gated": False,
+                        "siblings": [{"rfilename": "config.json", "size": 100, "blobId": "0" * 40}]}
+                self.reply(200, json.dumps(info).encode(), {})
+                return
             mode = server.mode
             body = json.dumps({"error": f"invalid credentials: {auth}"}).encode()
             if mode.startswith("status:"):

@@ -58,7 +58,7 @@ def test_every_lazy_command_loads() -> None:
 def ready(tmp_path: Path) -> Path:
     write_tree(tmp_path / "models" / "vllm" / "tiny", hf_model())
     manifest = tmp_path / "lanes.yaml"
-    manifest.write_text(f"models_dir: {tmp_path / 'models'}\nlanes:\n  - {{name: tiny, kind: hf-dir, path: vllm/tiny}}\n")
+    manifest.write_text(f"version: 1\nmodels_dir: {tmp_path / 'models'}\nlanes:\n  - {{name: tiny, kind: hf-dir, path: vllm/tiny}}\n")
     return manifest
 
 
@@ -97,11 +97,11 @@ def test_exit_2_usage(args: list[str], ready: Path) -> None:
 
 def test_exit_2_manifest_error_writes_termination_log(tmp_path: Path) -> None:
     bad = tmp_path / "lanes.yaml"
-    bad.write_text("lanes:\n  - name: a\n    kind: safetensors\n    path: a\n")
+    bad.write_text("version: 1\nlanes:\n  - name: a\n    kind: safetensors\n    path: a\n")
     tlog = tmp_path / "tlog"
     r = cli(["check", "-m", str(bad), "--termination-log", str(tlog)])
     assert r.exit_code == 2
-    assert r.stderr.startswith(f"preflight: error: {bad}:3: lanes[0].kind: unknown kind 'safetensors'")
+    assert r.stderr.startswith(f"preflight: error: {bad}:4: lanes[0].kind: unknown kind 'safetensors'")
     assert "hint: kinds: hf-dir, gguf, adapter, hf-cache, file" in r.stderr
     assert "unknown kind 'safetensors'" in tlog.read_text()
 
@@ -151,7 +151,7 @@ def test_exit_130_on_interrupt(tmp_path: Path, signum: int) -> None:
             f.truncate(8 << 30)  # sparse: costs no disk, takes seconds to hash
         lanes.append(f"  - {{name: big{i}, kind: file, path: big{i}.dat, sha256: '{'0' * 64}'}}")
     manifest = tmp_path / "lanes.yaml"
-    manifest.write_text("lanes:\n" + "\n".join(lanes) + "\n")
+    manifest.write_text("version: 1\nlanes:\n" + "\n".join(lanes) + "\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "preflight.cli", "check", "-m", str(manifest), "-d", str(models), "--termination-log", ""],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
