@@ -1074,13 +1074,6 @@ def scan_pickle(path: str | os.PathLike, *, name: str | None = None) -> list[Pro
     return pickle_policy(path, name or Path(path).name, True)
 
 
-def holds_pickle(path: str | os.PathLike) -> bool:
-    try:
-        return classify(path).pickled
-    except OSError:
-        return False
-
-
 def check_by_content(path: str | os.PathLike, name: str, allow_pickle: bool | str) -> list[Problem]:
     """A file whose name promises no format: checked as what its bytes are."""
     try:
