@@ -177,44 +177,34 @@ def _disabled_lanes(doc: dict, env: Mapping[str, str]) -> set[str]:
 
 
 def _read_manifest(file: str) -> tuple[dict, Any]:
-    """The document and its node tree (for line numbers), from one parse."""
-    import yaml
+    """The document and its lines, from one bounded parse (the manifest loader's limits;
+    variables are left for each endpoint field to expand)."""
+    from .yamlloc import MAX_BYTES, load_yaml
 
     try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
-        try:
-            root = loader.get_single_node()
-            doc = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
+        with open(file, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"cannot read the manifest: {exc.strerror or exc}", file=file) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ManifestError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", file=file, line=mark.line + 1 if mark else None) from None
+    located = load_yaml(raw.decode("utf-8", "replace"), file, expand=False)
+    doc = located.value
     if doc is None:
         return {}, None
     if not isinstance(doc, dict):
         raise ManifestError("expected a mapping at the top level", file=file)
-    return doc, root
+    return doc, located
 
 
-def _endpoint_lines(root: Any) -> dict[int, dict[str, int]]:
+def _endpoint_lines(located: Any) -> dict[int, dict[str, int]]:
     """For endpoints[i]: the line of the entry ("") and of each of its keys, for error messages."""
-    import yaml
-
     out: dict[int, dict[str, int]] = {}
-    if not isinstance(root, yaml.MappingNode):
+    if located is None or not isinstance(located.value, dict) or not isinstance(located.value.get("endpoints"), list):
         return out
-    for k, v in root.value:
-        if getattr(k, "value", None) == "endpoints" and isinstance(v, yaml.SequenceNode):
-            for i, item in enumerate(v.value):
-                entry = out.setdefault(i, {"": item.start_mark.line + 1})
-                if isinstance(item, yaml.MappingNode):
-                    for ik, _iv in item.value:
-                        entry[str(ik.value)] = ik.start_mark.line + 1
+    for i, item in enumerate(located.value["endpoints"]):
+        entry = out.setdefault(i, {"": located.line("endpoints", i) or 0})
+        if isinstance(item, dict):
+            for key in item:
+                entry[str(key)] = located.line("endpoints", i, key) or entry[""]
     return out
 
 

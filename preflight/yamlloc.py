@@ -118,8 +118,10 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml parses 
     pass
 
 
-def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None) -> Located:
-    """Parse one YAML (or JSON) document with positions and variable expansion."""
+def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None, *, expand: bool = True) -> Located:
+    """Parse one YAML (or JSON) document with positions and variable expansion (none with
+    `expand=False`: the caller expands the fields it reads, as `smoke` does), within the
+    same bounds either way."""
     env = os.environ if env is None else env
     doc = Located(None, file)
     if len(text) > MAX_BYTES:
@@ -127,7 +129,9 @@ def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None) -> Loc
     try:
         loader = _Loader(text)
         try:
-            doc.value, doc.tree = _Build(doc, env, loader).document()
+            build = _Build(doc, env, loader)
+            build.expand = expand
+            doc.value, doc.tree = build.document()
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
@@ -171,6 +175,7 @@ class _Build:
         self.env = env
         self.loader = loader
         self.next = loader.get_event
+        self.expand = True
         self.values = 0
         self.chars = 0
         self.depth = 0
@@ -325,7 +330,7 @@ class _Build:
         value, tag, implicit = ev.value, ev.tag, ev.implicit
         if len(value) > MAX_STRING:
             raise self.fail(f"a value longer than {MAX_STRING} characters", line, key)
-        expanded = "$" in value
+        expanded = self.expand and "$" in value
         if expanded:
 
             def missing(name: str) -> None:

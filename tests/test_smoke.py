@@ -247,6 +247,19 @@ def test_manifest_errors_name_file_and_field(tmp_path, body, says):
     assert str(path) in str(caught.value) and says in str(caught.value)
 
 
+@pytest.mark.parametrize("body, says", [
+    ("endpoints:\n" + "  - {name: a, kind: vllm, url: 'http://h'}\n" * 200_000, "larger than 4 MiB"),
+    ("a: &a [" + ",".join(["1"] * 50) + "]\n" + "".join(f"b{i}: &b{i} [" + ",".join([f"*{'a' if i == 0 else f'b{i-1}'}"] * 50) + "]\n" for i in range(8)),
+     "expand too far"),
+])
+def test_a_hostile_manifest_is_refused_within_the_loader_bounds(tmp_path, body, says):
+    """smoke reads the same manifest through the same bounded loader as check and sync."""
+    path = write_manifest(tmp_path, body)
+    with pytest.raises(ManifestError) as caught:
+        endpoints_from_manifest(path, env={})
+    assert says in str(caught.value)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
