@@ -61,6 +61,17 @@ CONFIG_MISMATCH = "config-mismatch"
 ARCHIVE_INVALID = "archive-invalid"  # an archive its loader cannot read (a torch zip whose data.pkl is no pickle)
 TORCHSCRIPT = "torchscript"  # a TorchScript archive: a program as well as weights
 
+# Model-level GGUF checks: what llama.cpp's model loader needs beyond a readable file.
+ARCHITECTURE_MISSING = "architecture-missing"
+UNKNOWN_ARCHITECTURE = "unknown-architecture"  # a warning: a newer llama.cpp may know it
+HPARAM_MISSING = "hparam-missing"
+HPARAM_INVALID = "hparam-invalid"
+KV_TYPE_MISMATCH = "kv-type-mismatch"
+TENSOR_MISSING = "tensor-missing"
+TENSOR_UNEXPECTED = "tensor-unexpected"
+BLOCK_COUNT_MISMATCH = "block-count-mismatch"
+VOCAB_INVALID = "vocab-invalid"
+UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a warning: a ggml type newer than preflight's table
 
 @dataclass(frozen=True)
 class Problem:
