@@ -178,7 +178,7 @@ class Lane:
     required: bool = True
     enabled: bool = True
     profiles: tuple[str, ...] = ()
-    allow_pickle: bool = False
+    allow_pickle: bool | str = False  # True: state-dict pickles; "torchscript": TorchScript archives too
     serves_text: bool = True
     base: str | None = None  # adapter: name of the base lane
     checksums: str | None = None  # a `sha256sum -c` file (relative to the manifest or absolute)
@@ -492,6 +492,17 @@ def _models_dir(r: _Reader, top: Mapping) -> str:
     return value
 
 
+def _pickle_policy(r: _Reader, obj: Mapping, key: tuple, default: Any = None) -> bool | str | None:
+    """`allow_pickle`: false, true (pickles shaped like a state dict), or `torchscript`
+    (TorchScript archives too, whose code torch.jit.load compiles and runs)."""
+    value = r.get(obj, key, "allow_pickle", (bool, str), default=default)
+    if isinstance(value, str):
+        if value.strip().lower() != "torchscript":
+            raise r.doc.error(key + ("allow_pickle",), f"expected true, false or torchscript, got {value[:40]!r}")
+        return "torchscript"
+    return value
+
+
 def _defaults(r: _Reader, top: Mapping) -> dict:
     """`defaults:`, each value checked as the lane field it stands for."""
     defaults = r.get(top, (), "defaults", dict, default={})
@@ -500,7 +511,7 @@ def _defaults(r: _Reader, top: Mapping) -> dict:
     out: dict[str, Any] = {}
     for name in ("required", "allow_pickle", "serves_text"):
         with r.section():
-            out[name] = r.get(defaults, key, name, bool)
+            out[name] = _pickle_policy(r, defaults, key) if name == "allow_pickle" else r.get(defaults, key, name, bool)
     with r.section():
         out["revision"] = r.get(defaults, key, "revision", str)
     for name in ("include", "exclude"):
@@ -553,10 +564,13 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
             if kind in DIR_KINDS:
                 raise doc.error(key + (next(iter(direct)),), f"a {kind} lane is a folder: give digests per file under 'files:'")
             files[posixpath.basename(path)] = _expect(r, direct, key).merge(files.get(posixpath.basename(path)))
-    flags: dict[str, bool] = {}
+    flags: dict[str, Any] = {}
     for flag in _FLAGS:
         with r.section():
-            flags[flag] = r.get(raw, key, flag, bool, default=defaults.get(flag, flag != "allow_pickle"))
+            if flag == "allow_pickle":
+                flags[flag] = _pickle_policy(r, raw, key, defaults.get(flag, False))
+            else:
+                flags[flag] = r.get(raw, key, flag, bool, default=defaults.get(flag, True))
     strings: dict[str, tuple[str, ...]] = {}
     for field_name in ("include", "exclude", "profiles"):
         with r.section():

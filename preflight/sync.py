@@ -401,7 +401,7 @@ class Fetcher:
             raise IntegrityError(f"{job.label}: downloaded git blob sha1 is {digests.get('sha1')}, expected {exp.sha1}")
         from .check import check_single_file
 
-        problems = [p for p in check_single_file(partial, job.rel, True) if p.is_error]
+        problems = [p for p in check_single_file(partial, job.rel, job.lane.allow_pickle or True) if p.is_error]
         for p in problems:
             if p.code == P.DANGEROUS_PICKLE:
                 raise UnsafeContentError(f"{job.label}: the downloaded file is refused, not published: {p.message}")

@@ -79,12 +79,17 @@ def torch_zip_checkpoint(name: str, state: dict) -> bytes:
 
 
 def clip_checkpoint() -> bytes:
-    return torch_zip_checkpoint("ViT-B-32", {"visual.proj": [0.0] * 16, "text_projection": [0.0] * 16})
+    """OpenAI's ViT-B-32.pt is a TorchScript archive (code/ plus constants.pkl and data.pkl)."""
+    from tests.pickle_builders import torchscript_archive
+
+    return torchscript_archive()
 
 
 def whisper_checkpoint() -> bytes:
-    """openai-whisper's small.pt is a plain pickled dict of dims and state dict."""
-    return pickle.dumps({"dims": {"n_mels": 80, "n_vocab": 51865, "n_audio_layer": 12}, "model_state_dict": {"decoder.ln.weight": [1.0] * 8}}, protocol=4)
+    """openai-whisper's small.pt: torch.save of {"dims": ..., "model_state_dict": ...} (a torch zip)."""
+    from tests.pickle_builders import whisper_small
+
+    return whisper_small()
 
 
 class _RunsShell:
