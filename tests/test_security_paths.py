@@ -324,3 +324,56 @@ def test_a_file_answering_429_with_retry_after_is_fetched_after_the_wait(vol: Vo
     assert r.code == 0, r.stderr
     assert "retry 1/3 in 2s" in r.stderr
     assert vol.tree("vllm/llm") == files
+
+
+# --------------------------------------------------------------------------- secrets read strictly, messages that name the cause
+
+
+@pytest.mark.parametrize("raw, want", [("hf_abcdefgh\n", "hf_abcdefgh"), ("hf_abcdefgh\r\n", "hf_abcdefgh"),
+                                       ("  hf_abcdefgh  \nsecond line\n", "hf_abcdefgh"), ("\n", None), ("", None)])
+def test_a_token_is_its_first_line_stripped(raw: str, want: str | None) -> None:
+    from preflight.sources.hf import clean_token
+
+    assert clean_token(raw, "test") == want
+
+
+@pytest.mark.parametrize("raw", ["hf_abc\x00defgh", "hf_abc\x1bdefgh", "hf_abc defgh", "hf_abc\tdefgh"])
+def test_a_token_with_a_control_character_is_a_usage_error_that_hides_it(raw: str) -> None:
+    from preflight.errors import UsageError
+    from preflight.sources.hf import clean_token
+
+    with pytest.raises(UsageError) as caught:
+        clean_token(raw, "the token file /run/secrets/hf")
+    assert "defgh" not in str(caught.value) and "hf_abc" not in str(caught.value)
+    assert "/run/secrets/hf" in str(caught.value)
+
+
+def test_retry_policy() -> None:
+    from preflight.errors import AuthError, FetchError
+    from preflight.sources.http import DNS_FAILURE, retry_delay
+
+    assert retry_delay(1, FetchError("x", status=503), None) == 1
+    assert retry_delay(3, FetchError("x", status=None), None) == 4
+    assert retry_delay(1, FetchError("x", status=404), None) is None
+    assert retry_delay(1, FetchError("x", status=DNS_FAILURE), None) is None  # a name that does not resolve will not heal in seconds
+    assert retry_delay(1, AuthError("x", status=401), None) is None
+    err = FetchError("x", status=429)
+    err.retry_after = 7
+    assert retry_delay(1, err, None) == 7
+    err.retry_after = 3600
+    assert retry_delay(1, err, time.monotonic() + 60) is None and "asked to retry after 3600s" in err.message
+
+
+def test_a_server_that_accepts_but_never_answers_is_a_stall_not_a_connect_timeout() -> None:
+    import socket
+
+    from preflight.errors import StalledError
+    from preflight.sources.http import Timeouts, open_stream
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/x"
+        with pytest.raises(StalledError) as caught:
+            open_stream(url, {}, Timeouts(connect=5, stall=0.5))
+    assert "sent no response within 0.5s (--stall-timeout)" in str(caught.value)
