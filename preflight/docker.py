@@ -9,13 +9,15 @@ runs: it is the optional `docker` extra.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, Iterator, Mapping, TextIO
 
 import click
 
@@ -101,11 +103,13 @@ class DockerRun:
         return kwargs
 
 
-def run(spec: DockerRun, *, client: Any = None, stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> int:
+def run(spec: DockerRun, *, client: Any = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the container to completion, streaming its output; returns its exit code.
 
-    The container is removed afterwards whatever happens. On Ctrl-C it is stopped and
-    KeyboardInterrupt propagates (the CLI turns it into exit code 130).
+    The output is decoded and written as text to sys.stdout / sys.stderr (by default),
+    so it passes the CLI's secret masking like every other line. The container is
+    removed afterwards whatever happens. On Ctrl-C it is stopped and KeyboardInterrupt
+    propagates (the CLI turns it into exit code 130).
     """
     docker = _import_docker()
     client = client or connect()
@@ -118,8 +122,8 @@ def run(spec: DockerRun, *, client: Any = None, stdout: BinaryIO | None = None, 
             client.volumes.get(spec.volume)
         except docker.errors.NotFound:
             raise UsageError(f"volume {spec.volume} does not exist", hint="`preflight docker sync --volume` creates and fills it") from None
-    out = stdout or click.get_binary_stream("stdout")
-    err = stderr or click.get_binary_stream("stderr")
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
     with staged_token(spec.token_file) as token_path:
         try:
             container = client.containers.create(**spec.container_kwargs(token_path))
@@ -129,11 +133,17 @@ def run(spec: DockerRun, *, client: Any = None, stdout: BinaryIO | None = None, 
             # Attached before start: attaching to a container that already exited never returns.
             output = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
             container.start()
-            for chunk_out, chunk_err in output:
-                for stream, chunk in ((out, chunk_out), (err, chunk_err)):
+            # A chunk may end inside a UTF-8 sequence; each stream keeps its own decoder.
+            streams = ((out, codecs.getincrementaldecoder("utf-8")("replace")),
+                       (err, codecs.getincrementaldecoder("utf-8")("replace")))
+            for chunks in output:
+                for (stream, decoder), chunk in zip(streams, chunks):
                     if chunk:
-                        stream.write(chunk)
+                        stream.write(decoder.decode(chunk))
                         stream.flush()
+            for stream, decoder in streams:
+                stream.write(decoder.decode(b"", final=True))
+                stream.flush()
             return int(container.wait()["StatusCode"])
         except KeyboardInterrupt:
             container.stop(timeout=10)

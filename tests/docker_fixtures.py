@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -267,8 +268,12 @@ def compose_config(env: dict[str, str], *files: Path, profiles: tuple[str, ...] 
         args += ["-f", str(f)]
     for p in profiles:
         args += ["--profile", p]
+    # Settings the caller's shell may have exported (PREFLIGHT_IMAGE, MODELS_PATH, …) would
+    # change what `config` prints; only `env` sets them here.
+    read = {name for f in COMPOSE.glob("docker-compose*.yml") for name in re.findall(r"\$\{(\w+)", f.read_text())}
+    base = {k: v for k, v in os.environ.items() if k not in read}
     proc = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env}, cwd=COMPOSE)
+                          env={**base, **env}, cwd=COMPOSE)
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
 
