@@ -54,6 +54,12 @@ def leave(command: str | None, out, code: int, reason: str, hint: str | None = N
     return int(code)
 
 
+def _say(exc: PreflightError) -> None:
+    click.echo(f"preflight: error: {exc}", err=True)
+    if exc.hint:
+        click.echo(f"  hint: {exc.hint}", err=True)
+
+
 def _sigterm_to_interrupt() -> None:
     """Kubernetes stops a pod with SIGTERM: unwind (release the lease, keep partial bytes), exit 130."""
 
@@ -93,9 +99,7 @@ def guarded(fn=None, *, report: str | None = None):
         try:
             code = fn(*args, **kwargs)
         except PreflightError as exc:
-            click.echo(f"preflight: error: {exc}", err=True)
-            if exc.hint:
-                click.echo(f"  hint: {exc.hint}", err=True)
+            _say(exc)
             code = end(exc.exit_code, str(exc), exc.hint)
         except KeyboardInterrupt as exc:
             reason = f"{interrupt_reason(exc)}; partial downloads are kept and a rerun resumes them"
@@ -191,6 +195,9 @@ class LazyGroup(click.Group):
             except click.ClickException as exc:
                 exc.show()
                 sys.exit(leave(command, outputs_from_argv(argv), exc.exit_code, f"usage error: {exc.format_message()}"))
+            except PreflightError as exc:  # raised while click converted an option
+                _say(exc)
+                sys.exit(leave(command, outputs_from_argv(argv), exc.exit_code, str(exc), exc.hint))
             except click.exceptions.Abort:
                 click.echo("preflight: interrupted", err=True)
                 sys.exit(leave(command, outputs_from_argv(argv), ExitCode.INTERRUPTED, "interrupted"))
