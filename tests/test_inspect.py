@@ -142,3 +142,85 @@ def test_other_files(tmp_path: Path) -> None:
     assert "--allow-pickle" in j["problems"][0]["message"] and "allow_pickle: true" not in j["problems"][0]["message"]
     status, j = as_json(tmp_path / "w.pt", "--allow-pickle")
     assert status == 1 and [p["code"] for p in j["problems"]] == ["dangerous-pickle"] and "os.system" in j["problems"][0]["message"]
+
+
+COMMIT = "a" * 40
+
+
+def hf_cache(hub: Path, repo: str, files: dict[str, bytes], *, commit: str = COMMIT, ref: bool = True) -> Path:
+    """A Hugging Face cache entry as huggingface_hub lays it out: blobs, refs/main, snapshot symlinks."""
+    import hashlib
+
+    repo_dir = hub / ("models--" + repo.replace("/", "--"))
+    snap = repo_dir / "snapshots" / commit
+    for rel, data in files.items():
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../" * (rel.count("/") + 2)) / "blobs" / blob.name)
+    if ref:
+        (repo_dir / "refs").mkdir(exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(commit)
+    return repo_dir
+
+
+def test_hf_cache_tree_is_read_at_its_snapshot(tmp_path: Path) -> None:
+    hub = tmp_path / "hub"
+    repo_dir = hf_cache(hub, "org/tiny", hf_model(sharded=True))
+    for target in (hub, repo_dir):
+        code, j = as_json(target)
+        assert code == 0, j["problems"]
+        assert (j["format"], j["repo"], j["revision"]) == ("hf-cache", "org/tiny", COMMIT)
+        assert j["tensor_count"] == 16 and j["architecture"] == "LlamaForCausalLM"
+    r = inspect(hub)
+    assert fields(r.stdout)["repo"] == "org/tiny" and "config-missing" not in r.stdout
+
+
+def test_hf_cache_without_refs_uses_its_only_snapshot_and_says_when_it_cannot_choose(tmp_path: Path) -> None:
+    hub = tmp_path / "hub"
+    repo_dir = hf_cache(hub, "org/tiny", hf_model(), ref=False)
+    code, j = as_json(hub)
+    assert code == 0 and j["revision"] == COMMIT
+    hf_cache(hub, "org/tiny", hf_model(), commit="b" * 40, ref=False)
+    code, j = as_json(repo_dir)
+    assert code == 1 and j["problems"][0]["code"] == "missing" and "2 snapshots" in j["problems"][0]["message"]
+    hf_cache(hub, "org/other", hf_model())
+    code, j = as_json(hub)
+    assert code == 1 and "2 cached repos" in j["problems"][0]["message"]
+
+
+def test_a_model_that_serves_no_text_needs_no_tokenizer(tmp_path: Path) -> None:
+    """A voice-activity detector: its own config.json, no vocabulary, no tokenizer."""
+    from tests.builders import write_safetensors
+
+    root = tmp_path / "vad"
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"architectures": ["SileroVADModel"], "model_type": "silero_vad", "sample_rate": 16000}))
+    write_safetensors(root / "model.safetensors", {"stft.forward_basis": ("F32", (258, 1, 256)), "decoder.weight": ("F32", (1, 128))})
+    code, j = as_json(root)
+    assert code == 0, j["problems"]
+    assert j["serves_text"]["value"] is False and "no vocabulary" in j["serves_text"]["because"]
+    assert j["model"]["checked"] is False
+    r = inspect(root)
+    assert fields(r.stdout)["serves text"].startswith("no (") and fields(r.stdout)["model checks"].startswith("none (")
+
+
+def test_a_text_model_without_tokenizer_is_still_refused(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "m", hf_model())
+    (root / "tokenizer.json").unlink()
+    code, j = as_json(root)
+    assert code == 1 and "tokenizer-missing" in {p["code"] for p in j["problems"]}
+    assert j["serves_text"] == {"value": True, "because": "config.json has a vocabulary size"}
+
+
+def test_model_facts_are_shown(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "m", hf_model())
+    f = fields(inspect(root).stdout)
+    assert (f["layers"], f["vocabulary size"], f["hidden size"]) == ("2 (found 2)", "32", "16")
+    assert f["tied embeddings"] == "not set in config.json; LM head present"
+    assert f["model checks"] == "layers, vocab_size, hidden_size"
+    (root / "config.json").write_text(json.dumps({**json.loads((root / "config.json").read_text()), "num_hidden_layers": 3}))
+    code, j = as_json(root)
+    assert code == 1 and [p["code"] for p in j["problems"]] == ["config-mismatch"]
