@@ -11,6 +11,7 @@ from .cli import DEFAULT_MANIFEST, guarded, opt, split_lanes
 from .errors import ExitCode, UsageError
 from .manifest import load_manifest
 from .perms import find_denied, fix as fix_entries
+from .report import plural
 
 
 @click.command("perms")
@@ -49,7 +50,7 @@ def perms(manifest: str, models_dir: str | None, profile: str | None, lanes: tup
             click.echo(f"preflight perms: {msg}", err=True)
         fixed = len(denied)
         denied = find_denied(root, selected, uid, gid)
-        click.echo(f"preflight perms: changed {fixed - len(denied)} of {fixed} entries for uid {uid} gid {gid}", err=True)
+        click.echo(f"preflight perms: changed {fixed - len(denied)} of {plural(fixed, 'entry')} for uid {uid} gid {gid}", err=True)
     if as_json:
         click.echo(json.dumps({"uid": uid, "gid": gid, "denied": [
             {"path": d.rel or ".", "kind": "dir" if d.is_dir else "file", "need": d.need, "mode": f"{d.mode & 0o7777:04o}", "owner": f"{d.uid}:{d.gid}"}
@@ -57,8 +58,8 @@ def perms(manifest: str, models_dir: str | None, profile: str | None, lanes: tup
     for d in denied:
         click.echo(f"preflight perms: {d.describe()}", err=True)
     if denied:
-        click.echo(f"preflight perms: {len(denied)} entries not usable by uid {uid} gid {gid}" + ("" if fix else " (--fix changes them)"), err=True)
+        click.echo(f"preflight perms: {plural(len(denied), 'entry')} not usable by uid {uid} gid {gid}" + ("" if fix else " (--fix changes them)"), err=True)
         return ExitCode.NOT_READY
-    click.echo(f"preflight perms: {len(selected)} lanes usable by uid {uid} gid {gid}", err=True)
+    click.echo(f"preflight perms: {plural(len(selected), 'lane')} usable by uid {uid} gid {gid}", err=True)
     return ExitCode.READY
 
