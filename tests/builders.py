@@ -18,6 +18,7 @@ from typing import NamedTuple, Union
 
 import gguf
 import numpy as np
+from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import quant_shape_to_byte_shape
 from safetensors import TensorSpec, serialize_file
 
@@ -196,9 +197,21 @@ def _add_tensor(w: gguf.GGUFWriter, name: str, shape: Sequence[int], quant: str)
 
 
 def _add_model_kvs(w: gguf.GGUFWriter, *, n_vocab: int, context_length: int | None, file_type: int | None,
-                   alignment: int | None, extra_kv: Mapping[str, object] | None) -> None:
+                   alignment: int | None, extra_kv: Mapping[str, object] | None, arch: str = "llama",
+                   n_embd: int | None = None, n_layer: int | None = None, n_ff: int | None = None) -> None:
+    """The key/values llama.cpp reads for a `llama` model: hyper-parameters (when n_embd is
+    given), then an SPM ("llama") tokenizer of `n_vocab` tokens with scores and token types."""
     if context_length is not None:
         w.add_context_length(context_length)
+    if n_embd is not None:
+        n_head = max(1, n_embd // 16)
+        w.add_embedding_length(n_embd)
+        w.add_block_count(n_layer or 1)
+        w.add_feed_forward_length(n_ff or n_embd)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head)
+        w.add_rope_dimension_count(n_embd // n_head)
+        w.add_layer_norm_rms_eps(1e-5)
     if file_type is not None:
         w.add_file_type(file_type)
     if alignment is not None:
@@ -221,11 +234,28 @@ def _add_model_kvs(w: gguf.GGUFWriter, *, n_vocab: int, context_length: int | No
             w.add_array(key, list(value))  # type: ignore[arg-type]
 
 
-DEFAULT_GGUF_TENSORS: dict[str, tuple[int, ...]] = {
-    "token_embd.weight": (4, 256),
-    "blk.0.attn_q.weight": (4, 256),
-    "output_norm.weight": (256,),
-}
+def llama_tensors(n_vocab: int, n_embd: int, n_layer: int = 1, n_ff: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The tensors llama.cpp's `llama` architecture reads (numpy order: rows, cols), output tied to token_embd."""
+    n_ff = n_ff or n_embd
+    tensors: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
+    for i in range(n_layer):
+        tensors |= {
+            f"blk.{i}.attn_norm.weight": (n_embd,),
+            f"blk.{i}.attn_q.weight": (n_embd, n_embd),
+            f"blk.{i}.attn_k.weight": (n_embd, n_embd),
+            f"blk.{i}.attn_v.weight": (n_embd, n_embd),
+            f"blk.{i}.attn_output.weight": (n_embd, n_embd),
+            f"blk.{i}.ffn_norm.weight": (n_embd,),
+            f"blk.{i}.ffn_gate.weight": (n_ff, n_embd),
+            f"blk.{i}.ffn_up.weight": (n_ff, n_embd),
+            f"blk.{i}.ffn_down.weight": (n_embd, n_ff),
+        }
+    return tensors
+
+
+def _embd_for(quant: str) -> int:
+    """The smallest width whose rows hold whole blocks of `quant` (64 for the 32-element quants, 256 for K-quants)."""
+    return max(64, GGML_QUANT_SIZES[_gguf_type(quant)][0])
 
 
 def write_gguf(
@@ -240,14 +270,21 @@ def write_gguf(
     alignment: int | None = None,
     extra_kv: Mapping[str, object] | None = None,
     big_endian: bool = False,
+    n_layer: int = 1,
 ) -> Path:
-    """A GGUF written by gguf.GGUFWriter. Shapes are numpy order (rows, cols); 2-D tensors use
-    `quant`, 1-D ones stay F32 as in real models. `tensors={}` gives a tokenizer-only file that,
-    like llama.cpp's vocab files, ends right after the header with no padding."""
-    tensors = DEFAULT_GGUF_TENSORS if tensors is None else tensors
+    """A GGUF written by gguf.GGUFWriter. By default a complete tiny `llama` model as llama.cpp
+    loads it: hyper-parameters, an SPM vocabulary of `n_vocab` tokens, and every tensor of
+    `n_layer` blocks (`llama_tensors`), 2-D ones in `quant`, 1-D ones F32 as in real models.
+    `tensors=` replaces the tensor set (shapes in numpy order: rows, cols); `tensors={}` gives a
+    vocabulary-only file that, like llama.cpp's ggml-vocab-*.gguf, carries no hyper-parameters
+    here and ends right after the header with no padding."""
+    n_embd = _embd_for(quant)
+    if tensors is None:
+        tensors = llama_tensors(n_vocab, n_embd, n_layer)
     endian = gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE
     w = gguf.GGUFWriter(os.fspath(path), arch, endianess=endian)
-    _add_model_kvs(w, n_vocab=n_vocab, context_length=context_length, file_type=file_type, alignment=alignment, extra_kv=extra_kv)
+    _add_model_kvs(w, n_vocab=n_vocab, context_length=context_length if tensors else None, file_type=file_type,
+                   alignment=alignment, extra_kv=extra_kv, n_embd=n_embd if tensors else None, n_layer=n_layer)
     for name, shape in tensors.items():
         _add_tensor(w, name, shape, quant if len(shape) > 1 else "F32")
     w.write_header_to_file()
@@ -270,30 +307,48 @@ def write_gguf_split(
     n_vocab: int = 32,
 ) -> list[Path]:
     """Split GGUF parts via GGUFWriter(split_max_tensors=...): names `stem-0000N-of-0000M.gguf`,
-    keys split.no (0-based u16), split.count (u16), split.tensors.count (i32), as gguf-split writes."""
+    keys split.no (0-based u16), split.count (u16), split.tensors.count (i32), as gguf-split writes.
+    The parts hold one tiny `llama` model (as write_gguf) whose tensors fill exactly `n_splits`
+    parts of `tensors_per_split` (the blocks are as many as that needs)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(folder / f"{stem}.gguf", "llama", split_max_tensors=tensors_per_split)
-    _add_model_kvs(w, n_vocab=n_vocab, context_length=2048, file_type=None, alignment=None, extra_kv=None)
-    for i in range(n_splits * tensors_per_split):
-        _add_tensor(w, f"blk.{i}.ffn_up.weight", (4, 256), quant)
+    n_embd = _embd_for(quant)
+    total = n_splits * tensors_per_split
+    n_layer = max(1, -(-(total - 2) // 9))
+    tensors = list(llama_tensors(n_vocab, n_embd, n_layer).items())
+    assert len(tensors) >= total, "too few tensors for that many parts"
+    # drop whole trailing tensors only where llama.cpp does not need them: fill with fewer blocks instead
+    tensors = tensors[:total] if len(tensors) == total else tensors
+    per = -(-len(tensors) // n_splits)
+    w = gguf.GGUFWriter(folder / f"{stem}.gguf", "llama", split_max_tensors=per)
+    _add_model_kvs(w, n_vocab=n_vocab, context_length=2048, file_type=None, alignment=None, extra_kv=None, n_embd=n_embd, n_layer=n_layer)
+    for name, shape in tensors:
+        _add_tensor(w, name, shape, quant if len(shape) > 1 else "F32")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return [folder / f"{stem}-{i:05d}-of-{n_splits:05d}.gguf" for i in range(1, n_splits + 1)]
+    parts = [folder / f"{stem}-{i:05d}-of-{n_splits:05d}.gguf" for i in range(1, n_splits + 1)]
+    assert all(p.exists() for p in parts), "the tensors did not fill every part"
+    return parts
 
 
 def write_sparse_gguf(path: str | os.PathLike[str], data_bytes: int, *, n_tensors: int = 4, n_vocab: int = 32) -> Path:
-    """A real GGUF header (GGUFWriter) for `data_bytes` of F16 tensors; the data is a hole."""
-    per = data_bytes // n_tensors
-    cols = 4096
-    assert per % (cols * 2) == 0 and per % 32 == 0
-    rows = per // (cols * 2)
+    """A real GGUF header (GGUFWriter) of a `llama` model with about `data_bytes` of F16 tensors
+    (4096 wide, about n_tensors / 9 blocks, the feed-forward width sized to fill data_bytes); the data is a hole."""
+    n_embd = 4096
+    n_layer = max(1, round(n_tensors / 9))
+    fixed = n_vocab * n_embd * 2 + n_embd * 4 + n_layer * (2 * n_embd * 4 + 4 * n_embd * n_embd * 2)
+    n_ff = max(32, (data_bytes - fixed) // (n_layer * 3 * n_embd * 2) // 32 * 32)
     w = gguf.GGUFWriter(os.fspath(path), "llama")
-    _add_model_kvs(w, n_vocab=n_vocab, context_length=2048, file_type=1, alignment=None, extra_kv=None)
-    for i in range(n_tensors):
-        w.add_tensor_info(f"blk.{i}.ffn_up.weight", (rows, cols), np.dtype(np.float16), per)
+    _add_model_kvs(w, n_vocab=n_vocab, context_length=2048, file_type=1, alignment=None, extra_kv=None,
+                   n_embd=n_embd, n_layer=n_layer, n_ff=n_ff)
+    total = 0
+    for name, shape in llama_tensors(n_vocab, n_embd, n_layer, n_ff).items():
+        dtype = np.dtype(np.float32 if len(shape) == 1 else np.float16)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        w.add_tensor_info(name, shape, dtype, nbytes)
+        total += -(-nbytes // 32) * 32
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
@@ -301,7 +356,7 @@ def write_sparse_gguf(path: str | os.PathLike[str], data_bytes: int, *, n_tensor
     with open(path, "r+b") as f:
         header_end = f.seek(0, os.SEEK_END)
         data_start = -(-header_end // 32) * 32
-        f.truncate(data_start + per * n_tensors)
+        f.truncate(data_start + total)
     return Path(path)
 
 

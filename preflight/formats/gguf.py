@@ -6,13 +6,25 @@ infos (name, u32 n_dims, u64 dims[n_dims], u32 ggml type, u64 offset relative to
 data start), then the data, which starts at the header end rounded up to
 `general.alignment` (default 32).
 
-"Valid" follows what llama.cpp's `gguf_init_from_file` and model loader accept: version
-2 or 3, no duplicate or empty keys, `general.alignment` a u32 power of two, at most 4
-dims, tensor names under 64 bytes, a known ggml type whose block divides the row,
-tensors laid out in order each padded to the alignment (no gap, no overlap), and
-every tensor's data inside the file. A file with no tensors is valid even when it
-ends before the aligned data start (tokenizer-only files). Arrays of arrays are
-accepted, as the GGUF spec and the gguf Python reader allow them.
+"Valid" follows what llama.cpp's `gguf_init_from_file` (ggml/src/gguf.cpp) and model loader
+accept: version 2 or 3, no duplicate or empty keys, value types 0..12 with no arrays of
+arrays (gguf.cpp: "invalid GGUF type 9", although the GGUF spec and the gguf Python reader
+allow them), `general.alignment` a u32 power of two, at most 4 dims whose element count
+fits in int64, tensor names under 64 bytes, a ggml type whose block divides the row,
+tensors laid out in order each padded to the alignment (no gap, no overlap), every
+tensor's data inside the file, and every tensor at a file offset that is a multiple of 32
+(ggml's TENSOR_ALIGNMENT: the default mmap load asserts it and aborts the process, which
+a `general.alignment` of 16 or less can break). A file with no tensors is valid even when
+it ends before the aligned data start (tokenizer-only files). A ggml type newer than this
+table is a warning when the layout gives its size (the next tensor's offset), since a
+newer llama.cpp may know it. Model-level checks (architecture, hyper-parameters, tensors,
+vocabulary) are in gguf_model.py.
+
+Bounds (hostile headers are refused in well under a second and a few MB; real models are
+far below every limit): at most MAX_KVS key/values and MAX_TENSORS tensors, string arrays
+of at most MAX_STRING_ARRAY entries (a 256k vocabulary has 2^18; merges lists stay under
+2^20), keys of at most MAX_KEY_BYTES; strings longer than MAX_KEPT_STRING are skipped,
+not read (their length is kept).
 
 Speed: the header is read in a few large reads; numeric arrays are skipped by
 count x size; string arrays are walked length by length without decoding, so a
@@ -39,7 +51,12 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME is 64 including the terminating NUL
-MAX_ARRAY_NESTING = 8
+MAX_KVS = 1 << 16
+MAX_TENSORS = 1 << 16  # real models: a few hundred to ~20k (per-expert layouts)
+MAX_STRING_ARRAY = 1 << 21
+MAX_KEY_BYTES = 1 << 16
+MAX_KEPT_STRING = 1 << 20  # longer string values are skipped and summarised (chat templates are ~10 KB)
+TENSOR_ALIGNMENT = 32  # ggml-impl.h; ggml_backend_cpu_buffer_from_ptr asserts it for mmap-backed buffers
 SMALL_ARRAY = 16  # arrays up to this length are kept in `metadata`; longer ones are summarised
 
 # ggml type id -> (name, block size in elements, bytes per block).
@@ -80,7 +97,11 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     39: ("MXFP4", 32, 17),
     40: ("NVFP4", 64, 36),
     41: ("Q1_0", 128, 18),
+    42: ("Q2_0", 64, 18),  # llama.cpp only, not yet in the gguf package
 }
+# Ids below the newest known one that ggml has removed (Q4_2, Q4_3, the Q4_0_4_4 and IQ4_NL_4_4
+# repack families): gguf.cpp refuses them (block size 0). Ids past the table are unknown, not invalid.
+REMOVED_GGML_TYPES = frozenset({4, 5, 31, 32, 33, 36, 37, 38})
 
 # general.file_type id -> gguf.constants.LlamaFileType member name (gguf 0.19).
 FILE_TYPES: dict[int, str] = {
@@ -170,6 +191,19 @@ def file_type_name(file_type: int) -> str:
 
 
 @dataclass(frozen=True)
+class StringSummary:
+    """A string value too long to keep (over MAX_KEPT_STRING bytes): its length."""
+
+    length: int
+
+    def to_dict(self) -> dict:
+        return {"string_bytes": self.length}
+
+    def __str__(self) -> str:
+        return f"<{self.length}-byte string>"
+
+
+@dataclass(frozen=True)
 class ArraySummary:
     """A metadata array too long to keep (e.g. tokenizer.ggml.tokens): its item type and length."""
 
@@ -206,8 +240,14 @@ class GGUFInfo:
     alignment: int = DEFAULT_ALIGNMENT
     data_offset: int = 0
     metadata: dict[str, object] = field(default_factory=dict)
+    # key -> (GGUF value type, item type for arrays else None), as gguf_model.KVType
+    kv_types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     tensors: dict[str, GGUFTensor] = field(default_factory=dict)
     architecture: str | None = None
+    block_count: int | None = None
+    vocab_size: int | None = None  # tokens in tokenizer.ggml.tokens (vocab_size for no-vocab models)
+    tied_embeddings: bool | None = None  # no output.weight: the output layer reuses token_embd.weight
+    vocab_only: bool = False  # a vocabulary file (no tensors), judged as one
     context_length: int | None = None
     quant_types: Counter[str] = field(default_factory=Counter)
     file_type: str | None = None
@@ -290,13 +330,23 @@ class _Cursor:
         self.pos += 8
         return _U64.unpack_from(self.buf, off)[0]
 
-    def raw_string(self, what: str) -> bytes:
+    def raw_string(self, what: str, limit: int | None = None) -> bytes | int:
+        """The string's bytes; only its length when it is longer than `limit` (skipped, not read)."""
         n = self.u64(what)
         if n > self.remaining():
             raise _overrun(f"{what} claims {n} bytes", n, self.remaining())
+        if limit is not None and n > limit:
+            self.pos += n
+            return n
         off = self.need(n, what)
         self.pos += n
         return bytes(self.buf[off : off + n])
+
+    def name(self, what: str, limit: int, code: str, too_long: str) -> bytes:
+        raw = self.raw_string(what, limit)
+        if isinstance(raw, int):
+            raise _Stop(code, f"{what} is {raw} bytes, {too_long}")
+        return raw
 
     def skip_strings(self, count: int, what: str) -> None:
         """Walk `count` gguf strings reading only their lengths: the hot loop for vocabularies."""
@@ -364,6 +414,10 @@ def _check(src: Source, info: GGUFInfo, out: Findings) -> None:
     cur.pos = _HEAD.size
     info.tensor_count, info.kv_count = n_tensors, n_kv
     left = cur.remaining()
+    for count, what, limit in ((n_kv, "key/values", MAX_KVS), (n_tensors, "tensors", MAX_TENSORS)):
+        if limit < count and count * 8 <= left:
+            out.error(P.COUNT_TOO_LARGE, f"header says {count} {what}, more than preflight's limit of {limit} (no real model comes near it)")
+            return
     if n_kv * _MIN_KV_BYTES > left:
         stop = _overrun(f"header says {n_kv} key/values (at least {_MIN_KV_BYTES} bytes each)", n_kv, left)
         out.error(stop.code, stop.message)
@@ -381,6 +435,21 @@ def _check(src: Source, info: GGUFInfo, out: Findings) -> None:
     info.data_offset = data_start = -(-header_end // pad_to) * pad_to
     if n_tensors and alignment:
         _check_layout(info, order, header_end, data_start, alignment, out)
+    _check_model(info, out)
+
+
+def _check_model(info: GGUFInfo, out: Findings) -> None:
+    from preflight.formats.gguf_model import check_model
+
+    no = info.metadata.get("split.no")
+    count = info.metadata.get("split.count")
+    split = type(count) is int and count > 1
+    if split and no != 0:
+        return  # parts after the first hold tensors only; check_gguf_split judges the whole
+    facts = check_model(info.name, info.metadata, info.kv_types, {n: t.dims for n, t in info.tensors.items()}, out,
+                        tensors_complete=not split)
+    info.block_count, info.vocab_size = facts.block_count, facts.vocab_size
+    info.tied_embeddings, info.vocab_only = facts.tied_embeddings, facts.vocab_only
 
 
 def _version_ok(info: GGUFInfo, out: Findings) -> bool:
@@ -405,32 +474,36 @@ def _version_ok(info: GGUFInfo, out: Findings) -> bool:
 def _read_kvs(cur: _Cursor, n_kv: int, info: GGUFInfo, out: Findings) -> dict[str, int]:
     vtypes: dict[str, int] = {}
     meta = info.metadata
+    kv_types = info.kv_types
     for i in range(n_kv):
-        raw = cur.raw_string(f"key {i} of {n_kv}")
-        try:
-            key = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Stop(P.HEADER_INVALID, f"key {i} of {n_kv} is not UTF-8: {raw[:40]!r}") from None
+        raw = cur.name(f"key {i} of {n_kv}", MAX_KEY_BYTES, P.COUNT_TOO_LARGE, f"more than preflight's limit of {MAX_KEY_BYTES}")
+        key = raw.decode("utf-8", "surrogateescape")  # gguf.cpp takes any bytes; no known key matches a non-UTF-8 one
         if not key:
             raise _Stop(P.HEADER_INVALID, f"key {i} of {n_kv} is empty")
         if key in vtypes:
             raise _Stop(P.HEADER_INVALID, f"key {key!r} appears twice")
         vtype = cur.u32(f"value type of {key!r}")
         vtypes[key] = vtype
-        meta[key] = _value(cur, vtype, key, 0)
+        if vtype == ARRAY:
+            itype = cur.u32(f"item type of array {key!r}")
+            kv_types[key] = (ARRAY, itype)
+            meta[key] = _array(cur, itype, key)
+        else:
+            kv_types[key] = (vtype, None)
+            meta[key] = _value(cur, vtype, key)
     return vtypes
 
 
-def _value(cur: _Cursor, vtype: int, what: str, depth: int) -> object:
+def _value(cur: _Cursor, vtype: int, what: str) -> object:
     if vtype in _SCALAR:
         return cur.scalar(vtype, what)
     if vtype == STRING:
-        return cur.raw_string(what).decode("utf-8", "replace")
-    if vtype != ARRAY:
-        raise _Stop(P.BAD_VALUE_TYPE, f"{what} has value type {vtype}, expected 0..12 (uint8 .. float64)")
-    if depth >= MAX_ARRAY_NESTING:
-        raise _Stop(P.HEADER_INVALID, f"{what}: arrays nested deeper than {MAX_ARRAY_NESTING}")
-    itype = cur.u32(f"item type of array {what}")
+        raw = cur.raw_string(what, MAX_KEPT_STRING)
+        return StringSummary(raw) if isinstance(raw, int) else raw.decode("utf-8", "replace")
+    raise _Stop(P.BAD_VALUE_TYPE, f"{what} has value type {vtype}, expected 0..12 (uint8 .. float64)")
+
+
+def _array(cur: _Cursor, itype: int, what: str) -> object:
     count = cur.u64(f"length of array {what}")
     left = cur.remaining()
     if itype in _SCALAR:
@@ -447,15 +520,15 @@ def _value(cur: _Cursor, vtype: int, what: str, depth: int) -> object:
     if itype == STRING:
         if count * 8 > left:
             raise _overrun(f"array {what} claims {count} strings (at least {count * 8} bytes)", count, left)
+        if count > MAX_STRING_ARRAY:
+            raise _Stop(P.COUNT_TOO_LARGE, f"array {what} claims {count} strings, more than preflight's limit of {MAX_STRING_ARRAY} (a 256k vocabulary has 262144)")
         if count <= SMALL_ARRAY:
-            return [cur.raw_string(f"array {what} string {i}").decode("utf-8", "replace") for i in range(count)]
+            items = [cur.raw_string(f"array {what} string {i}", MAX_KEPT_STRING) for i in range(count)]
+            return [str(StringSummary(s)) if isinstance(s, int) else s.decode("utf-8", "replace") for s in items]
         cur.skip_strings(count, f"array {what}")
         return ArraySummary("string", count)
     if itype == ARRAY:
-        if count * 12 > left:
-            raise _overrun(f"array {what} claims {count} arrays (at least {count * 12} bytes)", count, left)
-        items = [_value(cur, ARRAY, f"{what}[{i}]", depth + 1) for i in range(count)]
-        return items if count <= SMALL_ARRAY else ArraySummary("array", count)
+        raise _Stop(P.BAD_VALUE_TYPE, f"array {what} is an array of arrays, which llama.cpp refuses (\"invalid GGUF type 9\")")
     raise _Stop(P.BAD_VALUE_TYPE, f"array {what} has item type {itype}, expected 0..12 (uint8 .. float64)")
 
 
@@ -481,11 +554,8 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int, info: GGUFInfo, out: Findin
     tensors = info.tensors
     for i in range(n_tensors):
         what = f"tensor info {i} of {n_tensors}"
-        raw = cur.raw_string(f"name of {what}")
-        try:
-            tname = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Stop(P.HEADER_INVALID, f"name of {what} is not UTF-8: {raw[:40]!r}") from None
+        raw = cur.name(f"name of {what}", MAX_NAME_BYTES, P.HEADER_INVALID, f"llama.cpp allows at most {MAX_NAME_BYTES}")
+        tname = raw.decode("utf-8", "surrogateescape")
         n_dims = cur.u32(f"n_dims of tensor {tname!r}")
         if n_dims > MAX_DIMS:
             raise _Stop(P.HEADER_INVALID, f"tensor {tname!r} has {n_dims} dimensions, llama.cpp allows at most {MAX_DIMS}")
@@ -505,9 +575,15 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int, info: GGUFInfo, out: Findin
         numel = 1
         for d in dims:
             numel *= d
+        if numel >= 2**63:
+            out.error(P.HEADER_INVALID, f"tensor {tname!r} has dims {list(dims)}, {numel} elements, more than int64 holds (gguf.cpp refuses it)")
+            continue
         spec = GGML_TYPES.get(ggml_type)
         if spec is None:
-            out.error(P.BAD_TENSOR_TYPE, f"tensor {tname!r} has ggml type {ggml_type}, which is not a known type")
+            if ggml_type in REMOVED_GGML_TYPES or ggml_type >= 2**31:
+                out.error(P.BAD_TENSOR_TYPE, f"tensor {tname!r} has ggml type {ggml_type}, which ggml no longer has (llama.cpp refuses it)")
+                continue
+            # A type newer than this table: its size comes from the layout (_check_layout).
             tensors[tname] = GGUFTensor(f"unknown({ggml_type})", dims, offset, -1)
             order.append(tname)
             continue
@@ -527,10 +603,22 @@ def _check_layout(info: GGUFInfo, order: list[str], header_end: int, data_start:
         return
     expected = 0
     past_end: list[tuple[int, str]] = []
-    for tname in order:
+    unaligned = [n for n in order if (data_start + info.tensors[n].offset) % TENSOR_ALIGNMENT] if alignment < TENSOR_ALIGNMENT else []
+    if unaligned:
+        t = info.tensors[unaligned[0]]
+        out.error(P.MISALIGNED, f"general.alignment {alignment} puts {len(unaligned)} tensor(s) at file offsets that are not multiples of "
+                  f"{TENSOR_ALIGNMENT} ({unaligned[0]!r} at {data_start + t.offset}); llama.cpp's default (mmap) load aborts on them")
+    for index, tname in enumerate(order):
         t = info.tensors[tname]
         if t.nbytes < 0:
-            expected = -1  # size unknown: offsets after it cannot be predicted
+            nxt = info.tensors[order[index + 1]] if index + 1 < len(order) else None
+            if nxt is None or nxt.offset <= t.offset or t.offset % alignment or (expected >= 0 and t.offset != expected):
+                out.error(P.BAD_TENSOR_TYPE, f"tensor {tname!r} has ggml type {t.type_name[8:-1]}, unknown to preflight, and its size cannot be told from the layout")
+                expected = -1
+            else:
+                out.warning(P.UNKNOWN_TENSOR_TYPE, f"tensor {tname!r} has ggml type {t.type_name[8:-1]}, newer than preflight's table "
+                            f"(llama.cpp as of llama-cpp-python 0.3.36 knows types up to 42); its size is taken from the layout")
+                expected = nxt.offset
             continue
         if t.offset % alignment:
             out.error(P.MISALIGNED, f"tensor {tname!r} starts at data offset {t.offset}, not a multiple of the alignment {alignment}")
@@ -629,7 +717,23 @@ def check_gguf_split(paths: Sequence[str | os.PathLike[str]], *, infos: Mapping[
         if info.header_parsed:
             parts[n] = info
     problems.extend(_split_metadata_problems(expected, parts))
+    if len(parts) == count and not problems:
+        problems.extend(_split_model_problems(expected, parts))
     return problems
+
+
+def _split_model_problems(expected: list[str], parts: Mapping[str, GGUFInfo]) -> list[Problem]:
+    """The tensor-level model checks over all parts (the first part holds the key/values and
+    was judged for them by check_gguf); llama.cpp loads the parts as one model."""
+    from preflight.formats.gguf_model import check_model
+
+    first = parts[expected[0]]
+    tensors: dict[str, tuple[int, ...]] = {}
+    for n in expected:
+        tensors.update((t, parts[n].tensors[t].dims) for t in parts[n].tensors)
+    out = Findings(first.name)
+    check_model(first.name, first.metadata, first.kv_types, tensors, out, tensors_only=True)
+    return out.problems()
 
 
 def _split_metadata_problems(expected: list[str], parts: Mapping[str, GGUFInfo]) -> list[Problem]:

@@ -1,0 +1,126 @@
+"""llama.cpp as the oracle for GGUF verdicts, through llama-cpp-python (ops/oracle-llama.sh).
+
+`judge(requests)` asks llama.cpp about many files in one worker process (this module run as
+`python -m tests.gguf_oracle REQUESTS START`), which reports one JSON line per file. llama.cpp
+aborts the process on some bad files (a tensor-alignment assertion, block_count 0); the
+parent then records that file as refused ("abort") and starts a new worker after it.
+
+Per file the worker asks what the server would do: `gguf_init_from_file` (the parser, called
+through ctypes on libggml-base, as the bindings do not wrap it), then
+`llama_model_load_from_file` with the default parameters (mmap, CPU), `vocab_only` for
+vocabulary files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    parsed: bool  # gguf_init_from_file accepted the file
+    loaded: bool  # llama_model_load_from_file returned a model
+    reason: str  # llama.cpp's last error lines, or "abort: ..." when the process died
+
+    @property
+    def ok(self) -> bool:
+        return self.parsed and self.loaded
+
+
+def judge(requests: list[tuple[str, str]], timeout: float = 600) -> list[Verdict]:
+    """Verdicts for (path, mode) pairs; mode "model" loads the weights, "vocab" the vocabulary only."""
+    verdicts: list[Verdict | None] = [None] * len(requests)
+    with tempfile.TemporaryDirectory() as tmp:
+        req = Path(tmp) / "requests.json"
+        req.write_text(json.dumps(requests))
+        start = 0
+        while start < len(requests):
+            err = Path(tmp) / f"stderr-{start}.txt"
+            with open(err, "wb") as err_f:
+                proc = subprocess.run([sys.executable, "-m", "tests.gguf_oracle", str(req), str(start)], cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=err_f, timeout=timeout, check=False)
+            current = start
+            for line in proc.stdout.decode().splitlines():
+                msg = json.loads(line)
+                if "start" in msg:
+                    current = msg["start"]
+                else:
+                    verdicts[msg["i"]] = Verdict(msg["parsed"], msg["loaded"], msg["reason"])
+                    current = msg["i"] + 1
+            if current >= len(requests):
+                break
+            if verdicts[current] is None:
+                tail = err.read_bytes()[-300:].decode(errors="replace").strip().splitlines()
+                verdicts[current] = Verdict(True, False, "abort: " + (tail[-1] if tail else f"exit {proc.returncode}"))
+            start = current + 1
+    return [v if v is not None else Verdict(False, False, "not judged") for v in verdicts]
+
+
+# --------------------------------------------------------------------------- the worker
+
+def _worker(requests_file: str, start: int) -> None:
+    # Verdicts go to the original stdout; whatever the library prints goes to stderr.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    import llama_cpp as L
+
+    errors: list[str] = []
+
+    @L.llama_log_callback
+    def log(level: int, text: bytes, _user: object) -> None:
+        if level == 4:  # GGML_LOG_LEVEL_ERROR
+            line = text.decode(errors="replace").strip()
+            if line:
+                errors.append(line)
+
+    L.llama_log_set(log, ctypes.c_void_p())
+    L.llama_backend_init()
+    base = ctypes.CDLL(os.path.join(os.path.dirname(L.__file__), "lib", "libggml-base.so"))
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+    base.gguf_init_from_file.restype = ctypes.c_void_p
+    base.gguf_init_from_file.argtypes = [ctypes.c_char_p, InitParams]
+    base.gguf_free.argtypes = [ctypes.c_void_p]
+
+    requests = json.loads(Path(requests_file).read_text())
+    for i in range(start, len(requests)):
+        path, mode = requests[i]
+        print(json.dumps({"start": i}), file=out, flush=True)
+        errors.clear()
+        ctx = base.gguf_init_from_file(path.encode(), InitParams(True, None))
+        parsed = bool(ctx)
+        if ctx:
+            base.gguf_free(ctx)
+        loaded = False
+        if parsed:
+            params = L.llama_model_default_params()
+            params.vocab_only = mode == "vocab"
+            params.n_gpu_layers = 0
+            model = L.llama_model_load_from_file(path.encode(), params)
+            loaded = bool(model)
+            if model:
+                L.llama_model_free(model)
+        print(json.dumps({"i": i, "parsed": parsed, "loaded": loaded, "reason": " | ".join(errors[-3:])}), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], int(sys.argv[2]))
