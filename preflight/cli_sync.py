@@ -110,7 +110,12 @@ def lock(manifest, output, fmt, lanes, token_file, as_json=False, report=None, t
     from .report import Outputs, emit
 
     if as_json and output == "-":
-        raise UsageError("--json and --output - would both write to stdout", hint="write the lock to a file (-o FILE), or leave out --json")
+        from click.core import ParameterSource
+
+        if click.get_current_context().get_parameter_source("as_json") == ParameterSource.ENVIRONMENT:
+            as_json = False  # PREFLIGHT_JSON set for sync/check: stdout carries the lock here
+        else:
+            raise UsageError("--json and --output - would both write to stdout", hint="write the lock to a file (-o FILE), or leave out --json")
     if token_file:
         _readable(token_file)
     text, path = make_lock(manifest, output, fmt, lanes, token_file)

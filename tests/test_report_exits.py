@@ -145,6 +145,8 @@ def test_lock_reports_what_it_pinned(tmp_path: Path) -> None:
     assert o.tlog is None
     r = CliRunner().invoke(main, ["lock", "-m", str(m), "-o", "-", "--json"])
     assert r.exit_code == 2 and "both write to stdout" in r.stderr and r.stdout.startswith("{")
+    r = CliRunner().invoke(main, ["lock", "-m", str(m), "-o", "-"], env={"PREFLIGHT_JSON": "1"})
+    assert r.exit_code == 0 and json.loads(r.stdout)["lanes"]["mirror"]["files"]["a.bin"]["size"] == 3  # the lock itself
 
 
 def read_bytes(pid: int) -> int:
