@@ -79,6 +79,9 @@ VOCAB_KEYS = ("vocab_size", "n_vocab", "padded_vocab_size")
 WIDTH_KEYS = ("word_embed_proj_dim", "embedding_size", "hidden_size", "n_embd", "d_model")
 TEXT_CONFIG_KEYS = ("text_config", "llm_config", "language_config")
 LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+# Families whose embedding has rows beyond vocab_size by construction (model_type -> extra rows):
+# Llama 3.2 Vision (MllamaTextModel) builds nn.Embedding(vocab_size + 8, ...) for its image tokens.
+EMBEDDING_EXTRA_ROWS = {"mllama": 8, "mllama_text_model": 8}
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"})
 # Tensor-name endings that mark a quantized layout, and what it is.
 QUANT_MARKS = (
@@ -206,7 +209,8 @@ def check_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta]) ->
         facts.embedding_shape = [rows, cols]
         if vocab is not None:
             checks.append("vocab_size")
-            if rows != vocab:
+            extra = EMBEDDING_EXTRA_ROWS.get(cfg.get("model_type"), EMBEDDING_EXTRA_ROWS.get(config.get("model_type"), 0))
+            if rows != vocab + extra:
                 out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} says vocab_size {vocab}; {emb_name} has {rows} rows "
                                    "(both loaders build the embedding from vocab_size and refuse another shape)"))
         if width is not None:
