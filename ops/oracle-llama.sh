@@ -8,6 +8,11 @@
 # on two cores. The wheel is built once, CPU only, and kept in a cache keyed by the
 # version and the Python ABI; later runs install it from there in seconds.
 # Cache folder: $PREFLIGHT_WHEEL_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/lane-preflight/wheels.
+#
+# The sdist also carries llama.cpp's own vocabulary GGUFs (vendor/llama.cpp/models/ggml-vocab-*.gguf,
+# written by its converter); two of them are kept beside the wheel for the tests: the 32k
+# llama-spm vocabulary (the mutation campaign's real file) and the 262k gemma-4 one.
+# `bash ops/oracle-llama.sh --print-vocab-dir` prints where they are.
 set -euo pipefail
 
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -15,10 +20,31 @@ python="${PYTHON:-python3}"
 cache="${PREFLIGHT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lane-preflight/wheels}"
 abi="$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 dir="$cache/llama-cpp-python-$version-$abi"
+vocab="$cache/llama-cpp-python-$version-vocab"
+if [ "${1:-}" = "--print-vocab-dir" ]; then
+    echo "$vocab"
+    exit 0
+fi
 mkdir -p "$dir"
 
+sdist() {  # the source archive, downloaded once into the cache
+    if ! ls "$cache"/llama_cpp_python-"$version".tar.gz >/dev/null 2>&1; then
+        "$python" -m pip download --quiet --disable-pip-version-check --no-deps -d "$cache" "llama-cpp-python==$version"
+    fi
+    echo "$cache/llama_cpp_python-$version.tar.gz"
+}
+
+if [ ! -f "$vocab/ggml-vocab-llama-spm.gguf" ] || [ ! -f "$vocab/ggml-vocab-gemma-4.gguf" ]; then
+    src="$(sdist)"
+    tmpv="$(mktemp -d "$cache/vocab.XXXXXX")"
+    tar -xzf "$src" -C "$tmpv" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf' '*/vendor/llama.cpp/models/ggml-vocab-gemma-4.gguf'
+    mkdir -p "$vocab"
+    mv "$tmpv"/*/vendor/llama.cpp/models/ggml-vocab-*.gguf "$vocab"/
+    rm -rf "$tmpv"
+fi
+
 if "$python" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$version')" 2>/dev/null; then
-    echo "llama-cpp-python $version already installed"
+    echo "llama-cpp-python $version already installed; vocabulary files in $vocab"
     exit 0
 fi
 
@@ -33,11 +59,10 @@ if ! ls "$dir"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
     export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
     tmp="$(mktemp -d "$dir/build.XXXXXX")"
     trap 'rm -rf "$tmp"' EXIT
-    "$python" -m pip wheel --quiet --disable-pip-version-check --no-deps \
-        --wheel-dir "$tmp" "llama-cpp-python==$version"
+    "$python" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$tmp" "$(sdist)"
     mv "$tmp"/llama_cpp_python-"$version"-*.whl "$dir"/
 fi
 
 # The wheel's own dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index.
 "$python" -m pip install --quiet --disable-pip-version-check "$dir"/llama_cpp_python-"$version"-*.whl
-echo "llama-cpp-python $version installed from $dir"
+echo "llama-cpp-python $version installed from $dir; vocabulary files in $vocab"

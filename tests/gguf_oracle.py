@@ -25,6 +25,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def vocab_dir() -> Path | None:
+    """Where ops/oracle-llama.sh keeps llama.cpp's own vocabulary GGUFs, if it ran."""
+    try:
+        out = subprocess.run(["bash", str(REPO / "ops" / "oracle-llama.sh"), "--print-vocab-dir"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(out.stdout.strip())
+    return path if (path / "ggml-vocab-llama-spm.gguf").is_file() else None
+
+
 def available() -> bool:
     try:
         import llama_cpp  # noqa: F401
@@ -55,7 +65,8 @@ def judge(requests: list[tuple[str, str]], timeout: float = 600) -> list[Verdict
             err = Path(tmp) / f"stderr-{start}.txt"
             with open(err, "wb") as err_f:
                 proc = subprocess.run([sys.executable, "-m", "tests.gguf_oracle", str(req), str(start)], cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=err_f, timeout=timeout, check=False)
+                                      stdout=subprocess.PIPE, stderr=err_f, timeout=timeout, check=False,
+                                      env={**os.environ, "GGML_NO_BACKTRACE": "1"})
             current = start
             for line in proc.stdout.decode().splitlines():
                 msg = json.loads(line)
@@ -67,8 +78,9 @@ def judge(requests: list[tuple[str, str]], timeout: float = 600) -> list[Verdict
             if current >= len(requests):
                 break
             if verdicts[current] is None:
-                tail = err.read_bytes()[-300:].decode(errors="replace").strip().splitlines()
-                verdicts[current] = Verdict(True, False, "abort: " + (tail[-1] if tail else f"exit {proc.returncode}"))
+                lines = err.read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
+                said = [ln for ln in lines if "GGML_ASSERT" in ln or "error" in ln.lower()] or lines
+                verdicts[current] = Verdict(True, False, "abort: " + (said[-1].strip() if said else f"exit {proc.returncode}"))
             start = current + 1
     return [v if v is not None else Verdict(False, False, "not judged") for v in verdicts]
 

@@ -57,7 +57,10 @@ def reference_opens(path: Path) -> bool:
 
 
 def test_ggml_type_table_matches_the_gguf_package() -> None:
-    assert GGML_TYPES == {int(t): (t.name, block, size) for t, (block, size) in GGML_QUANT_SIZES.items()}
+    """Ours is the gguf package's table plus the types llama.cpp has that the package lacks yet (42: Q2_0)."""
+    theirs = {int(t): (t.name, block, size) for t, (block, size) in GGML_QUANT_SIZES.items()}
+    assert {t: GGML_TYPES[t] for t in theirs} == theirs
+    assert {t: v for t, v in GGML_TYPES.items() if t not in theirs} == {42: ("Q2_0", 64, 18)}
 
 
 def test_file_type_table_matches_the_gguf_package() -> None:
@@ -80,8 +83,9 @@ def test_valid_file_is_described(tmp_path: Path) -> None:
     info = check_gguf(path)
     assert info.ok and info.problems == []
     assert (info.version, info.architecture, info.context_length, info.file_type) == (3, "llama", 8192, "Q4_K_M")
-    assert info.quant_types == {"Q4_K": 2, "F32": 1}
-    assert info.tensor_count == 3 and info.parameter_count == 4 * 256 * 2 + 256
+    assert (info.block_count, info.vocab_size, info.tied_embeddings, info.vocab_only) == (1, 100, True, False)
+    assert info.quant_types == {"Q4_K": 8, "F32": 3}  # token_embd + 7 block matrices; 3 norms
+    assert info.tensor_count == 11 and info.parameter_count == 100 * 256 + 256 + 2 * 256 + 7 * 256 * 256
     assert info.metadata["tokenizer.ggml.tokens"] == ArraySummary("string", 100)
     assert info.metadata["tokenizer.ggml.scores"] == ArraySummary("float32", 100)
     assert info.metadata["general.tags"] == ["a", "b"]
@@ -135,7 +139,7 @@ def test_an_8_gib_file_is_checked_from_its_header_alone(tmp_path: Path) -> None:
     try:
         info = check_gguf(f)
         assert info.ok, info.problems
-        assert info.parameter_count == 4 * 2**30
+        assert abs(info.parameter_count * 2 - 8 * 2**30) < 2**24  # F16 weights filling 8 GiB
         assert f.bytes_read < 2**20
     finally:
         f.close()
@@ -145,7 +149,12 @@ def test_an_8_gib_file_is_checked_from_its_header_alone(tmp_path: Path) -> None:
 
 
 def _second_tensor_offset(p: Path) -> int:
-    return gguf_tensor_offsets(p, "blk.0.attn_q.weight").value_offset
+    return gguf_tensor_offsets(p, "output_norm.weight").value_offset
+
+
+def _first_tensor_end(p: Path) -> int:
+    """Where token_embd.weight's data ends (relative to the data start), i.e. output_norm's offset."""
+    return next(t.data_offset for t in gguf.GGUFReader(str(p)).tensors if t.name == "output_norm.weight") - gguf.GGUFReader(str(p)).data_offset
 
 
 def _dup_key(p: Path) -> Path:
@@ -200,7 +209,7 @@ VARIANTS: dict[str, tuple[Variant, str, str]] = {
     "array-count-huge": (lambda p: patch_u64(write_gguf(p), gguf_kv_offsets(p, "tokenizer.ggml.tokens").value_offset + 4, 2**50), P.COUNT_TOO_LARGE, f"claims {2**50} strings"),
     "token-length-huge": (lambda p: patch_u64(write_gguf(p), gguf_kv_offsets(p, "tokenizer.ggml.tokens").value_offset + 12, 2**40), P.COUNT_TOO_LARGE, "past the end of the file"),
     "scores-count-huge": (lambda p: patch_u64(write_gguf(p), gguf_kv_offsets(p, "tokenizer.ggml.scores").value_offset + 4, 2**40), P.COUNT_TOO_LARGE, "x float32"),
-    "header-cut-mid-kv": (lambda p: truncate(write_gguf(p), 200), P.TRUNCATED, "only 5 bytes remain in the file (truncated"),
+    "header-cut-mid-kv": (lambda p: truncate(write_gguf(p), gguf_kv_offsets(p, "tokenizer.ggml.scores").value_offset + 20), P.TRUNCATED, "array tokenizer.ggml.scores claims 32 x float32 (128 bytes), only 8 bytes remain in the file (truncated"),
     "bad-value-type": (lambda p: patch_u32(write_gguf(p), gguf_kv_offsets(p, "llama.context_length").type_offset, 13), P.BAD_VALUE_TYPE, "value type 13"),
     "bad-array-item-type": (lambda p: patch_u32(write_gguf(p), gguf_kv_offsets(p, "tokenizer.ggml.tokens").value_offset, 99), P.BAD_VALUE_TYPE, "item type 99"),
     "duplicate-key": (_dup_key, P.HEADER_INVALID, "'general.aaaa' appears twice"),
@@ -215,9 +224,9 @@ VARIANTS: dict[str, tuple[Variant, str, str]] = {
     "row-not-block-multiple": (_row_not_block_multiple, P.BAD_SHAPE, "250 elements, not a multiple of its block size 32"),
     "data-truncated": (lambda p: truncate(write_gguf(p), by=100), P.TENSOR_OUT_OF_BOUNDS, "truncated by 100 bytes"),
     "data-start-past-eof": (_header_end_unaligned, P.TRUNCATED, "tensor data should start at"),
-    "misaligned": (lambda p: patch_u64(write_gguf(p), _second_tensor_offset(p), 4096 + 1), P.MISALIGNED, "4097, not a multiple of the alignment 32"),
+    "misaligned": (lambda p: patch_u64(write_gguf(p), _second_tensor_offset(p), 8192 + 1), P.MISALIGNED, "8193, not a multiple of the alignment 32"),
     "overlap": (lambda p: patch_u64(write_gguf(p), _second_tensor_offset(p), 0), P.BAD_OFFSETS, "overlapping"),
-    "gap": (lambda p: patch_u64(write_gguf(p), _second_tensor_offset(p), 4096 + 64), P.BAD_OFFSETS, "64 byte gap"),
+    "gap": (lambda p: patch_u64(write_gguf(p), _second_tensor_offset(p), 8192 + 64), P.BAD_OFFSETS, "64 byte gap"),
 }
 
 
@@ -239,7 +248,7 @@ VALID: dict[str, Variant] = {
     "tokenizer-only": lambda p: write_gguf(p, tensors={}, n_vocab=100),
     "q4_k": lambda p: write_gguf(p, quant="Q4_K", file_type=15),
     "aligned-64": lambda p: write_gguf(p, alignment=64),
-    "no-vocab": lambda p: write_gguf(p, n_vocab=0),
+    "two-blocks": lambda p: write_gguf(p, n_layer=2),
 }
 
 
@@ -312,7 +321,7 @@ def test_split_tensor_total(tmp_path: Path) -> None:
     for part in parts:
         patch_u32(part, gguf_kv_offsets(part, "split.tensors.count").value_offset, 5)
     (p,) = check_gguf_split(parts)
-    assert p.code == P.SPLIT_INVALID and p.message == "qwen-00001-of-00002.gguf: split.tensors.count says 5 tensors, the 2 parts hold 2"
+    assert p.code == P.SPLIT_INVALID and p.message == "qwen-00001-of-00002.gguf: split.tensors.count says 5 tensors, the 2 parts hold 11"
 
 
 def test_split_parts_disagree_on_tensor_total(tmp_path: Path) -> None:
@@ -324,10 +333,10 @@ def test_split_parts_disagree_on_tensor_total(tmp_path: Path) -> None:
 
 def test_split_part_without_split_metadata(tmp_path: Path) -> None:
     parts = write_gguf_split(tmp_path, "qwen", n_splits=2)
-    write_gguf(parts[1])  # a standalone 3-tensor file under a part's name
+    write_gguf(parts[1])  # a standalone 11-tensor file under a part's name
     first, total = check_gguf_split(parts)
     assert first.code == P.SPLIT_INVALID and first.path == parts[1].name and "no split.no / split.count" in first.message
-    assert total.code == P.SPLIT_INVALID and "says 2 tensors, the 2 parts hold 4" in total.message
+    assert total.code == P.SPLIT_INVALID and "says 11 tensors, the 2 parts hold 17" in total.message
 
 
 def test_parts_of_different_splits_and_bad_names(tmp_path: Path) -> None:

@@ -86,10 +86,10 @@ def test_gguf_file(tmp_path: Path) -> None:
     r = inspect(path)
     f = fields(r.stdout)
     assert r.exit_code == 0
-    assert (f["format"], f["architecture"], f["context length"], f["tensor count"]) == ("gguf v3", "llama", "2048", "3")
-    assert f["quant types"] == "Q8_0: 2, F32: 1"
+    assert (f["format"], f["architecture"], f["context length"], f["tensor count"]) == ("gguf v3", "llama", "2048", "11")
+    assert f["quant types"] == "Q8_0: 8, F32: 3"
     code, j = as_json(path)
-    assert code == 0 and j["quant_types"] == {"Q8_0": 2, "F32": 1} and j["split"] is None and j["kv_count"] > 0
+    assert code == 0 and j["quant_types"] == {"Q8_0": 8, "F32": 3} and j["split"] is None and j["kv_count"] > 0
 
 
 def test_gguf_bad_magic(tmp_path: Path) -> None:
