@@ -14,6 +14,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,14 @@ from .manifest import FileExpect, Lane
 from .progress import Progress
 from .report import LaneResult, Report, human_size, plural
 from .session import Session
-from .sources.http import Cancel, Timeouts, fetch_to, redact, retry_delay
+from .redact import redact as mask
+from .sources import Context as SourceContext
+from .sources import Entry, Listing, Source, Transfer, open_source
+from .sources.http import Cancel, Timeouts, retry_delay
 from .integrity import nofollow
 from .volume import PathEscape, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume
+
+T = TypeVar("T")
 
 FIXABLE = {
     P.MISSING, P.EMPTY_FILE, P.TRUNCATED, P.TRAILING_DATA, P.HEADER_TOO_LARGE, P.HEADER_INVALID, P.BAD_OFFSETS,
@@ -72,11 +78,10 @@ class Job:
     rel: str
     target: Path  # where the verified file is published
     expect: FileExpect
-    etag: str | None = None
-    url: str | None = None
-    mirror: Path | None = None
+    entry: Entry  # what the source offers
+    source: Source
     link: Path | None = None  # hf-cache: snapshot symlink → target (the blob)
-    size_hint: int | None = None  # a URL file's size from HEAD when the manifest gives none: planning only
+    size_hint: int | None = None  # a file's size from the source when the manifest gives none: planning only
     fetched: int | None = None  # bytes of the published file, once published
 
     @property
@@ -99,9 +104,14 @@ class Remote:
         self.token: str | None = None
         self._token_read = False
         self.expect: dict[str, tuple[dict[str, FileExpect], str | None]] = {}
-        self.fetchable: dict[str, dict[str, dict]] = {}
+        self.fetchable: dict[str, dict[str, Entry]] = {}
+        self.sources: dict[str, Source] = {}
         self.errors: dict[str, PreflightError] = {}
-        self.requests = 0
+        self.ctx = SourceContext(session.manifest.file, opts.timeouts, self.get_token, opts.retries, deadline, progress.log)
+
+    @property
+    def requests(self) -> int:
+        return self.ctx.requests[0]
 
     def get_token(self) -> str | None:
         if not self._token_read:
@@ -125,96 +135,40 @@ class Remote:
         if locked is None and self.opts.locked:
             raise ManifestError(f"lane {lane.name} is not in the lock file", file=lock.path if lock else None, hint="run `preflight lock`")
         try:
-            if src.scheme == "hf":
-                self._resolve_hf(lane, locked)
-            elif src.scheme in ("https", "http"):
-                name = Path(lane.path).name
-                exp = lane.files.get(name, FileExpect())
-                if locked and name in locked.files:
-                    exp = exp.merge(locked.files[name])
-                self._set(lane, {name: {"url": src.url, "expect": exp, "etag": exp.sha256}}, None)
-            elif src.scheme == "local":
-                from .sources.local import listing
-
-                files = listing(lane, self.session.manifest.file)
-                self._set(lane, {rel: {"mirror": p, "expect": e} for rel, (p, e) in files.items()}, None)
+            source = open_source(lane, self.ctx)
+            files, version = checked_listing(lane, source.resolve(locked))
         except PreflightError as exc:
             self.errors[lane.name] = exc
-
-    def _set(self, lane: Lane, fetchable: dict[str, dict], commit: str | None) -> None:
-        """The one door for every source's listing: names are checked (`safe_rel`) and placed
-        (a single-file lane's path names its file, whatever the source calls it) before
-        anything can be planned from them."""
-        if commit is not None and not is_hex_digest(commit, (40, 64)):
-            raise UnsafeSourceError(f"the source gave {commit[:80]!r} as the commit, which is not a commit id; nothing was written")
-        fetchable = place_names(lane, fetchable)
-        bad = []
-        for rel, spec in fetchable.items():
-            try:
-                safe_rel(rel)
-            except UnsafeName as exc:
-                bad.append(str(exc))
-            if lane.kind == "hf-cache" and spec.get("etag") is not None and not is_hex_digest(spec["etag"]):
-                bad.append(f"{rel!r} comes with {str(spec['etag'])[:80]!r} as its blob id, which is not a digest")
-        if bad:
-            more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-            raise UnsafeSourceError(f"the source lists names that would leave the lane: {'; '.join(bad[:3])}{more}; nothing was written",
-                                    hint="the source (a mirror, a lock file or a server) is damaged or hostile")
-        self.expect[lane.name] = ({rel: spec["expect"] for rel, spec in fetchable.items()}, commit)
-        self.fetchable[lane.name] = fetchable
-
-    def _retrying(self, lane: Lane, call):
-        """A source's listing request, retried as downloads are (--retries, backoff,
-        Retry-After within the deadline): one 503 or 429 must not fail the run."""
-        for attempt in range(self.opts.retries + 1):
-            if attempt:
-                delay = retry_delay(attempt, last, self.deadline)
-                if delay is None:
-                    break
-                self.progress.log(f"{lane.name}: listing retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
-                time.sleep(delay)
-            try:
-                self.requests += 1
-                return call()
-            except AuthError:
-                raise
-            except FetchError as exc:
-                last = exc
-        raise last
-
-    def _resolve_hf(self, lane: Lane, locked) -> None:
-        from .sources.hf import file_url, resolve
-
-        src = lane.source
-        if locked is not None and locked.commit and locked.files:
-            files = {}
-            for rel, exp in locked.files.items():
-                if lane.is_dir:
-                    path_in_repo = f"{src.path_in_repo}/{rel}" if src.path_in_repo else rel
-                else:
-                    folder = src.path_in_repo.rsplit("/", 1)[0] + "/" if "/" in (src.path_in_repo or "") else ""
-                    path_in_repo = folder + rel
-                files[rel] = (path_in_repo, exp)
-            commit = locked.commit
-        else:
-            token = self.get_token()
-            listing = self._retrying(lane, lambda: resolve(lane, token, timeout=max(self.opts.timeouts.connect, 10.0)))
-            if listing.gated and not token:
-                raise AuthError(
-                    f"{src.repo} is gated: a token is needed and none was given",
-                    hint="accept the model's terms on the Hub, then pass a token (HF_TOKEN, HF_TOKEN_PATH or --token-file)",
-                )
-            commit = listing.commit
-            files = {rel: (f.path_in_repo, f.expect) for rel, f in listing.files.items()}
-        if not is_hex_digest(commit, (40, 64)):
-            raise UnsafeSourceError(f"the source gave {str(commit)[:80]!r} as the commit of {src.repo}, which is not a commit id; nothing was written")
-        self._set(lane, {
-            rel: {"url": file_url(src.repo, pir, commit, src.repo_type), "expect": e, "etag": e.sha256 or e.sha1, "commit": commit}
-            for rel, (pir, e) in files.items()
-        }, commit)
+            return
+        self.sources[lane.name] = source
+        self.expect[lane.name] = ({rel: e.expect for rel, e in files.items()}, version)
+        self.fetchable[lane.name] = files
 
 
-def place_names(lane: Lane, fetchable: dict[str, dict]) -> dict[str, dict]:
+def checked_listing(lane: Lane, listing: Listing) -> tuple[dict[str, Entry], str | None]:
+    """The one door for every source's listing: names are checked (`safe_rel`) and placed
+    (a single-file lane's path names its file, whatever the source calls it), ids that
+    become names (a commit, a cache blob) must be digests, before anything is planned."""
+    version = listing.version
+    if lane.kind == "hf-cache" and not is_hex_digest(version, (40, 64)):
+        raise UnsafeSourceError(f"the source gave {str(version)[:80]!r} as the commit, which is not a commit id; nothing was written")
+    files = place_names(lane, listing.files)
+    bad = []
+    for rel, entry in files.items():
+        try:
+            safe_rel(rel)
+        except UnsafeName as exc:
+            bad.append(str(exc))
+        if lane.kind == "hf-cache" and entry.etag is not None and not is_hex_digest(entry.etag):
+            bad.append(f"{rel!r} comes with {str(entry.etag)[:80]!r} as its blob id, which is not a digest")
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UnsafeSourceError(f"the source lists names that would leave the lane: {'; '.join(bad[:3])}{more}; nothing was written",
+                                hint="the source (a mirror, a lock file or a server) is damaged or hostile")
+    return files, version
+
+
+def place_names(lane: Lane, fetchable: dict[str, T]) -> dict[str, T]:
     """A single-file lane's files under the lane's own name(s): `path: gguf/reader.gguf`
     with a source file `upstream.gguf` is fetched into reader.gguf (split parts by number)."""
     if lane.is_dir or not fetchable:
@@ -242,23 +196,23 @@ def plan_jobs(session: Session, remote: Remote, results: list[LaneResult]) -> li
         bad = {p.path for p in res.problems if p.is_error and p.code in FIXABLE}
         lane_missing = any(p.path == lane.path and p.code == P.MISSING for p in res.problems)
         commit = remote.expect.get(lane.name, ({}, None))[1]
-        for rel, spec in fetchable.items():
+        for rel, entry in fetchable.items():
             if not (lane_missing or rel in bad):
                 continue
-            jobs.append(_job(session, lane, rel, spec, commit))
+            jobs.append(_job(session, remote, lane, rel, entry, commit))
     return jobs
 
 
-def _job(session: Session, lane: Lane, rel: str, spec: dict, commit: str | None) -> Job:
+def _job(session: Session, remote: Remote, lane: Lane, rel: str, entry: Entry, commit: str | None) -> Job:
     root = session.ctx.models_dir / lane.path
-    exp: FileExpect = spec["expect"]
+    source = remote.sources[lane.name]
     if lane.kind == "hf-cache":
         assert lane.source is not None and lane.source.repo and commit
         repo_dir = root / repo_folder(lane.source.repo, lane.source.repo_type)
-        etag = spec.get("etag") or hashlib.sha256(rel.encode()).hexdigest()
-        return Job(lane, rel, repo_dir / "blobs" / etag, exp, etag, spec.get("url"), spec.get("mirror"), repo_dir / "snapshots" / commit / rel)
+        blob = entry.etag or hashlib.sha256(rel.encode()).hexdigest()
+        return Job(lane, rel, repo_dir / "blobs" / blob, entry.expect, entry, source, repo_dir / "snapshots" / commit / rel)
     target = root / rel if lane.is_dir else root.parent / rel
-    return Job(lane, rel, target, exp, spec.get("etag"), spec.get("url"), spec.get("mirror"))
+    return Job(lane, rel, target, entry.expect, entry, source)
 
 
 def staging_name(job: Job) -> str:
@@ -266,7 +220,7 @@ def staging_name(job: Job) -> str:
     bytes, and two lanes fetching identical files (shared tokenizers) never share one."""
     key = job.expect.sha256 or job.expect.sha1
     if not key:
-        key = hashlib.sha256(f"{job.url or job.mirror}|{job.expect.size}".encode()).hexdigest()[:40]
+        key = hashlib.sha256(f"{job.entry.locator}|{job.expect.size}".encode()).hexdigest()[:40]
     target = hashlib.sha256(str(job.link or job.target).encode()).hexdigest()[:12]
     return f"{key}-{target}.part"
 
@@ -319,13 +273,8 @@ class Fetcher:
         algos: tuple[str, ...] = ("sha256",) if (job.expect.sha256 or not job.expect.sha1) else ("sha1",)
         if job.expect.sha1 and job.expect.size is None:
             algos = ("sha256",)
-        token = self.remote.token if job.url and job.lane.source and job.lane.source.scheme == "hf" else None
-        headers = {}
-        if job.url and job.lane.source and job.lane.source.scheme == "hf":
-            from .sources.hf import auth_headers
-
-            headers = auth_headers(token)
         key = self.progress.start(job.label, job.size)
+        transfer = Transfer(self.opts.timeouts, self.deadline, self.cancel, self.may_write, lambda n: self.progress.advance(key, n))
         started = time.monotonic()
         last: PreflightError | None = None
         try:
@@ -344,16 +293,8 @@ class Fetcher:
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise FetchError(f"{job.label}: the run's deadline passed")
                 try:
-                    if job.mirror is not None:
-                        from .sources.local import copy_to
-
-                        digests = copy_to(job.mirror, partial, algos, lambda n: self.progress.advance(key, n), self.may_write)
-                        size = partial.stat().st_size
-                    else:
-                        got = fetch_to(job.url, partial, headers=headers, expected_size=job.expect.size, algos=algos, etag=job.etag,
-                                       timeouts=self.opts.timeouts, progress=lambda n: self.progress.advance(key, n), deadline=self.deadline,
-                                       cancel=self.cancel, may_write=self.may_write)
-                        digests, size = got.digests, got.size
+                    got = job.source.fetch(job.entry, partial, algos, transfer)
+                    digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
                     if self.cancel.is_set():
                         raise FetchError(f"{job.label}: cancelled before publishing")
@@ -379,13 +320,13 @@ class Fetcher:
                         from . import __version__
 
                         self.session.ctx.receipts.refuse(refusal_key(job), {
-                            "lane": job.lane.name, "file": job.rel, "reason": redact(str(exc), token)[:500],
+                            "lane": job.lane.name, "file": job.rel, "reason": mask(str(exc))[:500],
                             "version": __version__, "allow_pickle": job.lane.allow_pickle})
                         break
                 except FetchError as exc:
                     last = exc
             assert last is not None
-            msg = redact(str(last), token)
+            msg = str(last)
             raise type(last)(f"{job.label}: {msg}" if not msg.startswith(job.label) else msg, url=getattr(last, "url", None), status=getattr(last, "status", None))
         finally:
             if key is not None:
@@ -488,17 +429,15 @@ def settle_listings(session: Session, remote: Remote) -> None:
             session.report.notes.append(f"could not write {rel}: {exc.strerror}")
 
 
-def learn_sizes(jobs: list[Job], opts: Options, known: dict[str, int | None]) -> None:
-    """Ask (HEAD) the size of each URL file the manifest gives none for, so the space check
-    and the progress lines count it; unanswered, the download checks space once it starts.
-    `known` keeps the answers for the run: a URL is asked once."""
-    from .sources.http import content_length
-
+def learn_sizes(jobs: list[Job], known: dict[str, int | None]) -> None:
+    """Ask the source the size of each file the manifest gives none for (a URL's HEAD), so
+    the space check and the progress lines count it; unanswered, the download checks
+    space once it starts. `known` keeps the answers for the run: a file is asked once."""
     for job in jobs:
-        if job.url and job.size is None and job.mirror is None and not (job.lane.source and job.lane.source.scheme == "hf"):
-            if job.url not in known:
-                known[job.url] = content_length(job.url, timeouts=opts.timeouts)
-            job.size_hint = known[job.url]
+        if job.size is None:
+            if job.entry.locator not in known:
+                known[job.entry.locator] = job.source.size_hint(job.entry)
+            job.size_hint = known[job.entry.locator]
 
 
 def need_bytes(jobs: list[Job], staging: Path) -> int:
@@ -618,7 +557,7 @@ def run_sync(session: Session, opts: Options) -> Report:
         jobs = [j for j in jobs if j.lane.name not in blocked]
         staging = session.state_dir / "staging"
         sizes: dict[str, int | None] = {}
-        learn_sizes(jobs, opts, sizes)
+        learn_sizes(jobs, sizes)
         check_space(session, jobs, staging)
         lease = Lease(session.state_dir, stale_after=opts.stale_after)
         lease.acquire(opts.lease_wait, progress.log)
@@ -634,7 +573,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                         progress.log("another writer already fetched everything; verified")
                     _report_errors(report, blocked)
                     break
-                learn_sizes(jobs, opts, sizes)
+                learn_sizes(jobs, sizes)
                 total = sum(j.size or 0 for j in jobs)
                 unknown = sum(1 for j in jobs if j.size is None)
                 more = f" and {unknown} of unknown size" if unknown else ""
@@ -699,14 +638,7 @@ def refusal_key(job: Job) -> str:
         return f"sha256:{job.expect.sha256}"
     if job.expect.sha1:
         return f"sha1:{job.expect.sha1}"
-    extra = ""
-    if job.mirror is not None:
-        try:
-            st = os.stat(job.mirror)
-            extra = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            pass
-    return "source:" + hashlib.sha256(f"{job.url or job.mirror}|{job.expect.size}|{extra}".encode()).hexdigest()
+    return "source:" + hashlib.sha256(f"{job.entry.locator}|{job.expect.size}|{job.entry.stamp}".encode()).hexdigest()
 
 
 def _report_errors(report: Report, errors: dict[str, PreflightError]) -> None:

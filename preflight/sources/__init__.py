@@ -1,1 +1,143 @@
-"""Sources fetch bytes into a staging path they are given, nothing more."""
+"""Sources: one module per scheme behind one small interface.
+
+A source resolves a lane's reference to an immutable version (a commit, a manifest
+digest, an object version) and the files it offers with what each must be (size,
+digest); it fetches one file into a staging path it is given; and it says what the
+lock pins. It never decides where a file goes on the volume: the names it lists are
+checked and placed by sync (`volume.safe_rel`, `sync.place_names`), and its bytes are
+verified there before anything is published.
+
+    hf.py     hf://org/repo[/path]@revision   (the Hugging Face Hub or a mirror of it)
+    http.py   https://…                        (a plain URL; the manifest pins its digest)
+    local.py  file://… or a path               (a mirror folder or file)
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from ..errors import AuthError, FetchError, UsageError
+from ..manifest import FileExpect, Lane
+
+if TYPE_CHECKING:
+    from ..lockfile import LockedLane
+    from .http import Cancel, Fetched, Timeouts
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file a source offers for a lane: what it must be, and how the source finds it."""
+
+    expect: FileExpect
+    locator: str  # the source's own address of it: a URL, a mirror path, an object key
+    etag: str | None = None  # a content id guarding a resume (If-Range); the cache layout's blob name
+    stamp: str | None = None  # what tells this version of the file apart when no digest does (a mirror file's size and mtime)
+
+
+@dataclass
+class Listing:
+    """A lane's files at one immutable version, named as the source names them."""
+
+    version: str | None  # a commit, a manifest digest, … (None: the source has no versions)
+    files: dict[str, Entry]
+
+
+@dataclass
+class Transfer:
+    """How one fetch attempt runs: limits, interruption, the lease, progress."""
+
+    timeouts: Timeouts
+    deadline: float | None = None
+    cancel: Cancel | None = None
+    may_write: Callable[[], bool] | None = None
+    progress: Callable[[int], None] | None = None
+
+
+@dataclass
+class Context:
+    """What a source may ask of the run: the token, where the manifest lives, retries."""
+
+    manifest_file: str
+    timeouts: Timeouts
+    token: Callable[[], str | None] = lambda: None
+    retries: int = 3
+    deadline: float | None = None
+    log: Callable[[str], None] = lambda _msg: None
+    requests: list[int] = field(default_factory=lambda: [0])
+
+    def retrying(self, what: str, call: Callable[[], T]) -> T:
+        """A listing request, retried as downloads are (--retries, backoff, Retry-After
+        within the deadline): one 503 or 429 must not fail the run."""
+        from .http import retry_delay
+
+        last: FetchError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                assert last is not None
+                delay = retry_delay(attempt, last, self.deadline)
+                if delay is None:
+                    break
+                self.log(f"{what}: listing retry {attempt}/{self.retries} in {delay:g}s after: {last}")
+                time.sleep(delay)
+            try:
+                self.requests[0] += 1
+                return call()
+            except AuthError:
+                raise
+            except FetchError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+
+class Source(abc.ABC):
+    """One lane's source."""
+
+    def __init__(self, lane: Lane, ctx: Context) -> None:
+        assert lane.source is not None
+        self.lane = lane
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def resolve(self, locked: LockedLane | None) -> Listing:
+        """The lane's files at an immutable version. With the lock's entry for the lane,
+        without the network where the lock says enough."""
+
+    @abc.abstractmethod
+    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+        """One attempt: `entry`'s bytes into `partial` (resuming what it holds where the
+        source can), with the digests of the whole file. FetchError when it fails."""
+
+    def size_hint(self, entry: Entry) -> int | None:
+        """The size of a file whose expectation has none, for planning only."""
+        return None
+
+    def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
+        """What `preflight lock` pins for each file (size and digest)."""
+        return {rel: e.expect for rel, e in listing.files.items()}
+
+
+def open_source(lane: Lane, ctx: Context) -> Source:
+    """The source of `lane`, by its scheme."""
+    assert lane.source is not None
+    scheme = lane.source.scheme
+    if scheme == "hf":
+        from .hf import HubSource
+
+        return HubSource(lane, ctx)
+    if scheme in ("https", "http"):
+        from .http import UrlSource
+
+        return UrlSource(lane, ctx)
+    if scheme == "local":
+        from .local import MirrorSource
+
+        return MirrorSource(lane, ctx)
+    raise UsageError(f"lane {lane.name}: no source handles {scheme}:// yet")

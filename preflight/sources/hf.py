@@ -12,8 +12,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import AuthError, FetchError, UsageError
 from ..manifest import FileExpect, Lane
+from . import Entry, Source, Transfer
+from . import Listing
+
+if TYPE_CHECKING:
+    from ..lockfile import LockedLane
+    from .http import Fetched
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
-class Listing:
+class RepoListing:
     commit: str
     files: dict[str, RemoteFile]
     gated: bool = False
@@ -107,7 +115,7 @@ def _selected(path: str, lane: Lane) -> bool:
     return not any(fnmatch.fnmatch(path, p) for p in lane.exclude)
 
 
-def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> Listing:
+def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> RepoListing:
     """One request: the repo at the lane's revision, with every file's size and digest."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
@@ -186,7 +194,7 @@ def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> Listing:
         raise FetchError(f"{prefix or '(no file)'} is not in {where}", hint="the hf:// source of a single-file lane must name the file: hf://org/repo/path/file@rev")
     if not files:
         raise FetchError(f"{where}: no files match the lane's include/exclude")
-    return Listing(commit, files, bool(getattr(info, "gated", False)))
+    return RepoListing(commit, files, bool(getattr(info, "gated", False)))
 
 
 _DNS_WORDS = ("name or service not known", "temporary failure in name resolution", "nodename nor servname", "getaddrinfo failed")
@@ -206,3 +214,46 @@ def _is_split_sibling(first: str, path: str) -> bool:
     names = gguf_split_names(first.rsplit("/", 1)[-1])
     folder = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
     return len(names) > 1 and path in {folder + n for n in names}
+
+
+class HubSource(Source):
+    """hf://org/repo[/path]@revision: the repo's listing at a commit, files over HTTP with the token."""
+
+    def resolve(self, locked: LockedLane | None) -> Listing:
+        lane, src = self.lane, self.lane.source
+        assert src is not None and src.repo
+        if locked is not None and locked.commit and locked.files:
+            files = {}
+            for rel, exp in locked.files.items():
+                if lane.is_dir:
+                    path_in_repo = f"{src.path_in_repo}/{rel}" if src.path_in_repo else rel
+                else:
+                    folder = src.path_in_repo.rsplit("/", 1)[0] + "/" if "/" in (src.path_in_repo or "") else ""
+                    path_in_repo = folder + rel
+                files[rel] = (path_in_repo, exp)
+            commit = locked.commit
+        else:
+            token = self.ctx.token()
+            listing = self.ctx.retrying(lane.name, lambda: resolve(lane, token, timeout=max(self.ctx.timeouts.connect, 10.0)))
+            if listing.gated and not token:
+                raise AuthError(
+                    f"{src.repo} is gated: a token is needed and none was given",
+                    hint="accept the model's terms on the Hub, then pass a token (HF_TOKEN, HF_TOKEN_PATH or --token-file)",
+                )
+            commit = listing.commit
+            files = {rel: (f.path_in_repo, f.expect) for rel, f in listing.files.items()}
+        from ..volume import is_hex_digest
+
+        if not is_hex_digest(commit, (40, 64)):
+            from ..errors import UnsafeSourceError
+
+            raise UnsafeSourceError(f"the source gave {str(commit)[:80]!r} as the commit of {src.repo}, which is not a commit id; nothing was written")
+        return Listing(commit, {rel: Entry(e, file_url(src.repo, pir, commit, src.repo_type), e.sha256 or e.sha1)
+                                for rel, (pir, e) in files.items()})
+
+    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+        from .http import fetch_to
+
+        return fetch_to(entry.locator, partial, headers=auth_headers(self.ctx.token()), expected_size=entry.expect.size,
+                        algos=algos, etag=entry.etag, timeouts=transfer.timeouts, progress=transfer.progress,
+                        deadline=transfer.deadline, cancel=transfer.cancel, may_write=transfer.may_write)

@@ -14,9 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import AuthError, DiskSpaceError, FetchError, IntegrityError, StalledError
+from typing import TYPE_CHECKING
+
+from ..errors import AuthError, DiskSpaceError, FetchError, IntegrityError, StalledError, UsageError
+from ..manifest import FileExpect
+from . import Entry, Listing, Source, Transfer
 from ..integrity import READ_CHUNK, Hasher, WriteBehind, nofollow, staged_size
 from ..report import human_size
+
+if TYPE_CHECKING:
+    from ..lockfile import LockedLane
 
 MAX_REDIRECTS = 10
 DNS_FAILURE = -1  # FetchError.status of a name that does not resolve: not retried (it will not heal in seconds)
@@ -441,3 +448,30 @@ def _hash_existing(path: Path, algos, size, progress) -> dict[str, str]:
     hasher = Hasher(algos, size)
     _feed(path, hasher, size, progress)
     return hasher.hexdigests()
+
+
+class UrlSource(Source):
+    """https://…: one file, fetched into the lane's path; the manifest (or lock) pins its digest."""
+
+    def resolve(self, locked: LockedLane | None) -> Listing:
+        lane = self.lane
+        assert lane.source is not None and lane.source.url
+        name = Path(lane.path).name
+        exp = lane.files.get(name, FileExpect())
+        if locked and name in locked.files:
+            exp = exp.merge(locked.files[name])
+        return Listing(None, {name: Entry(exp, lane.source.url, exp.sha256)})
+
+    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+        return fetch_to(entry.locator, partial, expected_size=entry.expect.size, algos=algos, etag=entry.etag,
+                        timeouts=transfer.timeouts, progress=transfer.progress, deadline=transfer.deadline,
+                        cancel=transfer.cancel, may_write=transfer.may_write)
+
+    def size_hint(self, entry: Entry) -> int | None:
+        return content_length(entry.locator, timeouts=self.ctx.timeouts)
+
+    def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
+        for name, entry in listing.files.items():
+            if not entry.expect.sha256:
+                raise UsageError(f"lane {self.lane.name}: a URL source is locked from the manifest's sha256, and it has none")
+        return super().lock_files(listing)

@@ -8,9 +8,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import FetchError, IntegrityError
 from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file, nofollow, staged_size
 from ..manifest import FileExpect, Lane
+from . import Entry, Listing, Source, Transfer
+
+if TYPE_CHECKING:
+    from ..lockfile import LockedLane
+    from .http import Fetched
 
 FICLONE = 0x40049409
 
@@ -104,3 +111,29 @@ def _stream(s, d, src: Path, algos: tuple[str, ...], progress: Callable[[int], N
     if os.fstat(d.fileno()).st_size != done:
         raise IntegrityError(f"the staging copy of {src} changed under this process (another writer?); discarded")
     return hasher.hexdigests()
+
+
+def _stamp(path: Path) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+class MirrorSource(Source):
+    """file://… or a path: a folder (folder lanes) or a file (single-file lanes) on a mounted share."""
+
+    def resolve(self, locked: LockedLane | None) -> Listing:
+        files = listing(self.lane, self.ctx.manifest_file)
+        return Listing(None, {rel: Entry(exp, str(path), stamp=_stamp(path)) for rel, (path, exp) in files.items()})
+
+    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+        from .http import Fetched
+
+        digests = copy_to(Path(entry.locator), partial, algos, transfer.progress, transfer.may_write)
+        return Fetched(partial.stat().st_size, digests, 0, entry.locator)
+
+    def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
+        """A mirror lists sizes only: the lock pins what its files hash to now."""
+        return {rel: FileExpect(e.expect.size, hash_file(e.locator)["sha256"], None) for rel, e in listing.files.items()}
