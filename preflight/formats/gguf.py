@@ -55,6 +55,7 @@ MAX_KVS = 1 << 16
 MAX_TENSORS = 1 << 16  # real models: a few hundred to ~20k (per-expert layouts)
 MAX_STRING_ARRAY = 1 << 21
 MAX_KEY_BYTES = 1 << 16
+MAX_CHECKED_VOCAB = 1 << 19  # vocabularies up to this size are checked for repeated tokens
 MAX_KEPT_STRING = 1 << 20  # longer string values are skipped and summarised (chat templates are ~10 KB)
 TENSOR_ALIGNMENT = 32  # ggml-impl.h; ggml_backend_cpu_buffer_from_ptr asserts it for mmap-backed buffers
 SMALL_ARRAY = 16  # arrays up to this length are kept in `metadata`; longer ones are summarised
@@ -209,6 +210,8 @@ class ArraySummary:
 
     item_type: str
     length: int
+    # tokenizer.ggml.tokens only: a token text that appears twice (llama.cpp aborts on it), if any
+    duplicate: bytes | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         return {"array": self.item_type, "length": self.length}
@@ -348,8 +351,11 @@ class _Cursor:
             raise _Stop(code, f"{what} is {raw} bytes, {too_long}")
         return raw
 
-    def skip_strings(self, count: int, what: str) -> None:
-        """Walk `count` gguf strings reading only their lengths: the hot loop for vocabularies."""
+    def skip_strings(self, count: int, what: str, find_repeat: bool = False) -> bytes | None:
+        """Walk `count` gguf strings reading only their lengths: the hot loop for vocabularies.
+
+        With `find_repeat`, return the first non-empty string that appears twice, if any."""
+        first = self.pos
         unpack = _U64.unpack_from
         buf, base = self.buf, self.base
         p = self.pos - base
@@ -369,6 +375,38 @@ class _Cursor:
         self.pos = base + p
         if self.pos > self.size:
             raise _overrun(f"{what}: last string claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
+        return _first_repeat(self._region(first, self.pos), count) if find_repeat else None
+
+    def _region(self, start: int, end: int) -> bytes:
+        if self.base <= start and end <= self.base + len(self.buf):
+            return bytes(self.buf[start - self.base : end - self.base])
+        return self.src.read_at(start, end - start)
+
+
+def _first_repeat(data: bytes, count: int) -> bytes | None:
+    """The first non-empty string of a gguf string array (`data`, already bounds-checked) seen twice."""
+    unpack = _U64.unpack_from
+    seen: set[bytes] = set()
+    add = seen.add
+    p = 0
+    for _ in range(count):
+        ln = unpack(data, p)[0]
+        p += 8
+        add(data[p : p + ln])
+        p += ln
+    if len(seen) == count:  # every string distinct
+        return None
+    seen.clear()
+    p = 0
+    for _ in range(count):
+        ln = unpack(data, p)[0]
+        text = data[p + 8 : p + 8 + ln]
+        p += 8 + ln
+        if text and text in seen:
+            return text
+        seen.add(text)
+    return None
+
 
 
 def check_gguf(path: PathOrFile, *, name: str | None = None) -> GGUFInfo:
@@ -525,8 +563,9 @@ def _array(cur: _Cursor, itype: int, what: str) -> object:
         if count <= SMALL_ARRAY:
             items = [cur.raw_string(f"array {what} string {i}", MAX_KEPT_STRING) for i in range(count)]
             return [str(StringSummary(s)) if isinstance(s, int) else s.decode("utf-8", "replace") for s in items]
-        cur.skip_strings(count, f"array {what}")
-        return ArraySummary("string", count)
+        # llama_vocab::load asserts that every token text is distinct (it aborts the process otherwise).
+        dup = cur.skip_strings(count, f"array {what}", what == "tokenizer.ggml.tokens" and count <= MAX_CHECKED_VOCAB)
+        return ArraySummary("string", count, dup)
     if itype == ARRAY:
         raise _Stop(P.BAD_VALUE_TYPE, f"array {what} is an array of arrays, which llama.cpp refuses (\"invalid GGUF type 9\")")
     raise _Stop(P.BAD_VALUE_TYPE, f"array {what} has item type {itype}, expected 0..12 (uint8 .. float64)")

@@ -194,7 +194,7 @@ def check_model(
             # The layer loop runs over block_count minus the next-token-prediction layers.
             nextn = _u32(meta, kv_types, f"{arch}.nextn_predict_layers") or 0
             _block_requirements(tensors, row, max(0, n_layer - nextn), out)
-        _shapes(tensors, row, n_embd, n_vocab, out)
+        _shapes(tensors, meta, kv_types, arch, row, n_embd, n_vocab, n_layer, out)
     return facts
 
 
@@ -230,8 +230,16 @@ def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch
         return None
     if kv_types["tokenizer.ggml.tokens"] != (ARR, STR):
         return None
-    n_tokens = _length(meta["tokenizer.ggml.tokens"])
+    tokens = meta["tokenizer.ggml.tokens"]
+    n_tokens = _length(tokens)
     assert n_tokens is not None
+    if isinstance(tokens, list):
+        texts = [t for t in tokens if t]
+        dup = next((t for i, t in enumerate(texts) if t in texts[:i]), None)
+    else:
+        dup = getattr(tokens, "duplicate", None)
+    if dup is not None:
+        out.error(P.VOCAB_INVALID, f"tokenizer.ggml.tokens holds the token {dup!r} twice; llama.cpp aborts the process on it (GGML_ASSERT id_to_token.size() == token_to_id.size())")
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
         n = _length(meta.get(key)) if key in kv_types and kv_types[key][0] == ARR else None
         if n is None:
@@ -370,17 +378,20 @@ def _block_requirements(tensors: Mapping[str, tuple[int, ...]], row: object, n_l
                 out.error(P.TENSOR_MISSING, f"has no tensor {missing!r} (nor a fused {fused!r}), which llama.cpp requires (\"missing tensor '{missing}'\")")
 
 
-def _shapes(tensors: Mapping[str, tuple[int, ...]], row: object, n_embd: int | None, n_vocab: int | None, out: Findings) -> None:
+def _shapes(tensors: Mapping[str, tuple[int, ...]], meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str,
+            row: object, n_embd: int | None, n_vocab: int | None, n_layer: int | None, out: Findings) -> None:
     """create_tensor checks every shape: "tensor 'token_embd.weight' has wrong shape"."""
-    sizes = {"n_embd": n_embd, "n_vocab": n_vocab}
-    for tname, symbols in row.shapes.items():  # type: ignore[attr-defined]
-        dims = tensors.get(tname)
-        if dims is None:
-            continue
+    sizes = {"n_embd": n_embd, "n_vocab": n_vocab, "n_ff": _u32(meta, kv_types, f"{arch}.feed_forward_length")}
+    for pattern, symbols in row.shapes.items():  # type: ignore[attr-defined]
         want = [sizes[s] for s in symbols]
         if any(w is None for w in want):
             continue
-        got = tuple(dims) + (1,) * (len(want) - len(dims))
-        if got[: len(want)] != tuple(want) or any(d != 1 for d in got[len(want):]):
-            desc = ", ".join(f"{s}={sizes[s]}" for s in dict.fromkeys(symbols))
-            out.error(P.BAD_SHAPE, f"tensor {tname!r} has shape {list(dims)}, llama.cpp expects {want} ({desc}; \"wrong shape\")")
+        names = [pattern.replace("%d", str(i)) for i in range(n_layer or 0)] if "%d" in pattern else [pattern]
+        for tname in names:
+            dims = tensors.get(tname)
+            if dims is None:
+                continue
+            got = tuple(dims) + (1,) * (len(want) - len(dims))
+            if got[: len(want)] != tuple(want) or any(d != 1 for d in got[len(want):]):
+                desc = ", ".join(f"{s}={sizes[s]}" for s in dict.fromkeys(symbols))
+                out.error(P.BAD_SHAPE, f"tensor {tname!r} has shape {list(dims)}, llama.cpp expects {want} ({desc}; \"wrong shape\")")
