@@ -142,6 +142,29 @@ def test_mirror_output_passes_sync_with_the_pinned_digests(synced: tuple[dict[st
         "vllm/tiny-llm/tokenizer.json", "vllm/tiny-llm/tokenizer_config.json"]
 
 
+def test_mirror_models_load_in_the_real_loaders(tmp_path: Path) -> None:
+    """The stand-ins only pretend to serve; the files are real models: llama.cpp loads the
+    GGUF and generates from it, safetensors reads every tensor the config asks for."""
+    from safetensors import safe_open
+
+    mirror = _mirror(tmp_path / "mirror")
+    config = json.loads((mirror / "tiny-llm/config.json").read_text())
+    with safe_open(str(mirror / "tiny-llm/model.safetensors"), "np") as f:
+        shapes = {name: f.get_tensor(name).shape for name in f.keys()}
+    assert shapes["model.embed_tokens.weight"] == shapes["lm_head.weight"] == (config["vocab_size"], config["hidden_size"])
+    assert len([n for n in shapes if n.startswith("model.layers.")]) == 9 * config["num_hidden_layers"]
+
+    pytest.importorskip("llama_cpp", reason="llama.cpp's bindings (ops/oracle-llama.sh) are not installed")
+    probe = ("import json, sys, llama_cpp\n"
+             "m = llama_cpp.Llama(sys.argv[1], n_ctx=64, verbose=False)\n"
+             "out = m.create_completion('Hello world', max_tokens=1, temperature=0)\n"
+             "print(json.dumps({'vocab': m.n_vocab(), 'choices': len(out['choices'])}))\n")
+    # A subprocess: a model llama.cpp cannot load may abort the process rather than raise.
+    done = subprocess.run([sys.executable, "-c", probe, str(mirror / "tiny.gguf")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"vocab": config["vocab_size"], "choices": 1}
+
+
 def test_a_changed_mirror_byte_fails_the_sync(tmp_path: Path) -> None:
     mirror = _mirror(tmp_path / "mirror")
     gguf = mirror / "tiny.gguf"
@@ -225,7 +248,8 @@ def test_documented_command_brings_the_wiring_up_offline_and_smoke_passes(docker
         assert docker_time(state["StartedAt"]) >= docker_time(init["State"]["FinishedAt"]), f"{name} started before preflight finished"
     # The published ports answer from the host, as `up -d` leaves them for a user to try.
     port = containers["vllm"].attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as resp:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(f"http://127.0.0.1:{port}/v1/models", timeout=30) as resp:
         assert [m["id"] for m in json.load(resp)["data"]] == ["tiny-llm"]
 
     # Again: preflight runs a second time, finds the volume ready and fetches nothing.

@@ -76,10 +76,12 @@ def load_gguf(path: Path) -> str:
 
 
 def _first_word(tokenizer: Path) -> str:
+    """The vocabulary's first word piece ("\u2581hello" -> " hello"): the stand-in's one token."""
     try:
         vocab = json.loads(tokenizer.read_text())["model"]["vocab"]
-        return " " + min(vocab, key=vocab.get)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        words = sorted((i, t) for t, i in vocab.items() if t.startswith("\u2581") and len(t) > 1)
+        return words[0][1].replace("\u2581", " ")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return " world"
 
 
