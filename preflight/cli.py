@@ -262,13 +262,6 @@ def common_volume_options(fn):
     return fn
 
 
-def split_lanes(lanes: tuple[str, ...]) -> tuple[str, ...]:
-    out: list[str] = []
-    for item in lanes:
-        out.extend(x for x in item.replace(",", " ").split() if x)
-    return tuple(out)
-
-
 @main.command()
 @common_volume_options
 @guarded(report="check")

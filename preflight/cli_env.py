@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from .cli import DEFAULT_MANIFEST, guarded, opt, split_lanes
+from .cli import DEFAULT_MANIFEST, guarded, opt
 from .errors import ExitCode, ManifestError, UsageError
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, load_manifest, split_lanes
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from .cli import DEFAULT_MANIFEST, guarded, opt, split_lanes
+from .cli import DEFAULT_MANIFEST, guarded, opt
 from .errors import ExitCode, UsageError
-from .manifest import load_manifest
+from .manifest import load_manifest, split_lanes
 from .perms import find_denied, fix as fix_entries
 from .report import plural
 

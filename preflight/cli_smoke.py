@@ -169,7 +169,9 @@ def _write_report(path: str, text: str) -> None:
     from .integrity import atomic_write
 
     try:
-        atomic_write(Path(path), text.encode() + b"\n", fsync=False)
+        from .redact import redact
+
+        atomic_write(Path(path), redact(text).encode() + b"\n", fsync=False)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
 

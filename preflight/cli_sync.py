@@ -131,7 +131,7 @@ def _lock_report(manifest: str, lanes: tuple[str, ...], lock_text: str | None, p
     """What `lock` pinned, as a report: one ready lane per locked lane, its commit as revision."""
     import json
 
-    from .cli import split_lanes
+    from .manifest import split_lanes
     from .manifest import load_manifest
     from .report import LaneResult, Report
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli import split_lanes
 from .lockfile import Lock, LockedLane, default_lock_path, format_sha256sum, load_lock
-from .manifest import FileExpect, load_manifest
+from .manifest import FileExpect, load_manifest, split_lanes
 
 
 def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str, ...], token_file: str | None) -> tuple[str, Path | None]:

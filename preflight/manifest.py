@@ -665,3 +665,11 @@ def load_manifest(path: str | os.PathLike, env: Mapping[str, str] | None = None)
     except UnicodeDecodeError:
         raise ManifestError("manifest is not UTF-8 text", file=str(p)) from None
     return parse_manifest(load_yaml(text, str(p), env))
+
+
+def split_lanes(lanes: tuple[str, ...]) -> tuple[str, ...]:
+    """Lane names from repeated --lane options or PREFLIGHT_LANES (comma- or space-separated)."""
+    out: list[str] = []
+    for item in lanes:
+        out.extend(x for x in item.replace(",", " ").split() if x)
+    return tuple(out)

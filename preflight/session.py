@@ -12,7 +12,7 @@ from .check import STATE_DIR, Context, check_lanes
 from .errors import ExitCode, UsageError
 from .integrity import Receipts, atomic_write
 from .lockfile import Lock, default_lock_path, load_lock
-from .manifest import Lane, Manifest, load_manifest
+from .manifest import Lane, Manifest, load_manifest, split_lanes
 from .report import Outputs, Report, emit, track
 
 
@@ -30,8 +30,6 @@ class Session:
     @classmethod
     def open(cls, *, command: str, manifest: str, models_dir: str | None, profile: str | None, lanes: tuple[str, ...],
              lock: str | None, state_dir: str | None, verify: str, **opts) -> Session:
-        from .cli import split_lanes
-
         started = time.monotonic()
         m = load_manifest(manifest)
         root = Path(models_dir or m.models_dir)

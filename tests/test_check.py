@@ -54,10 +54,11 @@ class Volume:
         result = CliRunner().invoke(main, ["check", "-m", str(self.manifest), "-d", str(self.models), "--json", "--termination-log", "", *args], env=env or {})
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
         assert "Traceback" not in result.output and "internal error" not in result.output, result.output
-        if result.exit_code == 2:  # usage and manifest errors print no report
-            assert result.stdout == ""
-            return Run(2, result.stderr, {})
-        report = json.loads(result.stdout)
+        report = json.loads(result.stdout)  # every exit prints the report, usage and manifest errors too
+        assert report["exit_code"] == result.exit_code
+        if result.exit_code == 2:
+            assert report["status"] == "not-ready" and report["reason"]
+            return Run(2, result.stderr, report)
         assert report["exit_code"] == result.exit_code
         return Run(result.exit_code, result.stderr, report)
 

@@ -175,7 +175,6 @@ def test_every_command_with_the_token_in_the_environment(tmp_path: Path, echo: E
     assert files_with_sentinel(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="smoke writes its --report file itself (cli_smoke._write_report), not through the mask")
 def test_smoke_report_file_masks_the_api_key(tmp_path: Path, echo: EchoAuthServer) -> None:
     echo.mode = "status:401"
     bench = Bench(tmp_path, echo, locked=False)

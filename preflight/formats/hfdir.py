@@ -15,7 +15,7 @@ from .. import problems as P
 from ..problems import Problem
 from .jsonfile import CONFIG_LIMITS, read_json
 from .modelcheck import ModelFacts, TensorMeta, check_model, text_config
-from .pickle import is_pickle_name, refuse, scan_pickle
+from .pickle import check_by_content, classify, is_pickle_name
 
 INDEX_NAME = "model.safetensors.index.json"
 TOKENIZER_SETS = (
@@ -176,17 +176,25 @@ def check_hf_dir(
     if model_checks and isinstance(config, dict):
         info.model, found = check_model(config, model_tensors)
         info.problems.extend(found)
-    pickles = [rel for rel in files if is_pickle_name(rel) and not rel.endswith("training_args.bin")]
-    for rel in pickles:
-        if not allow_pickle:
-            info.problems.append(refuse(rel))
-        else:
-            info.problems.extend(scan_pickle(root / rel, name=rel))
-            if "/" not in rel:
-                info.weights.append(rel)
+    # A .bin/.pt is judged by what it holds (pickle, torch archive, safetensors, plain
+    # data), not by its name: plain bytes named .bin are no pickle to refuse.
+    for rel in files:
+        if not is_pickle_name(rel) or rel.endswith("training_args.bin"):
+            continue
+        found = check_by_content(root / rel, rel, allow_pickle)
+        info.problems.extend(found)
+        if allow_pickle and "/" not in rel and not any(p.is_error for p in found) and _holds_pickles(root / rel):
+            info.weights.append(rel)
     if require_weights and not info.weights and not any(f.endswith(".gguf") for f in files):
         info.problems.append(P.error(".", P.WEIGHTS_MISSING, "no weights: expected model.safetensors, a sharded index with its shards, or (with allow_pickle) a .bin/.pt file"))
     return info
+
+
+def _holds_pickles(path: Path) -> bool:
+    try:
+        return classify(path).pickled
+    except OSError:
+        return False
 
 
 def infer_serves_text(config: dict[str, Any] | None, files: list[str]) -> tuple[bool, str]:

@@ -87,10 +87,6 @@ class Fetched:
     url: str
 
 
-def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
-
-
 def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
