@@ -164,6 +164,7 @@ class LazyGroup(click.Group):
     lazy = {
         "sync": ("preflight.cli_sync", "sync"),
         "lock": ("preflight.cli_sync", "lock"),
+        "push": ("preflight.cli_push", "push"),
         "smoke": ("preflight.cli_smoke", "smoke"),
         "docker": ("preflight.docker", "docker_group"),
         "env": ("preflight.cli_env", "env_command"),

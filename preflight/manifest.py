@@ -37,7 +37,9 @@ MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
 class Source:
     """Where a lane's bytes come from.
 
-    scheme: "hf" (repo, path_in_repo, revision), "https"/"http" (url), "local" (path).
+    scheme: "hf" (repo, path_in_repo, revision), "https"/"http" (url), "local" (path),
+    "oci" (host = registry, repo, revision = tag or sha256:digest, path_in_repo = //PATH),
+    "s3" (repo = bucket, path_in_repo = key or prefix).
     """
 
     scheme: str
@@ -48,14 +50,15 @@ class Source:
     url: str | None = None
     local: str | None = None
     repo_type: str = "model"
+    host: str | None = None
 
     def display(self) -> str:
         return self.raw
 
 
-_SUPPORTED = "hf://, https://, http://, file:// or a path"
-_SCHEMES = ("hf", "https", "http", "file")
-_FUTURE = ("s3", "oci")  # planned sources: say so rather than read them as a folder name
+_SUPPORTED = "hf://, https://, http://, oci://, s3://, file:// or a path"
+_SCHEMES = ("hf", "https", "http", "file", "oci", "s3")
+_FUTURE: tuple[str, ...] = ()  # planned sources: say so rather than read them as a folder name
 _SCHEME_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(://|:|//)(.*)", re.S)
 _WINDOWS = re.compile(r"[A-Za-z]:[\\/]")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -75,6 +78,10 @@ def parse_source(raw: str, revision: str | None = None) -> Source:
         raise ValueError("the source contains a control character")
     if raw.startswith("hf://"):
         return _hf_source(raw, revision)
+    if raw.startswith("oci://"):
+        return _oci_source(raw, revision)
+    if raw.startswith("s3://"):
+        return _s3_source(raw)
     if raw.startswith(("https://", "http://")):
         scheme, rest = raw.split("://", 1)
         host = rest.split("/", 1)[0].split("@")[-1]
@@ -149,6 +156,63 @@ def _hf_source(raw: str, revision: str | None) -> Source:
     if revision and rev and revision != rev:
         raise ValueError(f"revision given twice: @{rev} in source and revision: {revision}")
     return Source("hf", raw, repo=repo, path_in_repo=path_in_repo, revision=rev or revision or "main", repo_type=repo_type)
+
+
+_OCI_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?))*(?::[0-9]{1,5})?$"
+                       r"|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
+_OCI_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$")  # distribution spec
+_OCI_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_OCI_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_S3_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+
+
+def _oci_source(raw: str, revision: str | None) -> Source:
+    """oci://REGISTRY/REPO[:TAG|@sha256:DIGEST][//PATH]; a lane's `revision:` is the tag."""
+    rest = raw[len("oci://"):]
+    ref, sep, path = rest.partition("//")
+    host, _, repo_ref = ref.partition("/")
+    if not host or not _OCI_HOST.match(host):
+        raise ValueError(f"{_show(host)} is not a registry host (expected oci://REGISTRY[:PORT]/REPO[:TAG|@sha256:DIGEST][//PATH])")
+    digest = tag = None
+    if "@" in repo_ref:
+        repo, digest = repo_ref.split("@", 1)
+        if not _OCI_DIGEST.match(digest):
+            raise ValueError(f"{_show(digest)} is not a manifest digest (sha256: and 64 lowercase hex digits)")
+    else:
+        repo = repo_ref
+        last = repo.rsplit("/", 1)[-1]
+        if ":" in last:
+            repo, tag = repo.rsplit(":", 1)
+            if not _OCI_TAG.match(tag):
+                raise ValueError(f"{_show(tag)} is not a tag (letters, digits, '_', '.', '-'; at most 128)")
+    if not repo or not _OCI_REPO.match(repo):
+        raise ValueError(f"{_show(repo)} is not a repository name (lowercase letters, digits and . _ - between them, / between parts)")
+    if revision and (tag or digest) and revision not in (tag, digest):
+        raise ValueError(f"revision given twice: {tag or digest} in source and revision: {revision}")
+    if revision and not (tag or digest):
+        if _OCI_DIGEST.match(revision):
+            digest = revision
+        elif _OCI_TAG.match(revision):
+            tag = revision
+        else:
+            raise ValueError(f"revision {_show(revision)} is neither a tag nor a sha256: digest")
+    path = path.strip("/")
+    if sep and path:
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"the path after // must stay inside the artifact: {_show(path)}")
+    return Source("oci", raw, repo=repo, path_in_repo=path or None, revision=digest or tag or "latest", host=host)
+
+
+def _s3_source(raw: str) -> Source:
+    """s3://BUCKET/PREFIX (a folder lane) or s3://BUCKET/KEY (a file lane)."""
+    rest = raw[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket or not _S3_BUCKET.match(bucket):
+        raise ValueError(f"{_show(bucket)} is not a bucket name (expected s3://BUCKET/PREFIX or s3://BUCKET/KEY)")
+    if any(p in (".", "..") for p in key.split("/")):
+        raise ValueError("'.' and '..' are not allowed in an S3 key or prefix")
+    return Source("s3", raw, repo=bucket, path_in_repo=key.strip("/") or None)
 
 
 @dataclass(frozen=True)
@@ -497,6 +561,9 @@ def _pickle_policy(r: _Reader, obj: Mapping, key: tuple, default: Any = None) ->
     (TorchScript archives too, whose code torch.jit.load compiles and runs)."""
     value = r.get(obj, key, "allow_pickle", (bool, str), default=default)
     if isinstance(value, str):
+        retyped = r.doc.retyped.get(key + ("allow_pickle",))  # a quoted "${PICKLE:-yes}" reads as a flag
+        if isinstance(retyped, bool):
+            return retyped
         if value.strip().lower() != "torchscript":
             raise r.doc.error(key + ("allow_pickle",), f"expected true, false or torchscript, got {value[:40]!r}")
         return "torchscript"

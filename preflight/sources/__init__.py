@@ -10,6 +10,8 @@ verified there before anything is published.
     hf.py     hf://org/repo[/path]@revision   (the Hugging Face Hub or a mirror of it)
     http.py   https://…                        (a plain URL; the manifest pins its digest)
     local.py  file://… or a path               (a mirror folder or file)
+    oci.py    oci://REGISTRY/REPO[:TAG|@DIGEST][//PATH]  (ModelPack, Docker Model Runner, KitOps, modelcar images)
+    s3.py     s3://BUCKET/PREFIX or KEY        (S3-compatible object storage)
 """
 
 from __future__ import annotations
@@ -140,4 +142,76 @@ def open_source(lane: Lane, ctx: Context) -> Source:
         from .local import MirrorSource
 
         return MirrorSource(lane, ctx)
+    if scheme == "oci":
+        from .oci import OciSource
+
+        return OciSource(lane, ctx)
+    if scheme == "s3":
+        from .s3 import S3Source
+
+        return S3Source(lane, ctx)
     raise UsageError(f"lane {lane.name}: no source handles {scheme}:// yet")
+
+
+# --------------------------------------------------------------------------- pushing verified lanes
+
+
+@dataclass(frozen=True)
+class PushFile:
+    """One verified file of a lane, as a pull must recreate it."""
+
+    rel: str  # path inside the lane (for a single-file lane, its file name)
+    path: Path  # where it is on the volume
+    size: int
+    sha256: str
+
+
+@dataclass
+class PushLane:
+    lane: Lane
+    files: list[PushFile]
+    revision: str | None = None  # what the lane was synced from (a commit, a digest), for annotations
+
+
+@dataclass
+class Pushed:
+    """What a push did for one lane: where it is now, and what moved."""
+
+    lane: str
+    ref: str  # the pullable reference (oci://…@sha256:…, s3://bucket/prefix)
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    skipped_files: int = 0  # already there (same digest): not sent again
+    skipped_bytes: int = 0
+
+
+class Destination(abc.ABC):
+    """Where `preflight push` publishes verified lanes (a registry, a bucket)."""
+
+    def __init__(self, url: str, ctx: Context) -> None:
+        self.url = url
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def push(self, lane: PushLane, transfer: Transfer) -> Pushed:
+        """Publish one lane's files so that a lane with this destination as its source
+        pulls them back byte for byte. Files already there are not uploaded again."""
+
+
+def open_destination(url: str, ctx: Context) -> Destination:
+    """The destination `--to URL` names, by its scheme."""
+    from ..manifest import parse_source
+
+    try:
+        scheme = parse_source(url).scheme
+    except ValueError as exc:
+        raise UsageError(f"--to {url}: {exc}") from None
+    if scheme == "oci":
+        from .oci import OciDestination
+
+        return OciDestination(url, ctx)
+    if scheme == "s3":
+        from .s3 import S3Destination
+
+        return S3Destination(url, ctx)
+    raise UsageError(f"--to {url}: push goes to oci:// or s3://")
