@@ -103,6 +103,9 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 # Ids below the newest known one that ggml has removed (Q4_2, Q4_3, the Q4_0_4_4 and IQ4_NL_4_4
 # repack families): gguf.cpp refuses them (block size 0). Ids past the table are unknown, not invalid.
 REMOVED_GGML_TYPES = frozenset({4, 5, 31, 32, 33, 36, 37, 38})
+# ggml adds a type or two a year: an id up to this bound may be a newer llama.cpp's type (a
+# warning when the layout gives its size); a larger one is corruption.
+MAX_PLAUSIBLE_GGML_TYPE = 64
 
 # general.file_type id -> gguf.constants.LlamaFileType member name (gguf 0.19).
 FILE_TYPES: dict[int, str] = {
@@ -619,8 +622,9 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int, info: GGUFInfo, out: Findin
             continue
         spec = GGML_TYPES.get(ggml_type)
         if spec is None:
-            if ggml_type in REMOVED_GGML_TYPES or ggml_type >= 2**31:
-                out.error(P.BAD_TENSOR_TYPE, f"tensor {tname!r} has ggml type {ggml_type}, which ggml no longer has (llama.cpp refuses it)")
+            if ggml_type in REMOVED_GGML_TYPES or ggml_type >= MAX_PLAUSIBLE_GGML_TYPE:
+                why = "which ggml no longer has" if ggml_type in REMOVED_GGML_TYPES else "which is no ggml type"
+                out.error(P.BAD_TENSOR_TYPE, f"tensor {tname!r} has ggml type {ggml_type}, {why} (llama.cpp refuses it)")
                 continue
             # A type newer than this table: its size comes from the layout (_check_layout).
             tensors[tname] = GGUFTensor(f"unknown({ggml_type})", dims, offset, -1)

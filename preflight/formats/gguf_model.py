@@ -100,6 +100,9 @@ ROPE_IS_HEAD_SIZE = frozenset({"llama", "deci", "falcon", "llama-embed"})
 TOKENIZER_MODELS = frozenset({"no_vocab", "none", "llama", "bert", "gpt2", "hybriddna", "whitespace", "t5", "rwkv", "test", "plamo2", "gemma4"})
 NO_VOCAB = frozenset({"no_vocab", "none"})
 
+# What architecture and tokenizer names look like (llama.cpp's are lower-case words): another
+# one may be a newer llama.cpp's, a name outside this shape is corruption.
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _BLOCK = re.compile(r"^(?:[a-z_]+\.)?blk\.(\d+)\.")
 
 
@@ -171,6 +174,9 @@ def check_model(
         kv_out.error(P.ARCHITECTURE_MISSING, "has no general.architecture; llama.cpp cannot choose a model for it (\"unknown model architecture: ''\")")
     if arch is None or arch == "clip":  # clip: a multimodal projector, loaded beside a model, never as one
         return facts
+    if arch not in KNOWN_ARCHITECTURES and not _NAME.match(arch):
+        kv_out.error(P.HPARAM_INVALID, f"general.architecture {arch!r} is not an architecture name (llama.cpp: \"unknown model architecture\")")
+        return facts
     if arch not in KNOWN_ARCHITECTURES:
         kv_out.warning(P.UNKNOWN_ARCHITECTURE, f"architecture {arch!r} is not known to preflight (nor to llama.cpp as of llama-cpp-python 0.3.36); only its generic parts were checked")
     row = ARCHITECTURES.get(arch)
@@ -182,7 +188,7 @@ def check_model(
         out.error(P.WEIGHTS_MISSING, "has no tensors: a model file without its weights (a vocabulary-only file is named like ggml-vocab-*.gguf)")
     n_embd, n_layer = _hparams(meta, kv_types, arch, row, kv_out)
     facts = facts._replace(block_count=n_layer)
-    if not tensors_complete:
+    if not tensors_complete or not tensors:
         return facts
     if "token_embd.weight" in tensors or "output.weight" in tensors:
         facts = facts._replace(tied_embeddings="output.weight" not in tensors)
@@ -193,7 +199,8 @@ def check_model(
         if n_layer is not None:
             # The layer loop runs over block_count minus the next-token-prediction layers.
             nextn = _u32(meta, kv_types, f"{arch}.nextn_predict_layers") or 0
-            _block_requirements(tensors, row, max(0, n_layer - nextn), out)
+            dense = not _u32(meta, kv_types, f"{arch}.expert_count")
+            _block_requirements(tensors, row, max(0, n_layer - nextn), dense, out)
         _shapes(tensors, meta, kv_types, arch, row, n_embd, n_vocab, n_layer, out)
     return facts
 
@@ -223,7 +230,9 @@ def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch
     if model in NO_VOCAB:
         size = meta.get(f"{arch}.vocab_size")
         return size if type(size) is int else 0
-    if model not in TOKENIZER_MODELS:
+    if model not in TOKENIZER_MODELS and not _NAME.match(model):
+        out.error(P.VOCAB_INVALID, f"tokenizer.ggml.model {model!r} is not a tokenizer name (llama.cpp: \"unknown tokenizer\")")
+    elif model not in TOKENIZER_MODELS:
         out.warning(P.VOCAB_INVALID, f"tokenizer.ggml.model {model!r} is not known to preflight (llama.cpp as of llama-cpp-python 0.3.36 refuses it as an unknown tokenizer)")
     if "tokenizer.ggml.tokens" not in kv_types:
         out.error(P.TOKENIZER_MISSING, "has no tokenizer.ggml.tokens (\"cannot find tokenizer vocab in model file\")")
@@ -287,6 +296,10 @@ def _hparams(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: s
             n = _length(meta[key])
             if n != n_layer:
                 out.error(P.HPARAM_INVALID, f"{key} has {n} entries, one per block was expected ({n_layer}); llama.cpp refuses it (\"wrong array length\")")
+    if row is not None and row.qkv and f"{arch}.attention.head_count" not in kv_types:  # type: ignore[attr-defined]
+        # Optional to load_hparams, but without it the model has 0 heads and the attention
+        # tensors' shapes cannot match ("tensor 'blk.0.attn_q.weight' has wrong shape").
+        out.error(P.HPARAM_MISSING, f"has no {arch}.attention.head_count; llama.cpp then takes 0 attention heads and refuses the attention tensors")
     if arch in ROPE_IS_HEAD_SIZE:
         _rope(meta, kv_types, arch, n_embd, out)
     return n_embd, n_layer
@@ -364,9 +377,10 @@ def _required_tensors(tensors: Mapping[str, tuple[int, ...]], row: object, out: 
             out.error(P.TENSOR_MISSING, f"has no tensor {tname!r}, which llama.cpp requires (\"missing tensor '{tname}'\")")
 
 
-def _block_requirements(tensors: Mapping[str, tuple[int, ...]], row: object, n_layer: int, out: Findings) -> None:
+def _block_requirements(tensors: Mapping[str, tuple[int, ...]], row: object, n_layer: int, dense: bool, out: Findings) -> None:
+    patterns = [*row.block, *(row.dense if dense else ())]  # type: ignore[attr-defined]
     for i in range(n_layer):
-        for pattern in row.block:  # type: ignore[attr-defined]
+        for pattern in patterns:
             tname = pattern.replace("%d", str(i))
             if tname not in tensors:
                 out.error(P.TENSOR_MISSING, f"has no tensor {tname!r}, which llama.cpp requires in every block (\"missing tensor '{tname}'\")")
@@ -381,7 +395,9 @@ def _block_requirements(tensors: Mapping[str, tuple[int, ...]], row: object, n_l
 def _shapes(tensors: Mapping[str, tuple[int, ...]], meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str,
             row: object, n_embd: int | None, n_vocab: int | None, n_layer: int | None, out: Findings) -> None:
     """create_tensor checks every shape: "tensor 'token_embd.weight' has wrong shape"."""
-    sizes = {"n_embd": n_embd, "n_vocab": n_vocab, "n_ff": _u32(meta, kv_types, f"{arch}.feed_forward_length")}
+    ff_key = f"{arch}.feed_forward_length"
+    # feed_forward_length is optional to load_hparams: absent, n_ff is 0 and the shapes say so.
+    sizes = {"n_embd": n_embd, "n_vocab": n_vocab, "n_ff": _u32(meta, kv_types, ff_key) if ff_key in kv_types else 0}
     for pattern, symbols in row.shapes.items():  # type: ignore[attr-defined]
         want = [sizes[s] for s in symbols]
         if any(w is None for w in want):
