@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The test command: installs what the suite needs from this project's own files, then runs it.
 #   bash ops/test.sh [pytest args]
+#
+# First run on a fresh machine (root; later runs reuse the caches and take minutes):
+#   - the real loaders the format checks are compared with: llama.cpp's Python bindings,
+#     built from source once (about 10 minutes) and CPU torch + transformers (Debian's
+#     python3-torch, under a minute);
+#   - the Docker image tests build a base image with debootstrap (a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*" >&2; }
+step "python packages (pip install -e '.[test]')"
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-# Building the base image needs debootstrap; the image tests build it once and reuse it.
+step "oracle: llama.cpp bindings (built once, then cached)"
+bash ops/oracle-llama.sh
+step "oracle: CPU torch + transformers"
+bash ops/oracle-torch.sh
+step "tests"
 # loadfile: the engine tests of one file share a worker (their leftover checks see every container)
 python3 -m pytest -n 2 --dist loadfile -q -p no:cacheprovider "$@"
