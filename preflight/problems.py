@@ -73,6 +73,7 @@ BLOCK_COUNT_MISMATCH = "block-count-mismatch"
 VOCAB_INVALID = "vocab-invalid"
 UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a warning: a ggml type newer than preflight's table
 
+
 @dataclass(frozen=True)
 class Problem:
     """One finding. `path` is relative to the lane (or the file name) when known."""

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from gguf.constants import GGUFValueType as VT
 
 from preflight import problems as P
 from preflight.formats.gguf import check_gguf
