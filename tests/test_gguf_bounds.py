@@ -9,8 +9,8 @@ written.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import struct
 import subprocess
 import sys
