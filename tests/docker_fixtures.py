@@ -139,19 +139,11 @@ def write_tiny_hf_dir(folder: Path) -> Path:
 
 
 def write_tiny_gguf(path: Path) -> Path:
-    import gguf
+    """A complete one-block llama GGUF, as llama.cpp loads it (tests/builders.py)."""
+    from tests.builders import write_gguf
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_context_length(128)
-    writer.add_embedding_length(16)
-    writer.add_tensor("token_embd.weight", np.arange(32 * 16, dtype=np.float32).reshape(32, 16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(path)
 
 
 def own_for_container(path: Path) -> None:

@@ -62,9 +62,9 @@ def test_image_contract(docker_client: Any, preflight_image: str, base_image: st
 def test_runtime_venv_holds_only_runtime_dependencies(docker_client: Any, preflight_image: str) -> None:
     probe = (
         "import importlib.util as u, pathlib\n"
-        "for m in ['pip', 'setuptools', 'numpy', 'gguf', 'safetensors', 'docker', 'hf_xet']:\n"
+        "for m in ['pip', 'setuptools', 'numpy', 'gguf', 'safetensors', 'docker', 'hf_xet', 'picklescan']:\n"
         "    print(m, u.find_spec(m) is not None)\n"
-        "for m in ['click', 'yaml', 'huggingface_hub', 'picklescan', 'preflight.cli']:\n"
+        "for m in ['click', 'yaml', 'huggingface_hub', 'preflight.cli']:\n"
         "    print(m, u.find_spec(m) is not None)\n"
         "import preflight, sys\n"
         "pyc = list(pathlib.Path(preflight.__file__).parent.glob('__pycache__/cli.*.pyc'))\n"
@@ -75,7 +75,7 @@ def test_runtime_venv_holds_only_runtime_dependencies(docker_client: Any, prefli
     found = dict(line.split() for line in done.logs.split("\n") if line.strip())
     assert found == {
         "pip": "False", "setuptools": "False", "numpy": "False", "gguf": "False", "safetensors": "False",
-        "docker": "False", "hf_xet": "False", "click": "True", "yaml": "True", "huggingface_hub": "True", "picklescan": "True",
+        "docker": "False", "hf_xet": "False", "picklescan": "False", "click": "True", "yaml": "True", "huggingface_hub": "True",
         "preflight.cli": "True", "pyc": "True",
     }
 
