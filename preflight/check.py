@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,24 @@ class LanePlan:
     remembered: set[str] = field(default_factory=set)  # expected only because a receipt knows them
 
     def state_key(self, rel: str) -> str:
-        return os.path.relpath(self.root / rel, self.root_models).replace(os.sep, "/")
+        """The receipt key of `rel`: through the real folder (a revision lane's symlink
+        resolved, once per lane), so a file keeps its key whichever path reaches it."""
+        if self._real_root is None:
+            self._real_root = real_key_root(self.root, self.root_models)
+        return posixpath.normpath(posixpath.join(self._real_root, rel)) if rel else self._real_root
 
     root_models: Path = Path(".")
+    _real_root: str | None = None
+
+
+def real_key_root(folder: Path, models_dir: Path) -> str:
+    """`folder` relative to the models folder, both with symlinks resolved."""
+    return os.path.relpath(os.path.realpath(folder), os.path.realpath(models_dir)).replace(os.sep, "/")
+
+
+def state_key(models_dir: Path, path: Path) -> str:
+    """The receipt key of the file at `path` (its folder resolved, the file itself not)."""
+    return posixpath.join(real_key_root(path.parent, models_dir), path.name)
 
 
 def repo_folder(repo: str, repo_type: str = "model") -> str:

@@ -56,7 +56,7 @@ def push(lane_names, dest, connect_timeout, stall_timeout, retries, **kw) -> int
 def push_lane(session, lane, revision: str | None):
     """The lane's verified files with their sha256 (from receipts when the stat still
     matches, else hashed now), as a pull must recreate them."""
-    from .check import discover, files_root, lane_root, selected
+    from .check import discover, files_root, lane_root, selected, state_key
     from .integrity import hash_file
     from .sources import PushFile, PushLane
 
@@ -75,8 +75,7 @@ def push_lane(session, lane, revision: str | None):
     for rel in rels:
         path = root / rel
         st = os.stat(path)
-        key = os.path.relpath(path, ctx.models_dir).replace(os.sep, "/")
-        digests = ctx.receipts.lookup(key, st) or {}
+        digests = ctx.receipts.lookup(state_key(ctx.models_dir, path), st) or {}
         sha256 = digests.get("sha256") or hash_file(path)["sha256"]
         files.append(PushFile(rel, path, st.st_size, sha256))
     if not files:

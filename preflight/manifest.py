@@ -248,6 +248,7 @@ class Lane:
     checksums: str | None = None  # a `sha256sum -c` file (relative to the manifest or absolute)
     dvc: str | None = None  # a `.dvc` file pinning the content
     env: str | None = None  # variable `preflight env` sets to the lane's path
+    layout: str = "revisions"  # folder lanes: "revisions" (a symlink to one complete revision) or "in-place"
     line: int | None = None
 
     @property
@@ -306,9 +307,10 @@ class Manifest:
 _TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoints", "lock"}
 _LANE_KEYS = {
     "name", "kind", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size",
-    "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env",
+    "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env", "layout",
 }
-_DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text"}
+_DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout"}
+LAYOUTS = ("revisions", "in-place")
 _FLAGS = ("required", "enabled", "allow_pickle", "serves_text")
 
 
@@ -570,6 +572,14 @@ def _pickle_policy(r: _Reader, obj: Mapping, key: tuple, default: Any = None) ->
     return value
 
 
+def _layout(r: _Reader, obj: Mapping, key: tuple, default: str | None) -> str | None:
+    """`layout`: how a folder lane is laid out on the volume (see revisions.py)."""
+    value = r.get(obj, key, "layout", str, default=default)
+    if value is not None and value not in LAYOUTS:
+        raise r.doc.error(key + ("layout",), f"expected one of {', '.join(LAYOUTS)}, got {value[:40]!r}")
+    return value
+
+
 def _defaults(r: _Reader, top: Mapping) -> dict:
     """`defaults:`, each value checked as the lane field it stands for."""
     defaults = r.get(top, (), "defaults", dict, default={})
@@ -581,6 +591,8 @@ def _defaults(r: _Reader, top: Mapping) -> dict:
             out[name] = _pickle_policy(r, defaults, key) if name == "allow_pickle" else r.get(defaults, key, name, bool)
     with r.section():
         out["revision"] = r.get(defaults, key, "revision", str)
+    with r.section():
+        out["layout"] = _layout(r, defaults, key, None)
     for name in ("include", "exclude"):
         with r.section():
             out[name] = r.strings(defaults, key, name)
@@ -653,6 +665,9 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
         dvc = _fs_path(r, raw, key, "dvc")
     with r.section():
         env = r.get(raw, key, "env", str)
+    layout = "revisions"
+    with r.section():
+        layout = _layout(r, raw, key, defaults.get("layout", "revisions"))
     if len(r.errors) > before:
         return None
     if source is not None and source.scheme in ("https", "http") and kind not in DIR_KINDS:
@@ -668,7 +683,7 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     return Lane(
         name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
         required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
-        serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, line=doc.line(*key),
+        serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, layout=layout, line=doc.line(*key),
     )
 
 

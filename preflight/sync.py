@@ -7,6 +7,7 @@ checked for size, digest and format, fsynced, then renamed over the target.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import problems as P
-from .check import lock_drift, repo_folder
+from .check import lock_drift, real_key_root, repo_folder, state_key
 from .errors import (
     AuthError,
     DiskSpaceError,
@@ -378,7 +379,7 @@ class Fetcher:
                 os.replace(tmp, job.link.name, src_dir_fd=lfd, dst_dir_fd=lfd)
             finally:
                 os.close(lfd)
-        self.session.ctx.receipts.record(vol.rel_of(job.link or job.target), st, digests)
+        self.session.ctx.receipts.record(state_key(self.session.ctx.models_dir, job.link or job.target), st, digests)
 
 
 def _unlink(p: Path) -> None:
@@ -396,8 +397,9 @@ def _fsync_fd(fd: int) -> None:
 
 
 def settle_listings(session: Session, remote: Remote) -> None:
-    """Once the volume agrees with the sources' listings: hf-cache lanes get
-    refs/<revision> → commit (as huggingface_hub writes it), and receipts of files a
+    """Once the volume agrees with the sources' listings (`session.report` holds the
+    check just made): ready hf-cache lanes get refs/<revision> → commit (as
+    huggingface_hub writes it), and receipts of files a
     folder lane's listing no longer holds (an older revision's) are dropped, so `check`
     does not expect them back."""
     from .check import files_root
@@ -406,13 +408,14 @@ def settle_listings(session: Session, remote: Remote) -> None:
     for lane in session.lanes:
         if lane.is_dir and lane.name in remote.expect and lane.name not in remote.errors:
             listing, commit = remote.expect[lane.name]
-            base = os.path.relpath(files_root(session.ctx, lane, commit), session.ctx.models_dir).replace(os.sep, "/")
+            base = real_key_root(files_root(session.ctx, lane, commit), session.ctx.models_dir)
             for key in receipts.under(base):
                 if key[len(base) + 1:] not in listing:
                     receipts.forget(key)
+    ready = {r.name for r in session.report.lanes if not r.errors}
     for lane in session.lanes:
-        if lane.kind != "hf-cache" or lane.name not in remote.expect:
-            continue
+        if lane.kind != "hf-cache" or lane.name not in remote.expect or lane.name not in ready:
+            continue  # refs/<revision> moves only to a complete, verified snapshot
         commit = remote.expect[lane.name][1]
         rev = lane.source.revision if lane.source else None
         if not commit or not rev or rev == commit:
@@ -565,39 +568,50 @@ def run_sync(session: Session, opts: Options) -> Report:
         try:
             for _round in range(MAX_LEASE_ROUNDS):
                 session.ctx.receipts = type(session.ctx.receipts)(session.state_dir)  # pick up another writer's receipts
-                results = session.check(remote.expect).lanes
-                jobs = held_back(session, plan_jobs(session, remote, results), blocked)
-                if not jobs:
-                    settle_listings(session, remote)
-                    if not blocked:
+                real_lanes = session.lanes
+                switches = prepare_switches(session, remote, progress)
+                session.lanes = [switches[l.name].staged if l.name in switches else l for l in real_lanes]
+                try:
+                    results = session.check(remote.expect).lanes
+                    jobs = held_back(session, plan_jobs(session, remote, results), blocked)
+                    failures: dict[str, list[tuple[Job, PreflightError]]] = {}
+                    if jobs:
+                        learn_sizes(jobs, sizes)
+                        total = sum(j.size or 0 for j in jobs)
+                        unknown = sum(1 for j in jobs if j.size is None)
+                        more = f" and {unknown} of unknown size" if unknown else ""
+                        progress.log(f"fetching {plural(len(jobs), 'file')} ({human_size(total)}{more}) for {plural(len({j.lane.name for j in jobs}), 'lane')}")
+                        fetcher = Fetcher(session, remote, opts, progress, deadline)
+                        lease.on_lost = fetcher.cancel.trip  # stop downloading at once: another writer has the volume
+                        fetcher.may_write = lease.still_ours  # and never write a byte after a pause that let another writer in
+                        failures = fetcher.run(jobs)
+                        session.ctx.receipts.save()
+                        for j in jobs:
+                            if j.fetched is not None and not any(j is fj for fj, _e in failures.get(j.lane.name, [])):
+                                f = fetched.setdefault(j.lane.name, [0, 0])
+                                f[0] += 1
+                                f[1] += j.fetched
+                    elif not blocked and not switches:
                         progress.log("another writer already fetched everything; verified")
-                    _report_errors(report, blocked)
-                    break
-                learn_sizes(jobs, sizes)
-                total = sum(j.size or 0 for j in jobs)
-                unknown = sum(1 for j in jobs if j.size is None)
-                more = f" and {unknown} of unknown size" if unknown else ""
-                progress.log(f"fetching {plural(len(jobs), 'file')} ({human_size(total)}{more}) for {plural(len({j.lane.name for j in jobs}), 'lane')}")
-                fetcher = Fetcher(session, remote, opts, progress, deadline)
-                lease.on_lost = fetcher.cancel.trip  # stop downloading at once: another writer has the volume
-                fetcher.may_write = lease.still_ours  # and never write a byte after a pause that let another writer in
-                failures = fetcher.run(jobs)
-                session.ctx.receipts.save()
-                for j in jobs:
-                    if j.fetched is not None and not any(j is fj for fj, _e in failures.get(j.lane.name, [])):
-                        f = fetched.setdefault(j.lane.name, [0, 0])
-                        f[0] += 1
-                        f[1] += j.fetched
-                if lease.lost:
-                    # This process stalled past --lease-stale (a paused container, a frozen node) and
-                    # another writer took the volume over: wait for it, then judge the volume again.
-                    progress.log("lost the volume lease to another writer; waiting for it, then checking again")
-                    lease.release()
-                    lease = Lease(session.state_dir, stale_after=opts.stale_after)
-                    lease.acquire(opts.lease_wait, progress.log)
-                    continue
-                settle_listings(session, remote)
+                    if lease.lost:
+                        # This process stalled past --lease-stale (a paused container, a frozen node) and
+                        # another writer took the volume over: wait for it, then judge the volume again.
+                        progress.log("lost the volume lease to another writer; waiting for it, then checking again")
+                        lease.release()
+                        lease = Lease(session.state_dir, stale_after=opts.stale_after)
+                        lease.acquire(opts.lease_wait, progress.log)
+                        continue
+                    if jobs:
+                        results = session.check(remote.expect).lanes
+                    ready = {r.name for r in results if not r.errors}
+                    for name, sw in switches.items():
+                        if name in ready and lease.still_ours():
+                            note = sw.flip(session)
+                            progress.log(f"{name}: now at revision {sw.rid}" + (f" ({note})" if note else ""))
+                finally:
+                    session.lanes = real_lanes
                 results = session.check(remote.expect).lanes
+                settle_listings(session, remote)
                 for r in results:
                     if r.name in fetched:
                         r.fetched_files, r.fetched_bytes = fetched[r.name]
@@ -610,6 +624,66 @@ def run_sync(session: Session, opts: Options) -> Report:
         return report
     finally:
         progress.close()
+
+
+@dataclass
+class Switch:
+    """A folder lane moving to another revision: assembled at `staged.path`, then flipped."""
+
+    lane: Lane
+    staged: Lane
+    rid: str
+    old_rid: str | None
+
+    def flip(self, session: Session) -> str | None:
+        from .revisions import flip
+
+        return flip(Volume(session.ctx.models_dir), self.lane, self.rid, self.old_rid)
+
+
+def prepare_switches(session: Session, remote: Remote, progress: Progress) -> dict[str, Switch]:
+    """Folder lanes (layout: revisions) whose listing is not the revision in place get a
+    revision folder beside it, with every file the current tree already has hard-linked
+    in. Sync then fills and verifies that folder as the lane, and flips the lane path to
+    it only when the whole lane is ready."""
+    from .check import lane_root
+    from .revisions import ReceiptKeys, current, link_unchanged, rev_id, rev_path
+
+    ctx = session.ctx
+    out: dict[str, Switch] = {}
+    for lane in session.lanes:
+        if lane.kind not in ("hf-dir", "adapter") or lane.layout != "revisions" or lane.name not in remote.expect:
+            continue
+        expect, version = remote.expect[lane.name]
+        rid = rev_id(version, expect)
+        cur = current(ctx.models_dir, lane)
+        if cur.state == "revision" and cur.rid == rid:
+            continue  # repairs happen inside the current revision: the same bytes, no mix
+        if cur.state == "other":
+            continue  # a file or a foreign link stands there: observe reports it
+        if cur.state == "folder" and _lane_ready(session, remote, lane):
+            continue  # in place and already this revision: nothing to switch
+        staged = dataclasses.replace(lane, path=rev_path(lane, rid))
+        vol = Volume(ctx.models_dir)
+        if cur.state != "missing":
+            try:
+                vol.dir_path(staged.path)
+                keys = ReceiptKeys(ctx.receipts, lambda p: state_key(ctx.models_dir, p))
+                linked = link_unchanged(vol, lane_root(ctx, lane), staged.path, sorted(expect), keys)
+            except OSError as exc:
+                progress.log(f"{lane.name}: cannot hard-link into a new revision ({exc.strerror}); updating in place")
+                continue
+            if linked:
+                progress.log(f"{lane.name}: revision {rid} assembled beside {cur.rid or 'the current folder'} ({plural(linked, 'unchanged file')} linked)")
+        out[lane.name] = Switch(lane, staged, rid, cur.rid)
+    return out
+
+
+def _lane_ready(session: Session, remote: Remote, lane: Lane) -> bool:
+    from .check import check_lanes
+
+    (res,) = check_lanes(session.ctx, [lane], {lane.name: remote.expect[lane.name]})
+    return not res.errors
 
 
 def held_back(session: Session, jobs: list[Job], blocked: dict[str, PreflightError]) -> list[Job]:

@@ -1,0 +1,235 @@
+"""Folder lanes as revisions: a reader sees one complete revision or the next, never a mix.
+
+The lane path (what the inference server is configured with) is a symlink to a sibling
+folder that holds one revision:
+
+    vllm/coder -> .coder.rev-3f2a9c1b0d4e      (the current revision)
+    vllm/.coder.rev-3f2a9c1b0d4e/…              (complete, verified)
+    vllm/.coder.rev-a91c07d2e5f8/…              (the previous one, kept until `prune`)
+
+A new revision is assembled beside the current one: files that did not change are
+hard-linked from it (no copy, no new space), only changed files are fetched into it,
+the whole lane is verified there, then one symlink replaces the old one (`rename` of a
+new link over it). A lane still laid out in place (a real folder) is converted on its
+first switch by exchanging it with the new link in one step (`renameat2`
+RENAME_EXCHANGE); the old folder becomes a kept revision. `layout: in-place` keeps the
+old behaviour (files replaced one by one inside the folder).
+
+The git-sync pattern, applied to model folders. The cache layout (hf-cache lanes)
+already has revisions: a snapshot per commit, switched by `refs/<revision>`, which sync
+writes only once the snapshot is complete.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import posixpath
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .manifest import FileExpect, Lane
+from .volume import Volume
+
+REV = ".rev-"
+LINK_TMP = ".lnk-"
+
+
+def rev_prefix(lane_path: str) -> str:
+    return f".{posixpath.basename(lane_path)}{REV}"
+
+
+def rev_id(version: str | None, expect: dict[str, FileExpect]) -> str:
+    """A short, stable name for what the lane holds: the source's version (a commit, a
+    manifest digest) when it has one, else a digest of every file's expectations."""
+    if version:
+        return version.removeprefix("sha256:")[:12]
+    h = hashlib.sha256()
+    for rel in sorted(expect):
+        e = expect[rel]
+        h.update(repr((rel, e.size, e.sha256, e.sha1, e.md5)).encode())
+    return "x" + h.hexdigest()[:11]
+
+
+def rev_path(lane: Lane, rid: str) -> str:
+    """The models-relative path of revision `rid` of `lane`."""
+    parent = posixpath.dirname(lane.path)
+    return posixpath.join(parent, rev_prefix(lane.path) + rid) if parent else rev_prefix(lane.path) + rid
+
+
+@dataclass
+class Current:
+    """What stands at the lane path now."""
+
+    state: str  # "missing", "revision" (our symlink), "folder" (in place), "other"
+    rid: str | None = None  # the revision a symlink points at
+
+
+def current(models_dir: Path, lane: Lane) -> Current:
+    p = models_dir / lane.path
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return Current("missing")
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(p)
+        prefix = rev_prefix(lane.path)
+        if "/" not in target and target.startswith(prefix):
+            return Current("revision", target[len(prefix):])
+        return Current("other")
+    return Current("folder" if stat.S_ISDIR(st.st_mode) else "other")
+
+
+@dataclass
+class Revision:
+    rid: str
+    path: Path
+    mtime: float
+    current: bool
+
+
+def revisions(models_dir: Path, lane: Lane) -> list[Revision]:
+    """The lane's revision folders, newest first (the current one flagged)."""
+    parent = (models_dir / lane.path).parent
+    prefix = rev_prefix(lane.path)
+    cur = current(models_dir, lane)
+    out = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
+            rid = entry.name[len(prefix):]
+            out.append(Revision(rid, Path(entry.path), entry.stat(follow_symlinks=False).st_mtime, cur.state == "revision" and cur.rid == rid))
+    out.sort(key=lambda r: (not r.current, -r.mtime))
+    return out
+
+
+def link_unchanged(vol: Volume, old_root: Path, new_rel: str, names: list[str], keys: "ReceiptKeys") -> int:
+    """Hard-link into revision folder `new_rel` every file of `names` that the current
+    tree at `old_root` has and the new folder lacks. Receipts follow the links (the
+    inode is the same; its ctime moved), so nothing is hashed again. Whether a linked
+    file is what the new revision wants is then judged like any other file: a changed
+    one fails its digest and is fetched over the link, which leaves the old tree alone.
+    Returns how many were linked; OSError when the filesystem cannot link."""
+    linked = 0
+    for rel in names:
+        src = old_root / rel
+        try:
+            st = os.stat(src, follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        folder, _, name = (new_rel + "/" + rel).rpartition("/")
+        fd = vol.open_dir(folder)
+        try:
+            try:
+                os.stat(name, dir_fd=fd, follow_symlinks=False)
+                continue  # already there (a rerun after a kill)
+            except FileNotFoundError:
+                pass
+            os.link(src, name, dst_dir_fd=fd, follow_symlinks=False)
+            new_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(fd)
+        keys.carry(src, st, vol.root / new_rel / rel, new_st)
+        linked += 1
+    return linked
+
+
+class ReceiptKeys:
+    """Receipts carried from a file to its hard link (and refreshed on the old name,
+    whose ctime the link moved)."""
+
+    def __init__(self, receipts, key_of) -> None:
+        self.receipts = receipts
+        self.key_of = key_of
+
+    def carry(self, old: Path, old_st: os.stat_result, new: Path, new_st: os.stat_result) -> None:
+        old_key = self.key_of(old)
+        digests = self.receipts.lookup(old_key, old_st)
+        if digests:
+            self.receipts.record(old_key, new_st, digests)
+            self.receipts.record(self.key_of(new), new_st, digests)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(dir_fd: int, a: str, b: str) -> None:
+    """Swap two names in one folder atomically (renameat2 RENAME_EXCHANGE); OSError when
+    the kernel or filesystem cannot."""
+    fn = _renameat2()
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    if fn(dir_fd, a.encode(), dir_fd, b.encode(), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def flip(vol: Volume, lane: Lane, rid: str, old_rid: str | None = None) -> str | None:
+    """Make revision `rid` current: one new symlink replaces what stands at the lane path.
+    A real folder there (the in-place layout) is exchanged with the link in one step and
+    kept as revision `old_rid`. Returns a note when the exchange had to be done in two
+    steps (a moment without the lane path, never a mix)."""
+    parent, _, name = lane.path.rpartition("/")
+    target = rev_prefix(lane.path) + rid
+    fd = vol.open_dir(parent)
+    note = None
+    try:
+        _clean_tmp(fd, name)
+        tmp = f".{name}{LINK_TMP}{os.getpid()}"
+        os.symlink(target, tmp, dir_fd=fd)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is None or stat.S_ISLNK(st.st_mode):
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        elif stat.S_ISDIR(st.st_mode):
+            kept = rev_prefix(lane.path) + (old_rid or time.strftime("inplace-%Y%m%d%H%M%S"))
+            try:
+                exchange(fd, tmp, name)  # now `name` is the link and `tmp` the old folder
+                os.rename(tmp, kept, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError as exc:
+                os.rename(name, kept, src_dir_fd=fd, dst_dir_fd=fd)
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                note = f"{lane.path}: converted to revisions in two renames ({exc.strerror}): the path was absent for a moment"
+        else:
+            os.unlink(tmp, dir_fd=fd)
+            raise OSError(errno.EEXIST, f"{lane.path} is neither a folder nor a symlink")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return note
+
+
+def _clean_tmp(fd: int, name: str) -> None:
+    """Leftovers of a flip killed midway: a temporary link, or the old folder parked
+    under the temporary name after the exchange (kept as a revision)."""
+    prefix = f".{name}{LINK_TMP}"
+    for entry in os.scandir(fd):
+        if not entry.name.startswith(prefix):
+            continue
+        if entry.is_symlink():
+            os.unlink(entry.name, dir_fd=fd)
+        elif entry.is_dir(follow_symlinks=False):
+            os.rename(entry.name, f".{name}{REV}{time.strftime('inplace-%Y%m%d%H%M%S')}", src_dir_fd=fd, dst_dir_fd=fd)
