@@ -1,0 +1,263 @@
+"""Tar layers, read as a stream (stdlib `tarfile`): list and hash their members, or copy
+one member out, with strict checks on every entry.
+
+A layer blob is read once from the start, its compressed bytes hashed on the way, so a
+listing taken from a layer whose digest does not match is refused. Every entry's name
+is normalised (a leading `/` is the image root, as in the image-layer spec) and refused
+when it would leave the artifact (`..`); links must stay inside; devices and FIFOs are
+recorded (an artifact refuses them; an image skips them outside the selected folder).
+Bounds: entry count, the size of a header (long names, PAX records), and how far a
+compressed layer may expand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import tarfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..errors import FetchError, IntegrityError, StalledError, UnsafeSourceError, UsageError
+
+MAX_ENTRIES = 200_000  # entries in one layer
+MAX_META = 1 * 2**20  # one PAX or GNU long-name record
+MAX_EXPANSION = 1100  # decompressed / compressed (deflate cannot exceed ~1032x)
+EXPANSION_SLACK = 64 * 2**20
+READ = 2**20
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+@dataclass
+class Member:
+    """One entry of a tar layer, by its normalised path inside the artifact."""
+
+    path: str
+    kind: str  # file, dir, hardlink, symlink, special, whiteout, opaque
+    size: int = 0
+    sha256: str | None = None
+    link: str | None = None  # hardlink: the normalised path it names; symlink: the raw target
+
+
+def normalise(name: str, layer: str) -> str:
+    """A tar entry's name as a path inside the artifact; UnsafeSourceError for `..`."""
+    if "\x00" in name:
+        raise UnsafeSourceError(f"layer {layer} holds an entry name with a NUL byte; nothing was written")
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafeSourceError(f"layer {layer} holds an entry {name[:200]!r} that leaves the artifact ('..'); nothing was written",
+                                hint="the artifact is damaged or hostile; repack it without '..' in its tar entries")
+    return "/".join(parts)
+
+
+def symlink_target(path: str, target: str) -> str | None:
+    """Where a symlink at `path` points, inside the artifact; None when it leaves it."""
+    base = "" if target.startswith("/") else posixpath.dirname(path)
+    parts: list[str] = []
+    for p in (base + "/" + target).split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(p)
+    return "/".join(parts)
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """Refuses a PAX or GNU long-name record larger than MAX_META before tarfile reads it
+    into memory."""
+
+    def _proc_member(self, tf):  # type: ignore[override]
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_META:
+            raise tarfile.HeaderError(f"a {self.size}-byte extended header (at most {MAX_META})")
+        return super()._proc_member(tf)
+
+
+class BlobReader(io.RawIOBase):
+    """The raw bytes of a layer blob from an iterator of chunks, hashed and counted;
+    `finish()` reads what is left and checks size and digest."""
+
+    def __init__(self, chunks: Iterator[bytes], digest: str, size: int, deadline: float | None, what: str) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self.digest, self.size, self.deadline, self.what = digest, size, deadline, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise StalledError(f"the run's deadline passed while reading {self.what}")
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+            self._hash.update(self._buf)
+            self.count += len(self._buf)
+            if self.count > self.size:
+                raise IntegrityError(f"{self.what}: the registry sent more than its {self.size} bytes")
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def finish(self) -> None:
+        while self.read(READ):
+            pass
+        got = "sha256:" + self._hash.hexdigest()
+        if self.count != self.size or got != self.digest:
+            raise IntegrityError(f"{self.what}: the layer does not match its descriptor (got {self.count} bytes, sha256 {got[7:19]}…; "
+                                 f"expected {self.size} bytes, {self.digest[7:19]}…); nothing from it was published")
+
+
+class _Limited(io.RawIOBase):
+    """A decompressed stream that may not expand past a bound (a compression bomb)."""
+
+    def __init__(self, inner, limit: int, what: str) -> None:
+        self._inner, self._limit, self._what, self.count = inner, limit, what, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._inner.read(len(b))
+        n = len(data)
+        self.count += n
+        if self.count > self._limit:
+            raise IntegrityError(f"{self._what}: expands past {self._limit} bytes ({MAX_EXPANSION}x its size); refused")
+        b[:n] = data
+        return n
+
+
+def open_tar(raw: BlobReader, head: bytes) -> tarfile.TarFile:
+    """A streaming TarFile over the blob, decompressing by its magic bytes (not its media
+    type: a registry or packer that mislabels compression still reads right)."""
+    limit = raw.size * MAX_EXPANSION + EXPANSION_SLACK
+    stream: io.RawIOBase | io.BufferedIOBase
+    if head.startswith(GZIP_MAGIC):
+        import gzip
+
+        stream = _Limited(gzip.GzipFile(fileobj=io.BufferedReader(raw, READ), mode="rb"), limit, raw.what)
+    elif head.startswith(ZSTD_MAGIC):
+        try:
+            import zstandard
+        except ImportError:
+            raise UsageError(f"{raw.what} is compressed with zstd, and the zstandard package is not installed",
+                             hint="pip install 'lane-preflight[zstd]', or repack the artifact with gzip or no compression") from None
+        stream = _Limited(zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(raw, READ), read_size=READ), limit, raw.what)
+    else:
+        stream = raw
+    return tarfile.open(fileobj=io.BufferedReader(stream, READ), mode="r|", tarinfo=_BoundedInfo)  # type: ignore[arg-type]
+
+
+def _kind(info: tarfile.TarInfo, name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    if base == OPAQUE:
+        return "opaque"
+    if base.startswith(WHITEOUT):
+        return "whiteout"
+    if info.isreg():
+        return "file"
+    if info.isdir():
+        return "dir"
+    if info.islnk():
+        return "hardlink"
+    if info.issym():
+        return "symlink"
+    return "special"
+
+
+def _entries(tf: tarfile.TarFile, what: str) -> Iterator[tuple[tarfile.TarInfo, Member]]:
+    count = 0
+    for info in tf:
+        count += 1
+        if count > MAX_ENTRIES:
+            raise IntegrityError(f"{what}: more than {MAX_ENTRIES} entries; refused")
+        path = normalise(info.name, what)
+        kind = _kind(info, path)
+        m = Member(path, kind, info.size if kind == "file" else 0)
+        if kind == "hardlink":
+            m.link = normalise(info.linkname, what)
+        elif kind == "symlink":
+            m.link = info.linkname
+        yield info, m
+
+
+def _tar_error(what: str, exc: BaseException) -> FetchError:
+    return IntegrityError(f"{what}: not a readable tar layer ({type(exc).__name__}: {str(exc)[:160]}); nothing from it was published")
+
+
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
+
+
+def scan(raw: BlobReader, head: bytes, hash_members: bool = True, progress: Callable[[int], None] | None = None) -> list[Member]:
+    """Every entry of the layer (regular files hashed), then the layer's digest checked."""
+    out: list[Member] = []
+    try:
+        with open_tar(raw, head) as tf:
+            for info, m in _entries(tf, raw.what):
+                if m.kind == "file" and hash_members:
+                    f = tf.extractfile(info)
+                    assert f is not None
+                    h = hashlib.sha256()
+                    while True:
+                        data = f.read(READ)
+                        if not data:
+                            break
+                        h.update(data)
+                        if progress:
+                            progress(len(data))
+                    m.sha256 = h.hexdigest()
+                out.append(m)
+        raw.finish()
+    except (FetchError, UsageError):
+        raise
+    except _READ_ERRORS as exc:
+        raise _tar_error(raw.what, exc) from None
+    return out
+
+
+def extract(raw: BlobReader, head: bytes, path: str, write: Callable[[bytes], None], whole: bool) -> int | None:
+    """Copy the member at `path` out through `write`; its size, or None when the layer has
+    no such regular file. With `whole`, the rest of the layer is read and its digest
+    checked (what vouches for the member when nothing else pins its sha256)."""
+    found: int | None = None
+    try:
+        with open_tar(raw, head) as tf:
+            for info, m in _entries(tf, raw.what):
+                if m.path != path or m.kind != "file":
+                    continue
+                f = tf.extractfile(info)
+                assert f is not None
+                n = 0
+                while True:
+                    data = f.read(READ)
+                    if not data:
+                        break
+                    write(data)
+                    n += len(data)
+                found = n
+                if not whole:
+                    return found
+        if whole:
+            raw.finish()
+    except (FetchError, UsageError):
+        raise
+    except _READ_ERRORS as exc:
+        raise _tar_error(raw.what, exc) from None
+    return found
