@@ -1,0 +1,425 @@
+"""The S3 API through botocore: configuration as the AWS SDKs read it, errors mapped to
+ours, presigned GETs, HEAD/list, uploads. Imported only when an s3:// lane or
+destination is used (never by `check`).
+
+Configuration, all from the conventions S3 users already have:
+  credentials  AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN); AWS_PROFILE with
+               AWS_SHARED_CREDENTIALS_FILE / AWS_CONFIG_FILE; AWS_WEB_IDENTITY_TOKEN_FILE +
+               AWS_ROLE_ARN (EKS IRSA, through STS AssumeRoleWithWebIdentity); the rest of
+               botocore's chain (container and instance roles); none at all: unsigned
+               requests (a public bucket).
+  endpoint     AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else the profile's, else AWS.
+               A custom endpoint is addressed path-style (http://host/bucket/key) unless
+               the profile's `s3 = addressing_style` says otherwise.
+  region       AWS_REGION, else AWS_DEFAULT_REGION, else the profile's, else us-east-1.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..errors import AuthError, FetchError, UsageError
+from ..redact import register
+
+if TYPE_CHECKING:
+    from . import Context, Transfer
+    from .http import Timeouts
+
+PRESIGN_SECONDS = 3600  # a GET URL is checked when the request starts; a retry presigns anew
+PART_MIB = 64  # files larger than this go up in parts of (at least) this size; PREFLIGHT_S3_PART_MIB changes it (5 at least)
+MAX_PARTS = 10_000
+PARTS_IN_PARALLEL = 4
+AUTH_HINT = ("check the S3 credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN), AWS_PROFILE, "
+             "or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, and that they may read the bucket")
+CREDENTIALS = "credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or AWS_WEB_IDENTITY_TOKEN_FILE+AWS_ROLE_ARN"
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+               "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidIdentityToken",
+               "ExpiredTokenException", "AuthorizationHeaderMalformed", "403", "401"}
+_XML_CODE = re.compile(r"<Code>([^<]{1,80})</Code>")
+
+
+def check_environment(env: dict[str, str] | os._Environ) -> None:
+    """Credentials set halfway are a usage error that names the missing variable (botocore
+    would silently fall through to the next provider, or to no credentials at all)."""
+    def has(name: str) -> bool:
+        return bool(env.get(name, "").strip())
+
+    pairs = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"))
+    for a, b in pairs:
+        if has(a) != has(b):
+            given, missing = (a, b) if has(a) else (b, a)
+            raise UsageError(f"{given} is set and {missing} is not: S3 credentials need both",
+                             hint=f"set {missing} as well, or unset {given}")
+    if has("AWS_SESSION_TOKEN") and not has("AWS_ACCESS_KEY_ID"):
+        raise UsageError("AWS_SESSION_TOKEN is set without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                         hint="temporary credentials are the three together")
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if has(name):
+            parts = urlsplit(env[name].strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UsageError(f"{name}={env[name].strip()[:200]!r} is not an http(s) URL", hint="e.g. http://minio.storage:9000")
+            break
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        path = env.get(name, "").strip()
+        if path and not os.path.isfile(os.path.expanduser(path)):
+            raise UsageError(f"{name} names {path}, which is not a readable file", hint="mount the file, or unset the variable")
+
+
+def _is_aws(endpoint: str | None) -> bool:
+    host = (urlsplit(endpoint).hostname or "") if endpoint else "amazonaws.com"
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn")) or host == "amazonaws.com"
+
+
+_lock = threading.Lock()
+_clients: dict[tuple, S3Client] = {}
+
+
+def open_client(ctx: Context) -> S3Client:
+    """One client per process and configuration (sources and destinations share it)."""
+    key = (ctx.timeouts.connect, ctx.timeouts.stall) + tuple(os.environ.get(n, "") for n in _CONFIG_VARS)
+    with _lock:
+        if key not in _clients:
+            _clients[key] = S3Client(ctx.timeouts)
+        return _clients[key]
+
+
+_CONFIG_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+                "AWS_DEFAULT_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
+
+
+class S3Client:
+    """A botocore S3 client configured from the environment, with our error mapping."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        check_environment(os.environ)
+        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            register(os.environ.get(name))
+        try:
+            import botocore.session
+            from botocore import UNSIGNED
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError
+        except ImportError:
+            raise UsageError("s3:// sources need botocore, which is not installed",
+                             hint="pip install 'lane-preflight[s3]'") from None
+        session = botocore.session.get_session()
+        try:
+            scoped = session.get_scoped_config()
+            creds = session.get_credentials()
+        except BotoCoreError as exc:  # a profile that does not exist, a config file that does not parse
+            raise UsageError(f"the AWS configuration cannot be used: {exc}",
+                             hint="check AWS_PROFILE, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE") from None
+        self.anonymous = creds is None
+        self.creds = creds
+        endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "").strip() or None
+        if endpoint is None:
+            endpoint = _profile_endpoint(scoped)
+        self.endpoint = endpoint
+        self.region = ((os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "").strip()
+                       or scoped.get("region") or "us-east-1")
+        style = (scoped.get("s3") or {}).get("addressing_style") if isinstance(scoped.get("s3"), dict) else None
+        style = style or ("auto" if _is_aws(endpoint) else "path")
+        from .. import __version__
+
+        config = Config(
+            signature_version=UNSIGNED if self.anonymous else "s3v4",
+            s3={"addressing_style": style},
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.stall,
+            retries={"max_attempts": 1, "mode": "standard"},  # retries are ours: --retries, backoff, the deadline
+            max_pool_connections=16,
+            request_checksum_calculation="when_required",  # no aws-chunked CRC trailers: S3-compatible servers differ
+            response_checksum_validation="when_required",
+            user_agent_extra=f"lane-preflight/{__version__}",
+        )
+        self.timeouts = timeouts
+        self.client = session.create_client("s3", region_name=self.region, endpoint_url=endpoint, config=config)
+        self.where = endpoint or f"AWS S3 ({self.region})"
+
+    # ------------------------------------------------------------------ credentials
+
+    def _frozen(self) -> None:
+        """Resolve credentials now (a web identity's STS call happens here) and mask them."""
+        if self.creds is None:
+            return
+        try:
+            frozen = self.creds.get_frozen_credentials()
+        except Exception as exc:
+            raise self._map(exc, "the credentials") from None
+        register(frozen.secret_key)
+        register(frozen.token)
+
+    # ------------------------------------------------------------------ requests
+
+    def _call(self, what: str, op: str, **params: Any) -> Any:
+        self._frozen()
+        try:
+            return getattr(self.client, op)(**params)
+        except Exception as exc:
+            raise self._map(exc, what) from None
+
+    def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The object's HEAD (with its checksum when it has one), None when there is none."""
+        from botocore.exceptions import ClientError
+
+        self._frozen()
+        try:
+            return self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _status(exc) == 404 and _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                self._bucket_exists(bucket)
+                return None
+            raise self._map(exc, f"s3://{bucket}/{key}") from None
+        except Exception as exc:
+            raise self._map(exc, f"s3://{bucket}/{key}") from None
+
+    def _bucket_exists(self, bucket: str) -> None:
+        """A HEAD's 404 has no body: a listing tells a missing bucket from a missing key."""
+        self.list_page(bucket, "", max_keys=1)
+
+    def list_page(self, bucket: str, prefix: str, max_keys: int = 1000) -> list[tuple[str, int]]:
+        page, _token = self.list_objects(bucket, prefix, None, max_keys)
+        return page
+
+    def list_objects(self, bucket: str, prefix: str, token: str | None, max_keys: int = 1000) -> tuple[list[tuple[str, int]], str | None]:
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if token:
+            params["ContinuationToken"] = token
+        resp = self._call(f"s3://{bucket}/{prefix}", "list_objects_v2", **params)
+        items = [(str(o["Key"]), int(o.get("Size") or 0)) for o in resp.get("Contents") or []]
+        nxt = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return items, nxt
+
+    def presign_get(self, bucket: str, key: str) -> str:
+        self._frozen()
+        try:
+            return self.client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=PRESIGN_SECONDS)
+        except Exception as exc:
+            raise self._map(exc, f"s3://{bucket}/{key}") from None
+
+    def rewrite(self, exc: FetchError, url: str, where: str) -> FetchError:
+        """An error of a presigned GET, told without the URL (it is a credential for an
+        hour), with the S3 error code its body carried."""
+        text = exc.message.replace(url, where)
+        m = _XML_CODE.search(text)
+        if m and exc.status:
+            text = f"HTTP {exc.status} for {where} ({m.group(1)} from {self.where})"
+        if isinstance(exc, AuthError):
+            new: FetchError = AuthError(f"{text}: {self._who()}", url=where, status=exc.status, hint=AUTH_HINT)
+        else:
+            new = type(exc)(text, url=where, status=exc.status, hint=exc.hint)
+        new.retry_after = exc.retry_after
+        return new
+
+    def measure(self, bucket: str, key: str, timeouts: Timeouts) -> tuple[int, str]:
+        """Size and sha256 of the object, read once (for the lock)."""
+        from .http import RECV_CHUNK, open_stream, parse_retry_after
+
+        url = self.presign_get(bucket, key)
+        where = f"s3://{bucket}/{key}"
+        try:
+            resp, conn, _final = open_stream(url, {"Accept-Encoding": "identity"}, timeouts)
+            try:
+                if resp.status != 200:
+                    body = resp.read(2000).decode("utf-8", "replace")
+                    cls = AuthError if resp.status in (401, 403) else FetchError
+                    err = cls(f"HTTP {resp.status} for {url}: {body.strip()[:200]}", url=url, status=resp.status)
+                    err.retry_after = parse_retry_after(resp.getheader("Retry-After"))
+                    raise err
+                h = hashlib.sha256()
+                size = 0
+                while True:
+                    try:
+                        data = resp.read1(RECV_CHUNK)
+                    except (OSError, ValueError) as exc:
+                        raise FetchError(f"connection lost at byte {size} while reading {where}: {type(exc).__name__}", url=where) from None
+                    if not data:
+                        break
+                    h.update(data)
+                    size += len(data)
+                length = resp.getheader("Content-Length")
+                if length and length.isdigit() and int(length) != size:
+                    raise FetchError(f"connection closed at byte {size} of {length} while reading {where}", url=where)
+                return size, h.hexdigest()
+            finally:
+                conn.close()
+        except FetchError as exc:
+            raise self.rewrite(exc, url, where) from None
+
+    # ------------------------------------------------------------------ uploads
+
+    def upload(self, bucket: str, key: str, path: Path, size: int, sha256: str, transfer: Transfer | None = None) -> None:
+        """One PUT with x-amz-checksum-sha256 (the server refuses bytes that do not match), or
+        a multipart upload whose every part carries its own; either way the object's
+        metadata holds the whole file's sha256 for the pulls (a multipart checksum of SHA-256
+        is a digest of part digests, not of the content)."""
+        where = f"s3://{bucket}/{key}"
+        meta = {"sha256": sha256}
+        part = part_size()
+        if size <= part:
+            with open(path, "rb") as body:
+                self._call(where, "put_object", Bucket=bucket, Key=key, Body=body, ContentLength=size,
+                           ChecksumSHA256=_b64(sha256), Metadata=meta)
+            return
+        part = max(part, -(-size // MAX_PARTS))
+        upload_id = self._call(where, "create_multipart_upload", Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
+                               Metadata=meta)["UploadId"]
+        try:
+            def one(n: int) -> dict[str, Any]:
+                if transfer is not None and transfer.cancel is not None and transfer.cancel.is_set():
+                    raise FetchError(f"{where}: cancelled")
+                start = (n - 1) * part
+                length = min(part, size - start)
+                digest = _b64(_slice_sha256(path, start, length))
+                with _Slice(path, start, length) as body:
+                    resp = self._call(f"{where} part {n}", "upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
+                                      PartNumber=n, Body=body, ContentLength=length, ChecksumSHA256=digest)
+                return {"PartNumber": n, "ETag": resp["ETag"], "ChecksumSHA256": digest}
+
+            count = -(-size // part)
+            with ThreadPoolExecutor(min(PARTS_IN_PARALLEL, count), thread_name_prefix="s3-part") as pool:
+                parts = list(pool.map(one, range(1, count + 1)))
+            self._call(where, "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                       MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception:
+                pass
+            raise
+
+    # ------------------------------------------------------------------ errors
+
+    def _who(self) -> str:
+        """Which credentials were refused, by where they came from (never their value)."""
+        if self.anonymous:
+            return "refused without credentials (unsigned request); a private bucket needs " + CREDENTIALS
+        method = getattr(self.creds, "method", "") or ""
+        where = {"env": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", "shared-credentials-file": "the shared credentials file",
+                 "config-file": "the AWS config file", "assume-role-with-web-identity": "the web identity (AWS_ROLE_ARN)"}.get(method, method)
+        return f"the credentials from {where or 'the AWS credential chain'} were refused; S3 reads " + CREDENTIALS
+
+    def _map(self, exc: BaseException, what: str) -> FetchError | UsageError:
+        from botocore import exceptions as bx
+
+        if isinstance(exc, FetchError):
+            return exc
+        if isinstance(exc, bx.ClientError):
+            code, status = _code(exc), _status(exc)
+            msg = str((exc.response.get("Error") or {}).get("Message") or "").strip()[:200]
+            op = getattr(exc, "operation_name", "") or ""
+            text = f"{what}: {code}" + (f" ({msg})" if msg and msg != code and not msg.isdigit() else "") + f" from {self.where}"
+            if op in ("AssumeRoleWithWebIdentity",) or code in _AUTH_CODES or status in (401, 403):
+                return AuthError(f"{text}: {self._who()}", url=what, status=status or 403, hint=AUTH_HINT)
+            if code == "NoSuchBucket":
+                bucket = (exc.response.get("Error") or {}).get("BucketName") or what.removeprefix("s3://").split("/", 1)[0]
+                return FetchError(f"bucket {bucket} does not exist at {self.where}", url=what, status=404)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return FetchError(f"{what}: no such object at {self.where}", url=what, status=404)
+            err = FetchError(text, url=what, status=status)
+            from .http import parse_retry_after
+
+            headers = (exc.response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+            err.retry_after = parse_retry_after(headers.get("retry-after"))
+            return err
+        if isinstance(exc, bx.NoCredentialsError):
+            return AuthError(f"{what}: no S3 credentials", url=what, hint=AUTH_HINT)
+        if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
+            return FetchError(f"{what}: {self.where} did not answer in time ({type(exc).__name__})", url=what)
+        if isinstance(exc, bx.EndpointConnectionError):
+            return FetchError(f"{what}: cannot connect to {self.where}", url=what)
+        if isinstance(exc, (bx.ConnectionClosedError, bx.HTTPClientError)):
+            return FetchError(f"{what}: the connection to {self.where} failed ({type(exc).__name__})", url=what)
+        if isinstance(exc, bx.ParamValidationError):
+            return UsageError(f"{what}: {exc}")
+        if isinstance(exc, bx.BotoCoreError):
+            return FetchError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}", url=what)
+        if isinstance(exc, OSError):
+            return FetchError(f"{what}: {exc.strerror or exc}", url=what)
+        return FetchError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}", url=what)
+
+
+def part_size() -> int:
+    raw = os.environ.get("PREFLIGHT_S3_PART_MIB", "").strip()
+    if not raw:
+        return PART_MIB * 2**20
+    if not raw.isdigit() or not 5 <= int(raw) <= 5 * 1024:
+        raise UsageError(f"PREFLIGHT_S3_PART_MIB={raw[:40]!r}: expected a whole number of MiB from 5 to 5120 (S3's part limits)")
+    return int(raw) * 2**20
+
+
+def _profile_endpoint(scoped: dict[str, Any]) -> str | None:
+    """The profile's endpoint_url (`services` section's s3 endpoint first), as the AWS SDKs read it."""
+    value = scoped.get("endpoint_url")
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _code(exc: Any) -> str:
+    return str((exc.response.get("Error") or {}).get("Code") or "")
+
+
+def _status(exc: Any) -> int | None:
+    return (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+
+
+def _b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def _slice_sha256(path: Path, start: int, length: int) -> str:
+    h = hashlib.sha256()
+    with _Slice(path, start, length) as f:
+        while True:
+            data = f.read(2**20)
+            if not data:
+                break
+            h.update(data)
+    return h.hexdigest()
+
+
+class _Slice:
+    """A read-only window of a file, for one part's body (seekable, so a signer may read it twice)."""
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self._f = open(path, "rb")
+        self._start, self._length = start, length
+        self._f.seek(start)
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._length - self._pos
+        if n is None or n < 0 or n > left:
+            n = left
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        self._f.seek(self._start + self._pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return self._length
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _Slice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,159 @@
+"""A real S3-compatible server for the tests: s3s-fs (built by ops/s3-server.sh) on
+127.0.0.1 with its own root folder, and a botocore client to fill its buckets.
+
+Outside CI a missing binary skips the s3 tests (run `bash ops/s3-server.sh` once); under
+CI=true it fails them, so a CI run cannot pass without having run them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ACCESS_KEY = "PREFLIGHTTESTKEY0001"
+SECRET_KEY = "s3-test-secret-7f3a9c2e5b1d8f04a6"  # masked like any secret: outputs must never show it
+VERSION = "0.14.1"
+
+
+def binary() -> Path | None:
+    """Where ops/s3-server.sh keeps s3s-fs (same lookup), when it is there."""
+    if os.environ.get("PREFLIGHT_S3_SERVER_DIR"):
+        candidates = [Path(os.environ["PREFLIGHT_S3_SERVER_DIR"])]
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        candidates = [REPO / "build" / f"s3s-fs-{VERSION}", cache / "lane-preflight" / f"s3s-fs-{VERSION}"]
+    for folder in candidates:
+        exe = folder / "bin" / "s3s-fs"
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return exe
+    return None
+
+
+def require_binary() -> Path:
+    exe = binary()
+    if exe is None:
+        msg = "s3s-fs is not built: run `bash ops/s3-server.sh` (about ten minutes, once)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> bool:
+    """True once the port accepts connections; False when the process exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"s3s-fs did not listen on {port} within {timeout:g}s")
+
+
+class S3Server:
+    """s3s-fs serving `root` (one folder per bucket) on 127.0.0.1."""
+
+    def __init__(self, root: Path, *, auth: bool = True) -> None:
+        self.root = root
+        self.auth = auth
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log = root.parent / f"{root.name}.log"
+        self._client: Any = None
+
+    def start(self) -> S3Server:
+        exe = require_binary()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):  # a port taken between picking and binding: pick another
+            self.port = free_port()
+            args = [str(exe), "--host", "127.0.0.1", "--port", str(self.port)]
+            if self.auth:
+                args += ["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY]
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen([*args, str(self.root)], stdout=log, stderr=subprocess.STDOUT)
+            if wait_listening(self.port, self.proc):
+                return self
+        raise RuntimeError(f"s3s-fs would not start; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The variables an S3 user sets for this server."""
+        out = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1"}
+        if self.auth:
+            out.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+        out.update(extra)
+        return out
+
+    # ------------------------------------------------------------------ filling buckets
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import botocore.session
+            from botocore import UNSIGNED
+            from botocore.config import Config
+
+            cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, signature_version="s3v4" if self.auth else UNSIGNED,
+                         request_checksum_calculation="when_required", response_checksum_validation="when_required")
+            keys = {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY} if self.auth else {}
+            self._client = botocore.session.get_session().create_client("s3", region_name="us-east-1", endpoint_url=self.endpoint, config=cfg, **keys)
+        return self._client
+
+    def bucket(self, name: str) -> str:
+        """A fresh bucket (a folder of the server's root)."""
+        if (self.root / name).exists():
+            shutil.rmtree(self.root / name)
+        self.client.create_bucket(Bucket=name)
+        return name
+
+    def put(self, bucket: str, key: str, data: bytes, *, checksum: bool = False, metadata: dict[str, str] | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if checksum:
+            extra["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        if metadata:
+            extra["Metadata"] = metadata
+        self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+
+    def put_tree(self, bucket: str, prefix: str, files: dict[str, bytes], **kw: Any) -> None:
+        for rel, data in files.items():
+            self.put(bucket, f"{prefix}/{rel}" if prefix else rel, data, **kw)
+
+    def get(self, bucket: str, key: str) -> bytes:
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        return self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        return sorted(o["Key"] for o in self.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents") or [])
