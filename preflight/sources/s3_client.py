@@ -221,39 +221,53 @@ class S3Client:
         return new
 
     def measure(self, bucket: str, key: str, timeouts: Timeouts) -> tuple[int, str]:
-        """Size and sha256 of the object, read once (for the lock)."""
-        from .http import RECV_CHUNK, open_stream, parse_retry_after
+        """Size and sha256 of the object, read once and not kept (for the lock)."""
+        import http.client
+        import socket
+        import ssl
+
+        from .http import parse_retry_after
 
         url = self.presign_get(bucket, key)
         where = f"s3://{bucket}/{key}"
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+        if parts.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeouts.connect, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeouts.connect)
+        size = 0
         try:
-            resp, conn, _final = open_stream(url, {"Accept-Encoding": "identity"}, timeouts)
-            try:
-                if resp.status != 200:
-                    body = resp.read(2000).decode("utf-8", "replace")
-                    cls = AuthError if resp.status in (401, 403) else FetchError
-                    err = cls(f"HTTP {resp.status} for {url}: {body.strip()[:200]}", url=url, status=resp.status)
-                    err.retry_after = parse_retry_after(resp.getheader("Retry-After"))
-                    raise err
-                h = hashlib.sha256()
-                size = 0
-                while True:
-                    try:
-                        data = resp.read1(RECV_CHUNK)
-                    except (OSError, ValueError) as exc:
-                        raise FetchError(f"connection lost at byte {size} while reading {where}: {type(exc).__name__}", url=where) from None
-                    if not data:
-                        break
-                    h.update(data)
-                    size += len(data)
-                length = resp.getheader("Content-Length")
-                if length and length.isdigit() and int(length) != size:
-                    raise FetchError(f"connection closed at byte {size} of {length} while reading {where}", url=where)
-                return size, h.hexdigest()
-            finally:
-                conn.close()
-        except FetchError as exc:
-            raise self.rewrite(exc, url, where) from None
+            conn.connect()
+            conn.sock.settimeout(timeouts.stall)
+            conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers={"Accept-Encoding": "identity"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                body = resp.read(2000).decode("utf-8", "replace")
+                m = _XML_CODE.search(body)
+                text = f"HTTP {resp.status} for {where}" + (f" ({m.group(1)} from {self.where})" if m else "")
+                if resp.status in (401, 403):
+                    raise AuthError(f"{text}: {self._who()}", url=where, status=resp.status, hint=AUTH_HINT)
+                err = FetchError(text, url=where, status=resp.status)
+                err.retry_after = parse_retry_after(resp.getheader("Retry-After"))
+                raise err
+            h = hashlib.sha256()
+            while True:
+                data = resp.read1(2**20)
+                if not data:
+                    break
+                h.update(data)
+                size += len(data)
+            length = resp.getheader("Content-Length")
+            if length and length.isdigit() and int(length) != size:
+                raise FetchError(f"connection closed at byte {size} of {length} while reading {where}", url=where)
+            return size, h.hexdigest()
+        except (socket.timeout, TimeoutError):
+            raise FetchError(f"{where}: no data for {timeouts.stall:g}s (stalled at byte {size})", url=where) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise FetchError(f"{where}: connection lost at byte {size}: {type(exc).__name__}", url=where) from None
+        finally:
+            conn.close()
 
     # ------------------------------------------------------------------ uploads
 
