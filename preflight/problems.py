@@ -74,6 +74,9 @@ VOCAB_INVALID = "vocab-invalid"
 UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a warning: a ggml type newer than preflight's table
 
 
+NOT_SWITCHED = "not-switched"  # warning: a folder lane still serves its previous revision
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding. `path` is relative to the lane (or the file name) when known."""

@@ -138,12 +138,26 @@ class Remote:
         try:
             source = open_source(lane, self.ctx)
             files, version = checked_listing(lane, source.resolve(locked))
+            files = self._pinned(lane, files)
         except PreflightError as exc:
             self.errors[lane.name] = exc
             return
         self.sources[lane.name] = source
         self.expect[lane.name] = ({rel: e.expect for rel, e in files.items()}, version)
         self.fetchable[lane.name] = files
+
+
+    def _pinned(self, lane: Lane, files: dict[str, Entry]) -> dict[str, Entry]:
+        """What the manifest, a checksum or DVC file and the lock pin wins over what the
+        source lists: a download is verified against the pin before it is published."""
+        from .check import expected_files
+
+        pins = expected_files(self.session.ctx, lane)
+        out = {}
+        for rel, entry in files.items():
+            pin = pins.get(rel)
+            out[rel] = dataclasses.replace(entry, expect=pin.merge(entry.expect)) if pin is not None else entry
+        return out
 
 
 def checked_listing(lane: Lane, listing: Listing) -> tuple[dict[str, Entry], str | None]:
@@ -603,14 +617,23 @@ def run_sync(session: Session, opts: Options) -> Report:
                         continue
                     if jobs:
                         results = session.check(remote.expect).lanes
-                    ready = {r.name for r in results if not r.errors}
+                    staged_results = {r.name: r for r in results}
                     for name, sw in switches.items():
-                        if name in ready and lease.still_ours():
+                        if not staged_results[name].errors and lease.still_ours():
                             note = sw.flip(session)
                             progress.log(f"{name}: now at revision {sw.rid}" + (f" ({note})" if note else ""))
+                            sw.flipped = True
                 finally:
                     session.lanes = real_lanes
                 results = session.check(remote.expect).lanes
+                for r in results:
+                    sw = switches.get(r.name)
+                    if sw is not None and not sw.flipped:
+                        # The lane path still serves the revision before; why the new one is not ready is what matters.
+                        r.problems = list(staged_results[r.name].problems) + [P.warning(r.path, P.NOT_SWITCHED,
+                            f"{r.path} still serves {sw.old_rid and 'revision ' + sw.old_rid or 'the folder as it was'}: revision {sw.rid} "
+                            f"is assembled in {sw.staged.path} and becomes current once it is ready")]
+                        r.settle()
                 settle_listings(session, remote)
                 for r in results:
                     if r.name in fetched:
@@ -634,6 +657,7 @@ class Switch:
     staged: Lane
     rid: str
     old_rid: str | None
+    flipped: bool = False
 
     def flip(self, session: Session) -> str | None:
         from .revisions import flip
