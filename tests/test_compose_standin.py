@@ -137,9 +137,10 @@ def test_mirror_output_passes_sync_with_the_pinned_digests(synced: tuple[dict[st
     done = preflight("check", "-m", str(MANIFEST), "--json", env=env)
     assert done.returncode == 0, done.stderr
     assert [lane["status"] for lane in json.loads(done.stdout)["lanes"]] == ["ready", "ready"]
-    assert sorted(str(p.relative_to(models)) for p in models.rglob("*") if p.is_file() and ".preflight" not in p.parts) == [
+    assert sorted(str(p.relative_to(models)) for p in [models / "gguf/tiny.gguf", *(models / "vllm/tiny-llm").iterdir()]) == [
         "gguf/tiny.gguf", "vllm/tiny-llm/config.json", "vllm/tiny-llm/model.safetensors",
         "vllm/tiny-llm/tokenizer.json", "vllm/tiny-llm/tokenizer_config.json"]
+    assert (models / "vllm/tiny-llm").is_symlink()  # the folder lane is one revision, switched by one link
 
 
 def test_mirror_models_load_in_the_real_loaders(tmp_path: Path) -> None:
@@ -174,10 +175,12 @@ def test_a_changed_mirror_byte_fails_the_sync(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     done = preflight("sync", "-m", str(MANIFEST), "--json",
                      env={"STANDIN_MIRROR": str(mirror), "MODELS_PATH": str(tmp_path / "models")})
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 3, done.stderr  # the copy fails the pinned digest before it is published
     lanes = {lane["name"]: lane for lane in json.loads(done.stdout)["lanes"]}
     assert lanes["tiny-llm"]["status"] == "ready"
-    assert "checksum-mismatch" in {p["code"] for p in lanes["tiny-gguf"]["problems"]}
+    assert "fetch-failed" in {p["code"] for p in lanes["tiny-gguf"]["problems"]}
+    assert "downloaded sha256 is" in done.stderr
+    assert not (tmp_path / "models/gguf/tiny.gguf").exists()
 
 
 def test_smoke_passes_against_the_stand_ins(stand_ins: dict[str, str]) -> None:
