@@ -67,10 +67,12 @@ def check_environment(env: dict[str, str] | os._Environ) -> None:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UsageError(f"{name}={env[name].strip()[:200]!r} is not an http(s) URL", hint="e.g. http://minio.storage:9000")
             break
-    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE"):
-        path = env.get(name, "").strip()
-        if path and not os.path.isfile(os.path.expanduser(path)):
-            raise UsageError(f"{name} names {path}, which is not a readable file", hint="mount the file, or unset the variable")
+    # A shared credentials or config file that is not there is no file (an optional Secret
+    # that is not mounted), as for botocore; a web identity token file must be there.
+    path = env.get("AWS_WEB_IDENTITY_TOKEN_FILE", "").strip()
+    if path and not os.path.isfile(os.path.expanduser(path)):
+        raise UsageError(f"AWS_WEB_IDENTITY_TOKEN_FILE names {path}, which is not a readable file",
+                         hint="mount the projected service account token (EKS does so with IRSA), or unset the variable")
 
 
 def _is_aws(endpoint: str | None) -> bool:
@@ -316,7 +318,10 @@ class S3Client:
     def _who(self) -> str:
         """Which credentials were refused, by where they came from (never their value)."""
         if self.anonymous:
-            return "refused without credentials (unsigned request); a private bucket needs " + CREDENTIALS
+            absent = [f"{n} names {os.environ[n].strip()}, which does not exist" for n in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+                      if os.environ.get(n, "").strip() and not os.path.isfile(os.path.expanduser(os.environ[n].strip()))]
+            return ("refused without credentials (unsigned request)" + (f"; {'; '.join(absent)}" if absent else "")
+                    + "; a private bucket needs " + CREDENTIALS)
         method = getattr(self.creds, "method", "") or ""
         where = {"env": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", "shared-credentials-file": "the shared credentials file",
                  "config-file": "the AWS config file", "assume-role-with-web-identity": "the web identity (AWS_ROLE_ARN)"}.get(method, method)
