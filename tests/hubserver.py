@@ -51,6 +51,7 @@ _API_SUBPATHS = {"revision", "tree", "paths-info", "refs", "auth-check"}
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 256 * 1024
 _SENDFILE_CHUNK = 8 * 2**20
+_PACED_CHUNK = 128 * 1024  # what a rate-capped connection sends at a time
 _EPOCH = 1_704_067_200  # 2024-01-01T00:00:00Z: commit dates are deterministic, one minute apart
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
@@ -232,6 +233,36 @@ class Fault:
         """Answer 200 with the whole body to a ``Range`` request."""
         return self._set("ignore_range", True, times)
 
+    def hold(self, start: int = 0, stop: int | None = None) -> Hold:
+        """GETs of bytes whose range starts in [start, stop) wait, before any answer, until
+        ``release()``: the If-Range check and the body come after. A test waits for
+        ``hold.waiting`` instead of sleeping, and releases when it is ready."""
+        held = Hold(start, stop)
+        self._set("hold", held, None)
+        return held
+
+    def corrupt_range(self, offset: int, length: int = 1, times: int | None = None) -> Fault:
+        """Like :meth:`corrupt`, but only responses whose bytes cover ``offset`` count toward
+        ``times`` (with ranged downloads, most responses do not)."""
+        return self._set("corrupt_range", (offset, length), times)
+
+    def range_total(self, total: int, times: int | None = None) -> Fault:
+        """206 answers announce ``total`` as the file's length in Content-Range (a server whose
+        ranges disagree with its length)."""
+        return self._set("range_total", total, times)
+
+    def take_if(self, kind: str, applies: Callable[[object], bool]) -> object | None:
+        """The switch's value when ``applies(value)``, consuming one use only then."""
+        with self._lock:
+            switch = self._switches.get(kind)
+            if switch is None or not applies(switch.value):
+                return None
+            if switch.times is not None:
+                switch.times -= 1
+                if switch.times <= 0:
+                    del self._switches[kind]
+            return switch.value
+
     def clear(self) -> None:
         with self._lock:
             self._switches.clear()
@@ -256,6 +287,43 @@ class Fault:
             return switch.value
 
 
+class Hold:
+    """A server-side pause of the requests a :meth:`Fault.hold` covers, released explicitly."""
+
+    def __init__(self, start: int, stop: int | None) -> None:
+        self.start, self.stop = start, stop
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self.waiting = 0  # requests waiting now
+        self.arrived = 0  # requests that were held, in all
+
+    def covers(self, first: int) -> bool:
+        return first >= self.start and (self.stop is None or first < self.stop)
+
+    def wait(self, stopping: threading.Event) -> None:
+        with self._lock:
+            self.waiting += 1
+            self.arrived += 1
+        try:
+            while not self._released.wait(0.05) and not stopping.is_set():
+                pass
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_for(self, n: int = 1, timeout: float = 60.0) -> bool:
+        """Poll (server side, no timing luck) until ``n`` requests are waiting."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.waiting >= n:
+                return True
+            time.sleep(0.01)
+        return False
+
+
 # --------------------------------------------------------------------------- request log
 
 
@@ -278,6 +346,7 @@ class LoggedRequest:
     status: int
     bytes_sent: int  # body bytes actually written
     outcome: str  # "complete", "dropped", "stalled" or "client-closed"
+    peer: int = 0  # the client's port: requests with the same peer came on one (kept-alive) connection
 
 
 # --------------------------------------------------------------------------- state
@@ -300,6 +369,8 @@ class _State:
         self.stopping = threading.Event()
         self.cdn_port = 0
         self.tampers: dict[tuple[str, str], Callable[[dict], dict]] = {}  # a hostile Hub's rewrite of repo info
+        self.rate: float | None = None  # bytes per second of file bytes on one connection (None: as fast as it goes)
+        self.first_byte = 0.0  # seconds every request waits before its answer (the latency of a far host)
 
     def fault(self, key: tuple[str, ...]) -> Fault:
         with self.lock:
@@ -388,6 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._log_index = len(self.state.log)
             self.state.log.append(self._log_entry(raw_path, self._sent))
         try:
+            if self.state.first_byte > 0:
+                self.state.stopping.wait(self.state.first_byte)
             self._route(raw_path)
             if self._outcome == "in-progress":
                 self._outcome = "complete"
@@ -406,6 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
             if_range=self.headers.get("If-Range"), authorization="Authorization" in self.headers,
             headers=headers, status=self._status, bytes_sent=bytes_sent,
             outcome="complete" if self._outcome == "in-progress" else self._outcome,
+            peer=self.client_address[1] if isinstance(self.client_address, tuple) and len(self.client_address) > 1 else 0,
         )
 
     def _publish(self, bytes_sent: int) -> None:
@@ -717,6 +791,13 @@ class _Handler(BaseHTTPRequestHandler):
         content, headers = self.state.urls[path]
         return self._content(content, f'"{content.sha256}"', key, headers)
 
+    def _current(self, content: _Content, etag: str, key: tuple[str, ...]) -> tuple[_Content, str]:
+        """After a hold: a static URL's bytes as they are now (a test may have replaced them)."""
+        if key[0] == "url" and key[1] in self.state.urls:
+            now = self.state.urls[key[1]][0]
+            return now, f'"{now.sha256}"'
+        return content, etag
+
     def _content(self, content: _Content, etag: str, key: tuple[str, ...], headers: Mapping[str, str]) -> None:
         """Serve bytes with Range / If-Range support and the byte faults switched on for ``key``."""
         size = content.size
@@ -725,6 +806,17 @@ class _Handler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
         start, end, code = 0, size - 1, 200
+        held = fault.take("hold") if fault and self.command == "GET" else None
+        if held is not None:
+            parsed = _parse_range(range_header, size) if range_header else None
+            first = parsed[0] if isinstance(parsed, tuple) else 0
+            if held.covers(first):  # type: ignore[attr-defined]
+                held.wait(self.state.stopping)  # type: ignore[attr-defined]
+                if self.state.stopping.is_set():
+                    self.close_connection = True
+                    return None
+            content, etag = self._current(content, etag, key)
+            size = content.size
         if range_header and self.command == "GET" and fault and fault.take("ignore_range"):
             range_header = None
         if range_header and (if_range is None or if_range in (etag, last_modified)):
@@ -742,7 +834,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", last_modified)
         if code == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            told = fault.take("range_total") if fault else None
+            self.send_header("Content-Range", f"bytes {start}-{end}/{told if told is not None else size}")
         for name, value in headers.items():
             self.send_header(name, value)
         if self.command == "HEAD":
@@ -756,6 +849,8 @@ class _Handler(BaseHTTPRequestHandler):
         drop = fault.take("drop") if fault else None
         stall = fault.take("stall") if fault else None
         corrupt = fault.take("corrupt") if fault else None
+        if corrupt is None and fault is not None:
+            corrupt = fault.take_if("corrupt_range", lambda v: start <= v[0] < stop)  # type: ignore[index]
         if drop is not None and int(drop) >= stop - start:  # type: ignore[call-overload]
             drop = None
         if stop == start:
@@ -769,8 +864,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream_from(self, content: _Content, src, start: int, stop: int, drop, stall, corrupt) -> None:
         pos = start
+        rate = self.state.rate
+        began = time.monotonic()
         while pos < stop:
             limit = min(stop, pos + (_SENDFILE_CHUNK if src is not None else _CHUNK))
+            if rate:
+                # Paced against the response's start, so late wake-ups do not add up.
+                limit = min(limit, pos + _PACED_CHUNK)
+                due = began + (pos - start) / rate
+                if due > time.monotonic() and self.state.stopping.wait(due - time.monotonic()):
+                    self.close_connection = True
+                    return
             if drop is not None:
                 limit = min(limit, start + int(drop))  # type: ignore[call-overload]
             if stall is not None:
@@ -1030,6 +1134,13 @@ class HubServer:
         with self._state.lock:
             self._state.faults.clear()
 
+    def shape(self, *, rate: float | None = None, first_byte: float = 0.0) -> None:
+        """Behave like a far host behind a CDN: each connection sends file bytes at most at
+        ``rate`` bytes per second, and every request waits ``first_byte`` seconds before its
+        answer. ``shape()`` turns both off."""
+        self._state.rate = rate if rate and rate > 0 else None
+        self._state.first_byte = max(0.0, first_byte)
+
     # request log
 
     @property
@@ -1091,9 +1202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gated", action="append", default=[], metavar="ORG/NAME")
     parser.add_argument("--private", action="append", default=[], metavar="ORG/NAME")
     parser.add_argument("--url", action="append", default=[], metavar="NAME=FILE")
+    parser.add_argument("--rate", type=float, default=None, help="cap each connection's file bytes at this many bytes per second")
+    parser.add_argument("--first-byte", type=float, default=0.0, help="seconds every request waits before its answer")
     args = parser.parse_args(argv)
 
     server = HubServer(args.host, args.port, args.token or None, cdn_port=args.cdn_port)
+    server.shape(rate=args.rate, first_byte=args.first_byte)
     for spec in args.repo:
         target, sep, folder = spec.partition("=")
         repo_id, _, revision = target.partition("@")

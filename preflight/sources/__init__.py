@@ -29,6 +29,7 @@ from ..manifest import FileExpect, Lane
 if TYPE_CHECKING:
     from ..lockfile import LockedLane
     from .http import Cancel, Fetched, Timeouts
+    from .pool import Budget
 
 T = TypeVar("T")
 
@@ -60,6 +61,8 @@ class Transfer:
     cancel: Cancel | None = None
     may_write: Callable[[], bool] | None = None
     progress: Callable[[int], None] | None = None
+    budget: Budget | None = None  # the run's connection budget (None: the process's, PREFLIGHT_CONNECTIONS or 16)
+    log: Callable[[str], None] | None = None  # one-time notes of a download (a server without ranges)
 
 
 @dataclass

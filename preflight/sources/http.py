@@ -21,6 +21,7 @@ from ..manifest import FileExpect
 from . import Entry, Listing, Source, Transfer
 from ..integrity import READ_CHUNK, Hasher, WriteBehind, nofollow, staged_size
 from ..report import human_size
+from .pool import POOL, Budget, Pool, default_budget
 
 if TYPE_CHECKING:
     from ..lockfile import LockedLane
@@ -87,7 +88,8 @@ class Fetched:
     url: str
 
 
-def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
+def _target(url: str) -> tuple[tuple[str, str, int], str]:
+    """The pool key (scheme, host, port) and the request target of `url`."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"unsupported URL {url}", url=url)
@@ -95,63 +97,135 @@ def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, 
         port = parts.port
     except ValueError:
         raise FetchError(f"bad port in URL {url[:200]}", url=url) from None
-    if parts.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, port, timeout=timeouts.connect, context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeouts.connect)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
+    return (parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)), target
+
+
+def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
+    key, target = _target(url)
+    if key[0] == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(key[1], key[2], timeout=timeouts.connect, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(key[1], key[2], timeout=timeouts.connect)
     return conn, target
 
 
-def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: str = "GET",
-                cancel: Cancel | None = None) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
+# A reused keep-alive connection the server has closed meanwhile fails like this before any
+# answer; the request is sent again once on a new connection (GET and HEAD are idempotent).
+_STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+@dataclass
+class Opened:
+    """A response with its headers read: the connection it came on, the URL that answered
+    after redirects, and the headers sent there (Authorization dropped across hosts)."""
+
+    resp: http.client.HTTPResponse
+    conn: http.client.HTTPConnection
+    sock: socket.socket | None
+    url: str
+    headers: dict[str, str]
+    key: tuple[str, str, int]
+
+
+def request(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: str = "GET",
+            cancel: Cancel | None = None, pool: Pool | None = None) -> Opened:
     """GET (or HEAD) following redirects; Authorization is dropped when the host changes (CDN).
 
-    `cancel` watches the socket from the moment it connects, so an interrupt also ends a
-    request still waiting for its response headers (the caller forgets it)."""
+    With `pool`, connections come from and go back to it (see `release`); the socket is
+    watched by `cancel` from the moment it connects."""
     hdrs = dict(headers)
     origin = urlsplit(url).netloc
     for _ in range(MAX_REDIRECTS):
-        conn, target = _connect(url, timeouts)
+        key, target = _target(url)
         host = urlsplit(url).netloc
-        stage = "connect"
-        try:
-            conn.connect()
-            if cancel is not None:
-                cancel.watch(conn.sock)
-            stage = "headers"
-            conn.request(method, target, headers=hdrs)
-            conn.sock.settimeout(timeouts.stall)
-            resp = conn.getresponse()
-        except (socket.timeout, TimeoutError) as exc:
-            _close(conn, cancel)
-            if stage == "connect":
-                raise StalledError(f"cannot connect to {host}: no answer within {timeouts.connect:g}s (--connect-timeout)", url=url) from exc
-            raise StalledError(f"{host} accepted the connection but sent no response within {timeouts.stall:g}s (--stall-timeout)", url=url) from exc
-        except OSError as exc:
-            _close(conn, cancel)
-            if cancel is not None and cancel.is_set():
-                raise FetchError("cancelled", url=url) from exc
-            if isinstance(exc, socket.gaierror):
-                raise FetchError(f"cannot resolve host {urlsplit(url).hostname}: {exc.strerror or exc}", url=url, status=DNS_FAILURE) from exc
-            raise FetchError(f"cannot connect to {host}: {exc.strerror or exc}", url=url) from exc
-        except http.client.HTTPException as exc:
-            _close(conn, cancel)
-            raise FetchError(f"bad HTTP answer from {host}: {type(exc).__name__}", url=url) from exc
+        for fresh_try in (False, True):
+            if pool is not None and not fresh_try:
+                conn, reused = pool.get(key, timeouts.connect)
+            else:
+                conn, reused = _connect(url, timeouts)[0], False
+            stage = "connect"
+            try:
+                if conn.sock is None:
+                    conn.connect()
+                sock = conn.sock
+                if cancel is not None:
+                    cancel.watch(sock)
+                stage = "headers"
+                conn.sock.settimeout(timeouts.connect if not reused else timeouts.stall)
+                conn.request(method, target, headers=hdrs)
+                conn.sock.settimeout(timeouts.stall)
+                resp = conn.getresponse()
+            except _STALE as exc:
+                _close(conn, cancel)
+                if reused:
+                    continue
+                if cancel is not None and cancel.is_set():
+                    raise FetchError("cancelled", url=url) from exc
+                if isinstance(exc, OSError):
+                    raise FetchError(f"cannot connect to {host}: {exc.strerror or exc}", url=url) from exc
+                raise FetchError(f"bad HTTP answer from {host}: {type(exc).__name__}", url=url) from exc
+            except (socket.timeout, TimeoutError) as exc:
+                _close(conn, cancel)
+                if stage == "connect":
+                    raise StalledError(f"cannot connect to {host}: no answer within {timeouts.connect:g}s (--connect-timeout)", url=url) from exc
+                raise StalledError(f"{host} accepted the connection but sent no response within {timeouts.stall:g}s (--stall-timeout)", url=url) from exc
+            except OSError as exc:
+                _close(conn, cancel)
+                if cancel is not None and cancel.is_set():
+                    raise FetchError("cancelled", url=url) from exc
+                if isinstance(exc, socket.gaierror):
+                    raise FetchError(f"cannot resolve host {urlsplit(url).hostname}: {exc.strerror or exc}", url=url, status=DNS_FAILURE) from exc
+                raise FetchError(f"cannot connect to {host}: {exc.strerror or exc}", url=url) from exc
+            except http.client.HTTPException as exc:
+                _close(conn, cancel)
+                raise FetchError(f"bad HTTP answer from {host}: {type(exc).__name__}", url=url) from exc
+            break
         if resp.status in (301, 302, 303, 307, 308):
             location = resp.getheader("Location")
-            resp.read()
-            _close(conn, cancel)
+            try:
+                resp.read(64 * 1024)
+            except (OSError, http.client.HTTPException):
+                pass
+            release(Opened(resp, conn, sock, url, hdrs, key), cancel, pool)
             if not location:
                 raise FetchError(f"HTTP {resp.status} without Location", url=url, status=resp.status)
             url = urljoin(url, location)
             if urlsplit(url).netloc != origin:
                 hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
             continue
-        return resp, conn, url
+        return Opened(resp, conn, sock, url, hdrs, key)
     raise FetchError(f"more than {MAX_REDIRECTS} redirects", url=url)
+
+
+def release(opened: Opened, cancel: Cancel | None = None, pool: Pool | None = None) -> None:
+    """Done with a response: its connection goes back to `pool` when the body was read to
+    the end and the server keeps it open; otherwise it is closed."""
+    if cancel is not None:
+        cancel.forget(opened.sock)
+    resp, conn = opened.resp, opened.conn
+    # read1 leaves a body read to its last byte open (length 0): closing the response then
+    # lets the connection take the next request.
+    complete = resp.isclosed() or (not resp.chunked and resp.length == 0)
+    if pool is not None and complete and not resp.will_close and conn.sock is not None and not (cancel is not None and cancel.is_set()):
+        resp.close()
+        pool.put(opened.key, conn)
+    else:
+        conn.close()
+
+
+def open_stream(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: str = "GET",
+                cancel: Cancel | None = None, *, pool: Pool | None = None) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
+    """GET (or HEAD) following redirects; Authorization is dropped when the host changes (CDN).
+
+    `cancel` watches the socket from the moment it connects, so an interrupt also ends a
+    request still waiting for its response headers (the caller forgets it). The caller
+    closes the connection; with `pool` (e.g. sources.pool.POOL) it may instead hand the
+    fully read response back with `release(…)` (use `request`, which returns what that needs)."""
+    opened = request(url, headers, timeouts, method, cancel, pool)
+    return opened.resp, opened.conn, opened.url
 
 
 def _close(conn: http.client.HTTPConnection, cancel: Cancel | None) -> None:
@@ -164,14 +238,18 @@ def content_length(url: str, headers: Mapping[str, str] | None = None, timeouts:
     """The size a HEAD request announces, or None when it cannot tell (no HEAD support, a URL
     signed for GET only, no Content-Length). For planning only: the GET is what is checked."""
     try:
-        resp, conn, _url = open_stream(url, {"Accept-Encoding": "identity", **(headers or {})}, timeouts or Timeouts(), method="HEAD")
+        opened = request(url, {"Accept-Encoding": "identity", **(headers or {})}, timeouts or Timeouts(), method="HEAD", pool=POOL)
     except FetchError:
         return None
     try:
-        length = resp.getheader("Content-Length") or ""
-        return int(length) if resp.status == 200 and length.isdigit() else None
+        length = opened.resp.getheader("Content-Length") or ""
+        return int(length) if opened.resp.status == 200 and length.isdigit() else None
     finally:
-        conn.close()
+        try:
+            opened.resp.read()  # a HEAD answer has no body: this marks it complete
+        except (OSError, http.client.HTTPException):
+            pass
+        release(opened, None, POOL)
 
 
 def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
@@ -244,32 +322,80 @@ def fetch_to(
     deadline: float | None = None,
     cancel: Cancel | None = None,
     may_write: Callable[[], bool] | None = None,
+    budget: Budget | None = None,
+    connections: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Fetched:
-    """One attempt: append to `partial` (resuming when it holds bytes), return digests of the whole file.
+    """One attempt: fill `partial` (resuming what it holds), return digests of the whole file.
+
+    A file of known size large enough to split is fetched as byte ranges over several
+    connections at once (sources/transfer.py: written at their offsets, a chunk map beside
+    the staging file for resuming, hashed as the contiguous prefix completes); anything
+    else, or a server without usable ranges, is one stream appended to `partial`.
+    Connections come from a keep-alive pool per host; `budget` (default: the process's,
+    PREFLIGHT_CONNECTIONS or 16) bounds how many the run holds, `connections` how many
+    one file may use. `log` gets the one-time notes (a server without ranges).
 
     Raises FetchError (retryable) or AuthError. Bytes already in `partial` are kept
     on failure, so the next attempt, or the next process, resumes. `may_write` is asked
-    before every write (the volume lease); the file is appended to only, and its size
-    must be exactly what this process accounted for at the end, so bytes another writer
-    appended are never taken for ours.
+    before every write (the volume lease); the file's final size must be exactly what
+    this process accounted for, so bytes another writer added are never taken for ours.
     """
     timeouts = timeouts or Timeouts()
     headers = dict(headers or {})
     headers.setdefault("Accept-Encoding", "identity")
-    have = staged_size(partial)
-    if expected_size is not None and have > expected_size:
-        partial.unlink()
-        have = 0
-    if expected_size is not None and have == expected_size and have > 0:
-        return Fetched(have, _hash_existing(partial, algos, expected_size, progress), have, url)
-    if have:
-        headers["Range"] = f"bytes={have}-"
-        if etag:
-            headers["If-Range"] = f'"{etag}"'
+    budget = budget or default_budget()
     if cancel is not None and cancel.is_set():
         raise FetchError("cancelled", url=url)
-    resp, conn, final_url = open_stream(url, headers, timeouts, cancel=cancel)
-    sock = conn.sock
+    from . import transfer
+
+    if transfer.worth_splitting(expected_size, connections, budget):
+        assert expected_size is not None
+        return transfer.fetch_ranged(url, partial, headers=headers, size=expected_size, algos=algos, etag=etag, timeouts=timeouts,
+                                     progress=progress, deadline=deadline, cancel=cancel, may_write=may_write, budget=budget,
+                                     connections=connections, log=log)
+    return fetch_sequential(url, partial, headers=headers, expected_size=expected_size, algos=algos, etag=etag, timeouts=timeouts,
+                            progress=progress, deadline=deadline, cancel=cancel, may_write=may_write, budget=budget)
+
+
+def fetch_sequential(
+    url: str,
+    partial: Path,
+    *,
+    headers: dict[str, str],
+    expected_size: int | None,
+    algos: tuple[str, ...],
+    etag: str | None,
+    timeouts: Timeouts,
+    progress: Callable[[int], None] | None,
+    deadline: float | None,
+    cancel: Cancel | None,
+    may_write: Callable[[], bool] | None,
+    budget: Budget,
+    opened: Opened | None = None,
+) -> Fetched:
+    """One stream appended to `partial`, hashed as it is written. With `opened` (a 200 the
+    ranged path got instead of a 206), that response is the stream, from byte 0."""
+    headers = dict(headers)
+    if opened is None:
+        have = staged_size(partial)
+        if expected_size is not None and have > expected_size:
+            partial.unlink()
+            have = 0
+        if expected_size is not None and have == expected_size and have > 0:
+            return Fetched(have, _hash_existing(partial, algos, expected_size, progress), have, url)
+        if have:
+            headers["Range"] = f"bytes={have}-"
+            if etag:
+                headers["If-Range"] = f'"{etag}"'
+        if cancel is not None and cancel.is_set():
+            raise FetchError("cancelled", url=url)
+        opened = request(url, headers, timeouts, cancel=cancel, pool=POOL)
+    else:
+        have = 0
+    resp, final_url = opened.resp, opened.url
+    budget.first()
+    complete = False
     try:
         if resp.status == 206 and have:
             crange = resp.getheader("Content-Range") or ""
@@ -288,6 +414,7 @@ def fetch_to(
             raise FetchError("server refused to resume (416); partial bytes discarded", url=url, status=416)
         else:
             raise _http_error(resp, url)
+        resumed_from = have
         total = None
         length = resp.getheader("Content-Length")
         if length and length.isdigit():
@@ -296,11 +423,7 @@ def fetch_to(
         if expected_size is not None and total is not None and total != expected_size:
             raise FetchError(f"server announces {total} bytes, expected {expected_size}", url=url)
         if total is not None:
-            import shutil
-
-            free = shutil.disk_usage(partial.parent).free
-            if total - have > free:
-                raise DiskSpaceError(f"not enough disk space on {partial.parent}: {human_size(total - have)} more to write, {human_size(free)} free")
+            check_free(partial, total - have)
         hasher = Hasher(algos, size) if ("sha1" not in algos or size is not None) else Hasher(tuple(a for a in algos if a != "sha1"))
         if have:
             _feed(partial, hasher, have, progress)
@@ -308,7 +431,7 @@ def fetch_to(
         # (one thread doing both lets the server's send window fill and stall). Unbuffered
         # writes of whatever has arrived: a process killed or stalled loses at most the
         # few chunks in flight.
-        chunks = _Receiver(resp, sock, timeouts, cancel, url)
+        chunks = _Receiver(resp, opened.sock, timeouts, cancel, url)
         try:
             if mode == "wb":
                 with open(partial, "wb", buffering=0, opener=nofollow):
@@ -333,22 +456,30 @@ def fetch_to(
                         progress(len(data))
                     if expected_size is not None and have > expected_size:
                         raise FetchError(f"server sent more than the expected {expected_size} bytes", url=url)
+                complete = True
                 behind.finish()
                 on_disk = os.fstat(f.fileno()).st_size
                 if on_disk != have:
                     raise IntegrityError(f"the staging file holds {on_disk} bytes, this process wrote up to {have}: another writer "
                                          "appended to it; discarded", url=url)
         finally:
-            chunks.stop()
+            chunks.stop(ended=complete)
         if total is not None and have != total:
             raise FetchError(f"connection closed at byte {have} of {total}", url=url)
         if expected_size is not None and have != expected_size:
             raise FetchError(f"got {have} bytes, expected {expected_size}", url=url)
-        return Fetched(have, hasher.hexdigests(), int(headers.get("Range", "bytes=0-")[6:-1] or 0), final_url)
+        return Fetched(have, hasher.hexdigests(), resumed_from, final_url)
     finally:
-        if cancel is not None:
-            cancel.forget(sock)
-        conn.close()
+        budget.release()
+        release(opened, cancel, POOL if complete else None)
+
+
+def check_free(partial: Path, more: int) -> None:
+    import shutil
+
+    free = shutil.disk_usage(partial.parent).free
+    if more > free:
+        raise DiskSpaceError(f"not enough disk space on {partial.parent}: {human_size(more)} more to write, {human_size(free)} free")
 
 
 class _Receiver:
@@ -361,6 +492,7 @@ class _Receiver:
 
         self._q: queue.Queue = queue.Queue(self.DEPTH)
         self._halt = threading.Event()
+        self._ended = False
         self._resp, self._sock, self._timeouts, self._cancel, self._url = resp, sock, timeouts, cancel, url
         self._thread = threading.Thread(target=self._run, name="http-receive", daemon=True)
         self._thread.start()
@@ -382,6 +514,8 @@ class _Receiver:
             except BaseException as exc:
                 self._put(exc)
                 return
+            if not data:
+                self._ended = True
             self._put(data)
             if not data:
                 return
@@ -405,11 +539,14 @@ class _Receiver:
             raise item
         return item
 
-    def stop(self) -> None:
+    def stop(self, ended: bool = False) -> None:
         """End the thread now, even when it is blocked in a read of a stalled socket: closing
         the response would otherwise wait for that read (the reader's lock) until the stall
-        timeout, past the run's deadline."""
+        timeout, past the run's deadline. After the end of the body (`ended`) the thread is
+        only returning, and the connection is kept for reuse."""
         self._halt.set()
+        if ended and self._ended:
+            self._thread.join(timeout=5)
         if self._thread.is_alive() and self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -461,7 +598,7 @@ class UrlSource(Source):
     def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         return fetch_to(entry.locator, partial, expected_size=entry.expect.size, algos=algos, etag=entry.etag,
                         timeouts=transfer.timeouts, progress=transfer.progress, deadline=transfer.deadline,
-                        cancel=transfer.cancel, may_write=transfer.may_write)
+                        cancel=transfer.cancel, may_write=transfer.may_write, budget=transfer.budget, log=transfer.log)
 
     def size_hint(self, entry: Entry) -> int | None:
         return content_length(entry.locator, timeouts=self.ctx.timeouts)
