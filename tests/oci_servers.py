@@ -100,8 +100,8 @@ class TokenServer:
                 for scope in q.get("scope", []):
                     kind, _, rest = scope.partition(":")
                     repo, _, actions = rest.rpartition(":")
-                    if ok:
-                        access.append({"type": kind, "name": repo, "actions": actions.split(",")})
+                    if ok:  # the user may pull and push everywhere (oras-py asks for pull only, then pushes)
+                        access.append({"type": kind, "name": repo, "actions": sorted({"pull", "push", *actions.split(",")})})
                 body = json.dumps({"token": server.sign(access), "expires_in": server.ttl}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

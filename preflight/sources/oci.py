@@ -101,6 +101,7 @@ ANN_TITLE = "org.opencontainers.image.title"
 ANN_ORAS_UNPACK = "io.deis.oras.content.unpack"
 MODELCAR_ROOT = "models"  # where KServe's modelcar images keep the model
 ATTESTATION = "attestation-manifest"
+FINAL = 400  # FetchError.status of an answer that asking again cannot change (sources.http.NO_RETRY): not retried
 
 
 # --------------------------------------------------------------------------- what the artifact holds
@@ -206,7 +207,7 @@ def _layer_type(kind: str, layer: Blob, ann: dict, what: str) -> LayerType:
     if kind in ("modelpack", "docker-ai", "kitops") and layer.media_type in IMAGE_LAYER_TYPES and isinstance(ann.get(ANN_TITLE), str):
         return LayerType("weight", "tar")
     raise FetchError(f"{what}: layer {layer.digest[:19]}… has media type {layer.media_type[:120]!r}, which is not a model, "
-                     "image or file layer this tool knows", status=415,
+                     "image or file layer this tool knows", status=FINAL,
                      hint="known: ModelPack application/vnd.cncf.model.*, Docker Model Runner application/vnd.docker.ai.*, "
                           "KitOps application/vnd.kitops.modelkit.*, OCI/Docker image layers, ORAS files")
 
@@ -217,7 +218,7 @@ def _raw_name(kind: str, t: LayerType, ann: dict, layer: Blob, counts: dict[str,
             return ann[key]
     if t.default_name is None:
         raise FetchError(f"layer {layer.digest[:19]}… ({layer.media_type}) names no file (no {ANN_FILEPATH} or {ANN_TITLE} annotation)",
-                         status=415)
+                         status=FINAL)
     n = totals.get(layer.media_type, 1)
     if n == 1:
         return t.default_name
@@ -268,20 +269,11 @@ class OciSource(Source):
         if locked is not None and locked.commit and locked.files and DIGEST.match(locked.commit):
             # The lock pins the manifest and every file: no request until something must be fetched.
             digest = locked.commit
-            return Listing(digest, {rel: Entry(exp, self._locator(digest, self._lock_path(rel)), exp.sha256) for rel, exp in locked.files.items()})
+            # '?' marks a name in the lane (not in the artifact), mapped back at fetch time (`_item`).
+            return Listing(digest, {rel: Entry(exp, self._locator(digest, "?" + rel), exp.sha256) for rel, exp in locked.files.items()})
         manifest = self._manifest(self.reference)
         plan = self._plan(manifest)
         return Listing(plan.digest, self._select(plan))
-
-    def _lock_path(self, rel: str) -> str:
-        """The artifact path of a locked file (the inverse of `_select`'s naming)."""
-        prefix = self._prefix(None)
-        if self.lane.is_dir:
-            return f"{prefix}/{rel}" if prefix else rel
-        if prefix:
-            folder = posixpath.dirname(prefix)
-            return f"{folder}/{rel}" if folder else rel
-        return rel  # resolved again at fetch time by name (`_item`)
 
     def _locator(self, digest: str, path: str) -> str:
         return f"oci://{self.repo.registry.host}/{self.repo.name}@{digest}#{path}"
@@ -292,7 +284,7 @@ class OciSource(Source):
             chosen = pick_from_index(m, f"oci://{self.repo.ref(reference)}")
             m = self.ctx.retrying(self.lane.name, lambda: self.repo.manifest(chosen))
             if m.media_type in INDEX_TYPES:
-                raise FetchError(f"oci://{self.repo.ref(chosen)}: an index inside an index; name the manifest by digest", status=415)
+                raise FetchError(f"oci://{self.repo.ref(chosen)}: an index inside an index; name the manifest by digest", status=FINAL)
         return m
 
     def _plan(self, m: Manifest) -> Plan:
@@ -312,7 +304,7 @@ class OciSource(Source):
             typed.append((blob, ann, _layer_type(kind, blob, ann, what)))
         if not any(t.role in ("weight", "config", "image") for _b, _a, t in typed):
             raise FetchError(f"{what}: the artifact has no model layers ({len(typed)} layer(s): "
-                             f"{', '.join(sorted({b.media_type for b, _a, _t in typed})[:4]) or 'none'})", status=415)
+                             f"{', '.join(sorted({b.media_type for b, _a, _t in typed})[:4]) or 'none'})", status=FINAL)
         totals: dict[str, int] = {}
         for blob, ann, t in typed:
             if t.packing == "raw" and not any(isinstance(ann.get(k), str) for k in (ANN_FILEPATH, ANN_TITLE)):
@@ -344,7 +336,7 @@ class OciSource(Source):
 
         path = normalise(raw, blob.digest[:19] + "…")
         if not path:
-            raise UnsafeSourceError(f"layer {blob.digest[:19]}… names the file {raw[:100]!r}; nothing was written")
+            raise UnsafeSourceError(f"layer {blob.digest[:19]}… names the file {raw[:100]!r}; nothing was written", status=FINAL)
         return path
 
     def _scan(self, blob: Blob):
@@ -366,7 +358,7 @@ class OciSource(Source):
                 continue
             if m.kind == "special":
                 if strict:
-                    raise UnsafeSourceError(f"{where} holds {m.path[:200]!r}, a device or FIFO; nothing was written")
+                    raise UnsafeSourceError(f"{where} holds {m.path[:200]!r}, a device or FIFO; nothing was written", status=FINAL)
                 continue
             target = m
             if m.kind == "hardlink":
@@ -376,7 +368,7 @@ class OciSource(Source):
                 target = files.get(inside) if inside is not None else None
             if target is None:
                 raise UnsafeSourceError(f"{where} holds a link {m.path[:200]!r} → {str(m.link)[:200]!r} that does not lead to a file inside "
-                                        "the artifact; nothing was written")
+                                        "the artifact; nothing was written", status=FINAL)
             plan.items[m.path] = Item(m.path, role, target.size, target.sha256, blob, member=target.path)
 
     def _add_image(self, plan: Plan, view: dict) -> None:
@@ -392,7 +384,7 @@ class OciSource(Source):
             where = f"layer {blob.digest[:19]}… of {self.what}"
             target, tblob = m, blob
             if m.kind == "special":
-                raise UnsafeSourceError(f"{where} holds {path[:200]!r}, a device or FIFO, in the model folder; nothing was written")
+                raise UnsafeSourceError(f"{where} holds {path[:200]!r}, a device or FIFO, in the model folder; nothing was written", status=FINAL)
             if m.kind == "hardlink":
                 got = view.get(m.link or "")
                 target, tblob = (got[1], got[0]) if got is not None and got[0] == blob else (None, blob)
@@ -402,7 +394,7 @@ class OciSource(Source):
                 target, tblob = (got[1], got[0]) if got is not None else (None, blob)
             if target is None or target.kind != "file":
                 raise UnsafeSourceError(f"{where} holds a link {path[:200]!r} → {str(m.link)[:200]!r} that leaves the model folder or leads "
-                                        "to no file; nothing was written")
+                                        "to no file; nothing was written", status=FINAL)
             plan.items[path] = Item(path, "weight", target.size, target.sha256, tblob, member=target.path)
 
     def _prefix(self, plan: Plan | None) -> str:
@@ -410,8 +402,13 @@ class OciSource(Source):
         assert src is not None
         if src.path_in_repo:
             return src.path_in_repo.strip("/")
-        kind = plan.kind if plan is not None else None
-        return MODELCAR_ROOT if kind == "image" else ""
+        if plan is None:
+            return ""
+        # KServe's modelcar layout: an image, or an artifact made from one (olot's ModelPack
+        # manifest reuses the image's layers), keeps the model under /models.
+        if plan.kind == "image" or (plan.items and all(p.startswith(MODELCAR_ROOT + "/") for p in plan.items)):
+            return MODELCAR_ROOT
+        return ""
 
     def _select(self, plan: Plan) -> dict[str, Entry]:
         from ..check import gguf_split_names, selected
@@ -467,14 +464,12 @@ class OciSource(Source):
         if plan is None:
             self.repo.registry.ping()
             plan = self._plan(self._manifest(digest))
-        item = plan.items.get(path)
-        if item is None and not self.lane.is_dir:
-            # A locked single-file lane names its file by the lane's path: map it back.
+        if path.startswith("?"):
             from ..sync import place_names
 
             placed = place_names(self.lane, self._select(plan))
-            if path in placed:
-                item = plan.items.get(placed[path].locator.partition("#")[2])
+            path = placed[path[1:]].locator.partition("#")[2] if path[1:] in placed else path[1:]
+        item = plan.items.get(path)
         if item is None:
             raise FetchError(f"{self.what}@{digest[:19]}…: {path} is not in the artifact", status=404)
         return plan, item
@@ -494,7 +489,7 @@ class OciSource(Source):
             try:
                 return fetch_to(url, partial, headers=self.repo.registry.auth_headers(self.repo.pull), expected_size=item.blob.size,
                                 algos=algos, timeouts=transfer.timeouts, progress=transfer.progress, deadline=transfer.deadline,
-                                cancel=transfer.cancel, may_write=transfer.may_write)
+                                cancel=transfer.cancel, may_write=transfer.may_write, budget=transfer.budget, log=transfer.log)
             except AuthError as exc:
                 # A bearer token that expired during a long run: one fresh token, then the registry's word.
                 self.repo.registry.forget_token(self.repo.pull)

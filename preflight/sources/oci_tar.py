@@ -29,6 +29,7 @@ MAX_EXPANSION = 1100  # decompressed / compressed (deflate cannot exceed ~1032x)
 EXPANSION_SLACK = 64 * 2**20
 READ = 2**20
 
+FINAL = 400  # FetchError.status that sources.http.retry_delay does not retry: the same bytes give the same answer
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -50,11 +51,11 @@ class Member:
 def normalise(name: str, layer: str) -> str:
     """A tar entry's name as a path inside the artifact; UnsafeSourceError for `..`."""
     if "\x00" in name:
-        raise UnsafeSourceError(f"layer {layer} holds an entry name with a NUL byte; nothing was written")
+        raise UnsafeSourceError(f"layer {layer} holds an entry name with a NUL byte; nothing was written", status=FINAL)
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise UnsafeSourceError(f"layer {layer} holds an entry {name[:200]!r} that leaves the artifact ('..'); nothing was written",
-                                hint="the artifact is damaged or hostile; repack it without '..' in its tar entries")
+                                hint="the artifact is damaged or hostile; repack it without '..' in its tar entries", status=FINAL)
     return "/".join(parts)
 
 
