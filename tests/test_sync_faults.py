@@ -315,15 +315,18 @@ def test_sigterm_during_download_exits_130_releases_lease_keeps_partial(vol: Vol
     vol.write([hf_lane("big", "vllm/big", "hf://org/big@main")])
     hub_server.fault("org/big", WEIGHTS).stall(100_000, 60, times=1)
     proc, argv = vol.spawn()
-    small = [vol.models / "vllm/big" / name for name in files if name != WEIGHTS]
+    small = [name for name in files if name != WEIGHTS]
+
+    def published() -> bool:  # into the revision being assembled beside the lane path
+        return all(any((vol.models / "vllm").glob(f".big.rev-*/{name}")) for name in small)
+
     try:
         # SIGTERM once the weights are 100 kB in and every small file is published: partials
         # of small files still in flight would be kept too (as they should), so wait for them.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (any(size >= 100_000 for size in vol.partial_sizes())
-                                                   and all(p.exists() for p in small)):
+        while time.monotonic() < deadline and not (any(size >= 100_000 for size in vol.partial_sizes()) and published()):
             time.sleep(0.05)
-        assert all(p.exists() for p in small) and vol.partial_sizes() == [100_000], vol.partial_sizes()
+        assert published() and vol.partial_sizes() == [100_000], vol.partial_sizes()
         assert (vol.models / STATE / "lease.json").exists()
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
