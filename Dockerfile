@@ -15,6 +15,8 @@ LABEL io.lane-preflight.stage=builder
 # hf-xet (a 12 MB Rust client) is left out: preflight streams resolve URLs itself and only
 # calls huggingface_hub's API, so the xet client would never run. HF_XET=1 keeps it.
 ARG HF_XET=0
+# Optional sources the image carries: s3 (botocore, imported only by s3:// lanes and push).
+ARG EXTRAS="s3"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
@@ -23,8 +25,9 @@ RUN python3 -m venv /opt/preflight
 COPY pyproject.toml wheelhouse* /wheels/
 RUN set -eu; \
     index=""; if ls /wheels/*.whl >/dev/null 2>&1; then index="--no-index --find-links /wheels"; fi; \
-    python3 -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-        /wheels/pyproject.toml >/tmp/requirements.txt; \
+    python3 -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; \
+print("\n".join(p["dependencies"] + [d for e in sys.argv[2].split() for d in p["optional-dependencies"][e]]))' \
+        /wheels/pyproject.toml "$EXTRAS" >/tmp/requirements.txt; \
     /opt/preflight/bin/pip install --quiet $index -r /tmp/requirements.txt; \
     if [ "$HF_XET" = 0 ]; then /opt/preflight/bin/pip uninstall --quiet -y hf-xet; fi
 

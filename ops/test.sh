@@ -6,6 +6,7 @@
 #   - the real loaders the format checks are compared with: llama.cpp's Python bindings,
 #     built from source once (about 10 minutes) and CPU torch + transformers (Debian's
 #     python3-torch, under a minute);
+#   - an S3-compatible server (s3s-fs from crates.io, built once: about 10 minutes);
 #   - the Docker image tests build a base image with debootstrap (a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ step "oracle: llama.cpp bindings (built once, then cached)"
 bash ops/oracle-llama.sh
 step "oracle: CPU torch + transformers"
 bash ops/oracle-torch.sh
+step "S3 server for the s3:// tests (s3s-fs, built once, then cached)"
+bash ops/s3-server.sh | tail -1
 step "tests"
 # loadfile: the engine tests of one file share a worker (their leftover checks see every container)
 python3 -m pytest -n 2 --dist loadfile -q -p no:cacheprovider "$@"

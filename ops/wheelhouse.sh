@@ -13,14 +13,15 @@ dir="${1:-$repo/wheelhouse}"
 python="${PYTHON:-python3}"
 mkdir -p "$dir"
 
-"$python" - "$repo/pyproject.toml" >"$dir/requirements.txt" <<'PY'
+"$python" - "$repo/pyproject.toml" "${EXTRAS-s3}" >"$dir/requirements.txt" <<'PY'
 import sys
 import tomllib
 
 with open(sys.argv[1], "rb") as f:
     project = tomllib.load(f)
 build = project["build-system"]["requires"]
-print("\n".join([*project["project"]["dependencies"], *build, "wheel"]))
+extras = [d for e in sys.argv[2].split() for d in project["project"]["optional-dependencies"][e]]
+print("\n".join([*project["project"]["dependencies"], *extras, *build, "wheel"]))
 PY
 
 if ! "$python" -m pip wheel --quiet --no-index --find-links "$dir" --wheel-dir "$dir" -r "$dir/requirements.txt" 2>/dev/null; then
