@@ -165,6 +165,8 @@ class LazyGroup(click.Group):
         "sync": ("preflight.cli_sync", "sync"),
         "lock": ("preflight.cli_sync", "lock"),
         "push": ("preflight.cli_push", "push"),
+        "status": ("preflight.cli_volume", "status"),
+        "prune": ("preflight.cli_volume", "prune"),
         "smoke": ("preflight.cli_smoke", "smoke"),
         "docker": ("preflight.docker", "docker_group"),
         "env": ("preflight.cli_env", "env_command"),

@@ -235,6 +235,10 @@ class Receipts:
             self._dropped.add(rel)
             self._dirty = True
 
+    def verified_at(self, rel: str) -> str | None:
+        rec = self._files.get(rel)
+        return rec.get("verified_at") if isinstance(rec, dict) else None
+
     def under(self, prefix: str) -> list[str]:
         """Keys of files verified under folder `prefix` (relative to the models folder)."""
         head = prefix.rstrip("/") + "/"
