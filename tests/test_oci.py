@@ -6,10 +6,8 @@ that is down). Every test runs the real command and asserts what a user sees."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -380,3 +378,20 @@ def test_429_and_503_are_retried_with_retry_after(tmp_path: Path, registry: Regi
         assert (vol.models / "g/r.gguf").read_bytes() == next(iter(pushed["gguf"].values()))
     finally:
         proxy.close()
+
+
+def test_chunked_upload_and_cross_repo_mount(tmp_path: Path, registry: RegistryServer) -> None:
+    big = os.urandom(300_000)
+    mirror = tmp_path / "mirror"
+    write_tree(mirror, {"w.bin": big})
+    src = _vol(tmp_path, registry, "src").write([{"name": "w", "kind": "file", "path": "w.bin", "source": str(mirror / "w.bin")}])
+    assert src.run("sync").code == 0
+    run = src.run("push", "w", "--to", f"oci://{registry.host}/chunked/w:v1", env=src.env(PREFLIGHT_REGISTRY_CHUNK_MIB="0.1"))
+    assert run.code == 0, run.stderr
+    # a lane synced from that repository, pushed to another on the same registry: mounted, not uploaded
+    mid = _vol(tmp_path, registry, "mid").write([{"name": "w", "kind": "file", "path": "w.bin", "source": f"oci://{registry.host}/chunked/w:v1"}])
+    assert mid.run("sync").code == 0
+    assert (mid.models / "w.bin").read_bytes() == big
+    again = mid.run("push", "w", "--to", f"oci://{registry.host}/mounted/w:v1")
+    assert again.code == 0, again.stderr
+    assert "pushed 0 file(s)" in again.stderr and "1 already there" in again.stderr

@@ -620,7 +620,7 @@ def _one_split_set(paths: list[str]) -> bool:
 
 def _apply_layer(view: dict, blob: Blob, members) -> None:
     """One image layer over the ones below it: whiteouts remove, later entries replace."""
-    from .oci_tar import OPAQUE, WHITEOUT
+    from .oci_tar import WHITEOUT
 
     below = dict(view)
     for m in members:
@@ -641,7 +641,6 @@ def _apply_layer(view: dict, blob: Blob, members) -> None:
                 view.pop(p, None)
                 below.pop(p, None)
         view[m.path] = (blob, m)
-    assert OPAQUE
 
 
 # --------------------------------------------------------------------------- push

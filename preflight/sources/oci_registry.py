@@ -550,54 +550,52 @@ class Repository:
     def _stream(self, method: str, url: str, path: Path, offset: int, length: int, headers: dict[str, str],
                 progress: Callable[[int], None] | None, deadline: float | None) -> Response:
         """Send `length` bytes of `path` from `offset` as the body (Content-Length known)."""
-        for attempt in range(2):
-            conn, target = _connection(url, self.registry.timeouts)
-            cancel = self.registry.cancel
+        conn, target = _connection(url, self.registry.timeouts)
+        cancel = self.registry.cancel
+        try:
             try:
-                try:
-                    conn.connect()
-                    if cancel is not None:
-                        cancel.watch(conn.sock)
-                    conn.sock.settimeout(self.registry.timeouts.stall)
-                    conn.putrequest(method, target, skip_accept_encoding=True)
-                    for k, v in {**headers, **self.registry.auth_headers(self.push_scope), "Content-Length": str(length)}.items():
-                        conn.putheader(k, v)
-                    conn.endheaders()
-                    sent = 0
-                    with open(path, "rb", buffering=0) as f:
-                        f.seek(offset)
-                        buf = bytearray(SEND_CHUNK)
-                        view = memoryview(buf)
-                        while sent < length:
-                            if deadline is not None and time.monotonic() > deadline:
-                                raise StalledError("the run's deadline passed during an upload", url=url)
-                            k = f.readinto(view[: min(SEND_CHUNK, length - sent)])
-                            if not k:
-                                raise IntegrityError(f"{path} shrank while it was uploaded", url=url)
-                            conn.sock.sendall(view[:k])
-                            sent += k
-                            if progress:
-                                progress(k)
-                    raw = conn.getresponse()
-                    data = raw.read(MAX_SMALL_BODY)
-                except (socket.timeout, TimeoutError):
-                    raise StalledError(f"{self.registry.host} stalled during an upload ({self.registry.timeouts.stall:g}s, --stall-timeout)", url=url) from None
-                except OSError as exc:
-                    if cancel is not None and cancel.is_set():
-                        raise FetchError("cancelled", url=url) from None
-                    raise FetchError(f"upload to {self.registry.host} failed: {exc.strerror or exc}", url=url) from None
-                except http.client.HTTPException as exc:
-                    raise FetchError(f"bad HTTP answer from {self.registry.host}: {type(exc).__name__}", url=url) from None
-            finally:
+                conn.connect()
                 if cancel is not None:
-                    cancel.forget(conn.sock)
-                conn.close()
-            resp = Response(raw.status, raw.headers, data, url)
-            if resp.status == 401 and attempt == 0 and self.registry._learn(resp):
-                self.registry.forget_token(self.push_scope)
-                raise FetchError(f"{self.registry.host} asked for new credentials during an upload; retrying", url=url)
-            return self._checked(resp, f"push to {self.name}", self.push_scope)
-        return resp
+                    cancel.watch(conn.sock)
+                conn.sock.settimeout(self.registry.timeouts.stall)
+                conn.putrequest(method, target, skip_accept_encoding=True)
+                for k, v in {**headers, **self.registry.auth_headers(self.push_scope), "Content-Length": str(length)}.items():
+                    conn.putheader(k, v)
+                conn.endheaders()
+                sent = 0
+                with open(path, "rb", buffering=0) as f:
+                    f.seek(offset)
+                    buf = bytearray(SEND_CHUNK)
+                    view = memoryview(buf)
+                    while sent < length:
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise StalledError("the run's deadline passed during an upload", url=url)
+                        k = f.readinto(view[: min(SEND_CHUNK, length - sent)])
+                        if not k:
+                            raise IntegrityError(f"{path} shrank while it was uploaded", url=url)
+                        conn.sock.sendall(view[:k])
+                        sent += k
+                        if progress:
+                            progress(k)
+                raw = conn.getresponse()
+                data = raw.read(MAX_SMALL_BODY)
+            except (socket.timeout, TimeoutError):
+                raise StalledError(f"{self.registry.host} stalled during an upload ({self.registry.timeouts.stall:g}s, --stall-timeout)", url=url) from None
+            except OSError as exc:
+                if cancel is not None and cancel.is_set():
+                    raise FetchError("cancelled", url=url) from None
+                raise FetchError(f"upload to {self.registry.host} failed: {exc.strerror or exc}", url=url) from None
+            except http.client.HTTPException as exc:
+                raise FetchError(f"bad HTTP answer from {self.registry.host}: {type(exc).__name__}", url=url) from None
+        finally:
+            if cancel is not None:
+                cancel.forget(conn.sock)
+            conn.close()
+        resp = Response(raw.status, raw.headers, data, url)
+        if resp.status == 401 and self.registry._learn(resp):
+            self.registry.forget_token(self.push_scope)  # an expired token: the retry gets a fresh one
+            raise FetchError(f"{self.registry.host} asked for new credentials during an upload", url=url)
+        return self._checked(resp, f"push to {self.name}", self.push_scope)
 
     def put_manifest(self, reference: str, body: bytes, media_type: str) -> str:
         resp = self._checked(self.registry.call("PUT", f"/v2/{self.name}/manifests/{reference}", {"Content-Type": media_type}, body,
