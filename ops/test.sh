@@ -19,6 +19,8 @@ step "oracle: CPU torch + transformers"
 bash ops/oracle-torch.sh
 step "S3 server for the s3:// tests (s3s-fs, built once, then cached)"
 bash ops/s3-server.sh | tail -1
+step "OCI registry for the oci:// tests (Debian's docker-registry)"
+bash ops/registry.sh
 step "tests"
 # loadfile: the engine tests of one file share a worker (their leftover checks see every container)
 python3 -m pytest -n 2 --dist loadfile -q -p no:cacheprovider "$@"

@@ -8,6 +8,7 @@ import time
 import click
 
 from .cli import common_volume_options, guarded, opt
+from .cli_sync import registry_options
 from .errors import ExitCode, NotReadyError, UsageError
 
 
@@ -18,6 +19,7 @@ from .errors import ExitCode, NotReadyError, UsageError
 @opt("--stall-timeout", type=float, default=60.0, show_default=True, help="Seconds without progress before an attempt fails.")
 @opt("--retries", type=click.IntRange(0, 20), default=3, show_default=True, help="Retries per request, with backoff.")
 @common_volume_options
+@registry_options
 @guarded(report="push")
 def push(lane_names, dest, connect_timeout, stall_timeout, retries, **kw) -> int:
     """Publish verified lanes (checked first; a lane that is not ready is not pushed).

@@ -35,6 +35,30 @@ def _readable(token_file: str) -> None:
     register(read_token(token_file))
 
 
+def _export(var: str):
+    """An option whose value the OCI source reads from the environment (PREFLIGHT_*)."""
+
+    def callback(_ctx, _param, value):
+        if value:
+            os.environ[var] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return value
+
+    return callback
+
+
+def registry_options(fn):
+    decorators = [
+        opt("--registry-auth", type=click.Path(dir_okay=False), default=None, expose_value=False, callback=_export("PREFLIGHT_REGISTRY_AUTH"),
+            help="A Docker config.json with registry credentials (e.g. a mounted kubernetes.io/dockerconfigjson secret). "
+                 "Else DOCKER_CONFIG/config.json, ~/.docker/config.json."),
+        opt("--insecure-registry", multiple=True, expose_value=False, callback=_export("PREFLIGHT_INSECURE_REGISTRY"),
+            help="HOST[:PORT] of a registry spoken to over plain HTTP on a trusted network (repeatable; env: comma-separated)."),
+    ]
+    for d in reversed(decorators):
+        fn = d(fn)
+    return fn
+
+
 def network_options(fn):
     decorators = [
         opt("--token-file", default=None, type=click.Path(dir_okay=False), help="Read the Hub token from this file (a mounted secret). Else HF_TOKEN, then HF_TOKEN_PATH."),
@@ -44,7 +68,7 @@ def network_options(fn):
     ]
     for d in reversed(decorators):
         fn = d(fn)
-    return fn
+    return registry_options(fn)
 
 
 @click.command()
@@ -95,6 +119,7 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
 @opt("--json", "as_json", is_flag=True, help="Print the JSON report on stdout (not with --output -).")
 @opt("--report", default=None, type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
 @opt("--termination-log", default=None, help="Write a short reason here on failure (default /dev/termination-log when it exists; '' disables).")
+@registry_options
 @guarded(report="lock")
 def lock(manifest, output, fmt, lanes, token_file, as_json=False, report=None, termination_log=None) -> int:
     """Resolve every lane's source to a commit and each file's size and digest.

@@ -31,8 +31,15 @@ ADDED_LAYERS_LIMIT = 130 * 1024 * 1024
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".preflight" not in p.parts}
+    """What a server sees through the lane paths (a folder lane is a link to its revision;
+    hidden revision folders and the state folder are not walked on their own)."""
+    out = {}
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return dict(sorted(out.items()))
 
 
 def _host_check(setup: Setup) -> subprocess.CompletedProcess[str]:
@@ -160,7 +167,7 @@ def test_operator_scripts_check_a_host_dir_and_fill_a_volume(docker_client: Any,
                                 env={**env, **container_hub.env(token=False), "DOCKER_NETWORK": "host"},
                                 capture_output=True, text=True, timeout=180)
         assert synced.returncode == 0, synced.stderr
-        listing = run_container(docker_client, preflight_image, ["-c", "find /models -name '*.gguf' -o -name '*.safetensors'"],
+        listing = run_container(docker_client, preflight_image, ["-c", "find -L /models -name '.*' -prune -o \\( -name '*.gguf' -o -name '*.safetensors' \\) -print"],
                                 entrypoint="sh", volumes={volume: {"bind": "/models", "mode": "ro"}}, network_mode="none")
         assert sorted(listing.logs.split()) == ["/models/gguf/tiny.gguf", "/models/vllm/tiny/model.safetensors"]
     finally:

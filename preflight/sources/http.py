@@ -293,7 +293,9 @@ def retry_delay(attempt: int, exc: FetchError, deadline: float | None) -> float 
     retrying cannot help: an answer that will not change, or a Retry-After that reaches
     past the run's deadline (or past MAX_RETRY_AFTER without one). The reason is then
     added to the error's message."""
-    if isinstance(exc, AuthError) or exc.status in NO_RETRY:
+    from ..errors import UnsafeSourceError
+
+    if isinstance(exc, (AuthError, UnsafeSourceError)) or exc.status in NO_RETRY:
         return None
     delay = float(min(2 ** (attempt - 1), 8))
     asked = getattr(exc, "retry_after", None)
