@@ -112,7 +112,7 @@ def test_a_large_file_arrives_as_ranges_on_several_connections_byte_identical(bi
     assert vol.debris() == []  # the chunk map went with the finished download
     size = len(files[WEIGHTS])
     gets = cdn_gets(hub_server, WEIGHTS)
-    assert len(gets) == -(-size // pieces(size)) >= 8
+    assert len(gets) >= 8
     assert all(g.status == 206 for g in gets)
     assert union([parse(g.range, size) for g in gets]) == [(0, size)]
     assert sum(g.bytes_sent for g in gets) == size  # every byte asked for once

@@ -364,6 +364,7 @@ class _Ranged:
         self.target_url = url
         self.target_headers: dict[str, str] = {}
         self.dirty = False
+        self._local = threading.local()
 
     # -- the coordinator (the calling thread)
 
@@ -372,17 +373,15 @@ class _Ranged:
         self.done, self.validator = done, validator
         resumed = done.total()
         missing = done.missing(size)
-        piece = piece_size(size, self.conns)
-        for a, b in missing:
-            for s in range(a, b, piece):
-                self.pending.append((s, min(b, s + piece)))
+        self.piece = piece_size(size, self.conns)
+        self.pending.extend(missing)
         if missing:
             check_free(self.partial, sum(b - a for a, b in missing))
         if self.outer is not None and self.outer.is_set():
             raise FetchError("cancelled", url=self.url)
         opened = first = None
         if self.pending:
-            first = self.pending.popleft()
+            first = self._cut()
             self.budget.first()
             try:
                 opened = self._ask(self.url, self.headers, first, probe=True)
@@ -399,7 +398,7 @@ class _Ranged:
             self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o666)
             if opened is not None:
                 save_map(self.mpath, size, self.validator, self.done)  # before the first byte lands out of order
-                extra = min(self.conns - 1, len(self.pending))
+                extra = min(self.conns - 1, -(-self.left // MIN_PIECE))
                 self._start(opened, first)
                 opened = None
                 for _ in range(extra):
@@ -454,7 +453,7 @@ class _Ranged:
                     reach = self.done.reach(hashed)
                 err, self.error = self.error, None
                 got, self.received = self.received, 0
-                spare = self.active < self.conns and len(self.pending) > self.active
+                spare = self.active < self.conns and self.left > self.active * MIN_PIECE
             if got and self.progress:
                 self.progress(got)
             if err is not None:
@@ -528,7 +527,23 @@ class _Ranged:
                 return None
             if self.budget.over() and self.active > 1:
                 return None  # another download needs the slot
-            return self.pending.popleft()
+            return self._cut()
+
+    @property
+    def left(self) -> int:
+        return sum(b - a for a, b in self.pending)
+
+    def _cut(self) -> tuple[int, int]:
+        """The next piece, from the front of what is missing: PIECE while much is left, then
+        smaller (about a connection's share of half what is left, at least MIN_PIECE), so the
+        last pieces end together instead of one connection finishing a long one alone."""
+        a, b = self.pending[0]
+        want = min(self.piece, max(MIN_PIECE, self.left // (2 * self.conns)))
+        if b - a <= want + MIN_PIECE // 2:
+            self.pending.popleft()
+            return a, b
+        self.pending[0] = (a + want, b)
+        return a, a + want
 
     def _connection(self, opened: Opened | None, piece: tuple[int, int] | None) -> None:
         try:
@@ -595,14 +610,20 @@ class _Ranged:
         return opened
 
     def _receive(self, opened: Opened, piece: tuple[int, int]) -> None:
+        """The piece's bytes into the staging file at their offsets. `readinto` fills a reused
+        buffer from the socket in C (many recv calls, one Python round per RECV_CHUNK): on a
+        paced link `read1` hands over each small packet, and the Python per call, times 16
+        connections, was most of the process's CPU."""
         a, b = piece
         pos = a
         resp = opened.resp
+        buf = self._buffer()
         while pos < b:
             if self.halt.is_set():
                 raise _Halted()
+            want = min(len(buf), b - pos)
             try:
-                data = resp.read1(min(_http.RECV_CHUNK, b - pos))
+                n = resp.readinto(buf[:want])
             except (socket.timeout, TimeoutError):
                 raise StalledError(f"no data for {self.timeouts.stall:g}s (stalled at byte {pos})", url=self.url) from None
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -611,17 +632,23 @@ class _Ranged:
                 if self.outer is not None and self.outer.is_set():
                     raise FetchError(f"cancelled at byte {pos}", url=self.url) from None
                 raise FetchError(f"connection lost at byte {pos}: {type(exc).__name__}", url=self.url) from None
-            if not data:
+            if not n:
                 raise FetchError(f"connection closed at byte {pos} (range {a}-{b - 1})", url=self.url)
             if self.may_write is not None and not self.may_write():
                 raise FetchError(f"stopped at byte {pos}: another writer holds the volume now", url=self.url)
-            view = memoryview(data)
+            view = buf[:n]
             at = pos
             while view:
-                n = os.pwrite(self.fd, view, at)
-                view, at = view[n:], at + n
+                k = os.pwrite(self.fd, view, at)
+                view, at = view[k:], at + k
             with self.cond:
-                self.done.add(pos, pos + len(data))
-                self.received += len(data)
+                self.done.add(pos, pos + n)
+                self.received += n
                 self.cond.notify_all()
-            pos += len(data)
+            pos += n
+
+    def _buffer(self) -> memoryview:
+        local = self._local
+        if getattr(local, "buf", None) is None:
+            local.buf = memoryview(bytearray(_http.RECV_CHUNK))
+        return local.buf
