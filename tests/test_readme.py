@@ -25,7 +25,8 @@ def test_the_manifest_reference_loads_as_printed(tmp_path: Path) -> None:
     (tmp_path / "reader.sha256").write_text("0" * 64 + "  config.json\n")
     m = load_manifest(manifest, env={"MODELS_PATH": str(tmp_path / "models")})
     names = [lane.name for lane in m.lanes]
-    assert names == ["orchestrator", "coder", "super_reader", "embeddings", "support-lora", "clip", "reader-config"]
+    assert names == ["orchestrator", "coder", "super_reader", "embeddings", "support-lora", "clip", "reader-config",
+                     "fleet-coder", "bucket-embed"]
     assert set(m.profiles["minimal"]) <= set(names)
     # and the CLI accepts it: offline, every lane is simply missing (exit 1), never a usage error (2)
     env = {"MODELS_PATH": str(tmp_path / "models"), "PATH": "/usr/bin:/bin"}
@@ -34,3 +35,11 @@ def test_the_manifest_reference_loads_as_printed(tmp_path: Path) -> None:
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_the_readme_lists_every_problem_code() -> None:
+    import preflight.problems as P
+
+    text = (ROOT / "README.md").read_text()
+    codes = [v for k, v in vars(P).items() if k.isupper() and isinstance(v, str) and re.fullmatch(r"[a-z0-9-]+", v)]
+    assert codes and [c for c in codes if f"`{c}`" not in text] == []
