@@ -260,6 +260,12 @@ STRUCTURAL: dict[str, Callable[[Spec], None]] = {
     "add-bos-u8": set_kv("tokenizer.ggml.add_bos_token", VT.UINT8, 1),
     "file-type-string": set_kv("general.file_type", VT.STRING, "F32"),
     "unused-known-tensor": lambda s: s.tensors.append(("blk.0.attn_q_norm.weight", (N_EMBD,), "F32")),
+    "unused-bias": lambda s: s.tensors.append(("blk.0.attn_norm.bias", (N_EMBD,), "F32")),
+    "unused-expert-number": lambda s: s.tensors.append(("blk.0.ffn_up.0.weight", (N_FF, N_EMBD), "F32")),
+    # Tensors the llama loader creates when present (TENSOR_NOT_REQUIRED): llama.cpp loads these.
+    "optional-output-bias": lambda s: s.tensors.append(("blk.0.attn_output.bias", (N_EMBD,), "F32")),
+    "optional-rope-freqs": lambda s: s.tensors.append(("rope_freqs.weight", (N_EMBD // 8,), "F32")),
+    "optional-scale": lambda s: s.tensors.append(("blk.1.ffn_up.scale", (1,), "F32")),
 }
 
 # The code each defect of the issue list is reported with.
@@ -270,7 +276,8 @@ EXPECTED_CODES: dict[str, str] = {
     "embedding-length-renamed": P.HPARAM_MISSING, "block-count-3": P.TENSOR_MISSING, "block-count-1": P.BLOCK_COUNT_MISMATCH,
     "block-count-0": P.HPARAM_INVALID, "rope-dims-7": P.HPARAM_INVALID, "tokens-missing": P.TOKENIZER_MISSING,
     "scores-one-short": P.VOCAB_INVALID, "tokens-one-short": P.BAD_SHAPE, "bos-id-f32": P.KV_TYPE_MISMATCH,
-    "token-repeated": P.VOCAB_INVALID, "type-43-last-tensor": P.BAD_TENSOR_TYPE, "type-4-removed": P.BAD_TENSOR_TYPE,
+    "token-repeated": P.VOCAB_INVALID, "unused-known-tensor": P.TENSOR_UNEXPECTED, "unused-bias": P.TENSOR_UNEXPECTED,
+    "unused-expert-number": P.TENSOR_UNEXPECTED, "type-43-last-tensor": P.BAD_TENSOR_TYPE, "type-4-removed": P.BAD_TENSOR_TYPE,
 }
 
 

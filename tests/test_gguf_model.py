@@ -34,7 +34,8 @@ def test_each_defect_has_its_code(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["unchanged", "untied-output", "q8_0-matrices", "q2_0-type-42", "alignment-64",
-                                  "alignment-16-lucky", "head-count-per-block", "scores-one-long", "bos-id-out-of-range"])
+                                  "alignment-16-lucky", "head-count-per-block", "scores-one-long", "bos-id-out-of-range",
+                                  "optional-output-bias", "optional-rope-freqs", "optional-scale"])
 def test_valid_variants_pass(tmp_path: Path, name: str) -> None:
     info = check_gguf(M.write_structural(name, tmp_path / "model.gguf"))
     assert errors(info) == [], info.problems
@@ -51,7 +52,7 @@ def test_the_issue_messages_name_what_is_wrong(tmp_path: Path) -> None:
         info = check_gguf(M.write_structural(name, tmp_path / f"{name}.gguf"))
         return next(p.message for p in info.problems if p.code == code)
 
-    assert "'blk.1.ffn_uq.weight' is not a name llama.cpp reads" in message("tensor-renamed", P.TENSOR_UNEXPECTED)
+    assert "'blk.1.ffn_uq.weight' is not one llama.cpp's llama loader reads" in message("tensor-renamed", P.TENSOR_UNEXPECTED)
     assert "has no tensor 'blk.1.ffn_up.weight'" in message("tensor-renamed", P.TENSOR_MISSING)
     assert "has no llama.embedding_length (uint32)" in message("embedding-length-renamed", P.HPARAM_MISSING)
     assert "tokenizer.ggml.scores has 63 entries for 64 tokens" in message("scores-one-short", P.VOCAB_INVALID)

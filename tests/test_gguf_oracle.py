@@ -38,8 +38,6 @@ DELIBERATE_STRUCTURAL = {
     "architecture-unknown": "an architecture llama.cpp does not know may be one a newer llama.cpp knows: a warning, not an error",
     "tokenizer-model-unknown": "likewise a tokenizer kind newer than this llama.cpp: a warning",
     "type-43-newer": "a ggml type past llama.cpp's table (42) may come from a newer llama.cpp; its size is known from the layout: a warning",
-    "unused-known-tensor": "a tensor name llama.cpp reads for some architectures but not this one: preflight checks names against "
-                           "llama.cpp's global tensor table, not each architecture's exact set (llama.cpp: 'wrong number of tensors')",
 }
 WARNING_REASONS = {
     P.UNKNOWN_ARCHITECTURE: "unknown architecture (a newer llama.cpp may know it): a warning",

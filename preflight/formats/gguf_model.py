@@ -17,7 +17,9 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from preflight import problems as P
-from preflight.formats.gguf_arch import ARCHITECTURES, KNOWN_ARCHITECTURES, TENSOR_BASE_NAMES, TENSOR_RAW_NAMES, TENSOR_SUFFIXES
+from preflight.formats.gguf_arch import (
+    ARCHITECTURES, KNOWN_ARCHITECTURES, SCALE_COMPANIONS, TENSOR_BASE_NAMES, TENSOR_NAMES, TENSOR_RAW_NAMES, TENSOR_SUFFIXES,
+)
 from preflight.formats.safetensors import Findings
 
 # GGUF value type ids (gguf.cpp's enum gguf_type).
@@ -325,15 +327,40 @@ def _rope(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str,
 
 
 def _tensor_names(tensors: Mapping[str, tuple[int, ...]], arch: str, row: object, out: Findings) -> None:
-    """llama.cpp refuses a file with a tensor its model never reads ("wrong number of tensors");
-    a name no architecture reads (a renamed or corrupted name) is certainly such a tensor.
-    Judged for architectures llama.cpp knows only: a newer one may read new names."""
+    """llama.cpp refuses a file with a tensor its model never reads: it counts the tensors the
+    architecture's loader created against the file's ("wrong number of tensors; expected N, got M").
+    The names each architecture's loader may create (required or optional) come from
+    gguf_arch.TENSOR_NAMES; a known architecture without such a list is held to the names any
+    architecture reads. Judged for architectures llama.cpp knows only: a newer one may read new names."""
     if arch not in KNOWN_ARCHITECTURES:
         return
-    pattern = _tensor_name_re()
-    for tname in tensors:
-        if tname not in TENSOR_RAW_NAMES and not pattern.match(tname):
-            out.error(P.TENSOR_UNEXPECTED, f"tensor {tname!r} is not a name llama.cpp reads; it refuses files with tensors it does not use (\"wrong number of tensors\")")
+    allowed = _allowed_names(arch)
+    if allowed is None:
+        pattern = _tensor_name_re()
+        for tname in tensors:
+            if tname not in TENSOR_RAW_NAMES and not pattern.match(tname):
+                out.error(P.TENSOR_UNEXPECTED, f"tensor {tname!r} is not a name llama.cpp reads; it refuses files with tensors it does not use (\"wrong number of tensors\")")
+        return
+    unexpected = [t for t in tensors if _NUMBER.sub(".%d", t) not in allowed]
+    for tname in unexpected[:_MAX_NAMED]:
+        out.error(P.TENSOR_UNEXPECTED, f"tensor {tname!r} is not one llama.cpp's {arch} loader reads; it refuses files with tensors it does not use (\"wrong number of tensors\")")
+    if len(unexpected) > _MAX_NAMED:
+        out.error(P.TENSOR_UNEXPECTED, f"and {len(unexpected) - _MAX_NAMED} more tensors llama.cpp's {arch} loader does not read")
+
+
+_NUMBER = re.compile(r"\.\d+(?=\.|$)")  # a block or expert number: "blk.12.attn_q.weight" -> "blk.%d.attn_q.weight"
+_MAX_NAMED = 20  # a file of another architecture would otherwise list every tensor
+
+
+@lru_cache(maxsize=None)
+def _allowed_names(arch: str) -> frozenset[str] | None:
+    """The tensor names `arch`'s loader may create, with the generic pass's scale companions."""
+    names = TENSOR_NAMES.get(arch)
+    if names is None:
+        return None
+    base = frozenset(names.split())
+    extra = {f"{b}.{s}" for b in SCALE_COMPANIONS if f"{b}.weight" in base for s in ("scale", "input_scale")}
+    return base | extra
 
 
 def _blocks(tensors: Mapping[str, tuple[int, ...]], meta: Mapping[str, object], arch: str, row: object, n_layer: int | None, out: Findings) -> None:
