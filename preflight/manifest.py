@@ -10,6 +10,7 @@ paths the kernel accepts (MAX_NAME_BYTES per component, MAX_PATH_BYTES in all).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
 import re
@@ -230,6 +231,38 @@ class FileExpect:
         return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1, self.md5 or other.md5)
 
 
+SIGNATURE_METHODS = ("key", "certificate", "sigstore")
+_SIGNATURE_KEYS = {"file", "method", "key", "certificate_chain", "identity", "issuer", "trusted_root", "required"}
+_SIGNATURE_ONLY = {"key": ("key",), "certificate": ("certificate_chain",), "sigstore": ("identity", "issuer", "trusted_root")}
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """What must have signed a lane (an OpenSSF model signature: a Sigstore bundle whose
+    DSSE envelope holds an in-toto statement listing every file with its digest).
+
+    `file`: the signature, relative to the lane's folder (the folder holding a single-file
+    lane's file) or absolute (a mounted file); None is the usual name (see `signature_file`).
+    Key, certificate and trusted-root paths are absolute or relative to the manifest."""
+
+    method: str  # one of SIGNATURE_METHODS
+    file: str | None = None
+    key: str | None = None  # method key: the publisher's PEM public key
+    certificate_chain: tuple[str, ...] = ()  # method certificate: PEM trust anchors (and intermediates)
+    identity: str | None = None  # method sigstore: the signer's identity (email, workflow URI) ...
+    issuer: str | None = None  # ... as vouched for by this OIDC issuer ...
+    trusted_root: str | None = None  # ... under this Sigstore trusted root (offline: no TUF fetch)
+    required: bool = True  # false: a lane without its signature file is ready (with a warning)
+
+
+def signature_file(lane: Lane) -> str:
+    """The signature's path as the lane's policy gives it: relative to the lane's root, or absolute."""
+    assert lane.signature is not None
+    if lane.signature.file:
+        return lane.signature.file
+    return "model.sig" if lane.is_dir else posixpath.basename(lane.path) + ".sig"
+
+
 @dataclass(frozen=True)
 class Lane:
     name: str
@@ -249,6 +282,7 @@ class Lane:
     dvc: str | None = None  # a `.dvc` file pinning the content
     env: str | None = None  # variable `preflight env` sets to the lane's path
     layout: str = "revisions"  # folder lanes: "revisions" (a symlink to one complete revision) or "in-place"
+    signature: SignaturePolicy | None = None  # verify an OpenSSF model signature before the lane is ready
     line: int | None = None
 
     @property
@@ -308,8 +342,9 @@ _TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoint
 _LANE_KEYS = {
     "name", "kind", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size",
     "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env", "layout",
+    "signature",
 }
-_DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout"}
+_DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout", "signature"}
 LAYOUTS = ("revisions", "in-place")
 _FLAGS = ("required", "enabled", "allow_pickle", "serves_text")
 
@@ -593,6 +628,11 @@ def _defaults(r: _Reader, top: Mapping) -> dict:
         out["revision"] = r.get(defaults, key, "revision", str)
     with r.section():
         out["layout"] = _layout(r, defaults, key, None)
+    with r.section():
+        raw = _signature_raw(r, defaults, key)
+        if raw:  # checked once here, so each lane inherits a complete policy (or none, after an error)
+            _signature(r, {}, key, raw)
+            out["signature"] = raw
     for name in ("include", "exclude"):
         with r.section():
             out[name] = r.strings(defaults, key, name)
@@ -668,8 +708,16 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     layout = "revisions"
     with r.section():
         layout = _layout(r, raw, key, defaults.get("layout", "revisions"))
+    signature = None
+    with r.section():
+        signature = _signature(r, raw, key, defaults.get("signature"))
     if len(r.errors) > before:
         return None
+    if signature is not None and kind in DIR_KINDS and strings["include"]:
+        # a folder lane's signature file is one of its files (fetched like the others), whatever `include` selects
+        sig = signature.file or "model.sig"
+        if not sig.startswith("/") and not any(fnmatch.fnmatch(sig, pat) for pat in strings["include"]):
+            strings["include"] = (*strings["include"], sig)
     if source is not None and source.scheme in ("https", "http") and kind not in DIR_KINDS:
         fname = posixpath.basename(path)
         if not files.get(fname, FileExpect()).sha256 and not checksums and not dvc:
@@ -683,8 +731,116 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     return Lane(
         name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
         required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
-        serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, layout=layout, line=doc.line(*key),
+        serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, layout=layout, signature=signature,
+        line=doc.line(*key),
     )
+
+
+def _signature_raw(r: _Reader, obj: Mapping, key: tuple) -> dict | None:
+    """`signature:` as written (a mapping, or false to opt a lane out of the default), its keys checked."""
+    if "signature" not in obj or obj["signature"] is None:
+        return None
+    value = obj["signature"]
+    if isinstance(value, str):
+        value = r.doc.retyped.get(key + ("signature",), value)
+    if value is False:
+        return {}
+    if not isinstance(value, dict):
+        raise r.doc.error(key + ("signature",), f"expected a mapping (method, key, ...) or false, found {_show(value)}")
+    r.unknown(value, key + ("signature",), _SIGNATURE_KEYS, "signature")
+    return value
+
+
+def _signature(r: _Reader, raw: Mapping, key: tuple, default: dict | None) -> SignaturePolicy | None:
+    """A lane's signature policy: its own `signature:` over `defaults.signature`. A lane that
+    names its own method inherits only `file` and `required` from the default."""
+    own = _signature_raw(r, raw, key)
+    if own == {}:
+        return None  # `signature: false`
+    if own is None and not default:
+        return None
+    merged: dict = dict(default or {})
+    if own is not None and "method" in own:
+        merged = {k: v for k, v in merged.items() if k in ("file", "required")}
+    merged.update(own or {})
+    where = key + ("signature",) if own is not None else ("defaults", "signature")
+    lane_keys = set(own or ())
+
+    def at(name: str) -> tuple:
+        return (key + ("signature",) if name in lane_keys else ("defaults", "signature")) + (name,)
+
+    method = merged.get("method")
+    if method is None:
+        raise r.doc.error(where, f"missing required field 'method' ({', '.join(SIGNATURE_METHODS)})")
+    if method not in SIGNATURE_METHODS:
+        close = _close_match(str(method), set(SIGNATURE_METHODS))
+        raise r.doc.error(at("method"), f"unknown signature method {_show(method)}" + (f" (did you mean {close!r}?)" if close else ""),
+                          hint=f"methods: {', '.join(SIGNATURE_METHODS)}")
+    for other, names in _SIGNATURE_ONLY.items():
+        for name in names:
+            if other != method and name in merged:
+                raise r.doc.error(at(name), f"{name!r} applies to signature method {other}, not {method}")
+
+    def path(name: str, required: bool) -> str | None:
+        value = merged.get(name)
+        if value is None:
+            if required:
+                raise r.doc.error(where, f"signature method {method} needs {name!r}", hint=_SIGNATURE_HINT[name])
+            return None
+        if not isinstance(value, str):
+            raise r.doc.error(at(name), f"expected a path, found {type(value).__name__} {_show(value)}")
+        problem = "it is empty" if not value.strip() else "it contains a control character" if _CONTROL.search(value) else _length_problem(value)
+        if problem:
+            raise r.doc.error(at(name), f"{name} {_show(value)} is not a usable path: {problem}")
+        return value
+
+    def text(name: str) -> str:
+        value = merged.get(name)
+        if value is None:
+            raise r.doc.error(where, f"signature method {method} needs {name!r}", hint=_SIGNATURE_HINT[name])
+        if not isinstance(value, str) or not value.strip() or _CONTROL.search(value):
+            raise r.doc.error(at(name), f"expected a non-empty string, found {_show(value)}")
+        return value
+
+    file = path("file", False)
+    if file is not None and not file.startswith("/"):
+        problem = rel_path_problem(file)
+        if problem:
+            raise r.doc.error(at("file"), f"signature file {_show(file)} must be absolute or stay inside the lane: {problem}")
+        file = posixpath.normpath(file)
+    chain: tuple[str, ...] = ()
+    if method == "certificate":
+        value = merged.get("certificate_chain")
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise r.doc.error(at("certificate_chain") if value is not None else where,
+                              "signature method certificate needs 'certificate_chain'",
+                              hint=_SIGNATURE_HINT["certificate_chain"])
+        for i, item in enumerate(value):
+            problem = None if isinstance(item, str) and item.strip() and not _CONTROL.search(item) else "expected a path"
+            if problem or _length_problem(item):
+                raise r.doc.error(at("certificate_chain") + (i,), f"certificate_chain[{i}] {_show(item)} is not a usable path")
+        chain = tuple(value)
+    required = merged.get("required", True)
+    if isinstance(required, str):
+        required = r.doc.retyped.get(at("required"), required)
+    if not isinstance(required, bool):
+        raise r.doc.error(at("required"), f"expected true or false, found {_show(required)}")
+    return SignaturePolicy(
+        method=method, file=file, key=path("key", method == "key"), certificate_chain=chain,
+        identity=text("identity") if method == "sigstore" else None, issuer=text("issuer") if method == "sigstore" else None,
+        trusted_root=path("trusted_root", method == "sigstore"), required=required,
+    )
+
+
+_SIGNATURE_HINT = {
+    "key": "key: a PEM public key file (e.g. a mounted Secret or ConfigMap), the pair of the key the model was signed with",
+    "certificate_chain": "certificate_chain: [PEM files] of the CA that issued the signing certificate",
+    "identity": "identity: the signer's identity in its certificate (an email, or a CI workflow URI)",
+    "issuer": "issuer: the OIDC issuer that vouched for the identity (e.g. https://token.actions.githubusercontent.com)",
+    "trusted_root": "trusted_root: a Sigstore trusted_root.json file, so verification needs no network",
+}
 
 
 def _lane_path(r: _Reader, raw: dict, key: tuple, models_dir: str) -> str:
