@@ -76,6 +76,13 @@ UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a warning: a ggml type newer than
 
 NOT_SWITCHED = "not-switched"  # warning: a folder lane still serves its previous revision
 
+# OpenSSF model signatures (see signing.py).
+SIGNATURE_MISSING = "signature-missing"
+SIGNATURE_INVALID = "signature-invalid"  # bad signature, wrong signer, expired or untrusted certificate, damaged bundle
+SIGNATURE_MISMATCH = "signature-mismatch"  # a file's digest differs from the signed statement
+UNSIGNED_FILE = "unsigned-file"  # a file of the lane the statement does not cover
+SIGNED_FILE_MISSING = "signed-file-missing"  # a file the statement covers is not in the lane
+
 
 @dataclass(frozen=True)
 class Problem:
