@@ -38,11 +38,9 @@ ORACLE_ENV = "PREFLIGHT_TORCH_ORACLE"
 DELIBERATE = {
     "entry-as-array": "the library's serde derive reads [dtype, shape, data_offsets]; no writer emits it and Python "
                       "readers of headers index entry['dtype'], so we refuse it",
-    "renamed-tensor-in-layer": "a tensor renamed inside a layer keeps the layer index; telling it from a real module "
-                               "name needs each architecture's module tree, which preflight does not carry (transformers "
-                               "reports missing+unexpected keys)",
-    "renamed-embedding": "with the embedding renamed no layout matches, so nothing is checked at model level "
-                         "(said in the facts, never flagged); transformers reports the missing key",
+    "renamed-norm-in-layer": "a norm renamed in a model of two layers: the module table of the common architectures lists "
+                             "the projections only (the shared test fixtures write Llama folders without norms), and two "
+                             "layers that differ cannot tell a rename from two kinds of layer (transformers reports the key missing)",
 }
 
 
@@ -223,7 +221,7 @@ def judge_files(mutants: list[Mutant]) -> None:
 
 MAKE_MODELS = r"""
 import sys, torch
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
 torch.manual_seed(0)
 root = sys.argv[1]
 LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -231,6 +229,11 @@ LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_la
 LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                              num_key_value_heads=1, vocab_size=64, tie_word_embeddings=True)).save_pretrained(root + "/llama-tied")
 GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(root + "/gpt2")
+GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=4, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(root + "/gpt2-4")
+# Heterogeneous layers: layer 0 dense (mlp_only_layers), layers 1-3 MoE with a shared expert.
+Qwen2MoeForCausalLM(Qwen2MoeConfig(hidden_size=16, intermediate_size=32, moe_intermediate_size=8, shared_expert_intermediate_size=16,
+                                   num_experts=4, num_experts_per_tok=2, num_hidden_layers=4, num_attention_heads=2,
+                                   num_key_value_heads=1, vocab_size=64, mlp_only_layers=[0], tie_word_embeddings=False)).save_pretrained(root + "/qwen2moe")
 BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=64,
                      max_position_embeddings=32)).save_pretrained(root + "/bert")
 """
@@ -238,7 +241,7 @@ BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
 
 def make_models(python: str, root: Path) -> dict[str, Path]:
     subprocess.run([python, "-c", MAKE_MODELS, str(root)], check=True, capture_output=True, env=_oracle_env(root / ".hf"))
-    return {name: root / name for name in ("llama", "llama-tied", "gpt2", "bert")}
+    return {name: root / name for name in ("llama", "llama-tied", "gpt2", "bert", "gpt2-4", "qwen2moe")}
 
 
 def _load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str] | None]:
@@ -316,7 +319,15 @@ def folder_mutants(models: dict[str, Path], folder: Path) -> list[tuple[Mutant, 
     add("lm-head-missing-tied", "llama-tied", tensors=drop("lm_head."))
     add("config-untied-no-head", "llama-tied", config=cfg(tie_word_embeddings=False), tensors=drop("lm_head."))
     add("renamed-tensor-in-layer", "llama", tensors=rename("model.layers.0.mlp.up_proj", "model.layers.0.mlp.upp_proj"))
+    add("renamed-tensor-in-layer", "llama", tensors=rename("model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.kk_proj"))
+    add("renamed-tensor-in-layer", "gpt2-4", tensors=rename("transformer.h.2.mlp.c_fc", "transformer.h.2.mlp.c_fcc"))
+    add("renamed-tensor-in-layer", "qwen2moe", tensors=rename("model.layers.2.mlp.shared_expert.up_proj", "model.layers.2.mlp.shared_expert.upp_proj"))
+    add("renamed-tensor-in-layer", "qwen2moe", tensors=rename("model.layers.1.input_layernorm", "model.layers.1.input_layernorn"))
+    add("renamed-norm-in-layer", "llama", tensors=rename("model.layers.0.input_layernorm", "model.layers.0.input_layernorn"))
+    add("layer-dropped", "qwen2moe", tensors=drop("model.layers.3."))
     add("renamed-embedding", "llama", tensors=rename("model.embed_tokens.", "model.embed_tokenz."))
+    add("renamed-embedding", "llama-tied", tensors=rename("model.embed_tokens.", "model.embed_tokenz."))
+    add("renamed-embedding", "qwen2moe", tensors=rename("model.embed_tokens.", "model.embed_tokenz."))
     add("renamed-layer-list", "llama", tensors=rename("model.layers.1.", "model.layers.7."))
     return out
 

@@ -15,6 +15,7 @@ from tests.repos import TOKENIZER
 Layout = dict[str, tuple[str, tuple[int, ...]]]
 
 H, V, L = 16, 32, 2  # hidden size, vocabulary, layers
+LINEAR = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 def decoder(prefix: str = "model.", *, layers: int = L, vocab: int = V, hidden: int = H, head: str | None = "lm_head.weight",
@@ -23,14 +24,19 @@ def decoder(prefix: str = "model.", *, layers: int = L, vocab: int = V, hidden: 
     t: Layout = {f"{prefix}embed_tokens.weight": ("BF16", (vocab, hidden)), f"{prefix}norm.weight": ("BF16", (hidden,))}
     for i in range(layers):
         p = f"{prefix}layers.{i}."
-        t[p + "self_attn.q_proj.weight"] = ("BF16", (hidden, hidden))
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            t[p + f"self_attn.{proj}.weight"] = ("BF16", (hidden, hidden))
         t[p + "input_layernorm.weight"] = ("BF16", (hidden,))
+        t[p + "post_attention_layernorm.weight"] = ("BF16", (hidden,))
         if experts:
             for e in range(experts):
-                t[p + f"block_sparse_moe.experts.{e}.w1.weight"] = ("BF16", (2 * hidden, hidden))
+                for w, shape in (("w1", (2 * hidden, hidden)), ("w2", (hidden, 2 * hidden)), ("w3", (2 * hidden, hidden))):
+                    t[p + f"block_sparse_moe.experts.{e}.{w}.weight"] = ("BF16", shape)
             t[p + "block_sparse_moe.gate.weight"] = ("BF16", (experts, hidden))
         else:
+            t[p + "mlp.gate_proj.weight"] = ("BF16", (2 * hidden, hidden))
             t[p + "mlp.up_proj.weight"] = ("BF16", (2 * hidden, hidden))
+            t[p + "mlp.down_proj.weight"] = ("BF16", (hidden, 2 * hidden))
     if head:
         t[head] = ("BF16", (vocab, hidden))
     return t
@@ -40,10 +46,11 @@ def awq(prefix: str = "model.") -> Layout:
     """AWQ/GPTQ: linear layers as qweight/qzeros/scales (int32 packed), embedding and head in F16."""
     t: Layout = {f"{prefix}embed_tokens.weight": ("F16", (V, H)), "lm_head.weight": ("F16", (V, H))}
     for i in range(L):
-        p = f"{prefix}layers.{i}.self_attn.q_proj."
-        t[p + "qweight"] = ("I32", (H, H // 8))
-        t[p + "qzeros"] = ("I32", (1, H // 8))
-        t[p + "scales"] = ("F16", (1, H))
+        for module in LINEAR:
+            p = f"{prefix}layers.{i}.{module}."
+            t[p + "qweight"] = ("I32", (H, H // 8))
+            t[p + "qzeros"] = ("I32", (1, H // 8))
+            t[p + "scales"] = ("F16", (1, H))
     return t
 
 
@@ -51,9 +58,10 @@ def fp8_compressed() -> Layout:
     """compressed-tensors FP8: F8_E4M3 weights with a weight_scale each."""
     t: Layout = {"model.embed_tokens.weight": ("BF16", (V, H)), "lm_head.weight": ("BF16", (V, H))}
     for i in range(L):
-        p = f"model.layers.{i}.mlp.down_proj."
-        t[p + "weight"] = ("F8_E4M3", (H, H))
-        t[p + "weight_scale"] = ("BF16", (H, 1))
+        for module in LINEAR:
+            p = f"model.layers.{i}.{module}."
+            t[p + "weight"] = ("F8_E4M3", (H, H))
+            t[p + "weight_scale"] = ("BF16", (H, 1))
     return t
 
 
@@ -61,11 +69,12 @@ def bnb4() -> Layout:
     """bitsandbytes nf4: packed U8 weights with absmax/quant_map/quant_state beside them."""
     t: Layout = {"model.embed_tokens.weight": ("F16", (V, H)), "lm_head.weight": ("F16", (V, H))}
     for i in range(L):
-        p = f"model.layers.{i}.mlp.down_proj.weight"
-        t[p] = ("U8", (H * H // 2, 1))
-        t[p + ".absmax"] = ("F32", (4,))
-        t[p + ".quant_map"] = ("F32", (16,))
-        t[p + ".quant_state.bitsandbytes__nf4"] = ("U8", (8,))
+        for module in LINEAR:
+            p = f"model.layers.{i}.{module}.weight"
+            t[p] = ("U8", (H * H // 2, 1))
+            t[p + ".absmax"] = ("F32", (4,))
+            t[p + ".quant_map"] = ("F32", (16,))
+            t[p + ".quant_state.bitsandbytes__nf4"] = ("U8", (8,))
     return t
 
 
@@ -114,3 +123,83 @@ def write_folder(root: Path, config: dict, tensors: Layout, *, shards: int = 0, 
     else:
         write_safetensors(root / "model.safetensors", tensors, metadata={"format": "pt"})
     return root
+
+
+def _attention(t: Layout, p: str, hidden: int = H) -> None:
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        t[p + f"self_attn.{proj}.weight"] = ("BF16", (hidden, hidden))
+    t[p + "input_layernorm.weight"] = ("BF16", (hidden,))
+    t[p + "post_attention_layernorm.weight"] = ("BF16", (hidden,))
+
+
+def _mlp(t: Layout, p: str, inner: int) -> None:
+    t[p + "gate_proj.weight"] = ("BF16", (inner, H))
+    t[p + "up_proj.weight"] = ("BF16", (inner, H))
+    t[p + "down_proj.weight"] = ("BF16", (H, inner))
+
+
+def dense_then_moe(layers: int = 4, dense: int = 1, experts: int = 4) -> Layout:
+    """DeepSeek V2/V3 (`first_k_dense_replace`): the first layers dense, the rest MoE. Sizes chosen
+    so that the router `mlp.gate.weight` has the shape of the dense `mlp.gate_proj.weight`."""
+    t: Layout = {"model.embed_tokens.weight": ("BF16", (V, H)), "model.norm.weight": ("BF16", (H,)), "lm_head.weight": ("BF16", (V, H))}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        _attention(t, p)
+        if i < dense:
+            _mlp(t, p + "mlp.", experts)
+        else:
+            for e in range(experts):
+                _mlp(t, p + f"mlp.experts.{e}.", 8)
+            _mlp(t, p + "mlp.shared_experts.", 8)
+            t[p + "mlp.gate.weight"] = ("BF16", (experts, H))
+    return t
+
+
+def interleaved_moe(layers: int = 4, step: int = 2) -> Layout:
+    """Llama 4 (`interleave_moe_layer_step`): every step-th layer MoE, the others dense, names alike."""
+    t: Layout = {"language_model.model.embed_tokens.weight": ("BF16", (V, H)), "language_model.model.norm.weight": ("BF16", (H,)),
+                 "language_model.lm_head.weight": ("BF16", (V, H))}
+    for i in range(layers):
+        p = f"language_model.model.layers.{i}."
+        _attention(t, p)
+        if (i + 1) % step == 0:
+            t[p + "feed_forward.experts.gate_up_proj"] = ("BF16", (4, H, 2 * H))
+            t[p + "feed_forward.experts.down_proj"] = ("BF16", (4, H, H))
+            t[p + "feed_forward.router.weight"] = ("BF16", (4, H))
+            _mlp(t, p + "feed_forward.shared_expert.", H)
+        else:
+            _mlp(t, p + "feed_forward.", H)
+    return t
+
+
+def hybrid(types: list[str]) -> Layout:
+    """Jamba-like: attention layers among mamba layers (`layers_block_type`)."""
+    t: Layout = {"model.embed_tokens.weight": ("BF16", (V, H)), "model.final_layernorm.weight": ("BF16", (H,)),
+                 "lm_head.weight": ("BF16", (V, H))}
+    for i, kind in enumerate(types):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = ("BF16", (H,))
+        t[p + "pre_ff_layernorm.weight"] = ("BF16", (H,))
+        if kind == "attention":
+            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                t[p + f"self_attn.{proj}.weight"] = ("BF16", (H, H))
+        else:
+            t[p + "mamba.in_proj.weight"] = ("BF16", (4 * H, H))
+            t[p + "mamba.out_proj.weight"] = ("BF16", (H, 2 * H))
+            t[p + "mamba.conv1d.weight"] = ("BF16", (2 * H, 1, 4))
+            t[p + "mamba.A_log"] = ("F32", (2 * H, 16))
+            t[p + "mamba.D"] = ("F32", (2 * H,))
+        _mlp(t, p + "feed_forward.", 2 * H)
+    return t
+
+
+def gpt2_layers(layers: int) -> Layout:
+    t: Layout = {"transformer.wte.weight": ("F32", (V, H)), "transformer.wpe.weight": ("F32", (64, H))}
+    for i in range(layers):
+        p = f"transformer.h.{i}."
+        t[p + "attn.c_attn.weight"] = ("F32", (H, 3 * H))
+        t[p + "attn.c_proj.weight"] = ("F32", (H, H))
+        t[p + "mlp.c_fc.weight"] = ("F32", (H, 4 * H))
+        t[p + "mlp.c_proj.weight"] = ("F32", (4 * H, H))
+        t[p + "ln_1.weight"] = ("F32", (H,))
+    return t

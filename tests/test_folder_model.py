@@ -19,10 +19,14 @@ from tests.st_layouts import (
     awq,
     bnb4,
     decoder,
+    dense_then_moe,
     encoder,
     fp8_compressed,
     gpt2,
+    gpt2_layers,
     gpt_neox,
+    hybrid,
+    interleaved_moe,
     llama_config,
     vision_tower,
     write_folder,
@@ -64,6 +68,24 @@ REAL_LAYOUTS = {
     "awq": (llama_config(quantization_config={"quant_method": "awq", "bits": 4}), awq(), 0),
     "fp8-compressed-tensors": (llama_config(quantization_config={"quant_method": "compressed-tensors"}), fp8_compressed(), 0),
     "bitsandbytes-nf4": (llama_config(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}), bnb4(), 0),
+    # Heterogeneous layer lists: none is a renamed tensor.
+    "deepseek-dense-first": (llama_config(architectures=["DeepseekV3ForCausalLM"], num_hidden_layers=4, first_k_dense_replace=1),
+                             dense_then_moe(), 0),
+    "deepseek-two-dense": (llama_config(architectures=["DeepseekV3ForCausalLM"], num_hidden_layers=5, first_k_dense_replace=2),
+                           dense_then_moe(layers=5, dense=2), 0),
+    "llama4-interleaved-moe": ({"architectures": ["Llama4ForConditionalGeneration"], "tie_word_embeddings": False,
+                                "text_config": {"num_hidden_layers": 6, "hidden_size": H, "vocab_size": V, "interleave_moe_layer_step": 2}},
+                               interleaved_moe(layers=6), 0),
+    "llama4-one-moe-layer": ({"architectures": ["Llama4ForConditionalGeneration"], "tie_word_embeddings": False,
+                              "text_config": {"num_hidden_layers": 3, "hidden_size": H, "vocab_size": V, "interleave_moe_layer_step": 2}},
+                             interleaved_moe(layers=3), 0),
+    "jamba-hybrid": (llama_config(architectures=["JambaForCausalLM"], num_hidden_layers=8,
+                                  layers_block_type=["mamba"] * 4 + ["attention"] + ["mamba"] * 3), hybrid(["mamba"] * 4 + ["attention"] + ["mamba"] * 3), 0),
+    "jamba-no-type-list": (llama_config(architectures=["JambaForCausalLM"], num_hidden_layers=4),
+                           hybrid(["mamba", "attention", "mamba", "mamba"]), 0),
+    "llama-fused-projections": (llama_config(), {k.replace("q_proj", "qkv_proj").replace("gate_proj", "gate_up_proj"): v
+                                                 for k, v in decoder().items() if "k_proj" not in k and "v_proj" not in k and "up_proj" not in k
+                                                 or "gate_up_proj" in k}, 0),
 }
 
 
@@ -153,3 +175,54 @@ def test_adapter_folders_get_no_model_checks(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "lora", adapter())
     (root / "config.json").write_text(json.dumps(llama_config(num_hidden_layers=9)))
     assert check_adapter(root, discover(root)).model is None
+
+
+def test_a_tensor_renamed_in_a_layer_of_a_known_architecture(tmp_path: Path) -> None:
+    tensors = {k.replace("layers.0.mlp.up_proj", "layers.0.mlp.upp_proj"): v for k, v in decoder().items()}
+    (msg,) = _mutated(tmp_path, llama_config(), tensors)
+    assert "names LlamaForCausalLM, which builds mlp.up_proj in every layer; the weights have none under model.layers.{0}.mlp.up_proj" in msg
+
+
+def test_a_quantized_module_renamed_in_a_layer(tmp_path: Path) -> None:
+    tensors = {k.replace("layers.1.self_attn.k_proj", "layers.1.self_attn.kk_proj"): v for k, v in awq().items()}
+    (msg,) = _mutated(tmp_path, llama_config(quantization_config={"quant_method": "awq"}), tensors)
+    assert "builds self_attn.k_proj in every layer" in msg and "model.layers.{1}" in msg
+
+
+def test_the_embedding_renamed_in_a_known_architecture(tmp_path: Path) -> None:
+    tensors = {k.replace("embed_tokens", "embed_tokenz"): v for k, v in decoder().items()}
+    info = check(write_folder(tmp_path / "m", llama_config(), tensors))
+    (msg,) = mismatches(info)
+    assert "names LlamaForCausalLM, whose weights hold model.embed_tokens.weight; no tensor is embed_tokens.weight" in msg
+    assert not info.model.checked
+
+
+@pytest.mark.parametrize("prefix", ["", "model.", "language_model.model."])
+def test_the_embedding_under_any_usual_prefix_is_found(tmp_path: Path, prefix: str) -> None:
+    """No numbered layers (a stripped test folder): the embedding is still where the class wants it."""
+    tensors = {f"{prefix}embed_tokens.weight": ("BF16", (V, H)), "lm_head.weight": ("BF16", (V, H))}
+    assert _mutated(tmp_path, llama_config(), tensors) == []
+
+
+def test_a_tensor_renamed_in_one_layer_of_many(tmp_path: Path) -> None:
+    """An architecture without a module table: the renamed name stands alone where three layers agree."""
+    tensors = {k.replace("h.2.mlp.c_fc", "h.2.mlp.c_fcc"): v for k, v in gpt2_layers(4).items()}
+    config = {"architectures": ["GPT2LMHeadModel"], "n_layer": 4, "n_embd": H, "vocab_size": V}
+    (msg,) = _mutated(tmp_path, config, tensors)
+    assert "transformer.h.2.mlp.c_fcc.weight stands where the other layers hold transformer.h.N.mlp.c_fc.weight" in msg
+
+
+def test_a_rename_within_a_layer_type(tmp_path: Path) -> None:
+    types = ["mamba", "attention", "mamba", "attention", "mamba", "attention", "mamba", "mamba"]
+    tensors = {k.replace("layers.3.self_attn.v_proj", "layers.3.self_attn.w_proj"): v for k, v in hybrid(types).items()}
+    config = llama_config(architectures=["JambaForCausalLM"], num_hidden_layers=8, layers_block_type=types)
+    (msg,) = _mutated(tmp_path, config, tensors)
+    assert "model.layers.3.self_attn.w_proj.weight stands where" in msg
+
+
+def test_two_layers_that_differ_are_not_judged(tmp_path: Path) -> None:
+    """With two layers nothing tells a rename from two kinds of layer: not flagged (the module
+    tables cover the common architectures)."""
+    tensors = {k.replace("h.1.mlp.c_fc", "h.1.mlp.c_fcc"): v for k, v in gpt2_layers(2).items()}
+    config = {"architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": H, "vocab_size": V}
+    assert _mutated(tmp_path, config, tensors) == []

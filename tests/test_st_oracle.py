@@ -43,7 +43,7 @@ def test_folder_mutants_agree_with_transformers(results) -> None:
     bad = st_campaign.disagreements({"folders": folders})
     assert not bad, _explain(bad)
     originals = [m for m in folders if m.kind == "original"]
-    assert len(originals) == 4 and all(m.ours and m.theirs for m in originals)
+    assert len(originals) == 6 and all(m.ours and m.theirs for m in originals)
 
 
 def test_every_deliberate_difference_is_exercised_and_still_differs(results) -> None:

@@ -32,6 +32,15 @@ Each check mirrors what the loaders do with the same disagreement:
     transformers would initialise a missing one randomly (garbage output, a warning),
     vLLM refuses. When the config does not say, the model class's default decides
     and nothing is checked.
+  - modules: for the common dense decoders (`ARCHITECTURE_MODULES`: Llama, Mistral, Qwen2/3,
+    Gemma) every layer must hold the attention and MLP projections the class builds
+    (fused `qkv_proj` / `gate_up_proj` count); a renamed one (`mlp.upp_proj`) is a missing
+    key to transformers and a refusal to vLLM. A known architecture whose embedding is
+    under no usual prefix (`model.`, none, `language_model.model.`,
+    `model.language_model.`) is refused likewise.
+  - renamed tensors in other architectures: a name only one layer holds, standing where
+    at least two layers of its kind hold a name of the same dtype, shape, depth and last
+    component, is a rename (`_renamed_in_layer`; heterogeneous layer lists pass).
 Quantized layouts are recognised, not flagged: AWQ/GPTQ (`qweight`, `qzeros`,
 `scales`), compressed-tensors (`weight_packed`, `weight_scale`), bitsandbytes
 (`absmax`, `quant_map`, `SCB`) and FP8 scales only change the linear layers; the
@@ -73,6 +82,38 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("embeddings.word_embeddings + transformer.layer.N", "embeddings.word_embeddings.weight", "transformer.layer", (),
            "DistilBERT"),
 )
+
+@dataclass(frozen=True)
+class Modules:
+    """What transformers' class for an architecture builds under the text model's prefix: a
+    checkpoint without one of these leaves it randomly initialised (transformers: "missing keys",
+    a warning) and vLLM refuses to start. Each entry of `layer` is a module name, or alternatives
+    separated by "|" (vLLM also takes fused projections: `qkv_proj`, `gate_up_proj`). The norms
+    are not listed: the projections are what quantizers and converters rename or drop."""
+    embedding: str
+    layer: tuple[str, ...]
+
+
+_LLAMA_LAYER = ("self_attn.q_proj|self_attn.qkv_proj", "self_attn.k_proj|self_attn.qkv_proj", "self_attn.v_proj|self_attn.qkv_proj",
+                "self_attn.o_proj", "mlp.gate_proj|mlp.gate_up_proj", "mlp.up_proj|mlp.gate_up_proj", "mlp.down_proj")
+_LLAMA = Modules("embed_tokens", _LLAMA_LAYER)
+# `architectures[0]` -> modules, for the common dense decoders (modeling_llama.py and its copies).
+ARCHITECTURE_MODULES: dict[str, Modules] = {
+    "LlamaForCausalLM": _LLAMA,
+    "MistralForCausalLM": _LLAMA,
+    "Qwen2ForCausalLM": _LLAMA,
+    "Qwen3ForCausalLM": Modules("embed_tokens", (*_LLAMA_LAYER, "self_attn.q_norm", "self_attn.k_norm")),
+    "GemmaForCausalLM": _LLAMA,
+    # Only the embedding is checked for these (their layers differ by kind: MoE, dense-first, sliding).
+    **{arch: Modules("embed_tokens", ()) for arch in (
+        "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM",
+        "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM")},
+}
+# Where a known architecture's text model may sit: transformers strips or adds its base prefix
+# (`model.`), multimodal wrappers keep it under `language_model.model.` or `model.language_model.`.
+MODULE_PREFIXES = ("model.", "", "language_model.model.", "model.language_model.")
+# Per-layer type lists in configs (hybrid and sliding-window models): layers are compared within a type.
+LAYER_TYPE_KEYS = ("layer_types", "layers_block_type")
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 VOCAB_KEYS = ("vocab_size", "n_vocab", "padded_vocab_size")
@@ -174,7 +215,7 @@ def check_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta]) ->
     matches = [(layout, prefix, idx) for layout in LAYOUTS for prefix, idx in _match(layout, names)]
     if not matches:
         facts.reason = "tensor names match no known layout (embedding + numbered layers)"
-        return facts, []
+        return facts, _known_architecture_without_layout(config, names)
     if len(matches) > 1:
         where = ", ".join(f"{p or '(root)'}{layout.embedding}" for layout, p, _ in matches)
         facts.reason = f"several text models in one folder ({where})"
@@ -200,6 +241,15 @@ def check_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta]) ->
             out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} says {n} layers (0-{n - 1}); the weights also hold "
                                f"{stem}.{_ranges(beyond)}, which no module takes (vLLM fails on them)"))
 
+    arch = _architecture(config)
+    modules = ARCHITECTURE_MODULES.get(arch or "")
+    covered: tuple[str, ...] = ()
+    if modules is not None and layout.embedding == modules.embedding + ".weight" and layout.layers == "layers":
+        out += _missing_modules(arch or "", modules, prefix, names, n)
+        covered = tuple(alt for want in modules.layer for alt in want.split("|"))
+    if n is not None:
+        out += _renamed_in_layer(prefix + layout.layers + ".", names, tensors, n, _layer_types(cfg, config, n), covered)
+
     vocab = facts.vocab_size = _int(cfg, config, VOCAB_KEYS)
     width = facts.hidden_size = _int(cfg, config, WIDTH_KEYS)
     emb_name = prefix + layout.embedding
@@ -219,7 +269,6 @@ def check_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta]) ->
                 key = next(k for k in WIDTH_KEYS if _int(cfg, config, (k,)) == width)
                 out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} says {key} {width}; {emb_name} is {cols} wide"))
 
-    arch = _architecture(config)
     if layout.heads and arch is not None and arch.endswith(LM_SUFFIXES):
         tie = cfg.get("tie_word_embeddings", config.get("tie_word_embeddings"))
         facts.tied_embeddings = tie if isinstance(tie, bool) else None
@@ -235,6 +284,117 @@ def check_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta]) ->
             out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} says vocab_size {vocab}; {head_name} has {head[1][0]} rows"))
     facts.checks = tuple(checks)
     return facts, out
+
+
+def _present(names: list[str], module: str) -> bool:
+    stem = module + "."
+    return any(n.startswith(stem) for n in names)
+
+
+def _known_architecture_without_layout(config: Mapping[str, Any], names: list[str]) -> list[Problem]:
+    """A known architecture whose embedding is nowhere (renamed, or the weights of another model):
+    transformers reports it missing and leaves it random; vLLM refuses."""
+    arch = _architecture(config)
+    modules = ARCHITECTURE_MODULES.get(arch or "")
+    if modules is None or any(_present(names, p + modules.embedding) for p in MODULE_PREFIXES):
+        return []
+    want = f"model.{modules.embedding}.weight"
+    return [P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} names {arch}, whose weights hold {want}; no tensor is "
+                    f"{modules.embedding}.weight under any prefix (transformers would initialise it randomly, vLLM refuses)")]
+
+
+def _missing_modules(arch: str, modules: Modules, prefix: str, names: list[str], n: int | None) -> list[Problem]:
+    """Every module the architecture's class builds, in every layer (quantized forms count:
+    any tensor under the module's name)."""
+    out: list[Problem] = []
+    stems: dict[str, set[str]] = {}
+    layers = prefix + "layers."
+    for name in names:
+        if name.startswith(layers):
+            i, _, rest = name[len(layers):].partition(".")
+            stems.setdefault(i, set()).add(rest)
+    missing: dict[str, list[int]] = {}
+    for i in range(n or 0):
+        have = stems.get(str(i))
+        if not have:
+            continue  # a missing layer is reported with the layer count
+        for want in modules.layer:
+            if not any(any(r.startswith(alt + ".") for r in have) for alt in want.split("|")):
+                missing.setdefault(want.split("|")[0], []).append(i)
+    for module, where in missing.items():
+        out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} names {arch}, which builds {module} in every layer; the weights "
+                           f"have none under {layers}{{{_ranges(where)}}}.{module} (transformers reports it missing, vLLM refuses)"))
+    return out
+
+
+def _layer_types(cfg: Mapping[str, Any], top: Mapping[str, Any], n: int) -> list[str] | None:
+    for source in (cfg, top):
+        for key in LAYER_TYPE_KEYS:
+            v = source.get(key)
+            if isinstance(v, list) and len(v) == n and all(isinstance(x, str) for x in v):
+                return v
+    return None
+
+
+def _renamed_in_layer(stem: str, names: list[str], tensors: Mapping[str, TensorMeta], n: int,
+                      types: list[str] | None, covered: tuple[str, ...] = ()) -> list[Problem]:
+    """A tensor renamed inside one layer: the layer holds a name no other layer has, in place of
+    one that at least two layers of its kind hold, with the same dtype, shape, depth and last
+    component (`mlp.up_proj.weight` -> `mlp.upp_proj.weight`). Every name unique to the layer
+    must pair up so, which keeps heterogeneous models apart: a dense first layer among MoE
+    layers (DeepSeek `first_k_dense_replace`, Qwen2-MoE `mlp_only_layers`), interleaved MoE
+    (Llama 4), attention among mamba layers (Jamba) have unique names of other shapes or depths.
+    With fewer than three layers of a kind nothing is said: two layers that differ cannot tell
+    which one is renamed, or whether they are of two kinds. Modules in `covered` were judged
+    from the architecture's table already."""
+    per_layer: dict[int, dict[str, TensorMeta]] = {}
+    for name in names:
+        if name.startswith(stem):
+            i, _, rest = name[len(stem):].partition(".")
+            if i.isdigit() and int(i) < n:
+                per_layer.setdefault(int(i), {})[rest] = tensors.get(name)
+    kinds: dict[str, list[int]] = {}
+    for i in sorted(per_layer):
+        kinds.setdefault(types[i] if types else "", []).append(i)
+    out: list[Problem] = []
+    for layers in kinds.values():
+        if len(layers) < 3:
+            continue
+        count: dict[str, int] = {}
+        for i in layers:
+            for rest in per_layer[i]:
+                count[rest] = count.get(rest, 0) + 1
+        for j in layers:
+            mine = per_layer[j]
+            unique = [r for r in mine if count[r] == 1]
+            if not unique or len(unique) > 2:
+                continue
+            absent = [r for r, c in count.items() if c >= 2 and r not in mine]
+            pairs = []
+            for u in unique:
+                m = next((a for a in absent if _same_slot(u, mine[u], a, _meta_of(per_layer, layers, a))), None)
+                if m is None:
+                    break
+                pairs.append((u, m))
+            else:
+                for u, m in pairs:
+                    if any(m.startswith(c + ".") for c in covered):
+                        continue
+                    out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{stem}{j}.{u} stands where the other layers hold "
+                                       f"{stem}N.{m} (same shape): a renamed tensor; the model's module is missing in layer {j} "
+                                       "(transformers reports missing and unexpected keys, vLLM refuses)"))
+    return out
+
+
+def _meta_of(per_layer: dict[int, dict[str, TensorMeta]], layers: list[int], rest: str) -> TensorMeta:
+    return next((per_layer[i][rest] for i in layers if rest in per_layer[i]), None)
+
+
+def _same_slot(u: str, u_meta: TensorMeta, m: str, m_meta: TensorMeta) -> bool:
+    if u_meta is None or m_meta is None or u_meta != m_meta:
+        return False
+    pu, pm = u.split("."), m.split(".")
+    return len(pu) == len(pm) and pu[-1] == pm[-1] and sum(a != b for a, b in zip(pu, pm)) == 1
 
 
 def _architecture(config: Mapping[str, Any]) -> str | None:
