@@ -262,6 +262,7 @@ STRUCTURAL: dict[str, Callable[[Spec], None]] = {
     "unused-known-tensor": lambda s: s.tensors.append(("blk.0.attn_q_norm.weight", (N_EMBD,), "F32")),
     "unused-bias": lambda s: s.tensors.append(("blk.0.attn_norm.bias", (N_EMBD,), "F32")),
     "unused-expert-number": lambda s: s.tensors.append(("blk.0.ffn_up.0.weight", (N_FF, N_EMBD), "F32")),
+    "unused-expert-router": lambda s: s.tensors.append(("blk.0.ffn_gate_inp.weight", (4, N_EMBD), "F32")),
     # Tensors the llama loader creates when present (TENSOR_NOT_REQUIRED): llama.cpp loads these.
     "optional-output-bias": lambda s: s.tensors.append(("blk.0.attn_output.bias", (N_EMBD,), "F32")),
     "optional-rope-freqs": lambda s: s.tensors.append(("rope_freqs.weight", (N_EMBD // 8,), "F32")),

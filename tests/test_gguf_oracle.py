@@ -38,6 +38,9 @@ DELIBERATE_STRUCTURAL = {
     "architecture-unknown": "an architecture llama.cpp does not know may be one a newer llama.cpp knows: a warning, not an error",
     "tokenizer-model-unknown": "likewise a tokenizer kind newer than this llama.cpp: a warning",
     "type-43-newer": "a ggml type past llama.cpp's table (42) may come from a newer llama.cpp; its size is known from the layout: a warning",
+    "unused-expert-router": "a tensor the architecture's loader creates only under a condition (here: experts, in a model "
+                            "without them): TENSOR_NAMES holds every name a loader may create, not the conditions "
+                            "(llama.cpp: 'wrong number of tensors')",
 }
 WARNING_REASONS = {
     P.UNKNOWN_ARCHITECTURE: "unknown architecture (a newer llama.cpp may know it): a warning",
