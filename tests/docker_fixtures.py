@@ -288,3 +288,18 @@ def docker_time(stamp: str) -> datetime:
     """A Docker timestamp (nanoseconds, Z) as a datetime, to compare start and finish."""
     head, _, frac = stamp.rstrip("Z").partition(".")
     return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}")
+
+
+def served_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file a server sees under `folder`, through the lane paths (a folder
+    lane is a link to its revision; hidden revision folders and the state folder are not
+    walked on their own)."""
+    import hashlib
+
+    out = {}
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return dict(sorted(out.items()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from preflight.docker import MANIFEST_MOUNT, MODELS_MOUNT, RUN_LABEL, TOKEN_MOUNT, DockerRun, staged_token
 from preflight.errors import UsageError
-from tests.docker_fixtures import Setup, corrupt, make_setup, write_tiny_gguf, write_tiny_hf_dir
+from tests.docker_fixtures import Setup, corrupt, make_setup, served_digests, write_tiny_gguf, write_tiny_hf_dir
 
 SECRET = "hf_secret_value_never_in_config"
 
@@ -25,9 +24,7 @@ def preflight(*args: str, env: dict[str, str] | None = None, timeout: float = 30
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".preflight" not in p.parts}
+_digests = served_digests
 
 
 # --------------------------------------------------------------------------- without an engine

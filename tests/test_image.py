@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from tests.docker_fixtures import (
     Setup,
     corrupt,
     run_container,
+    served_digests,
     write_tiny_gguf,
     write_tiny_hf_dir,
 )
@@ -30,16 +30,7 @@ pytestmark = pytest.mark.docker
 ADDED_LAYERS_LIMIT = 130 * 1024 * 1024
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    """What a server sees through the lane paths (a folder lane is a link to its revision;
-    hidden revision folders and the state folder are not walked on their own)."""
-    out = {}
-    for dirpath, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            p = Path(dirpath) / name
-            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return dict(sorted(out.items()))
+_digests = served_digests
 
 
 def _host_check(setup: Setup) -> subprocess.CompletedProcess[str]:
