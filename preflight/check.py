@@ -445,6 +445,12 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
         plan.result.settle()
         if fingerprint is not None and not plan.result.errors:
             ctx.receipts.mark_lane(plan.lane.name, fingerprint, [p.to_dict() for p in plan.result.problems[observed:]])
+    for plan in plans:
+        if plan.lane.signature is not None:  # the publisher's signature over the digests just verified (signing.py)
+            from .signing import verify_lane
+
+            plan.result.problems.extend(verify_lane(ctx, plan))
+            plan.result.settle()
     return [p.result for p in plans]
 
 
