@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import pytest
 from tests.hubserver import HubServer
 from tests.repos import LLAMA_CONFIG, hf_model
 from tests.test_sync import STATE, Volume, hf_lane, kill, vol  # noqa: F401
+from tests.test_sync_faults import small_vol  # noqa: F401
 
 
 def model(rev: str, *, sharded: bool = True) -> dict[str, bytes]:
@@ -295,21 +295,7 @@ def test_prune_unselected_is_opt_in(vol: Volume, hub_server: HubServer) -> None:
     assert vol.run("check").code == 0
 
 
-@pytest.fixture
-def small_vol(tmp_path: Path, hub_server: HubServer):
-    vol = Volume(tmp_path, hub_server)
-    vol.models.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(vol.models)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield vol
-    finally:
-        subprocess.run(["umount", "-l", str(vol.models)], check=False)
-
-
+@pytest.mark.parametrize("small_vol", [48], indirect=True)
 def test_an_upgrade_needs_space_only_for_what_changed(small_vol: Volume, hub_server: HubServer) -> None:
     """30 MiB of weights on a 48 MiB volume: a second full copy would not fit, the changed config does."""
     big = os.urandom(30 * 2**20)

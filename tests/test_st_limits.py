@@ -189,11 +189,13 @@ def test_hostile_index_is_bounded(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_100k_tensor_index_and_a_big_tokenizer_pass(tmp_path: Path) -> None:
     """The index of a large MoE repo (100,000 tensors over 160 shards) is read; tokenizer.json is never parsed."""
-    names = [f"model.layers.{i // 1600}.mlp.experts.{i % 1600 // 3}.{('gate', 'up', 'down')[i % 3]}_proj.weight" for i in range(100_000)]
+    names = ["model.embed_tokens.weight",
+             *(f"model.layers.{i // 1600}.mlp.experts.{i % 1600 // 3}.{('gate', 'up', 'down')[i % 3]}_proj.weight" for i in range(100_000 - 1))]
     index = {"metadata": {"total_size": 1}, "weight_map": {n: f"model-{i // 625 + 1:05d}-of-00160.safetensors" for i, n in enumerate(names)}}
     tokenizer = json.dumps({**TOKENIZER, "model": {"type": "BPE", "vocab": {f"tok{i}": i for i in range(250_000)}, "merges": []}}).encode()
     assert len(tokenizer) > 4 * 2**20
-    root = _folder(tmp_path, json.dumps(LLAMA_CONFIG).encode(), index=json.dumps(index, indent=2).encode(), tokenizer=tokenizer)
+    config = {**LLAMA_CONFIG, "architectures": ["MixtralForCausalLM"], "num_hidden_layers": 63}
+    root = _folder(tmp_path, json.dumps(config).encode(), index=json.dumps(index, indent=2).encode(), tokenizer=tokenizer)
     codes, rss, cpu = measured(CHECK_FOLDER, str(root))
     assert set(codes) == {"shard-missing"}  # read through: only the shards are absent
     within_bounds(codes, rss, cpu)

@@ -415,8 +415,9 @@ MiB = 2**20
 
 
 @pytest.fixture
-def small_vol(tmp_path: Path, hub_server: HubServer):
-    """A Volume whose models folder is an 80 MiB tmpfs (needs root, as the CI machine has)."""
+def small_vol(tmp_path: Path, hub_server: HubServer, request: pytest.FixtureRequest):
+    """A Volume whose models folder is a small tmpfs, 80 MiB unless the test asks for
+    another size (indirect parametrization); needs root, as the CI machine has."""
     import os
     import subprocess
 
@@ -424,7 +425,8 @@ def small_vol(tmp_path: Path, hub_server: HubServer):
     vol.models.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(vol.models)], capture_output=True, text=True)
+    size = getattr(request, "param", 80)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m", "tmpfs", str(vol.models)], capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
