@@ -64,7 +64,11 @@ def inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
             "path": str(path), "format": f"gguf v{g.version}" if g.version else "gguf", "architecture": g.architecture,
             "context_length": g.context_length, "file_type": g.file_type, "quant_types": dict(g.quant_types),
             "tensor_count": g.tensor_count, "parameter_count": g.parameter_count, "kv_count": g.kv_count,
-            "split": {"files": names} if len(names) > 1 else None, "problems": _problems(problems),
+            "split": {"files": names} if len(names) > 1 else None,
+            # the model-level facts the checks judged (formats/gguf_model.py)
+            "blocks": getattr(g, "block_count", None), "vocabulary_size": getattr(g, "vocab_size", None),
+            "tied_embeddings": getattr(g, "tied_embeddings", None), "vocabulary_only": getattr(g, "vocab_only", None) or None,
+            "problems": _problems(problems),
         }
     from .check import check_single_file
 
@@ -133,7 +137,8 @@ def _fmt_params(n: int) -> str:
 
 def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
     keys = ("path", "format", "repo", "revision", "architecture", "model_type", "dtype", "quantization", "file_type", "context_length",
-            "tensor_count", "parameter_count", "dtypes", "quant_types", "tokenizer", "serves_text", "weights", "rank", "target_modules",
+            "tensor_count", "parameter_count", "blocks", "vocabulary_size", "tied_embeddings", "vocabulary_only",
+            "dtypes", "quant_types", "tokenizer", "serves_text", "weights", "rank", "target_modules",
             "base_model", "files", "size", "split")
     for key in keys:
         value = result.get(key)
@@ -141,6 +146,8 @@ def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
             continue
         if key == "serves_text":
             value = f"{'yes' if value['value'] else 'no'} ({value['because']})"
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
         elif key == "parameter_count":
             value = f"{_fmt_params(value)} ({value})"
         elif key == "split":

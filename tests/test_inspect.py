@@ -224,3 +224,13 @@ def test_model_facts_are_shown(tmp_path: Path) -> None:
     (root / "config.json").write_text(json.dumps({**json.loads((root / "config.json").read_text()), "num_hidden_layers": 3}))
     code, j = as_json(root)
     assert code == 1 and [p["code"] for p in j["problems"]] == ["config-mismatch"]
+
+
+def test_inspect_shows_the_gguf_model_facts_it_checked(tmp_path: Path) -> None:
+    from tests.builders import write_gguf
+
+    path = write_gguf(tmp_path / "m.gguf")
+    result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    doc = json.loads(result.stdout)
+    assert (doc["architecture"], doc["blocks"], doc["vocabulary_size"]) == ("llama", 1, 32)
+    assert doc["tied_embeddings"] is True  # no output.weight: llama.cpp reuses token_embd
