@@ -24,6 +24,19 @@ def _problems(problems: list[Problem]) -> list[dict]:
 
 
 def inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    out = _inspect_path(path, allow_pickle=allow_pickle)
+    # an OpenSSF model signature beside the model (unverified here: inspect has no policy)
+    folder = Path(out.get("snapshot") or path)
+    sig = folder / "model.sig" if folder.is_dir() else path.with_name(path.name + ".sig")
+    if sig.is_file():
+        from .signing import describe
+
+        files = discover(folder) if folder.is_dir() else [path.name]
+        out["signature"] = describe(sig, files, single=None if folder.is_dir() else path.name)
+    return out
+
+
+def _inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
     if path.is_dir():
         cache = cache_snapshot(path)
         if cache is not None:
@@ -161,6 +174,10 @@ def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
     if model:
         for label, value in _model_lines(model):
             print(f"{label + ':':<17} {value}", file=out)
+    sig = result.get("signature")
+    if sig:
+        for label, value in _signature_lines(sig):
+            print(f"{label + ':':<17} {value}", file=out)
     problems = result.get("problems", [])
     if not problems:
         print("problems:         none", file=out)
@@ -185,4 +202,20 @@ def _model_lines(model: dict[str, Any]) -> list[tuple[str, str]]:
     if model.get("quantized_layout"):
         lines.append(("quantized layout", model["quantized_layout"]))
     lines.append(("model checks", ", ".join(model["checks"]) or "none (config.json gives no sizes)"))
+    return lines
+
+
+def _signature_lines(sig: dict[str, Any]) -> list[tuple[str, str]]:
+    if sig.get("error"):
+        return [("signature", f"{sig['file']}: {sig['error']}")]
+    lines = [("signature", f"{sig['file']} (not verified here: `preflight check` verifies it under the lane's policy)"),
+             ("signed by", str(sig.get("signer")))]
+    if "covers" in sig:
+        lines.append(("signed files", f"{sig['covers']} ({sig.get('serialization')}), model {sig.get('model')!r}"))
+        if sig.get("unsigned"):
+            lines.append(("unsigned files", ", ".join(sig["unsigned"][:10]) + (" …" if len(sig["unsigned"]) > 10 else "")))
+        if sig.get("not_present"):
+            lines.append(("signed, absent", ", ".join(sig["not_present"][:10]) + (" …" if len(sig["not_present"]) > 10 else "")))
+    else:
+        lines.append(("statement", f"{sig.get('predicate')} (not a model signature)"))
     return lines

@@ -71,6 +71,7 @@ class Statement:
     ignore_paths: tuple[str, ...]
     resources: tuple[Resource, ...]
     signer: str = ""
+    shard_size: int | None = None
 
     @property
     def by_file(self) -> bool:
@@ -265,8 +266,10 @@ def _statement(manifest, signer: str) -> Statement:
         path = _split_shard(r.name)[0] if args.get("method") == "shards" else r.name
         if path != "." and (path.startswith("/") or ".." in path.split("/") or "\x00" in path):
             raise SignatureError(f"the signed statement names {path[:80]!r}, which is not a path inside a model")
+    shard = args.get("shard_size")
     return Statement(str(manifest.model_name), str(args.get("method", "files")), str(args.get("hash_type", "sha256")),
-                     tuple(str(p) for p in args.get("ignore_paths") or ()), resources, signer)
+                     tuple(str(p) for p in args.get("ignore_paths") or ()), resources, signer,
+                     int(shard) if isinstance(shard, (int, float)) and shard >= 1 else None)
 
 
 def _not_expired(signature) -> None:
@@ -438,7 +441,10 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
     if statement.by_file:
         _hash_missing(ctx, plan, seen, statement, single)
     else:
-        seen.present = _library_digests(plan, seen, statement, single)
+        try:
+            seen.present = _library_digests(plan, seen, statement, single)
+        except SignatureError as exc:
+            return [P.error(label, P.SIGNATURE_INVALID, f"{label}: {exc}")]
         plan.result.note = plan.result.note or (f"signed with {statement.method} serialization and {statement.hash_type}: "
                                                 "the files were read again to verify it (sha256 per file needs no second read)")
     found += compare(statement, seen.present, wanted=wanted, absent=seen.absent, single=single, skip=seen.skip)
@@ -468,7 +474,8 @@ def _wanted(plan: LanePlan) -> Callable[[str], bool]:
 
 def _observe(plan: LanePlan, sig_rel: str | None) -> _Seen:
     seen = _Seen()
-    broken = {p.path for p in plan.result.problems if p.is_error}
+    # files whose bytes are not worth a read for a finding already made (a format error is not one of these)
+    broken = {p.path for p in plan.result.problems if p.is_error and p.code in (P.UNREADABLE, P.SIZE_MISMATCH, P.PATH_ESCAPE, P.NOT_A_FILE)}
     for rel, obs in plan.files.items():
         if rel == sig_rel:
             seen.skip.add(rel)
@@ -477,7 +484,7 @@ def _observe(plan: LanePlan, sig_rel: str | None) -> _Seen:
         else:
             sha = (obs.digests or {}).get("sha256")
             if rel in broken and not sha:
-                seen.skip.add(rel)  # found broken before it could be hashed (a size mismatch, unreadable)
+                seen.skip.add(rel)
             else:
                 seen.present[rel] = f"sha256:{sha}" if sha else ""
     return seen
@@ -524,19 +531,26 @@ def _library_digests(plan: LanePlan, seen: _Seen, statement: Statement, single: 
     statement says they were serialized (one more read of each)."""
     from model_signing import hashing
 
-    args = {"hashing_algorithm": statement.hash_type, "allow_symlinks": False}
-    config = hashing.Config()
-    if statement.method == "shards":
-        shard_size = _shard_size(statement)
-        config.use_shard_serialization(shard_size=shard_size, **args)
-    else:
-        config.use_file_serialization(**args)
-    config.set_ignored_paths(paths=[], ignore_git_paths=False)
+    args = {"hashing_algorithm": _ALGORITHMS.get(statement.hash_type, statement.hash_type), "allow_symlinks": False}
     rels = [rel for rel in seen.present if not ignored(rel, statement.ignore_paths)]
-    if single is not None and rels == [single] and len(statement.file_digests()) == 1 and "." in statement.file_digests():
-        manifest = config.hash(plan.files[single].abs)
-    else:
-        manifest = config.hash(plan.root, files_to_hash=[plan.files[rel].abs for rel in rels])
+    try:
+        config = hashing.Config()
+        if statement.method == "shards":
+            if statement.shard_size is None:
+                raise ValueError("no shard size in the statement")
+            config.use_shard_serialization(shard_size=statement.shard_size, **args)
+        else:
+            config.use_file_serialization(**args)
+        config.set_ignored_paths(paths=[], ignore_git_paths=False)
+        if single is not None and rels == [single] and list(statement.file_digests()) == ["."]:
+            manifest = config.hash(plan.files[single].abs)
+        else:
+            manifest = config.hash(plan.root, files_to_hash=[plan.files[rel].abs for rel in rels])
+    except OSError as exc:
+        raise SignatureError(f"cannot read the lane's files to compare them with the statement: {exc.strerror}") from None
+    except Exception as exc:
+        raise SignatureError(f"the statement's serialization ({statement.method}, {statement.hash_type}) cannot be "
+                             f"recomputed: {_reason(exc)}") from None
     actual = Statement("", statement.method, statement.hash_type, (), tuple(
         Resource(str(rd.identifier), str(rd.digest.algorithm), rd.digest.digest_hex) for rd in manifest.resource_descriptors())).file_digests()
     if single is not None and "." in actual:
@@ -546,13 +560,7 @@ def _library_digests(plan: LanePlan, seen: _Seen, statement: Statement, single: 
     return {rel: actual.get(rel, "") for rel in seen.present}
 
 
-def _shard_size(statement: Statement) -> int:
-    for r in statement.resources:
-        _path, _, span = _split_shard(r.name)
-        start, _, end = span.partition(":")
-        if start == "0" and end.isdigit():
-            return max(int(end), 1)
-    return 1_000_000_000
+_ALGORITHMS = {"blake2b": "blake2"}  # a statement's hash_type → model_signing's name for the hasher
 
 
 # ---------------------------------------------------------------- inspect (unverified)

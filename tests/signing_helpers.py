@@ -65,7 +65,7 @@ def _cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, start: dateti
     return b.sign(issuer_key, hashes.SHA256())
 
 
-def test_pki(folder: Path, *, name: str = "Test", leaf_start: datetime.datetime | None = None,
+def make_pki(folder: Path, *, name: str = "Test", leaf_start: datetime.datetime | None = None,
              leaf_end: datetime.datetime | None = None) -> Pki:
     """Root → intermediate → leaf. The leaf's validity can be set (an expired leaf)."""
     folder.mkdir(parents=True, exist_ok=True)
