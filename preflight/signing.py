@@ -401,6 +401,8 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
     policy = plan.lane.signature
     if policy is None or plan.escaped:
         return []
+    if any(p.is_error and p.code == P.MISSING and p.path == plan.lane.path for p in plan.result.problems):
+        return []  # the lane is not there at all: nothing to verify yet
     where = f"lanes.{plan.lane.name}.signature"
     rel, sig = signature_path(plan)
     label = rel or str(sig)

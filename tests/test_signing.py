@@ -317,6 +317,12 @@ def test_a_missing_signature_is_refused_unless_optional(signed: Signed) -> None:
     assert run.lane["problems"][0]["severity"] == "warning"
 
 
+def test_a_lane_not_there_yet_is_missing_not_invalid(signed: Signed) -> None:
+    signed.models.mkdir()
+    run = signed.policy(KEY_POLICY).check()
+    assert run.code == 1 and run.lane["status"] == "missing" and run.codes() == ["missing"]
+
+
 def test_an_optional_signature_that_is_there_must_verify(signed: Signed) -> None:
     lane = signed.folder()
     sign_with_key(lane, lane / "model.sig", ec_key_pair(signed.root / "other", "intruder"))
