@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def main() -> int:
     with scratch("bench-signing") as root:
         models = root / "models"
         lane = models / "vllm/signed"
-        shards = build_folder(lane, args.shards, args.shard_mib * MiB)
+        build_folder(lane, args.shards, args.shard_mib * MiB)
         key = ec_key_pair(root / "keys")
         sign_with_key(lane, lane / "model.sig", key)
         size = sum(p.stat().st_size for p in lane.iterdir() if p.name != "model.sig")
@@ -118,7 +117,6 @@ def main() -> int:
         t.at_most("cold check bytes read beyond the lane", (max(cold_reads) - size) / MiB, TARGET_EXTRA_READ / MiB, unit=" MiB",
                   detail=f"{max(cold_reads)} bytes for a {size}-byte lane")
         t.at_most("warm re-check bytes read / lane size", warm_read / size, TARGET_WARM_READ, detail=f"{warm_read} bytes")
-        del shards
     return t.finish()
 
 

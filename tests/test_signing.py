@@ -25,7 +25,7 @@ pytest.importorskip("model_signing")
 from preflight.cli import main  # noqa: E402
 from tests.repos import gguf_file, hf_model, write_tree  # noqa: E402
 from tests.signing_helpers import (  # noqa: E402
-    KeyPair, Pki, cli, ec_key_pair, sign_with_certificate, sign_with_key, sigstore_production_root, statement_of, make_pki,
+    cli, ec_key_pair, sign_with_certificate, sign_with_key, sigstore_production_root, statement_of, make_pki,
 )
 
 LANE = "vllm/tiny"
