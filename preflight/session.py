@@ -61,7 +61,11 @@ class Session:
     def save_receipts(self) -> None:
         if self.ctx.receipts._dirty:
             if not self.writable:
-                self.report.notes.append("the volume is read-only here: receipts not written (pass --state-dir to keep them elsewhere)")
+                from .volume import why_unwritable
+
+                where = self.state_dir if self.state_dir is not None and self.state_dir.exists() else self.ctx.models_dir
+                self.report.notes.append(f"receipts not written: {where} is not writable by uid {os.getuid()} ({why_unwritable(where, None)}); "
+                                         "pass --state-dir to keep them elsewhere")
                 return
             if self.ctx.receipts.state_dir is None:
                 self.ctx.receipts.state_dir = self.state_dir

@@ -45,7 +45,7 @@ from .sources import Context as SourceContext
 from .sources import Entry, Listing, Source, Transfer, open_source
 from .sources.http import Cancel, Timeouts, retry_delay
 from .integrity import nofollow
-from .volume import PathEscape, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume
+from .volume import PathEscape, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume, why_unwritable
 
 T = TypeVar("T")
 
@@ -503,7 +503,7 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
     except PathEscape:
         raise
     except OSError as exc:
-        raise NotReadyError(f"cannot write the state folder {sdir}: {_why_unwritable(sdir, exc)}; cannot fetch", hint=_OWNER_HINT) from None
+        raise NotReadyError(f"cannot write the state folder {sdir}: {why_unwritable(sdir, exc)}; cannot fetch", hint=_OWNER_HINT) from None
     vol = Volume(root)
     escaped: dict[str, PreflightError] = {}
     seen: set[str] = set()
@@ -519,7 +519,7 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
                 escaped[job.lane.name] = exc
                 continue
             if not os.access(existing, os.W_OK | os.X_OK):
-                raise NotReadyError(f"the folder {existing} is not writable by uid {os.getuid()}: {_why_unwritable(existing, None)}; cannot fetch lane {job.lane.name}",
+                raise NotReadyError(f"the folder {existing} is not writable by uid {os.getuid()}: {why_unwritable(existing, None)}; cannot fetch lane {job.lane.name}",
                                     hint=_OWNER_HINT)
     session.writable = True
     session.ctx.receipts.state_dir = sdir
@@ -527,22 +527,6 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
 
 
 _OWNER_HINT = "mount the volume read-write, or give it to this uid (chown, or fsGroup in Kubernetes; the image runs as uid 65532)"
-
-
-def _why_unwritable(path: Path, exc: OSError | None) -> str:
-    """The real cause: a read-only mount, another owner, or what the OS said."""
-    try:
-        if os.statvfs(path if path.exists() else path.parent).f_flag & os.ST_RDONLY:
-            return "the filesystem is mounted read-only"
-    except OSError:
-        pass
-    try:
-        st = os.stat(path if path.exists() else path.parent)
-        if exc is None or exc.errno in (errno.EACCES, errno.EPERM):
-            return f"owned by uid {st.st_uid} gid {st.st_gid} with mode {stat.filemode(st.st_mode)}"
-    except OSError:
-        pass
-    return exc.strerror if exc is not None and exc.strerror else "permission denied"
 
 
 def run_sync(session: Session, opts: Options) -> Report:

@@ -208,3 +208,19 @@ def state_volume(models_dir: Path, state_dir: Path, *, create: bool = True) -> V
             if create:
                 raise
     return Volume(state_dir)
+
+
+def why_unwritable(path: Path, exc: OSError | None) -> str:
+    """The real cause: a read-only mount, another owner, or what the OS said."""
+    try:
+        if os.statvfs(path if path.exists() else path.parent).f_flag & os.ST_RDONLY:
+            return "the filesystem is mounted read-only"
+    except OSError:
+        pass
+    try:
+        st = os.stat(path if path.exists() else path.parent)
+        if exc is None or exc.errno in (errno.EACCES, errno.EPERM):
+            return f"owned by uid {st.st_uid} gid {st.st_gid} with mode {stat.filemode(st.st_mode)}"
+    except OSError:
+        pass
+    return exc.strerror if exc is not None and exc.strerror else "permission denied"
