@@ -76,12 +76,14 @@ def network_options(fn):
 @network_options
 @opt("--offline", is_flag=True, help="Fetch nothing; behave as check (also HF_HUB_OFFLINE=1).")
 @opt("--locked", is_flag=True, help="Use only the lock file; fail if a lane is not locked or its source changed.")
-@opt("--workers", type=click.IntRange(1, 32), default=4, show_default=True, help="Files fetched at once.")
+@opt("--workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Files fetched at once.")
+@opt("--connections", type=click.IntRange(1, 256), default=16, show_default=True,
+     help="Connections open at once in the run: a large file is fetched as ranges over several, within this budget.")
 @opt("--deadline", type=float, default=None, help="Give up (exit 3) when the whole run takes longer than this many seconds.")
 @opt("--lease-wait", type=float, default=1800.0, show_default=True, help="Seconds to wait for another writer before exit 6.")
 @opt("--lease-stale", type=float, default=60.0, show_default=True, help="A lease whose heartbeat stopped this long ago is taken over.")
 @guarded(report="sync")
-def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, deadline, lease_wait, lease_stale, **kw) -> int:
+def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, connections, deadline, lease_wait, lease_stale, **kw) -> int:
     """Check, fetch what is missing or broken, verify, publish, report.
 
     Exits 0 only when every required lane is ready. New bytes are staged under
@@ -104,7 +106,7 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
     session = Session.open(command="sync", **kw)
     opts = Options(
         offline=offline, locked=locked, token_file=token_file, timeouts=Timeouts(connect_timeout, stall_timeout),
-        retries=retries, workers=workers, deadline=deadline, lease_wait=lease_wait, stale_after=lease_stale,
+        retries=retries, workers=workers, connections=connections, deadline=deadline, lease_wait=lease_wait, stale_after=lease_stale,
     )
     report = run_sync(session, opts)
     return session.finish(report, ready_file=True)

@@ -71,6 +71,7 @@ class Options:
     deadline: float | None = None  # seconds for the whole run
     lease_wait: float = 1800.0
     stale_after: float = 60.0
+    connections: int = 16  # connections open at once in the run (ranged pieces of large files, small files)
 
 
 @dataclass
@@ -255,6 +256,9 @@ class Fetcher:
         self.volume = Volume(session.ctx.models_dir)
         self.cancel = Cancel()
         self.may_write: Callable[[], bool] | None = None  # the lease's still_ours
+        from .sources.pool import Budget
+
+        self.budget = Budget(max(opts.connections, opts.workers))
 
     def run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         """Fetch every job; on an interrupt (SIGTERM arrives as KeyboardInterrupt) stop all
@@ -289,7 +293,8 @@ class Fetcher:
         if job.expect.sha1 and job.expect.size is None:
             algos = ("sha256",)
         key = self.progress.start(job.label, job.size)
-        transfer = Transfer(self.opts.timeouts, self.deadline, self.cancel, self.may_write, lambda n: self.progress.advance(key, n))
+        transfer = Transfer(self.opts.timeouts, self.deadline, self.cancel, self.may_write, lambda n: self.progress.advance(key, n),
+                            self.budget, self.progress.log)
         started = time.monotonic()
         last: PreflightError | None = None
         try:

@@ -182,3 +182,17 @@ def test_a_restrictive_umask_is_what_the_operator_asked_for(vol: Volume, hub_ser
     r = subprocess.run(["sh", "-c", 'umask 077 && exec "$@"', "sh", *vol.argv("sync")], env=vol.env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (vol.models / "vllm/llm/config.json").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("layout", ["revisions", "in-place"])
+def test_a_file_verified_while_staged_is_not_hashed_again(vol: Volume, hub_server: HubServer, layout: str) -> None:
+    """The receipt written at publish vouches for the file in the check that ends the sync
+    and in the next one: each byte is hashed once, as it arrives."""
+    files = hf_model(extra={"big.safetensors.part2": os.urandom(3 << 20)})
+    hub_server.add_repo("org/llm", files)
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main", layout=layout)])
+    r = vol.run()
+    assert r.code == 0, r.stderr
+    assert r.lane("llm")["hashed_bytes"] == 0, r.lane("llm")
+    again = vol.run("check")
+    assert again.code == 0 and again.lane("llm")["hashed_bytes"] == 0

@@ -64,6 +64,11 @@ class Transfer:
     budget: Budget | None = None  # the run's connection budget (None: the process's, PREFLIGHT_CONNECTIONS or 16)
     log: Callable[[str], None] | None = None  # one-time notes of a download (a server without ranges)
 
+    def http(self) -> dict:
+        """This attempt's limits as `sources.http.fetch_to` takes them (one place, every source)."""
+        return {"timeouts": self.timeouts, "progress": self.progress, "deadline": self.deadline, "cancel": self.cancel,
+                "may_write": self.may_write, "budget": self.budget, "log": self.log}
+
 
 @dataclass
 class Context:

@@ -255,5 +255,4 @@ class HubSource(Source):
         from .http import fetch_to
 
         return fetch_to(entry.locator, partial, headers=auth_headers(self.ctx.token()), expected_size=entry.expect.size,
-                        algos=algos, etag=entry.etag, timeouts=transfer.timeouts, progress=transfer.progress,
-                        deadline=transfer.deadline, cancel=transfer.cancel, may_write=transfer.may_write)
+                        algos=algos, etag=entry.etag, **transfer.http())

@@ -598,9 +598,7 @@ class UrlSource(Source):
         return Listing(None, {name: Entry(exp, lane.source.url, exp.sha256)})
 
     def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
-        return fetch_to(entry.locator, partial, expected_size=entry.expect.size, algos=algos, etag=entry.etag,
-                        timeouts=transfer.timeouts, progress=transfer.progress, deadline=transfer.deadline,
-                        cancel=transfer.cancel, may_write=transfer.may_write, budget=transfer.budget, log=transfer.log)
+        return fetch_to(entry.locator, partial, expected_size=entry.expect.size, algos=algos, etag=entry.etag, **transfer.http())
 
     def size_hint(self, entry: Entry) -> int | None:
         return content_length(entry.locator, timeouts=self.ctx.timeouts)

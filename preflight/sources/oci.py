@@ -488,8 +488,7 @@ class OciSource(Source):
         for attempt in range(2):
             try:
                 return fetch_to(url, partial, headers=self.repo.registry.auth_headers(self.repo.pull), expected_size=item.blob.size,
-                                algos=algos, timeouts=transfer.timeouts, progress=transfer.progress, deadline=transfer.deadline,
-                                cancel=transfer.cancel, may_write=transfer.may_write, budget=transfer.budget, log=transfer.log)
+                                algos=algos, **transfer.http())
             except AuthError as exc:
                 # A bearer token that expired during a long run: one fresh token, then the registry's word.
                 self.repo.registry.forget_token(self.repo.pull)

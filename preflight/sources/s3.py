@@ -272,9 +272,7 @@ class S3Source(Source):
             etag = info.etag or None
         url = self.client.presign_get(self.bucket, key)
         try:
-            got = fetch_to(url, partial, expected_size=exp.size, algos=algos, etag=etag, timeouts=transfer.timeouts,
-                           progress=transfer.progress, deadline=transfer.deadline, cancel=transfer.cancel,
-                           may_write=transfer.may_write)
+            got = fetch_to(url, partial, expected_size=exp.size, algos=algos, etag=etag, **transfer.http())
         except FetchError as exc:
             raise self.client.rewrite(exc, url, where) from None
         if self.from_lock and exp.sha256 and got.resumed_from == 0 and got.digests.get("sha256") not in (None, exp.sha256):
