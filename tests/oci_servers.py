@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+from tests.procs import terminate
 
 USER, PASSWORD = "puller", "s3cret-registry-pass"
 SERVICE, ISSUER = "test-registry", "test-token-issuer"
@@ -177,13 +178,7 @@ class RegistryServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         if self.token is not None:
             self.token.close()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.procs import terminate
 
 REPO = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "PREFLIGHTTESTKEY0001"
@@ -95,13 +96,7 @@ class S3Server:
         raise RuntimeError(f"s3s-fs would not start; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
 
     @property
     def endpoint(self) -> str:
