@@ -66,7 +66,7 @@ def sharded_repo(folder: Path) -> dict[str, Path]:
         weight_map |= {f"model.layers.{i}.{j}.weight": name for j in range(4)}
     for name, obj in {
         "model.safetensors.index.json": {"metadata": {"total_size": SHARDS * 128 * MiB}, "weight_map": weight_map},
-        "config.json": {"architectures": ["LlamaForCausalLM"], "model_type": "llama"},
+        "config.json": {"architectures": ["BenchShardsModel"], "model_type": "bench"},  # no layout to hold its made-up tensor names to
         "tokenizer.json": {"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}},
     }.items():
         (folder / name).write_text(json.dumps(obj))

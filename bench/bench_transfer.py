@@ -312,7 +312,7 @@ def small(args, net: Net, server: Server, tmp: Path, targets: Targets) -> None:
     walls = {name: timed(name, None, runs) for name, runs in results.items()}
     if "hf download" in walls:
         targets.at_most("small files: preflight sync / hf download wall time", walls["preflight sync"] / walls["hf download"], 0.5,
-                        f"{walls['preflight sync']:.2f}s vs {walls['hf download']:.2f}s (sync's default --workers 8, hf's 8)")
+                        f"{walls['preflight sync']:.2f}s vs {walls['hf download']:.2f}s (sync's default --workers 16, hf's 8)")
         print(f"  with --workers 16: {walls['preflight sync --workers 16'] / walls['hf download']:.2f}x hf download's wall time", flush=True)
 
 

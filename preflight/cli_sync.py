@@ -76,7 +76,7 @@ def network_options(fn):
 @network_options
 @opt("--offline", is_flag=True, help="Fetch nothing; behave as check (also HF_HUB_OFFLINE=1).")
 @opt("--locked", is_flag=True, help="Use only the lock file; fail if a lane is not locked or its source changed.")
-@opt("--workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Files fetched at once.")
+@opt("--workers", type=click.IntRange(1, 64), default=16, show_default=True, help="Files fetched at once (their connections share --connections).")
 @opt("--connections", type=click.IntRange(1, 256), default=16, show_default=True,
      help="Connections open at once in the run: a large file is fetched as ranges over several, within this budget.")
 @opt("--deadline", type=float, default=None, help="Give up (exit 3) when the whole run takes longer than this many seconds.")

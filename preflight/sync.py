@@ -67,7 +67,7 @@ class Options:
     token_file: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     retries: int = 3
-    workers: int = 4
+    workers: int = 16
     deadline: float | None = None  # seconds for the whole run
     lease_wait: float = 1800.0
     stale_after: float = 60.0
