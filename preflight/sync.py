@@ -258,7 +258,7 @@ class Fetcher:
         self.may_write: Callable[[], bool] | None = None  # the lease's still_ours
         from .sources.pool import Budget
 
-        self.budget = Budget(max(opts.connections, opts.workers))
+        self.budget = Budget(opts.connections)  # each file's first connection is granted anyway; extra pieces share the rest
 
     def run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         """Fetch every job; on an interrupt (SIGTERM arrives as KeyboardInterrupt) stop all
