@@ -308,3 +308,23 @@ def test_hostile_pickles_stay_under_100_mb(tmp_path: Path) -> None:
         errors, peak_mb = int(out[0]), int(out[1])
         assert peak_mb < 100, (name, out)
         assert errors == (0 if name in ("members.pt", "strings.pkl") else 1), (name, out)
+
+
+def test_binary_data_under_a_name_that_promises_no_pickle_is_data(tmp_path) -> None:
+    """Random bytes often read as a few protocol-0 opcodes that reach an extension-registry
+    import before failing; a file named like neither a pickle nor a weights format that
+    neither declares itself a pickle (PROTO) nor parses to STOP is data, not a refusal."""
+    import random
+
+    from preflight.formats.pickle import check_by_content
+
+    rng = random.Random(7)
+    refused = 0
+    for _ in range(500):
+        path = tmp_path / "graph.onnx"
+        path.write_bytes(bytes(rng.getrandbits(8) for _ in range(512)))
+        refused += bool(check_by_content(path, "graph.onnx", False))
+    assert refused <= 2  # only a PROTO header by chance (2 bytes in 65536) is read as a declared pickle
+    path = tmp_path / "evil.onnx"
+    path.write_bytes(b"cos\nsystem\n(S'echo owned'\ntR.")
+    assert [p.code for p in check_by_content(path, "evil.onnx", True)] == ["dangerous-pickle"]  # a real pickle, whatever its name

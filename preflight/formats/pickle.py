@@ -71,6 +71,7 @@ class Found:
     label: str
     pickled: bool = False
     members: tuple[str, ...] = ()  # the pickle members of an archive
+    declared: bool = True  # False: opcodes that happen to run into an import or a call, with no PROTO and no STOP
 
 
 def classify(path: str | os.PathLike) -> Found:
@@ -104,7 +105,7 @@ def _classify(f, head: bytes, size: int) -> Found:
         return Found("pickle", f"a pickle (protocol {head[1]})", True)
     walk = _walk(_Reader(f, 0, size), _Rules(), _Budget())
     if walk.is_pickle:
-        return Found("pickle", f"a pickle (protocol {walk.proto})", True)
+        return Found("pickle", f"a pickle (protocol {walk.proto})", True, declared=walk.began or walk.complete)
     return Found("data", "plain data (neither a pickle nor a known weights format)")
 
 
@@ -1088,4 +1089,10 @@ def check_by_content(path: str | os.PathLike, name: str, allow_pickle: bool | st
         from .gguf import check_gguf
 
         return list(check_gguf(path, name=name).problems)
+    if found.kind == "pickle" and not found.declared and not is_pickle_name(name):
+        # Binary data (a compressed blob, an ONNX graph) often reads as a few protocol-0
+        # opcodes that reach an import before failing. A file whose name promises no pickle,
+        # that neither declares itself one (PROTO) nor parses to STOP, is loaded by its own
+        # reader, and pickle.load would stop at its first bad byte: data, not a refusal.
+        return []
     return judge(path, name, found, allow_pickle)
