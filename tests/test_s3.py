@@ -330,7 +330,8 @@ def test_killed_mid_object_then_rerun_resumes_with_range(vol: Volume, s3: S3Serv
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and 300_000 not in vol.partial_sizes():
             time.sleep(0.05)
-        assert vol.partial_sizes() == [300_000]
+        # small files may still be in flight on a loaded machine: their partials resume too
+        assert 300_000 in vol.partial_sizes()
     finally:
         kill(proc)
         stall.release.set()
