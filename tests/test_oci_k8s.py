@@ -3,7 +3,6 @@ wired together, and the manifests they carry parse and point at the registry the
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,10 @@ import pytest
 import yaml
 
 from preflight.manifest import load_manifest, parse_source
+from tests.test_k8s_manifests import K8S_VERSION, no_network  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 OCI = ROOT / "ops" / "k8s" / "oci"
-K8S_VERSION = "1.29.0"
 
 
 def _docs() -> list[tuple[str, dict[str, Any]]]:
@@ -31,17 +30,8 @@ def _one(kind: str, name: str) -> dict[str, Any]:
     return doc
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise OSError("network use during offline validation")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 @pytest.mark.parametrize("name,doc", _docs(), ids=lambda v: v if isinstance(v, str) else v["kind"])
-def test_every_resource_validates_offline(name: str, doc: dict[str, Any], no_network: None) -> None:
+def test_every_resource_validates_offline(name: str, doc: dict[str, Any], no_network: None) -> None:  # noqa: F811
     assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
