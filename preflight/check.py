@@ -79,7 +79,7 @@ def real_key_root(folder: Path, models_dir: Path) -> str:
 
 def state_key(models_dir: Path, path: Path) -> str:
     """The receipt key of the file at `path` (its folder resolved, the file itself not)."""
-    return posixpath.join(real_key_root(path.parent, models_dir), path.name)
+    return posixpath.normpath(posixpath.join(real_key_root(path.parent, models_dir), path.name))
 
 
 def repo_folder(repo: str, repo_type: str = "model") -> str:

@@ -5,6 +5,7 @@ source calls it; everything written is readable by the inference server's uid.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -196,3 +197,19 @@ def test_a_file_verified_while_staged_is_not_hashed_again(vol: Volume, hub_serve
     assert r.lane("llm")["hashed_bytes"] == 0, r.lane("llm")
     again = vol.run("check")
     assert again.code == 0 and again.lane("llm")["hashed_bytes"] == 0
+
+
+def test_a_file_lane_at_the_top_of_the_volume_is_not_hashed_again(vol: Volume, tmp_path: Path) -> None:
+    """The same for a single file directly under the models folder (its receipt key has no folder part)."""
+    data = bytes(range(256)) * (3 << 12)
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "blob.dat").write_bytes(data)
+    vol.write([{"name": "blob", "kind": "file", "path": "blob.dat", "source": str(tmp_path / "mirror" / "blob.dat"),
+                "sha256": sha256(data)}])
+    r = vol.run()
+    assert r.code == 0, r.stderr
+    assert r.lane("blob")["hashed_bytes"] == 0, r.lane("blob")
+    assert vol.run("check").lane("blob")["hashed_bytes"] == 0
+    # one receipt, under the key check looks up: the one written at publish vouched for the file
+    keys = list(json.loads((vol.models / STATE / "receipts.json").read_text())["files"])
+    assert keys == ["blob.dat"], keys
