@@ -103,7 +103,8 @@ def _target(url: str) -> tuple[tuple[str, str, int], str]:
     return (parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)), target
 
 
-def _connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
+def connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
+    """A new (unpooled) connection to `url`'s host and the request target; nothing sent yet."""
     key, target = _target(url)
     if key[0] == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(key[1], key[2], timeout=timeouts.connect, context=ssl.create_default_context())
@@ -145,7 +146,7 @@ def request(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: st
             if pool is not None and not fresh_try:
                 conn, reused = pool.get(key, timeouts.connect)
             else:
-                conn, reused = _connect(url, timeouts)[0], False
+                conn, reused = connect(url, timeouts)[0], False
             stage = "connect"
             try:
                 if conn.sock is None:

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from ..errors import AuthError, FetchError, IntegrityError, StalledError, UsageError
-from .http import Cancel, Timeouts, parse_retry_after
+from .http import Cancel, Timeouts, connect, parse_retry_after
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -336,7 +335,7 @@ class Registry:
         origin = urlsplit(url).netloc
         hdrs = dict(headers)
         for _hop in range(10):
-            conn, target = _connection(url, self.timeouts)
+            conn, target = connect(url, self.timeouts)
             try:
                 try:
                     conn.connect()
@@ -380,22 +379,6 @@ class Registry:
             raise registry_error(resp, f"registry {self.host}")
         elif resp.status == 404:
             raise FetchError(f"{self.host} does not speak the OCI distribution API (GET /v2/ gave 404)", url=resp.url, status=404)
-
-
-def _connection(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"unsupported URL {url[:200]}", url=url)
-    try:
-        port = parts.port
-    except ValueError:
-        raise FetchError(f"bad port in URL {url[:200]}", url=url) from None
-    if parts.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, port, timeout=timeouts.connect, context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeouts.connect)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return conn, target
 
 
 # --------------------------------------------------------------------------- one repository
@@ -550,7 +533,7 @@ class Repository:
     def _stream(self, method: str, url: str, path: Path, offset: int, length: int, headers: dict[str, str],
                 progress: Callable[[int], None] | None, deadline: float | None) -> Response:
         """Send `length` bytes of `path` from `offset` as the body (Content-Length known)."""
-        conn, target = _connection(url, self.registry.timeouts)
+        conn, target = connect(url, self.registry.timeouts)
         cancel = self.registry.cancel
         try:
             try:
