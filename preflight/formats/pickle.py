@@ -539,6 +539,18 @@ class _Walk:
         return self.end is not None and self.unjudged is None
 
 
+def _memo_put(memo: dict, i: int, value: object) -> None:
+    memo[i] = value
+    if len(memo) > MAX_MEMO:
+        raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
+
+
+def _memo_get(memo: dict, i: int) -> object:
+    if i not in memo:
+        raise _Bad(f"memo {i} is read before it is written")
+    return memo[i]
+
+
 def _walk(r: _Reader, rules: _Rules, budget: _Budget) -> _Walk:
     """Follow one pickle's opcodes as the C unpickler would, running nothing."""
     w = _Walk(r.tell())
@@ -647,11 +659,8 @@ def _run(r: _Reader, rules: _Rules, budget: _Budget, w: _Walk) -> None:  # noqa:
                 memo[buf[pos]] = st[-1]
                 pos += 1
             elif op == 0x68:  # BINGET
-                i = buf[pos]
+                st.append(_memo_get(memo, buf[pos]))
                 pos += 1
-                if i not in memo:
-                    raise _Bad(f"memo {i} is read before it is written")
-                st.append(memo[i])
             elif op in _STRINGS:  # BINUNICODE SHORT_BINUNICODE BINUNICODE8 BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 BINSTRING SHORT_BINSTRING
                 width, fmt, how = _STRINGS[op]
                 n = unpack_from(fmt, buf, pos)[0]
@@ -720,17 +729,11 @@ def _run(r: _Reader, rules: _Rules, budget: _Budget, w: _Walk) -> None:  # noqa:
                 i = unpack_from("<I", buf, pos)[0]
                 pos += 4
                 if op == 0x72:
-                    memo[i] = st[-1]
-                    if len(memo) > MAX_MEMO:
-                        raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
+                    _memo_put(memo, i, st[-1])
                 else:
-                    if i not in memo:
-                        raise _Bad(f"memo {i} is read before it is written")
-                    st.append(memo[i])
+                    st.append(_memo_get(memo, i))
             elif op == 0x94:  # MEMOIZE
-                memo[len(memo)] = st[-1]
-                if len(memo) > MAX_MEMO:
-                    raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
+                _memo_put(memo, len(memo), st[-1])
             elif op == 0x2E:  # STOP
                 st.pop()
                 pos_end = pos
@@ -805,13 +808,9 @@ def _run(r: _Reader, rules: _Rules, budget: _Budget, w: _Walk) -> None:  # noqa:
                     if op == 0x70:
                         if i < 0:
                             raise _Bad("a negative memo index")
-                        memo[i] = st[-1]
-                        if len(memo) > MAX_MEMO:
-                            raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
+                        _memo_put(memo, i, st[-1])
                     else:
-                        if i not in memo:
-                            raise _Bad(f"memo {i} is read before it is written")
-                        st.append(memo[i])
+                        st.append(_memo_get(memo, i))
                 elif op == 0x53:  # STRING
                     line = r.readline(KEEP_STR + 2)
                     if r.line_len < 2 or line[:1] != r.line_last or line[:1] not in (b"'", b'"'):
