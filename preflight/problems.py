@@ -110,3 +110,17 @@ def error(path: str, code: str, message: str) -> Problem:
 
 def warning(path: str, code: str, message: str) -> Problem:
     return Problem(path, code, message, "warning")
+
+
+def number_ranges(nums: list[int], most: int = 6) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5': sorted numbers as runs, the first `most` of them, for messages."""
+    runs: list[str] = []
+    start = prev = nums[0]
+    for x in [*nums[1:], None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        runs.append(str(start) if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ", ".join(runs[:most]) + (f" and {len(runs) - most} more ranges" if len(runs) > most else "")

@@ -381,20 +381,7 @@ def _blocks(tensors: Mapping[str, tuple[int, ...]], meta: Mapping[str, object], 
     empty = [n for n in range(n_layer) if n not in present]
     if empty and present:
         out.error(P.BLOCK_COUNT_MISMATCH, f"{arch}.block_count is {n_layer} but block{'s' if len(empty) > 1 else ''} "
-                  f"{_ranges(empty)} {'have' if len(empty) > 1 else 'has'} no tensors")
-
-
-def _ranges(ns: list[int]) -> str:
-    parts: list[str] = []
-    start = prev = ns[0]
-    for n in [*ns[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if n is not None:
-            start = prev = n
-    return ", ".join(parts[:5]) + (", ..." if len(parts) > 5 else "")
+                  f"{P.number_ranges(empty)} {'have' if len(empty) > 1 else 'has'} no tensors")
 
 
 def _required_tensors(tensors: Mapping[str, tuple[int, ...]], row: object, out: Findings) -> None:

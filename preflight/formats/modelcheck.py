@@ -236,10 +236,10 @@ def check_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta]) ->
         stem = prefix + layout.layers
         if missing:
             out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} says {n} layers; the weights have none for "
-                               f"{_ranges(missing)} under {stem}. (transformers would initialise them randomly, vLLM refuses)"))
+                               f"{P.number_ranges(missing)} under {stem}. (transformers would initialise them randomly, vLLM refuses)"))
         if beyond:
             out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} says {n} layers (0-{n - 1}); the weights also hold "
-                               f"{stem}.{_ranges(beyond)}, which no module takes (vLLM fails on them)"))
+                               f"{stem}.{P.number_ranges(beyond)}, which no module takes (vLLM fails on them)"))
 
     arch = _architecture(config)
     modules = ARCHITECTURE_MODULES.get(arch or "")
@@ -323,7 +323,7 @@ def _missing_modules(arch: str, modules: Modules, prefix: str, names: list[str],
                 missing.setdefault(want.split("|")[0], []).append(i)
     for module, where in missing.items():
         out.append(P.error(CONFIG, P.CONFIG_MISMATCH, f"{CONFIG} names {arch}, which builds {module} in every layer; the weights "
-                           f"have none under {layers}{{{_ranges(where)}}}.{module} (transformers reports it missing, vLLM refuses)"))
+                           f"have none under {layers}{{{P.number_ranges(where)}}}.{module} (transformers reports it missing, vLLM refuses)"))
     return out
 
 
@@ -415,17 +415,3 @@ def _find_head(layout: Layout, prefix: str, tensors: Mapping[str, TensorMeta]) -
                 if name in tensors:
                     return name, tensors[name]
     return None, None
-
-
-def _ranges(nums: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2, 5' (first few runs)."""
-    runs: list[str] = []
-    start = prev = nums[0]
-    for x in nums[1:] + [None]:  # type: ignore[list-item]
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        runs.append(str(start) if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ", ".join(runs[:6]) + (f" and {len(runs) - 6} more ranges" if len(runs) > 6 else "")
