@@ -436,6 +436,8 @@ def fetch_sequential(
         # few chunks in flight.
         chunks = _Receiver(resp, opened.sock, timeouts, cancel, url)
         try:
+            if may_write is not None and not may_write():  # not even create the file: it may be another writer's name now
+                raise FetchError("another writer holds the volume now", url=url)
             if mode == "wb":
                 with open(partial, "wb", buffering=0, opener=nofollow):
                     pass  # emptied; every write appends, so a stray writer can only add bytes, which the size check catches

@@ -75,6 +75,9 @@ def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable
     except OSError as exc:
         raise FetchError(f"cannot read mirror file {src}: {exc.strerror}") from None
     staged_size(partial)  # clears a symlink or folder standing at the staging name
+    if may_write is not None and not may_write():  # not even create the file: it may be another writer's name now
+        s.close()
+        raise FetchError(f"stopped before copying {src}: another writer holds the volume now")
     with s:
         with open(partial, "wb", buffering=0, opener=nofollow) as d:
             try:
