@@ -474,6 +474,10 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
     if os.path.lexists(root) and not root.is_dir():
         raise NotReadyError(f"the models folder {root} is a file, not a folder; cannot fetch", hint="point --models-dir / models_dir at a folder")
     try:
+        Volume(root).make_dirs("")  # sync creates the models folder (also when --state-dir is elsewhere)
+    except OSError as exc:
+        raise NotReadyError(f"cannot create the models folder {root}: {why_unwritable(root, exc)}; cannot fetch", hint=_OWNER_HINT) from None
+    try:
         staging = state_volume(root, sdir).sub("staging")
         probe = f".write-probe-{os.getpid()}"
         os.close(staging.open_file(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create_dirs=True))
@@ -482,6 +486,10 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
         raise
     except OSError as exc:
         raise NotReadyError(f"cannot write the state folder {sdir}: {why_unwritable(sdir, exc)}; cannot fetch", hint=_OWNER_HINT) from None
+    if os.stat(staging.path).st_dev != os.stat(root).st_dev:
+        raise NotReadyError(f"the state folder {sdir} is on another filesystem than the models folder {root}: a verified download "
+                            "is renamed into place from staging, which needs one filesystem; cannot fetch",
+                            hint="leave --state-dir unset for sync (the state folder is then <models_dir>/.preflight), or put it on the volume")
     vol = Volume(root)
     escaped: dict[str, PreflightError] = {}
     seen: set[str] = set()

@@ -137,7 +137,12 @@ def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None, *, exp
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise ManifestError(f"not valid YAML: {exc.problem or exc}", file=file, line=line) from None
+        problem = str(exc.problem or exc)
+        if "nesting" in problem.lower():
+            # libyaml (PyYAML 6.0.4 on) has a nesting limit of its own, which its look-ahead
+            # may reach before our MAX_DEPTH does: one message whichever layer refuses.
+            raise ManifestError(f"nested more than {MAX_DEPTH} levels deep", file=file, line=line) from None
+        raise ManifestError(f"not valid YAML: {problem}", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"not valid YAML: {exc}", file=file) from None
     except RecursionError:  # MAX_DEPTH keeps us far from it; a last line of defence
