@@ -14,7 +14,9 @@ from typing import Any
 from .. import problems as P
 from ..problems import Problem
 from .jsonfile import CONFIG_LIMITS, read_json
+from .hfconfig import check_config_values
 from .modelcheck import ModelFacts, TensorMeta, check_model, text_config
+from .tokenizerfiles import check_generation_config, check_tokenizer_config, check_tokenizer_json
 from .pickle import check_by_content, classify, is_pickle_name
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -174,8 +176,14 @@ def check_hf_dir(
         for st in [loose["model.safetensors"]] if "model.safetensors" in loose else loose.values():
             model_tensors.update((n, (t.dtype, t.shape)) for n, t in st.tensors.items())
     if model_checks and isinstance(config, dict):
+        info.problems.extend(check_config_values(config, info.architecture))
         info.model, found = check_model(config, model_tensors)
         info.problems.extend(found)
+    if model_checks:
+        for rel, check in (("tokenizer.json", check_tokenizer_json), ("tokenizer_config.json", check_tokenizer_config),
+                           ("generation_config.json", check_generation_config)):
+            if rel in present:
+                info.problems.extend(check(root / rel))
     # A .bin/.pt is judged by what it holds (pickle, torch archive, safetensors, plain
     # data), not by its name: plain bytes named .bin are no pickle to refuse.
     for rel in files:
