@@ -212,7 +212,8 @@ def test_a_tensor_renamed_in_one_layer_of_many(tmp_path: Path) -> None:
     """An architecture without a shape table: the renamed name stands alone where three layers agree."""
     tensors = {k.replace("h.2.mlp.c_fc", "h.2.mlp.c_fcc"): v for k, v in gpt2_layers(4).items()}
     config = {"architectures": ["CodeGenForCausalLM"], "n_layer": 4, "n_embd": H, "vocab_size": V}
-    (msg,) = _mutated(tmp_path, config, tensors)
+    bias, msg = _mutated(tmp_path, config, tensors)
+    assert "transformer.h.2.mlp.c_fcc.bias stands where" in bias
     assert "transformer.h.2.mlp.c_fcc.weight stands where the other layers hold transformer.h.N.mlp.c_fc.weight" in msg
 
 
