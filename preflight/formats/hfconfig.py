@@ -6,8 +6,8 @@
   (`auto_map`, trust_remote_code) or vLLM registers it itself (`hf_tables.VLLM_MODEL_TYPES`).
 - the activation a family's MLP looks up in `ACT2FN` (`hidden_act`; Gemma 2/3
   `hidden_activation`, GPT-2 `activation_function`): a KeyError at model construction.
-  Gemma 1 is not checked: 4.44 reads `hidden_activation` and ignores `hidden_act`, 5.x the
-  reverse, so each accepts what the other refuses.
+  Gemma 1: 4.44 reads `hidden_activation` (a default when null), 5.x `hidden_act`, so it is
+  refused only when both name no activation.
 - `rope_scaling` (5.x also `rope_parameters`) of the decoder families: an object; its
   `rope_type` (or legacy `type`) one that transformers or vLLM builds (`ROPE_INIT_FUNCTIONS`
   raise KeyError, vLLM's `get_rope` "Unknown RoPE scaling type"); the keys every version's
@@ -40,7 +40,10 @@ TORCH_DTYPES = frozenset({
     "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
 })
 # The activation key each family's MLP reads (None: not checked, see the module docstring).
-ACTIVATION_KEYS = {"gemma": None, "gemma2": "hidden_activation", "gemma3-text": "hidden_activation", "gpt2": "activation_function"}
+# Gemma 1: 4.44 reads hidden_activation (hidden_act ignored, a default when it is null), 5.x hidden_act: refused
+# only when both name no activation.
+ACTIVATION_KEYS: dict[str, tuple[str, ...]] = {"gemma": ("hidden_act", "hidden_activation"), "gemma2": ("hidden_activation",),
+                                               "gemma3-text": ("hidden_activation",), "gpt2": ("activation_function",)}
 ROPE_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3-text", "phi3", "mixtral", "qwen2-moe",
                            "qwen3-moe"})
 _VERSIONS = " and ".join(TRANSFORMERS_VERSIONS)
@@ -63,13 +66,13 @@ def check_config_values(config: Mapping[str, Any], arch: str | None) -> list[Pro
     family = BY_ARCHITECTURE.get(arch or "")
     if family is None or remote:
         return out
-    act_key = ACTIVATION_KEYS.get(family.name, "hidden_act")
-    if act_key is not None:
-        act = config.get(act_key)
-        if isinstance(act, str) and act not in ACTIVATIONS:
-            out.append(P.error(CONFIG, P.UNKNOWN_ACTIVATION,
-                               f"{CONFIG}: {act_key} {act!r} is not an activation transformers knows (ACT2FN: "
-                               f"{', '.join(sorted(ACTIVATIONS)[:8])}, ...); {arch} looks it up when it builds its MLP"))
+    keys = ACTIVATION_KEYS.get(family.name, ("hidden_act",))
+    acts = [config.get(k) for k in keys]
+    if all(isinstance(a, str) and a not in ACTIVATIONS for a in acts):
+        said = " and ".join(f"{k} {a!r}" for k, a in zip(keys, acts))
+        out.append(P.error(CONFIG, P.UNKNOWN_ACTIVATION,
+                           f"{CONFIG}: {said}: not an activation transformers knows (ACT2FN: "
+                           f"{', '.join(sorted(ACTIVATIONS)[:8])}, ...); {arch} looks it up when it builds its MLP"))
     if family.name in ROPE_FAMILIES:
         for key in ("rope_scaling", "rope_parameters"):
             if config.get(key) is not None:

@@ -344,13 +344,13 @@ def _scalar_env(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _resolve(spec: tuple[tuple[str, tuple[Formula, ...]], ...], env: dict[str, Any], origin: dict[str, str]) -> None:
     for name, options in spec:
-        env[name] = None
+        value = None
         for formula in options:
             value = formula(env)
             if value is not None:
-                env[name] = value
                 origin[name] = formula.text
                 break
+        env[name] = value
 
 
 def _pattern(name: str, c: _Compiled) -> tuple[str, int | None, int | None]:
@@ -431,6 +431,9 @@ def check_shapes(config: Mapping[str, Any], tensors: Mapping[str, tuple[str, tup
                 unexpected.setdefault(pattern, []).append(name)
             continue
         row, shape_f, when_f = spec
+        if _e is not None and isinstance(env.get(family.experts or ""), int) and _e >= env[family.experts or ""]:
+            unexpected.setdefault(pattern, []).append(name)  # an expert beyond the config's count
+            continue
         present.add(name)
         if when_f is None:
             when = True
