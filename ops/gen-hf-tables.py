@@ -13,6 +13,7 @@ What is read, with Python's ast (nothing is imported or run):
 - model types: the keys of `CONFIG_MAPPING_NAMES` (models/auto/configuration_auto.py, and
   models/auto/auto_mappings.py where newer releases generate it), with every later
   `CONFIG_MAPPING_NAMES.update({...})`;
+- architectures: the model classes of every `*_MAPPING_NAMES` in models/auto/modeling_auto.py;
 - activations: the keys of `ACT2CLS` (activations.py), what `ACT2FN[config.hidden_act]` takes;
 - RoPE types: the keys of `ROPE_INIT_FUNCTIONS` (modeling_rope_utils.py) plus "default",
   and per type the `required_keys` set of its validation function (`_check_received_keys`
@@ -129,6 +130,21 @@ def model_types(src: Source) -> set[str]:
     return out
 
 
+def architectures(src: Source) -> set[str]:
+    """Every model class the auto classes map a model type to (models/auto/modeling_auto.py)."""
+    text = src.read("models/auto/modeling_auto.py") or ""
+    tree = ast.parse(text)
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id.endswith("_MAPPING_NAMES") for t in node.targets):
+            for call in ast.walk(node.value):
+                if isinstance(call, ast.Tuple) and len(call.elts) == 2:
+                    out.update(s for s in _strings(call.elts[1]) if re.fullmatch(r"[A-Z]\w+", s))
+    if not out:
+        raise SystemExit(f"{src.where}: no *_MAPPING_NAMES in modeling_auto.py")
+    return out
+
+
 def activations(src: Source) -> set[str]:
     tree = ast.parse(src.read("activations.py") or "")
     (value,) = _assigned(tree, "ACT2CLS")
@@ -232,6 +248,7 @@ def render(sources: list[Source], vllm_cfg: tuple[str, set[str]] | None, vllm_ro
     versions = [s.version for s in sources]
     types = set().union(*(model_types(s) for s in sources))
     acts = set().union(*(activations(s) for s in sources))
+    archs = set().union(*(architectures(s) for s in sources))
     ropes = [rope(s) for s in sources]
     rope_types = set().union(*(r[0] for r in ropes))
     required: dict[str, set[str]] = {}
@@ -262,6 +279,8 @@ def render(sources: list[Source], vllm_cfg: tuple[str, set[str]] | None, vllm_ro
         _fmt_set("MODEL_TYPES", types, "`model_type` values AutoConfig knows (CONFIG_MAPPING_NAMES keys)."),
         "",
         _fmt_set("VLLM_MODEL_TYPES", vllm_types, "model types vLLM configures itself (its _CONFIG_REGISTRY), beyond MODEL_TYPES."),
+        "",
+        _fmt_set("ARCHITECTURES", archs, "model classes the auto classes build (modeling_auto.py *_MAPPING_NAMES values)."),
         "",
         _fmt_set("ACTIVATIONS", acts, "`hidden_act` values ACT2FN takes (ACT2CLS keys)."),
         "",

@@ -4,6 +4,8 @@
   are trying to load has model type X but Transformers does not recognize this
   architecture" for a type it has no config class for, unless the folder brings its own
   (`auto_map`, trust_remote_code) or vLLM registers it itself (`hf_tables.VLLM_MODEL_TYPES`).
+  Only configs whose `architectures` names a class transformers builds are held to it:
+  other tools (a VAD, a CTranslate2 export) keep a config.json of their own.
 - the activation a family's MLP looks up in `ACT2FN` (`hidden_act`; Gemma 2/3
   `hidden_activation`, GPT-2 `activation_function`): a KeyError at model construction.
   Gemma 1: 4.44 reads `hidden_activation` (a default when null), 5.x `hidden_act`, so it is
@@ -28,7 +30,7 @@ from typing import Any
 
 from .. import problems as P
 from ..problems import Problem
-from .hf_tables import ACTIVATIONS, MODEL_TYPES, ROPE_REQUIRED_KEYS, ROPE_TYPES, VLLM_MODEL_TYPES, VLLM_ROPE_TYPES, \
+from .hf_tables import ACTIVATIONS, ARCHITECTURES, MODEL_TYPES, ROPE_REQUIRED_KEYS, ROPE_TYPES, VLLM_MODEL_TYPES, VLLM_ROPE_TYPES, \
     TRANSFORMERS_VERSIONS
 from .hfshapes import BY_ARCHITECTURE
 
@@ -53,7 +55,8 @@ def check_config_values(config: Mapping[str, Any], arch: str | None) -> list[Pro
     out: list[Problem] = []
     remote = config.get("auto_map") is not None
     mt = config.get("model_type")
-    if isinstance(mt, str) and not remote and mt not in MODEL_TYPES and mt not in VLLM_MODEL_TYPES:
+    served = arch in ARCHITECTURES  # a transformers model class (other tools keep a config.json of their own)
+    if isinstance(mt, str) and served and not remote and mt not in MODEL_TYPES and mt not in VLLM_MODEL_TYPES:
         out.append(P.error(CONFIG, P.UNKNOWN_MODEL_TYPE,
                            f"{CONFIG}: model_type {mt!r} is known to neither transformers ({_VERSIONS}) nor vLLM (AutoConfig: "
                            "\"does not recognize this architecture\"); use the model type the checkpoint was saved with, or ship "

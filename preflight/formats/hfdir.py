@@ -145,6 +145,12 @@ def check_hf_dir(
                 "set `serves_text: false` on lanes that serve no text",
             ))
 
+    if model_checks:  # before the weights: a large tokenizer's parse and a large index do not add up in memory
+        for rel, check in (("tokenizer.json", check_tokenizer_json), ("tokenizer_config.json", check_tokenizer_config),
+                           ("generation_config.json", check_generation_config)):
+            if rel in present:
+                info.problems.extend(check(root / rel))
+
     checked: set[str] = set()
     top_level = [f for f in files if "/" not in f]
     model_tensors: dict[str, TensorMeta] = {}
@@ -179,11 +185,6 @@ def check_hf_dir(
         info.problems.extend(check_config_values(config, info.architecture))
         info.model, found = check_model(config, model_tensors)
         info.problems.extend(found)
-    if model_checks:
-        for rel, check in (("tokenizer.json", check_tokenizer_json), ("tokenizer_config.json", check_tokenizer_config),
-                           ("generation_config.json", check_generation_config)):
-            if rel in present:
-                info.problems.extend(check(root / rel))
     # A .bin/.pt is judged by what it holds (pickle, torch archive, safetensors, plain
     # data), not by its name: plain bytes named .bin are no pickle to refuse.
     for rel in files:

@@ -384,6 +384,9 @@ def check_shapes(config: Mapping[str, Any], tensors: Mapping[str, tuple[str, tup
     if any(n.endswith(mark) for n in names for mark, _ in QUANT_MARKS):
         facts.reason = "quantized tensor names"
         return facts, []
+    if any(meta is None for meta in tensors.values()):
+        facts.reason = "not every shard could be read"
+        return facts, []
     root = family.prefix + family.layers.split(".")[0]
     if family.prefix and not any(n.startswith(root) or n.startswith(family.prefix) for n in names):
         facts.reason = f"the text model is not under {family.prefix}"
