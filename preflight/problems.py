@@ -73,6 +73,19 @@ BLOCK_COUNT_MISMATCH = "block-count-mismatch"
 VOCAB_INVALID = "vocab-invalid"
 UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a warning: a ggml type newer than preflight's table
 
+# Model folders as the loaders read them (config values, tensor shapes, tokenizer files); a
+# folder's missing or unexpected tensors are `tensor-missing` / `tensor-unexpected` too.
+TENSOR_SHAPE_MISMATCH = "tensor-shape-mismatch"  # a tensor's shape is not what config.json makes the loader build
+UNKNOWN_MODEL_TYPE = "unknown-model-type"  # model_type no transformers release (or vLLM) configures
+UNKNOWN_ACTIVATION = "unknown-activation"  # hidden_act not in transformers' ACT2FN
+ROPE_SCALING_INVALID = "rope-scaling-invalid"  # a RoPE type no loader builds, or a required key missing
+DTYPE_INVALID = "dtype-invalid"  # torch_dtype / dtype that names no torch dtype
+HEADS_INDIVISIBLE = "heads-indivisible"  # attention heads that do not divide as the attention code needs
+TOKENIZER_INVALID = "tokenizer-invalid"  # tokenizer.json the tokenizers library refuses
+TOKENIZER_CONFIG_INVALID = "tokenizer-config-invalid"  # tokenizer_config.json not a JSON object
+UNKNOWN_TOKENIZER_CLASS = "unknown-tokenizer-class"  # tokenizer_class AutoTokenizer (4.x) cannot resolve
+GENERATION_CONFIG_INVALID = "generation-config-invalid"  # generation_config.json that is no JSON object
+
 
 NOT_SWITCHED = "not-switched"  # warning: a folder lane still serves its previous revision
 
