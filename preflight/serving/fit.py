@@ -458,6 +458,9 @@ def llama_fit(facts: GGUFFacts, weights: int, n_vocab: int, args: ServeArgs, acc
                        cache_type_k=args["cache_type_k"], cache_type_v=args["cache_type_v"])
     if facts.estimate:
         fit.warning(FIT_UNKNOWN, facts.estimate)
+    if args["cache_type_v"] not in ("f16", "f32", "bf16") and args["flash_attn"] == "off":
+        fit.error(ENGINE_UNSUPPORTED, f"{fl('cache_type_v')} {args['cache_type_v']} with {fl('flash_attn')} off: llama.cpp stops with "
+                  f"\"quantized V cache requires flash_attn to be enabled\"; set {fl('flash_attn')} on (or auto), or keep the V cache f16")
     if args["ctx_size"] and facts.ctx_train and kv["n_ctx_seq"] > facts.ctx_train:
         fit.warning(CONTEXT_TOO_LONG, f"{fl('ctx_size')} {args['ctx_size']} gives each slot {kv['n_ctx_seq']} tokens, above the {facts.ctx_train} the "
                     "model was trained with: llama.cpp starts (\"possible training context overflow\") but quality past it is not assured")
