@@ -94,7 +94,6 @@ GPU_MEMORY_BUSY = "gpu-memory-busy"  # other processes hold the memory vLLM want
 FIT_MARGIN = "fit-margin"  # warning: fits by the exact figures, not by the estimated overhead
 FIT_UNKNOWN = "fit-unknown"  # warning: something fit could not judge (no GPU seen, no headers)
 SERVE_INVALID = "serve-invalid"  # the lane's serve args cannot be parsed as the engine parses them
-NO_VARIANT_FITS = "no-variant-fits"  # none of a lane's variants fits this node
 
 
 @dataclass(frozen=True)
