@@ -45,7 +45,7 @@ def perms(manifest: str, models_dir: str | None, profile: str | None, lanes: tup
     denied = find_denied(root, selected, uid, gid)
     failures: list[str] = []
     if fix and denied:
-        failures = fix_entries(denied, uid, gid, fix_style)
+        failures = fix_entries(root, denied, uid, gid, fix_style)
         for msg in failures:
             click.echo(f"preflight perms: {msg}", err=True)
         fixed = len(denied)

@@ -33,7 +33,9 @@ def status(keep, **kw) -> int:
 
     session = Session.open(command="status", **kw)
     report = session.check()
-    items = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=False)
+    planned = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=False)
+    items = planned.items
+    report.notes.extend(planned.refused)
     lanes = [pr.lane_status(session.ctx, lane, items) for lane in session.lanes]
     free = shutil.disk_usage(session.ctx.models_dir).free if session.ctx.models_dir.exists() else None
     report.extra.update({"volume": {"free_bytes": free, "prune_frees": sum(i.freed for i in items)},
@@ -79,18 +81,30 @@ def prune(keep, dry_run, unselected, lease_wait, lease_stale, **kw) -> int:
     session = Session.open(command="prune", **kw)
     lease = None
     if not dry_run and session.state_dir is not None and session.state_dir.exists():
-        lease = Lease(session.state_dir, stale_after=lease_stale)
+        from .volume import state_volume
+
+        lease = Lease(state_volume(session.ctx.models_dir, session.state_dir, create=False), stale_after=lease_stale)
         lease.acquire(lease_wait, lambda msg: click.echo(msg, err=True))
     try:
-        items = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=unselected)
+        planned = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=unselected)
+        items = planned.items
         total = sum(i.freed for i in items)
         for item in items:
             click.echo(f"{'would remove' if dry_run else 'remove'} {item.path} ({item.what}: {item.why}; frees {human_size(item.freed)})", err=True)
-        freed = 0 if dry_run else pr.remove(items)
+        freed, notes = (0, []) if dry_run else pr.remove(items)
     finally:
         if lease is not None:
             lease.release()
     report = session.check()
+    report.notes.extend(planned.refused + notes)
+    if planned.refused and report.exit_code == 0:
+        # A link planted in the volume kept part of it from being pruned: not an error of
+        # the lanes, but not something to pass over silently either.
+        from .errors import ExitCode
+
+        report.exit_code = ExitCode.NOT_READY
+        report.reason = planned.refused[0]
+        report.hint = "a folder of the volume is a symlink that leads out of it; replace it with a real folder"
     report.extra.update({"dry_run": dry_run, "items": [i.to_dict() for i in items],
                          "frees_bytes": total, "freed_bytes": freed})
     click.echo(f"preflight prune: {'would free' if dry_run else 'freed'} {human_size(total if dry_run else freed)} "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
-from .integrity import atomic_write
+from .volume import write_file_atomic
 from .manifest import FileExpect, Manifest, normalise_rel
 
 LOCK_VERSION = 1
@@ -48,7 +48,7 @@ class Lock:
         return json.dumps({"version": LOCK_VERSION, "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
 
     def save(self) -> None:
-        atomic_write(Path(self.path), self.to_json().encode())
+        write_file_atomic(Path(self.path), self.to_json().encode())
 
 
 def default_lock_path(manifest: Manifest) -> Path:

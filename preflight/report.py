@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from . import problems as P
 from .errors import ExitCode
-from .integrity import atomic_write
+from .volume import overwrite_file, write_file_atomic
 from .problems import Problem
 from .redact import redact
 
@@ -242,20 +242,18 @@ def write_termination_log(path: str | None, message: str) -> None:
     try:
         p = Path(target)
         if p.exists() and not p.is_file():  # a device or a bind-mounted file we cannot replace
-            with open(p, "wb") as f:
-                f.write(data)
+            overwrite_file(p, data)
         else:
             try:
-                atomic_write(p, data, fsync=False)
+                write_file_atomic(p, data, fsync=False)
             except OSError:
-                with open(p, "wb") as f:  # a bind-mounted file cannot be renamed over
-                    f.write(data)
+                overwrite_file(p, data)  # a bind-mounted file cannot be renamed over
     except OSError:
         pass
 
 
 def write_report_file(path: str, report: Report) -> None:
-    atomic_write(Path(path), report.to_json().encode() + b"\n", fsync=False)
+    write_file_atomic(Path(path), report.to_json().encode() + b"\n", fsync=False)
 
 
 # --------------------------------------------------------------------------- every exit

@@ -44,8 +44,7 @@ from .redact import redact as mask
 from .sources import Context as SourceContext
 from .sources import Entry, Listing, Source, Transfer, open_source
 from .sources.http import Cancel, Timeouts, retry_delay
-from .integrity import nofollow
-from .volume import PathEscape, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume, why_unwritable
+from .volume import PathEscape, StagedFile, Staging, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume, why_unwritable
 
 T = TypeVar("T")
 
@@ -263,7 +262,12 @@ class Fetcher:
     def run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         """Fetch every job; on an interrupt (SIGTERM arrives as KeyboardInterrupt) stop all
         downloads at once, keeping their partial bytes, and re-raise."""
-        state_volume(self.session.ctx.models_dir, self.staging.parent).dir_path("staging")  # no symlink out on the way
+        # Opened once through the door and held: a staging folder swapped for a link later changes nothing.
+        with Staging(state_volume(self.session.ctx.models_dir, self.staging.parent).sub("staging")) as held:
+            self.held = held
+            return self._run(jobs)
+
+    def _run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         failures: dict[str, list[tuple[Job, PreflightError]]] = {}
         workers = max(1, min(self.opts.workers, len(jobs)))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
@@ -288,7 +292,7 @@ class Fetcher:
             return FetchError(f"{job.label}: {exc.strerror or exc}")
 
     def _fetch(self, job: Job) -> None:
-        partial = self.staging / staging_name(job)
+        partial = self.held.file(staging_name(job))
         algos: tuple[str, ...] = ("sha256",) if (job.expect.sha256 or not job.expect.sha1) else ("sha1",)
         if job.expect.sha1 and job.expect.size is None:
             algos = ("sha256",)
@@ -331,11 +335,11 @@ class Fetcher:
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                         raise
                     # The partial cannot be completed, and it holds the space others need.
-                    _unlink(partial)
+                    partial.remove()
                     raise DiskSpaceError(f"{job.label}: the volume filled up during the download; the partial file was removed") from None
                 except IntegrityError as exc:
                     last = exc
-                    _unlink(partial)
+                    partial.remove()
                     if isinstance(exc, UnsafeContentError):
                         from . import __version__
 
@@ -352,7 +356,7 @@ class Fetcher:
             if key is not None:
                 self.progress.finish(key)
 
-    def _verify(self, job: Job, partial: Path, size: int, digests: dict[str, str]) -> None:
+    def _verify(self, job: Job, partial: StagedFile, size: int, digests: dict[str, str]) -> None:
         exp = job.expect
         if exp.size is not None and size != exp.size:
             raise IntegrityError(f"{job.label}: got {size} bytes, expected {exp.size}")
@@ -362,57 +366,26 @@ class Fetcher:
             raise IntegrityError(f"{job.label}: downloaded git blob sha1 is {digests.get('sha1')}, expected {exp.sha1}")
         from .check import check_single_file
 
-        problems = [p for p in check_single_file(partial, job.rel, job.lane.allow_pickle or True) if p.is_error]
+        # read through the held staging descriptor (StagedFile.__fspath__)
+        problems = [p for p in check_single_file(Path(os.fspath(partial)), job.rel, job.lane.allow_pickle or True) if p.is_error]
         for p in problems:
             if p.code == P.DANGEROUS_PICKLE:
                 raise UnsafeContentError(f"{job.label}: the downloaded file is refused, not published: {p.message}")
         if problems:
             raise IntegrityError(f"{job.label}: the downloaded file is not valid: {problems[0].message}")
 
-    def _publish(self, job: Job, partial: Path, size: int, digests: dict[str, str]) -> None:
+    def _publish(self, job: Job, partial: StagedFile, size: int, digests: dict[str, str]) -> None:
         """Rename the verified staged file into place, through folders opened without
         following any symlink out of the volume. The staged file itself must still be the
         size that was verified (a writer that lost the lease may have appended to it)."""
         vol = self.volume
-        st = os.lstat(partial)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            raise IntegrityError(f"{job.label}: the staged file changed after it was verified ({st.st_size} bytes, verified {size}); discarded")
-        sfd = os.open(partial.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        dfd = vol.open_dir(vol.rel_of(job.target.parent))
         try:
-            os.replace(partial.name, job.target.name, src_dir_fd=sfd, dst_dir_fd=dfd)
-            _fsync_fd(dfd)
-            st = os.stat(job.target.name, dir_fd=dfd, follow_symlinks=False)
-        finally:
-            os.close(sfd)
-            os.close(dfd)
+            st = partial.publish(vol, vol.rel_of(job.target), size)
+        except ValueError as exc:
+            raise IntegrityError(f"{job.label}: {exc}; discarded") from None
         if job.link is not None:
-            lfd = vol.open_dir(vol.rel_of(job.link.parent))
-            try:
-                tmp = f".{job.link.name}.{os.getpid()}.lnk"
-                try:
-                    os.unlink(tmp, dir_fd=lfd)
-                except FileNotFoundError:
-                    pass
-                os.symlink(os.path.relpath(job.target, job.link.parent), tmp, dir_fd=lfd)
-                os.replace(tmp, job.link.name, src_dir_fd=lfd, dst_dir_fd=lfd)
-            finally:
-                os.close(lfd)
+            vol.make_symlink(vol.rel_of(job.link), os.path.relpath(job.target, job.link.parent))
         self.session.ctx.receipts.record(state_key(self.session.ctx.models_dir, job.link or job.target), st, digests)
-
-
-def _unlink(p: Path) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
-
-
-def _fsync_fd(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
 
 
 def settle_listings(session: Session, remote: Remote) -> None:
@@ -440,13 +413,14 @@ def settle_listings(session: Session, remote: Remote) -> None:
         if not commit or not rev or rev == commit:
             continue
         rel = f"{lane.path}/{repo_folder(lane.source.repo, lane.source.repo_type)}/refs/{rev}"
+        vol = Volume(session.ctx.models_dir)
         try:
-            if (session.ctx.models_dir / rel).read_text().strip() == commit:
+            if (vol.read_bytes(rel, 4096) or b"").strip() == commit.encode():
                 continue
-        except (OSError, UnicodeDecodeError):
+        except PathEscape:
             pass
         try:
-            Volume(session.ctx.models_dir).write_atomic(rel, commit.encode())
+            vol.write_atomic(rel, commit.encode())
         except OSError as exc:
             session.report.notes.append(f"could not write {rel}: {exc.strerror}")
 
@@ -500,11 +474,10 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
     if os.path.lexists(root) and not root.is_dir():
         raise NotReadyError(f"the models folder {root} is a file, not a folder; cannot fetch", hint="point --models-dir / models_dir at a folder")
     try:
-        staging = state_volume(root, sdir).dir_path("staging")
-        probe = staging / f".write-probe-{os.getpid()}"
-        with open(probe, "wb", opener=nofollow):
-            pass
-        os.unlink(probe)
+        staging = state_volume(root, sdir).sub("staging")
+        probe = f".write-probe-{os.getpid()}"
+        os.close(staging.open_file(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create_dirs=True))
+        staging.remove_file(probe)
     except PathEscape:
         raise
     except OSError as exc:
@@ -528,6 +501,7 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
                                     hint=_OWNER_HINT)
     session.writable = True
     session.ctx.receipts.state_dir = sdir
+    session.ctx.receipts.volume = state_volume(root, sdir)
     return escaped
 
 
@@ -565,12 +539,13 @@ def run_sync(session: Session, opts: Options) -> Report:
         sizes: dict[str, int | None] = {}
         learn_sizes(jobs, sizes)
         check_space(session, jobs, staging)
-        lease = Lease(session.state_dir, stale_after=opts.stale_after)
+        lease = Lease(state_volume(session.ctx.models_dir, session.state_dir), stale_after=opts.stale_after)
         lease.acquire(opts.lease_wait, progress.log)
         fetched: dict[str, list[int]] = {}
         try:
             for _round in range(MAX_LEASE_ROUNDS):
-                session.ctx.receipts = type(session.ctx.receipts)(session.state_dir)  # pick up another writer's receipts
+                # pick up another writer's receipts
+                session.ctx.receipts = type(session.ctx.receipts)(session.state_dir, state_volume(session.ctx.models_dir, session.state_dir))
                 real_lanes = session.lanes
                 switches = prepare_switches(session, remote, progress)
                 session.lanes = [switches[l.name].staged if l.name in switches else l for l in real_lanes]
@@ -601,7 +576,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                         # another writer took the volume over: wait for it, then judge the volume again.
                         progress.log("lost the volume lease to another writer; waiting for it, then checking again")
                         lease.release()
-                        lease = Lease(session.state_dir, stale_after=opts.stale_after)
+                        lease = Lease(state_volume(session.ctx.models_dir, session.state_dir), stale_after=opts.stale_after)
                         lease.acquire(opts.lease_wait, progress.log)
                         continue
                     if jobs:
@@ -669,7 +644,10 @@ def prepare_switches(session: Session, remote: Remote, progress: Progress) -> di
             continue
         expect, version = remote.expect[lane.name]
         rid = rev_id(version, expect)
-        cur = current(ctx.models_dir, lane)
+        try:
+            cur = current(ctx.models_dir, lane)
+        except NotReadyError:
+            continue  # a folder on the way leads out of the volume: the lane fails alone (check_writable, observe)
         if cur.state == "revision" and cur.rid == rid:
             continue  # repairs happen inside the current revision: the same bytes, no mix
         if cur.state == "other":

@@ -27,6 +27,7 @@ from ..errors import AuthError, FetchError, UsageError
 from ..manifest import FileExpect, Lane
 
 if TYPE_CHECKING:
+    from ..volume import StagedFile
     from ..lockfile import LockedLane
     from .http import Cancel, Fetched, Timeouts
     from .pool import Budget
@@ -121,7 +122,7 @@ class Source(abc.ABC):
         without the network where the lock says enough."""
 
     @abc.abstractmethod
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         """One attempt: `entry`'s bytes into `partial` (resuming what it holds where the
         source can), with the digests of the whole file. FetchError when it fails."""
 

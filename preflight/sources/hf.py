@@ -20,6 +20,7 @@ from . import Entry, Source, Transfer
 from . import Listing
 
 if TYPE_CHECKING:
+    from ..volume import StagedFile
     from ..lockfile import LockedLane
     from .http import Fetched
 
@@ -251,7 +252,7 @@ class HubSource(Source):
         return Listing(commit, {rel: Entry(e, file_url(src.repo, pir, commit, src.repo_type), e.sha256 or e.sha1)
                                 for rel, (pir, e) in files.items()})
 
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         from .http import fetch_to
 
         return fetch_to(entry.locator, partial, headers=auth_headers(self.ctx.token()), expected_size=entry.expect.size,

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FetchError, IntegrityError
-from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file, nofollow, staged_size
+from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file
+from ..volume import StagedFile, as_staged
 from ..manifest import FileExpect, Lane
 from . import Entry, Listing, Source, Transfer
 
@@ -65,28 +66,29 @@ def listing(lane: Lane, manifest_file: str) -> dict[str, tuple[Path, FileExpect]
     return out
 
 
-def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable[[int], None] | None = None,
+def copy_to(src: Path, partial: StagedFile | Path, algos: tuple[str, ...], progress: Callable[[int], None] | None = None,
             may_write: Callable[[], bool] | None = None) -> dict[str, str]:
     """Reflink when possible (then hash the result), else a streamed copy hashed on the way.
     As for downloads: `may_write` before every write, appends only, and the file must end
     exactly as long as what this process wrote."""
+    partial = as_staged(partial)
     try:
         s = open(src, "rb", buffering=0)
     except OSError as exc:
         raise FetchError(f"cannot read mirror file {src}: {exc.strerror}") from None
-    staged_size(partial)  # clears a symlink or folder standing at the staging name
+    partial.size()  # clears a symlink or folder standing at the staging name
     if may_write is not None and not may_write():  # not even create the file: it may be another writer's name now
         s.close()
         raise FetchError(f"stopped before copying {src}: another writer holds the volume now")
     with s:
-        with open(partial, "wb", buffering=0, opener=nofollow) as d:
+        with partial.writer(append=False) as d:
             try:
                 fcntl.ioctl(d.fileno(), FICLONE, s.fileno())  # (an append-only descriptor cannot be a clone target)
                 os.fsync(d.fileno())
                 return hash_file(partial, algos, progress)
             except OSError:
                 pass
-        with open(partial, "ab", buffering=0, opener=nofollow) as d:
+        with partial.writer(append=True) as d:
             return _stream(s, d, src, algos, progress, may_write)
 
 
@@ -131,11 +133,12 @@ class MirrorSource(Source):
         files = listing(self.lane, self.ctx.manifest_file)
         return Listing(None, {rel: Entry(exp, str(path), stamp=_stamp(path)) for rel, (path, exp) in files.items()})
 
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         from .http import Fetched
 
         digests = copy_to(Path(entry.locator), partial, algos, transfer.progress, transfer.may_write)
-        return Fetched(partial.stat().st_size, digests, 0, entry.locator)
+        st = partial.lstat()
+        return Fetched(st.st_size if st is not None else 0, digests, 0, entry.locator)
 
     def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
         """A mirror lists sizes only: the lock pins what its files hash to now."""
