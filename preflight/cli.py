@@ -259,6 +259,8 @@ def common_volume_options(fn):
         opt("--report", default=None, type=click.Path(dir_okay=False), help="Also write the JSON report to this file."),
         opt("--termination-log", default=None, help="Write a short reason here on failure (default /dev/termination-log when it exists; '' disables)."),
         opt("--quiet", "-q", is_flag=True, help="No human summary on stderr."),
+        opt("--accelerator", default=None, help="This node's accelerator for lanes with `serve:` (e.g. 2x80GiB,cc=9.0 or cpu,memory=16GiB); "
+                                                 "wins over the manifest's `accelerator:` and over detection (NVML, sysfs, cgroup)."),
     ]
     for d in reversed(decorators):
         fn = d(fn)
@@ -287,8 +289,11 @@ def check(**kw) -> int:
 @click.argument("path", type=click.Path(exists=False))
 @opt("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @opt("--allow-pickle", is_flag=True, help="Scan pickle weights instead of refusing them.")
+@opt("--serve", default=None, help="Judge fit as ENGINE[:ARGS] would serve it (vllm:'-tp 2 --max-model-len 32768', llama.cpp:'-c 8192').")
+@opt("--accelerator", default=None, help="The node to judge fit on (e.g. 1x80GiB,cc=9.0); default: this machine.")
 @guarded
-def inspect(path: str, as_json: bool, allow_pickle: bool, termination_log: str | None = None) -> int:
+def inspect(path: str, as_json: bool, allow_pickle: bool, serve: str | None = None, accelerator: str | None = None,
+            termination_log: str | None = None) -> int:
     """Say what a file or folder is and every problem found. Never uses the network.
 
     \b
@@ -305,6 +310,10 @@ def inspect(path: str, as_json: bool, allow_pickle: bool, termination_log: str |
     if not os.path.lexists(p):
         raise UsageError(f"{path}: no such file or folder")
     result = inspect_path(p, allow_pickle=allow_pickle)
+    if serve:
+        from .inspect import inspect_fit
+
+        result["fit"] = inspect_fit(p, result, serve, accelerator)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -96,6 +96,18 @@ SIGNATURE_MISMATCH = "signature-mismatch"  # a file's digest differs from the si
 UNSIGNED_FILE = "unsigned-file"  # a file of the lane the statement does not cover
 SIGNED_FILE_MISSING = "signed-file-missing"  # a file the statement covers is not in the lane
 
+# Serving fit (serving/fit.py): will the engine start this lane on this node.
+ENGINE_UNSUPPORTED = "engine-unsupported"  # architecture, pipeline parallelism, dtype or quantization the engine refuses here
+PARALLEL_INVALID = "parallel-invalid"  # heads not divisible by TP, more ranks than GPUs
+CONTEXT_TOO_LONG = "context-too-long"  # --max-model-len above what the model derives
+WEIGHTS_TOO_LARGE = "weights-too-large"  # weights per GPU above the memory the engine may use
+KV_CACHE_TOO_LARGE = "kv-cache-too-large"  # one max-length sequence's KV cache does not fit beside the weights
+MEMORY_LIMIT_EXCEEDED = "memory-limit-exceeded"  # llama.cpp on the CPU above the container's memory limit
+GPU_MEMORY_BUSY = "gpu-memory-busy"  # other processes hold the memory vLLM wants
+FIT_MARGIN = "fit-margin"  # warning: fits by the exact figures, not by the estimated overhead
+FIT_UNKNOWN = "fit-unknown"  # warning: something fit could not judge (no GPU seen, no headers)
+SERVE_INVALID = "serve-invalid"  # the lane's serve args cannot be parsed as the engine parses them
+
 
 @dataclass(frozen=True)
 class Problem:

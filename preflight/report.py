@@ -38,6 +38,7 @@ class LaneResult:
     source: str | None = None
     revision: str | None = None
     note: str | None = None
+    fit: dict[str, Any] | None = None  # serving fit on this node (serving/fit.py): figures and verdict
 
     @property
     def errors(self) -> list[Problem]:
@@ -80,6 +81,8 @@ class LaneResult:
             d["revision"] = self.revision
         if self.note:
             d["note"] = self.note
+        if self.fit is not None:
+            d["fit"] = self.fit
         return d
 
 
@@ -186,6 +189,8 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
             extra = lane.note or "skipped"
         print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
     for lane in report.lanes:
+        if lane.fit:
+            print(f"  {lane.name}: fit: {fit_line(lane.fit)}", file=out)
         for p in lane.problems:
             if lane.status == READY and p.is_error:
                 continue
@@ -197,6 +202,28 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
         print(f"preflight {report.command}: ready ({plural(len(report.lanes), 'lane')}, {report.elapsed_s:.2f}s)", file=out)
     else:
         print(f"preflight {report.command}: NOT READY (exit {int(report.exit_code)}): {report.reason or 'see above'}", file=out)
+
+
+def fit_line(fit: dict[str, Any]) -> str:
+    """One line of a lane's fit figures: what the user sizes a deployment by."""
+    parts = [f"{fit.get('engine')} {fit.get('verdict')}"]
+    if fit.get("weights_bytes_per_gpu") is not None:
+        parts.append(f"weights {human_size(fit['weights_bytes_per_gpu'])}/GPU")
+    elif fit.get("weights_bytes") is not None:
+        parts.append(f"weights {human_size(fit['weights_bytes'])}")
+    if fit.get("kv_bytes_per_token") is not None:
+        parts.append(f"KV {human_size(fit['kv_bytes_per_token'])}/token")
+    if fit.get("kv_cache_bytes") is not None:
+        parts.append(f"KV cache {human_size(fit['kv_cache_bytes'])} (n_ctx {fit.get('n_ctx')})")
+    if fit.get("longest_context") is not None:
+        parts.append(f"longest context {fit['longest_context']}")
+    if fit.get("concurrency_at_max_len") is not None:
+        parts.append(f"{fit['concurrency_at_max_len']}x at {fit.get('max_model_len')} tokens")
+    if fit.get("headroom_bytes") is not None:
+        parts.append(f"headroom {human_size(fit['headroom_bytes'])}")
+    if fit.get("node"):
+        parts.append(f"on {fit['node']}")
+    return ", ".join(parts)
 
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"

@@ -53,6 +53,16 @@ class Session:
         writable = _writable(sdir if sdir.exists() else (sdir.parent if sdir.parent.exists() else root))
         receipts = Receipts(sdir if sdir.exists() or writable else None, svol)
         ctx = Context(m, root, receipts, lock_obj, verify)
+        declared = opts.get("accelerator") or m.accelerator
+        if declared:
+            from .serving.accel import AcceleratorError, parse_declared
+            from .serving.lane import NodeAccelerator
+
+            try:
+                parse_declared(declared)
+            except AcceleratorError as exc:
+                raise UsageError(f"--accelerator {declared!r}: {exc}") from None
+            ctx.accelerator = NodeAccelerator(declared)
         return cls(m, selected, ctx, report, opts, sdir, writable, started)
 
     def check(self, remotes=None) -> Report:
