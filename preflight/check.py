@@ -15,7 +15,7 @@ from pathlib import Path
 from . import problems as P
 from .errors import ManifestError
 from .integrity import Receipts, hash_files
-from .lockfile import Lock, parse_sha256sum
+from .lockfile import Lock, lock_entry, parse_sha256sum
 from .manifest import FileExpect, Lane, Manifest
 from .problems import Problem
 from .report import LaneResult
@@ -34,6 +34,8 @@ class Context:
     verify: str = "auto"  # "auto": trust receipts; "full": hash everything with a known digest
     notes: list[str] = field(default_factory=list)
     accelerator: object = None  # serving.lane.NodeAccelerator: this node, for lanes that declare how they are served
+    variants: dict = field(default_factory=dict)  # lane name -> the report's `variant` object (serving/variants.py)
+    variant_records: dict = field(default_factory=dict)  # lane name -> a choice to remember in the receipts
 
     @property
     def real_models_dir(self) -> str:
@@ -154,7 +156,7 @@ def gguf_split_names(name: str) -> list[str]:
 def locked_lane(ctx: Context, lane: Lane):
     """The lock's entry for the lane, unless the lock was made for another source (then it
     says nothing about this lane: see `lock_drift`)."""
-    locked = ctx.lock.lanes.get(lane.name) if ctx.lock else None
+    locked = lock_entry(ctx.lock, lane)
     if locked is not None and lock_drift(locked, lane):
         return None
     return locked
@@ -209,7 +211,7 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
     """Stat every expected file, trust or schedule digests, flag escapes. No hashing yet."""
     locked = locked_lane(ctx, lane)
     result = LaneResult(lane.name, lane.kind, lane.path, lane.required, source=lane.source.display() if lane.source else None)
-    drifted = ctx.lock.lanes.get(lane.name) if ctx.lock and locked is None else None
+    drifted = lock_entry(ctx.lock, lane) if locked is None else None
     if drifted is not None:
         result.problems.append(P.warning(lane.path, P.LOCK_DRIFT, f"the lock was made for source {drifted.source}, the manifest says "
                                          f"{lane.source.raw if lane.source else None}; its digests are not used (run `preflight lock` again)"))
@@ -422,6 +424,7 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
     plans = [observe(ctx, lane, *remotes.get(lane.name, (None, None))) for lane in lanes]
     verify_digests(ctx, plans)
     infos: dict[str, object] = {}
+    fingerprints: dict[str, str] = {}
     bases = {lane.base for lane in lanes if lane.base}
     order = sorted(plans, key=lambda p: p.lane.kind == "adapter")  # bases before adapters
     for plan in order:
@@ -430,7 +433,7 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
         # always checked, since an adapter is judged against its base's tensors.
         fingerprint = None
         if ctx.verify != "full" and not plan.escaped and not plan.result.errors and not plan.lane.base and plan.lane.name not in bases:
-            fingerprint = lane_fingerprint(plan)
+            fingerprint = fingerprints[plan.lane.name] = lane_fingerprint(plan)
             warnings = ctx.receipts.lane_ok(plan.lane.name, fingerprint)
             if warnings is not None:
                 plan.result.problems.extend(Problem(w["path"], w["code"], w["message"], "warning") for w in warnings if isinstance(w, dict))
@@ -448,10 +451,17 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
             ctx.receipts.mark_lane(plan.lane.name, fingerprint, [p.to_dict() for p in plan.result.problems[observed:]])
     for plan in plans:
         if plan.lane.serve is not None and not plan.escaped and not plan.result.errors:
-            from .serving.lane import fit_plan  # will the engine start it on this node (serving/)
+            from .serving.lane import fit_plan, remembered_inputs  # will the engine start it on this node (serving/)
 
-            fit_plan(ctx, plan, infos.get(plan.lane.name))
+            name = plan.lane.name
+            fingerprint = fingerprints.get(name)
+            kept = remembered_inputs(ctx, name, fingerprint) if name not in infos else None
+            fresh = fit_plan(ctx, plan, infos.get(name), kept)
+            if fresh is not None and fingerprint is not None and not plan.result.errors:
+                ctx.receipts.keep_fit(name, fingerprint, fresh.to_dict())
             plan.result.settle()
+        if plan.lane.name in ctx.variants:  # which of the lane's variants this is, and why not the ones before
+            plan.result.variant = ctx.variants[plan.lane.name]
     for plan in plans:
         if plan.lane.signature is not None:  # the publisher's signature over the digests just verified (signing.py)
             from .signing import verify_lane

@@ -82,8 +82,10 @@ def network_options(fn):
 @opt("--deadline", type=float, default=None, help="Give up (exit 3) when the whole run takes longer than this many seconds.")
 @opt("--lease-wait", type=float, default=1800.0, show_default=True, help="Seconds to wait for another writer before exit 6.")
 @opt("--lease-stale", type=float, default=60.0, show_default=True, help="A lease whose heartbeat stopped this long ago is taken over.")
+@opt("--no-fit", is_flag=True, help="Download lanes even when fit says the engine would refuse them on this node (fit is still judged and reported).")
 @guarded(report="sync")
-def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, connections, deadline, lease_wait, lease_stale, **kw) -> int:
+def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, connections, deadline, lease_wait, lease_stale,
+         no_fit=False, **kw) -> int:
     """Check, fetch what is missing or broken, verify, publish, report.
 
     Exits 0 only when every required lane is ready. New bytes are staged under
@@ -107,6 +109,7 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
     opts = Options(
         offline=offline, locked=locked, token_file=token_file, timeouts=Timeouts(connect_timeout, stall_timeout),
         retries=retries, workers=workers, connections=connections, deadline=deadline, lease_wait=lease_wait, stale_after=lease_stale,
+        no_fit=no_fit,
     )
     report = run_sync(session, opts)
     return session.finish(report, ready_file=True)

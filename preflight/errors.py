@@ -138,3 +138,14 @@ class LeaseError(PreflightError):
 
 class NotReadyError(PreflightError):
     exit_code = ExitCode.NOT_READY
+
+
+class FitRefusedError(NotReadyError):
+    """A lane the engine would refuse on this node, found before its bytes were downloaded.
+    Carries the fit's findings and figures for the lane's report."""
+
+    def __init__(self, message: str, problems: list, fit: dict | None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems
+        self.fit = fit
+        self.problem_code = next((p.code for p in problems if p.is_error), "fit-unknown")

@@ -181,6 +181,7 @@ class Receipts:
         self._files: dict[str, dict] = {}
         self._lanes: dict[str, dict] = {}  # lane name -> fingerprint of a passed format check
         self._refused: dict[str, dict] = {}  # refusal key -> why fetched bytes were not published
+        self._variants: dict[str, dict] = {}  # lane name -> the variant chosen on a node (serving/variants.py)
         self._dropped: set[str] = set()  # files forgotten here, not to come back from disk on save
         self._dirty = False
         if state_dir is not None:
@@ -192,6 +193,8 @@ class Receipts:
                     self._lanes = data["lanes"]
                 if isinstance(data, dict) and isinstance(data.get("refused"), dict):
                     self._refused = data["refused"]
+                if isinstance(data, dict) and isinstance(data.get("variants"), dict):
+                    self._variants = data["variants"]
             except (OSError, ValueError):
                 pass
 
@@ -217,6 +220,31 @@ class Receipts:
         self._lanes[name] = {"fingerprint": fingerprint, "warnings": warnings,
                              "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self._dirty = True
+
+    def lane_fit(self, name: str, fingerprint: str) -> dict | None:
+        """The fit inputs kept with a past check of exactly these files (serving/inputs.py), if any."""
+        rec = self._lanes.get(name)
+        if isinstance(rec, dict) and rec.get("fingerprint") == fingerprint and isinstance(rec.get("fit_inputs"), dict):
+            return rec["fit_inputs"]
+        return None
+
+    def keep_fit(self, name: str, fingerprint: str, inputs: dict) -> None:
+        """Keep a lane's fit inputs beside its fingerprint: a warm re-check judges fit without a header read."""
+        rec = self._lanes.get(name)
+        if isinstance(rec, dict) and rec.get("fingerprint") == fingerprint and rec.get("fit_inputs") != inputs:
+            rec["fit_inputs"] = inputs
+            self._dirty = True
+
+    def variant(self, name: str) -> dict | None:
+        """The variant chosen for a lane on a node before (serving/variants.py)."""
+        rec = self._variants.get(name)
+        return rec if isinstance(rec, dict) else None
+
+    def choose_variant(self, name: str, record: dict) -> None:
+        old = self._variants.get(name)
+        if not isinstance(old, dict) or {k: v for k, v in old.items() if k != "at"} != record:
+            self._variants[name] = {**record, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            self._dirty = True
 
     def verified(self, rel: str) -> tuple[int, dict[str, str]] | None:
         """Size and digests recorded when `rel` was last verified, whatever its stat is now."""
@@ -264,15 +292,17 @@ class Receipts:
             try:
                 data = json.loads(path.read_bytes())
                 on_disk, lanes_on_disk, refused_on_disk = data.get("files", {}), data.get("lanes", {}), data.get("refused", {})
+                variants_on_disk = data.get("variants", {})
             except (OSError, ValueError, AttributeError):
-                on_disk, lanes_on_disk, refused_on_disk = {}, {}, {}
+                on_disk, lanes_on_disk, refused_on_disk, variants_on_disk = {}, {}, {}, {}
             merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else dict(self._files)
             for rel in self._dropped:
                 merged.pop(rel, None)
             lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
             refused = {**refused_on_disk, **self._refused} if isinstance(refused_on_disk, dict) else self._refused
+            variants = {**variants_on_disk, **self._variants} if isinstance(variants_on_disk, dict) else self._variants
             vol = self.volume if self.volume is not None and self.volume.path == self.state_dir else Volume(self.state_dir)
-            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused}, indent=0, sort_keys=True).encode())
+            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused, "variants": variants}, indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False

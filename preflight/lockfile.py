@@ -28,15 +28,22 @@ class LockedLane:
     revision: str | None = None
     commit: str | None = None
     files: dict[str, FileExpect] = field(default_factory=dict)
+    fit: dict[str, Any] | None = None  # what fit needs (serving/inputs.py): sync --locked judges fit before a download, offline
+    variants: dict[str, LockedLane] = field(default_factory=dict)  # the lane's variants, by name
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "source": self.source, "revision": self.revision, "commit": self.commit,
             "files": {
                 rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1)) if v is not None}
                 for rel, e in sorted(self.files.items())
             },
         }
+        if self.fit is not None:
+            d["fit"] = self.fit
+        if self.variants:
+            d["variants"] = {n: v.to_dict() for n, v in sorted(self.variants.items())}
+        return d
 
 
 @dataclass
@@ -70,17 +77,35 @@ def load_lock(path: str | os.PathLike) -> Lock:
         raise ManifestError(f"not a version-{LOCK_VERSION} lock file (expected {{'version': 1, 'lanes': {{...}}}})", file=str(p))
     lock = Lock(str(p))
     for name, raw in data["lanes"].items():
-        if not isinstance(raw, dict) or not isinstance(raw.get("files", {}), dict):
-            raise ManifestError("malformed lane entry", file=str(p), field=f"lanes.{name}")
-        files = {}
-        for rel, exp in raw.get("files", {}).items():
-            norm = normalise_rel(rel)
-            if norm is None or not isinstance(exp, dict):
-                raise ManifestError(f"bad file entry {rel!r}", file=str(p), field=f"lanes.{name}.files")
-            size = exp.get("size")
-            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
-        lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files)
+        lock.lanes[name] = _locked_lane(name, raw, str(p), f"lanes.{name}")
+        variants = raw.get("variants", {})
+        if not isinstance(variants, dict):
+            raise ManifestError("malformed variants", file=str(p), field=f"lanes.{name}.variants")
+        for vname, vraw in variants.items():
+            lock.lanes[name].variants[vname] = _locked_lane(name, vraw, str(p), f"lanes.{name}.variants.{vname}")
     return lock
+
+
+def _locked_lane(name: str, raw: Any, file: str, where: str) -> LockedLane:
+    if not isinstance(raw, dict) or not isinstance(raw.get("files", {}), dict):
+        raise ManifestError("malformed lane entry", file=file, field=where)
+    files = {}
+    for rel, exp in raw.get("files", {}).items():
+        norm = normalise_rel(rel)
+        if norm is None or not isinstance(exp, dict):
+            raise ManifestError(f"bad file entry {rel!r}", file=file, field=f"{where}.files")
+        size = exp.get("size")
+        files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
+    fit = raw.get("fit") if isinstance(raw.get("fit"), dict) else None
+    return LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files, fit)
+
+
+def lock_entry(lock: Lock | None, lane) -> LockedLane | None:
+    """The lock's entry for a lane, or for the variant of it that `lane` is."""
+    entry = lock.lanes.get(lane.name) if lock is not None else None
+    if entry is not None and getattr(lane, "variant", None):
+        return entry.variants.get(lane.variant)
+    return entry
 
 
 def parse_sha256sum(text: str, file: str) -> dict[str, FileExpect]:

@@ -10,6 +10,7 @@ paths the kernel accepts (MAX_NAME_BYTES per component, MAX_PATH_BYTES in all).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import posixpath
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError, ManifestErrors
-from .yamlloc import MAX_BYTES, Located, load_yaml
+from .yamlloc import MAX_BYTES, Located, dotted, load_yaml
 
 KINDS = ("hf-dir", "gguf", "adapter", "hf-cache", "file")
 DIR_KINDS = ("hf-dir", "adapter", "hf-cache")
@@ -302,11 +303,17 @@ class Lane:
     layout: str = "revisions"  # folder lanes: "revisions" (a symlink to one complete revision) or "in-place"
     signature: SignaturePolicy | None = None  # verify an OpenSSF model signature before the lane is ready
     serve: ServeSpec | None = None  # how the lane is served: fit is checked against this node
+    variants: tuple[Lane, ...] = ()  # alternatives in order, each a whole lane of the same name (the first that fits is served)
+    variant: str | None = None  # this lane's variant name; None for the lane as written (the primary)
     line: int | None = None
 
     @property
     def revision(self) -> str | None:
         return self.source.revision if self.source else None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.variant is None else f"{self.name} (variant {self.variant})"
 
     @property
     def is_dir(self) -> bool:
@@ -362,8 +369,11 @@ _TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoint
 _LANE_KEYS = {
     "name", "kind", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size",
     "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env", "layout",
-    "signature", "serve",
+    "signature", "serve", "variants",
 }
+# What a variant may set; everything else (kind, env, required, profiles, ...) is the lane's.
+_VARIANT_KEYS = {"name", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size", "serve"}
+PRIMARY = "primary"  # the lane as written, among its variants
 _DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout", "signature", "serve"}
 LAYOUTS = ("revisions", "in-place")
 _FLAGS = ("required", "enabled", "allow_pickle", "serves_text")
@@ -583,7 +593,7 @@ def parse_manifest(doc: Located) -> Manifest:
                     raise doc.error(("lanes", i, "base"), f"base lane {_show(lane.base)} is not defined")
                 if lane.base == lane.name:
                     raise doc.error(("lanes", i, "base"), "a lane cannot be its own base")
-    r.errors.extend(_overlaps(doc, lanes))
+    r.errors.extend(_overlaps(doc, [*lanes, *((i, raw, v) for i, raw, lane in lanes for v in lane.variants)]))
     endpoints: list = []
     with r.section():
         endpoints = r.get(top, (), "endpoints", list, default=[])
@@ -764,12 +774,96 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
             )
     if kind == "hf-cache" and (source is None or source.scheme != "hf"):
         raise doc.error(key + ("source",), "an hf-cache lane needs an hf:// source (the repo whose cache entry it is)")
-    return Lane(
+    lane = Lane(
         name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
         required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
         serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, layout=layout, signature=signature,
         serve=serve, line=doc.line(*key),
     )
+    if raw.get("variants") is not None:
+        variants = _variants(r, raw, key, lane, defaults, models_dir)
+        if variants is None:
+            return None
+        lane = dataclasses.replace(lane, variants=variants)
+    return lane
+
+
+def _variants(r: _Reader, raw: dict, key: tuple, lane: Lane, defaults: Mapping, models_dir: str) -> tuple[Lane, ...] | None:
+    """`variants:`, alternatives to the lane in order: each overrides the lane's source, path, revision,
+    include/exclude, per-file digests and serve, and is a whole lane of the same name."""
+    doc = r.doc
+    at = key + ("variants",)
+    items = raw["variants"]
+    if not isinstance(items, list) or not items:
+        raise doc.error(at, f"expected a list of variants (each a mapping with name, path, source, ...), found {_show(items)}")
+    if lane.kind not in ("hf-dir", "hf-cache", "gguf"):
+        raise doc.error(at, f"a {lane.kind} lane has no variants: they are chosen by how the engine serves them (hf-dir, hf-cache, gguf)")
+    if lane.base is not None or lane.checksums or lane.dvc:
+        raise doc.error(at, "a lane with variants pins its files per variant (files:, sha256:), not with base/checksums/dvc")
+    before = len(r.errors)
+    out: list[Lane] = []
+    seen: dict[str, int] = {PRIMARY: -1}
+    paths = {lane.path: PRIMARY}
+    for k, item in enumerate(items[:64]):
+        vkey = at + (k,)
+        with r.section():
+            if not isinstance(item, dict):
+                raise doc.error(vkey, f"expected a variant mapping (name, path, source, ...), found {_show(item)}")
+            r.unknown(item, vkey, _VARIANT_KEYS, "variant")
+            vname = r.get(item, vkey, "name", str, required=True)
+            if not _LANE_NAME.match(vname) or len(vname) > 64:
+                raise doc.error(vkey + ("name",), f"variant name {_show(vname)} must be letters, digits, '-', '_' or '.' (at most 64)")
+            if vname in seen:
+                taken = "the lane as written" if vname == PRIMARY else f"variant {seen[vname] + 1}"
+                raise doc.error(vkey + ("name",), f"variant name {vname!r} is already {taken}'s")
+            seen[vname] = k
+            vpath = _lane_path(r, item, vkey, models_dir) if "path" in item or lane.kind != "hf-cache" else lane.path
+            if vpath in paths and lane.kind != "hf-cache":
+                raise doc.error(vkey + ("path",), f"path {vpath} is already {'the lane' if paths[vpath] == PRIMARY else 'variant ' + repr(paths[vpath])}'s: "
+                                                 "each variant has its own path (`preflight env` exports the chosen one)")
+            paths[vpath] = vname
+            source = lane.source
+            if "source" in item or "revision" in item:
+                src_raw = r.get(item, vkey, "source", str) or (lane.source.raw if lane.source else None)
+                revision = r.get(item, vkey, "revision", str)
+                if src_raw is None:
+                    raise doc.error(vkey + ("revision",), "a revision needs a source (the lane has none)")
+                pinned = "@" in src_raw.strip().removeprefix("hf://")
+                try:
+                    source = parse_source(src_raw, revision or (None if pinned or "source" not in item else defaults.get("revision")))
+                except ValueError as exc:
+                    raise doc.error(vkey + ("source",), f"bad source {_show(src_raw)}: {exc}") from None
+            if lane.kind == "hf-cache" and (source is None or source.scheme != "hf"):
+                raise doc.error(vkey + ("source",), "an hf-cache variant needs an hf:// source")
+            files: dict[str, FileExpect] = {}
+            for rel, exp in (r.get(item, vkey, "files", dict, default={}) or {}).items():
+                problem = rel_path_problem(rel)
+                if problem:
+                    raise doc.error(vkey + ("files", rel), f"file path {_show(rel)} must be relative and stay inside the lane: {problem}")
+                files[posixpath.normpath(rel)] = _expect(r, exp if exp is not None else {}, vkey + ("files", rel))
+            direct = {x: item[x] for x in ("sha256", "sha1", "size") if x in item}
+            if direct:
+                if lane.is_dir:
+                    raise doc.error(vkey + (next(iter(direct)),), f"a {lane.kind} lane is a folder: give digests per file under 'files:'")
+                files[posixpath.basename(vpath)] = _expect(r, direct, vkey).merge(files.get(posixpath.basename(vpath)))
+            if source is not None and source.scheme in ("https", "http") and not lane.is_dir and not files.get(posixpath.basename(vpath), FileExpect()).sha256:
+                raise doc.error(vkey + ("source",), "a URL source needs the file's sha256 (plain URLs carry no digest to verify against)",
+                                hint="add `sha256: <64 hex>` to the variant")
+            include = r.strings(item, vkey, "include", lane.include)
+            exclude = r.strings(item, vkey, "exclude", lane.exclude)
+            serve = _serve(r, item, vkey, lane.serve, lane.kind)
+            if serve is None and lane.serve is not None:
+                raise doc.error(vkey + ("serve",), "a variant is chosen by how it is served: it needs `serve:` (its own, or the lane's)")
+            out.append(dataclasses.replace(lane, path=vpath, source=source, files=files, include=include, exclude=exclude, serve=serve,
+                                           variant=vname, line=doc.line(*vkey)))
+    if len(items) > 64:
+        r.errors.append(doc.error(at, f"{len(items)} variants: at most 64"))
+    if lane.serve is None:
+        r.errors.append(doc.error(key, "a lane with variants needs `serve:`: the first variant that fits this node is chosen by it",
+                                  hint="add serve: {engine: vllm, args: \"...\"} to the lane (variants inherit it)"))
+    if len(r.errors) > before:
+        return None
+    return tuple(out)
 
 
 def _signature_raw(r: _Reader, obj: Mapping, key: tuple) -> dict | None:
@@ -959,10 +1053,11 @@ def _overlaps(doc: Located, lanes: list[tuple[int, dict, Lane]]) -> list[Manifes
         for _parts, j, a in stack:  # a encloses b (or is the same path)
             if not (a.kind == b.kind == "hf-cache"):
                 how = "is the same path as" if a.path == b.path else "lies inside the folder of" if a.is_dir else "lies inside the file of"
-                first, second = (a, b) if j < i else (b, a)
+                first, second = (a, b) if (j, a.variant or "") < (i, b.variant or "") else (b, a)
+                where = ("lanes", max(i, j)) + (("variants", second.variant) if second.variant else ())
                 errors.append(ManifestError(
-                    f"lanes {first.name!r} and {second.name!r} overlap: {b.path} {how} lane {a.name!r}",
-                    file=doc.file, line=doc.line("lanes", max(i, j)), field=f"lanes[{max(i, j)}].path",
+                    f"lanes {first.label!r} and {second.label!r} overlap: {b.path} {how} lane {a.label!r}",
+                    file=doc.file, line=second.line or doc.line("lanes", max(i, j)), field=dotted(where) + ".path",
                 ))
                 break
         stack.append((parts, i, b))

@@ -39,6 +39,7 @@ class LaneResult:
     revision: str | None = None
     note: str | None = None
     fit: dict[str, Any] | None = None  # serving fit on this node (serving/fit.py): figures and verdict
+    variant: dict[str, Any] | None = None  # a lane with variants: which one this node serves, and why not the ones before
 
     @property
     def errors(self) -> list[Problem]:
@@ -83,6 +84,8 @@ class LaneResult:
             d["note"] = self.note
         if self.fit is not None:
             d["fit"] = self.fit
+        if self.variant is not None:
+            d["variant"] = self.variant
         return d
 
 

@@ -63,6 +63,10 @@ class Session:
             except AcceleratorError as exc:
                 raise UsageError(f"--accelerator {declared!r}: {exc}") from None
             ctx.accelerator = NodeAccelerator(declared)
+        if any(lane.variants for lane in selected):
+            from .serving.variants import apply
+
+            selected = apply(ctx, selected)  # the variant this node serves, from memory, the volume or the lock
         return cls(m, selected, ctx, report, opts, sdir, writable, started)
 
     def check(self, remotes=None) -> Report:
@@ -71,6 +75,8 @@ class Session:
         return self.report
 
     def save_receipts(self) -> None:
+        for name, record in self.ctx.variant_records.items():
+            self.ctx.receipts.choose_variant(name, record)
         if self.ctx.receipts._dirty:
             if not self.writable:
                 from .volume import why_unwritable

@@ -71,6 +71,7 @@ class Options:
     lease_wait: float = 1800.0
     stale_after: float = 60.0
     connections: int = 16  # connections open at once in the run (ranged pieces of large files, small files)
+    no_fit: bool = False  # download lanes fit refuses on this node (serving/before.py)
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Remote:
         self.fetchable: dict[str, dict[str, Entry]] = {}
         self.sources: dict[str, Source] = {}
         self.errors: dict[str, PreflightError] = {}
+        self._resolved: dict[tuple[str, str | None], tuple[Source, dict[str, Entry], str | None]] = {}
         self.ctx = SourceContext(session.manifest.file, opts.timeouts, self.get_token, opts.retries, deadline, progress.log)
 
     @property
@@ -126,8 +128,10 @@ class Remote:
         src = lane.source
         if src is None:
             return
+        from .lockfile import lock_entry
+
         lock = self.session.ctx.lock
-        locked = lock.lanes.get(lane.name) if lock else None
+        locked = lock_entry(lock, lane)
         if locked is not None and lock_drift(locked, lane):
             if self.opts.locked:
                 raise ManifestError(f"lane {lane.name}: the lock was made for source {locked.source}, the manifest says {src.raw}", file=lock.path, hint="run `preflight lock` again")
@@ -135,13 +139,17 @@ class Remote:
             locked = None
         if locked is None and self.opts.locked:
             raise ManifestError(f"lane {lane.name} is not in the lock file", file=lock.path if lock else None, hint="run `preflight lock`")
-        try:
-            source = open_source(lane, self.ctx)
-            files, version = checked_listing(lane, source.resolve(locked))
-            files = self._pinned(lane, files)
-        except PreflightError as exc:
-            self.errors[lane.name] = exc
-            return
+        self.errors.pop(lane.name, None)
+        done = self._resolved.get((lane.name, lane.variant))  # a variant judged before it was chosen: listed once
+        if done is None:
+            try:
+                source = open_source(lane, self.ctx)
+                files, version = checked_listing(lane, source.resolve(locked))
+                done = self._resolved[(lane.name, lane.variant)] = (source, self._pinned(lane, files), version)
+            except PreflightError as exc:
+                self.errors[lane.name] = exc
+                return
+        source, files, version = done
         self.sources[lane.name] = source
         self.expect[lane.name] = ({rel: e.expect for rel, e in files.items()}, version)
         self.fetchable[lane.name] = files
@@ -526,6 +534,12 @@ def run_sync(session: Session, opts: Options) -> Report:
             report.notes.append("offline: nothing was fetched")
             return report
         remote = Remote(session, opts, progress, deadline)
+        before = None
+        if any(lane.serve is not None for lane in session.lanes):
+            from .serving.before import Before, choose_variants
+
+            before = Before(session, remote, progress.log)  # fit before the download (serving/before.py)
+            choose_variants(session, remote, before)
         for lane in session.lanes:
             remote.resolve(lane)
         if remote.errors:
@@ -537,6 +551,10 @@ def run_sync(session: Session, opts: Options) -> Report:
         blocked: dict[str, PreflightError] = dict(remote.errors)  # lanes that fail without a fetch (optional ones here)
         results = session.check(remote.expect).lanes
         jobs = held_back(session, plan_jobs(session, remote, results), blocked)
+        if before is not None:
+            from .serving.before import refuse_unfit
+
+            jobs = refuse_unfit(session, remote, before, jobs, blocked, opts.no_fit)
         if not jobs:
             settle_listings(session, remote)
             _report_errors(report, blocked)
@@ -724,7 +742,11 @@ def _attach(report: Report, errors: dict[str, PreflightError]) -> None:
     for lane in report.lanes:
         err = errors.get(lane.name)
         if err is not None:
-            lane.problems.append(P.error(lane.path, getattr(err, "problem_code", P.FETCH_FAILED), str(err)))
+            if getattr(err, "problems", None):  # a lane fit refused before its download: the findings and figures
+                lane.problems.extend(err.problems)
+                lane.fit = err.fit
+            else:
+                lane.problems.append(P.error(lane.path, getattr(err, "problem_code", P.FETCH_FAILED), str(err)))
             lane.settle()
 
 

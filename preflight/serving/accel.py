@@ -105,6 +105,16 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
+def node_key(accel: Accelerator) -> str:
+    """This node as a remembered variant choice names it: every device's name, memory, compute
+    capability and kind, and the memory limit. Free memory and MemAvailable change from run to
+    run and are left out; another GPU model, count or size, or another limit, is another node."""
+    import hashlib
+
+    devices = [(d.name, d.total, d.cc, d.vendor, d.unified) for d in accel.devices]
+    return hashlib.sha256(repr((devices, accel.memory_limit)).encode()).hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- declared
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[kmgt]b?|B)?\s*$")

@@ -144,34 +144,103 @@ def stage_layers(facts: ConfigFacts, pp: int) -> list[list[str]]:
     return out
 
 
-def weights_per_rank(facts: ConfigFacts, tensors: Mapping[str, tuple[str, tuple[int, ...]]], args: ServeArgs, model_dtype: str) -> list[int]:
-    """Bytes of weights on one GPU of each pipeline stage (the largest rank of the stage)."""
+def weights_per_rank(facts: ConfigFacts, tensors: Mapping[str, tuple[str, tuple[int, ...]]] | WeightGroups, args: ServeArgs,
+                     model_dtype: str) -> list[int]:
+    """Bytes of weights on one GPU of each pipeline stage (the largest rank of the stage).
+
+    `tensors` is the tensor headers (name -> (dtype, shape)) or their summary (`WeightGroups`,
+    what the lock and the receipts keep): both give the same figure."""
+    groups = tensors if isinstance(tensors, WeightGroups) else WeightGroups.of(tensors)
     tp, pp = args["tensor_parallel_size"], args["pipeline_parallel_size"]
     parts = pp_partitions(facts.layers, pp)
     bounds = [sum(parts[:i]) for i in range(pp + 1)]
     size = dtype_bytes(model_dtype)
     quant = facts.quant_method is not None
     stages = [0] * pp
-    for name, (dtype, shape) in tensors.items():
-        numel = math.prod(shape) if shape else 1
+    for (where, split, dtype, rows), (numel, _count) in groups.items():
         stored = numel * _bits(dtype) // 8
         nbytes = numel * size if dtype in _FLOAT and not (quant and dtype == "F32") else stored
-        m = _LAYER.search(name)
-        if m:
-            layer = int(m.group(1))
-            if layer >= facts.layers:
+        if isinstance(where, int):
+            if where >= facts.layers:
                 continue  # MTP / draft layers vLLM does not load for serving
-            where = [next(i for i in range(pp) if bounds[i] <= layer < bounds[i + 1])]
-        elif any(e in name for e in _EMBED):
-            where = [0] + ([pp - 1] if facts.tied and pp > 1 else [])
-        elif "lm_head" in name or name.endswith("norm.weight") or name.endswith("ln_f.weight"):
-            where = [pp - 1]
+            on = [next(i for i in range(pp) if bounds[i] <= where < bounds[i + 1])]
+        elif where == "embed":
+            on = [0] + ([pp - 1] if facts.tied and pp > 1 else [])
+        elif where == "last":
+            on = [pp - 1]
         else:
-            where = [0]
-        per_rank = _split(name, shape, nbytes, tp, facts)
-        for s in where:
+            on = [0]
+        per_rank = _split(split, rows, nbytes, tp, facts)
+        for s in on:
             stages[s] += per_rank
     return stages
+
+
+class WeightGroups(dict):
+    """Tensor headers summed by what decides their place and split in vLLM: (where, split,
+    dtype, rows) -> (elements, tensors). `where` is a layer index or embed / last / first;
+    `split` is rep (replicated), vocab (embeddings and LM head: `rows` is their first
+    dimension), kv (K/V projections) or tp (split by tensor parallelism). A 70B model's
+    723 tensors make ~250 groups: small enough for the lock and the receipts."""
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, tuple[str, tuple[int, ...]]]) -> WeightGroups:
+        out = cls()
+        for name, (dtype, shape) in tensors.items():
+            out.add(name, dtype, tuple(shape))
+        return out
+
+    def add(self, name: str, dtype: str, shape: tuple[int, ...]) -> None:
+        numel = math.prod(shape) if shape else 1
+        m = _LAYER.search(name)
+        embed = any(e in name for e in _EMBED)
+        if m:
+            where: int | str = int(m.group(1))
+        elif embed:
+            where = "embed"
+        elif "lm_head" in name or name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+            where = "last"
+        else:
+            where = "first"
+        rows = 0
+        if len(shape) <= 1 or any(r in name for r in _REPLICATED):
+            split = "rep"
+        elif embed or "lm_head" in name:
+            split, rows = "vocab", shape[0]
+        elif ".k_proj." in name or ".v_proj." in name:
+            split = "kv"
+        else:
+            split = "tp"
+        key = (where, split, dtype, rows)
+        numel0, count0 = self.get(key, (0, 0))
+        self[key] = (numel0 + numel, count0 + 1)
+
+    def to_list(self) -> list[list[Any]]:
+        """Rows [where, split, dtype, rows, elements, tensors], layers in order, then the rest."""
+        def order(key: tuple) -> tuple:
+            where, split, dtype, rows = key
+            return (0, where, "", split, dtype, rows) if isinstance(where, int) else (1, 0, where, split, dtype, rows)
+
+        return [[w, s, d, r, n, c] for (w, s, d, r), (n, c) in sorted(self.items(), key=lambda kv: order(kv[0]))]
+
+    @classmethod
+    def from_list(cls, rows: Any, limit: int = 1_000_000) -> WeightGroups | None:
+        """From the lock or the receipts (files a user may edit): None unless every row is well formed."""
+        if not isinstance(rows, list) or len(rows) > limit:
+            return None
+        out = cls()
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 6):
+                return None
+            where, split, dtype, nrows, numel, count = row
+            ok_where = (isinstance(where, int) and not isinstance(where, bool) and 0 <= where < 1 << 20) or where in ("embed", "last", "first")
+            ints = all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62 for x in (nrows, numel, count))
+            if not (ok_where and split in ("rep", "vocab", "kv", "tp") and isinstance(dtype, str) and len(dtype) <= 16 and ints):
+                return None
+            key = (where, split, dtype, nrows)
+            numel0, count0 = out.get(key, (0, 0))
+            out[key] = (numel0 + numel, count0 + count)
+        return out
 
 
 def _bits(dtype: str) -> int:
@@ -180,19 +249,19 @@ def _bits(dtype: str) -> int:
     return DTYPE_BITS.get(dtype, 16)
 
 
-def _split(name: str, shape: tuple[int, ...], nbytes: int, tp: int, facts: ConfigFacts) -> int:
-    if tp == 1 or len(shape) <= 1 or any(r in name for r in _REPLICATED):
+def _split(split: str, rows: int, nbytes: int, tp: int, facts: ConfigFacts) -> int:
+    if tp == 1 or split == "rep":
         return nbytes
-    if (any(e in name for e in _EMBED) or "lm_head" in name) and shape and facts.vocab and shape[0] >= facts.vocab - 64:
-        rows = -(-shape[0] // 64) * 64
-        per = -(-rows // tp)
-        return nbytes * per // shape[0]
-    if (".k_proj." in name or ".v_proj." in name) and facts.kv_heads < tp and facts.kv_heads:
+    if split == "vocab" and facts.vocab and rows >= facts.vocab - 64:
+        padded = -(-rows // 64) * 64
+        per = -(-padded // tp)
+        return nbytes * per // rows
+    if split == "kv" and facts.kv_heads < tp and facts.kv_heads:
         return nbytes // facts.kv_heads
     return -(-nbytes // tp)
 
 
-def vllm_fit(facts: ConfigFacts, tensors: Mapping[str, tuple[str, tuple[int, ...]]] | None, args: ServeArgs, accel: Accelerator | None,
+def vllm_fit(facts: ConfigFacts, tensors: Mapping[str, tuple[str, tuple[int, ...]]] | WeightGroups | None, args: ServeArgs, accel: Accelerator | None,
              registry: Mapping[str, tuple[str, str, bool | None]] | None = None, quant_min: Mapping[str, int] | None = None,
              tokenizer_max_len: int | None = None) -> Fit:
     """Every check vLLM would make before serving, and the memory figures per GPU."""

@@ -1,18 +1,20 @@
 """Fit for a lane on the volume: the facts its format checks already read, its `serve:`, this node.
 
 Called by check once a lane's files are checked. For a folder lane the facts are config.json
-and the safetensors headers (already parsed by the format checks, or read again on a warm
-restart that skipped them: headers only, never tensor data); for a GGUF lane the header.
+and the safetensors headers (already parsed by the format checks, or read again when they were
+skipped and the receipts hold no fit inputs: headers only, never tensor data); for a GGUF lane
+the header. What was read is returned as `FitInputs`, which check keeps in the receipts beside
+the lane's fingerprint: a warm re-check reads no header for fit either.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .. import problems as P
-from .accel import Accelerator, AcceleratorError, resolve
+from .accel import Accelerator, AcceleratorError, node_key, resolve
+from .inputs import FitInputs, evaluate, folder_inputs, gguf_inputs, tokenizer_max_len
 
 
 class NodeAccelerator:
@@ -31,21 +33,22 @@ class NodeAccelerator:
                 self.error = str(exc)
         return self._value
 
+    def key(self) -> str | None:
+        """What identifies this node for a remembered variant choice (None when it cannot be read)."""
+        value = self.get()
+        return node_key(value) if value is not None else None
 
-def fit_folder(root: Path, files: list[str], info: Any, spec, accel: Accelerator | None):
-    """Fit of a vLLM folder lane from its config.json and tensor headers."""
-    from ..formats.hfdir import INDEX_NAME, read_json_object
-    from .fit import vllm_fit
-    from .model import config_facts
+
+def folder_fit_inputs(root: Path, files: list[str], info: Any) -> FitInputs | None:
+    """A vLLM folder's fit inputs: config.json, tokenizer_config.json, the safetensors headers."""
+    from ..formats.hfdir import read_json_object
 
     config = getattr(info, "config", None) if info is not None else None
     if config is None:
-        config, problem = read_json_object(root / "config.json", "config.json")
+        config, _problem = read_json_object(root / "config.json", "config.json")
         if config is None:
             return None
-    tensors = _tensors(root, files, info)
-    tok_max = _tokenizer_max(root)
-    return vllm_fit(config_facts(config), tensors, spec.parsed(), accel, tokenizer_max_len=tok_max)
+    return folder_inputs(config, _tensors(root, files, info), _tokenizer_max(root))
 
 
 def _tensors(root: Path, files: list[str], info: Any) -> dict[str, tuple[str, tuple[int, ...]]] | None:
@@ -53,7 +56,7 @@ def _tensors(root: Path, files: list[str], info: Any) -> dict[str, tuple[str, tu
         return {n: (d, tuple(s)) for n, (d, s) in info.tensors.items()}
     from ..formats.safetensors import check_safetensors
 
-    names = [f for f in files if f.endswith(".safetensors") and "/" not in f and f != "adapter_model.safetensors"]
+    names = weight_files(files)
     if not names:
         return None
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -65,32 +68,40 @@ def _tensors(root: Path, files: list[str], info: Any) -> dict[str, tuple[str, tu
     return out
 
 
+def weight_files(files: list[str]) -> list[str]:
+    """The safetensors files vLLM reads from a folder: the top-level ones, not an adapter's."""
+    return sorted(f for f in files if f.endswith(".safetensors") and "/" not in f and f != "adapter_model.safetensors")
+
+
 def _tokenizer_max(root: Path) -> int | None:
-    """tokenizer_config.json's model_max_length, which vLLM takes into the derived maximum."""
     p = root / "tokenizer_config.json"
     try:
         if p.stat().st_size > 4 << 20:
             return None
-        value = json.loads(p.read_text(encoding="utf-8")).get("model_max_length")
-    except (OSError, ValueError, AttributeError):
+        return tokenizer_max_len(p.read_bytes())
+    except OSError:
         return None
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1 << 40 else None
 
 
-def fit_gguf(path: Path, info: Any, spec, accel: Accelerator | None):
-    """Fit of a llama.cpp lane from its GGUF header (split parts: the first holds the metadata)."""
+def gguf_fit_inputs(path: Path, info: Any) -> FitInputs | None:
+    """A GGUF lane's fit inputs from its header (split parts: the first holds the metadata)."""
     from ..formats.gguf import check_gguf, split_sibling_names
-    from .fit import llama_fit
-    from .model import gguf_facts
 
     if info is None or not getattr(info, "metadata", None):
         info = check_gguf(path, name=path.name)
-    facts = gguf_facts(info.metadata)
-    if facts is None:
-        return None
     parts = split_sibling_names(path.name) or [path.name]
     weights = sum((path.parent / n).stat().st_size for n in parts if (path.parent / n).exists())
-    return llama_fit(facts, weights, info.vocab_size or 0, spec.parsed(), accel)
+    return gguf_inputs(info.metadata, weights, info.vocab_size or 0)
+
+
+def fit_folder(root: Path, files: list[str], info: Any, spec, accel: Accelerator | None):
+    """Fit of a vLLM folder lane from its config.json and tensor headers."""
+    return evaluate(folder_fit_inputs(root, files, info), spec, accel)
+
+
+def fit_gguf(path: Path, info: Any, spec, accel: Accelerator | None):
+    """Fit of a llama.cpp lane from its GGUF header."""
+    return evaluate(gguf_fit_inputs(path, info), spec, accel)
 
 
 def attach(result, fit, where: str) -> None:
@@ -104,24 +115,41 @@ def attach(result, fit, where: str) -> None:
     result.fit.pop("problems", None)
 
 
-def fit_plan(ctx, plan, info) -> None:
-    """check's hook: judge a checked lane's fit and put it on the lane's result."""
+def remembered_inputs(ctx, name: str, fingerprint: str | None) -> FitInputs | None:
+    """The fit inputs kept in the receipts with the lane's fingerprint (its files unchanged since)."""
+    if fingerprint is None:
+        return None
+    return FitInputs.from_dict(ctx.receipts.lane_fit(name, fingerprint), "receipts")
+
+
+def node_of(ctx) -> NodeAccelerator:
     if ctx.accelerator is None:
         ctx.accelerator = NodeAccelerator(ctx.manifest.accelerator)
-    node = ctx.accelerator
+    return ctx.accelerator
+
+
+def fit_plan(ctx, plan, info, remembered: FitInputs | None = None) -> FitInputs | None:
+    """check's hook: judge a checked lane's fit and put it on the lane's result. Returns the
+    inputs it read (None when they came from `remembered`, or when there were none)."""
+    node = node_of(ctx)
     accel = node.get()
     lane = plan.lane
     if node.error:
         plan.result.problems.append(P.error("serve", P.SERVE_INVALID, f"the declared accelerator cannot be read: {node.error}"))
-        return
-    present = [rel for rel, obs in plan.files.items() if obs.st is not None]
-    if lane.kind == "gguf":
-        first = sorted(present)[0] if present else None
-        fit = fit_gguf(plan.root / first, info, lane.serve, accel) if first else None
-    elif lane.kind in ("hf-dir", "hf-cache"):
-        fit = fit_folder(plan.root, present, info, lane.serve, accel)
-    else:
-        return
+        return None
+    fresh = None
+    inputs = remembered
+    if inputs is None or inputs.engine != lane.serve.engine:
+        present = [rel for rel, obs in plan.files.items() if obs.st is not None]
+        if lane.kind == "gguf":
+            first = sorted(present)[0] if present else None
+            inputs = fresh = gguf_fit_inputs(plan.root / first, info) if first else None
+        elif lane.kind in ("hf-dir", "hf-cache"):
+            inputs = fresh = folder_fit_inputs(plan.root, present, info)
+        else:
+            return None
+    fit = evaluate(inputs, lane.serve, accel)
     attach(plan.result, fit, "serve")
     if fit is not None and accel is not None:
         plan.result.fit["node"] = accel.describe()
+    return fresh

@@ -122,6 +122,36 @@ def config_facts(config: Mapping[str, Any]) -> ConfigFacts:
     return facts
 
 
+# Every key config_facts reads (top level, and inside text_config / llm_config / language_config):
+# what the lock and the receipts keep of a config.json (`slim_config`), so a config with a 2 MB
+# id2label map costs them a few hundred bytes.
+_SUB_CONFIGS = ("text_config", "llm_config", "language_config")
+FIT_CONFIG_KEYS = frozenset({
+    "architectures", "model_type", "torch_dtype", "dtype", "tie_word_embeddings", "auto_map", "quantization_config",
+    "compression_config", *_SUB_CONFIGS, "num_attention_heads", "n_head", "num_heads", "hidden_size", "n_embd", "d_model",
+    "num_hidden_layers", "n_layer", "num_layers", "kv_lora_rank", "qk_rope_head_dim", "head_dim", "hidden_size_per_head",
+    "new_decoder_architecture", "multi_query", "n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num",
+    "attn_config", "vocab_size", "padded_vocab_size", "n_vocab", "intermediate_size", "ffn_hidden_size", "n_inner", *_LEN_KEYS,
+    "rope_parameters", "rope_scaling", "sliding_window", "layer_types", "layers_block_type", "sliding_window_pattern",
+    "use_sliding_window", "mamba_d_state", "ssm_state_size", "attn_layer_indices", "linear_attn_config", "full_attention_interval",
+})
+_QUANT_KEYS = ("quant_method", "producer", "quantization")
+
+
+def slim_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config.json that config_facts reads: config_facts(slim_config(c)) == config_facts(c)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key not in FIT_CONFIG_KEYS:
+            continue
+        if key in _SUB_CONFIGS and isinstance(value, Mapping):
+            value = slim_config(value)
+        elif key in ("quantization_config", "compression_config") and isinstance(value, Mapping):
+            value = {k: value[k] for k in _QUANT_KEYS if k in value}
+        out[key] = value
+    return out
+
+
 def _max_len(config: Mapping[str, Any], text: Mapping[str, Any], facts: ConfigFacts) -> None:
     derived, key = float("inf"), None
     for k in _LEN_KEYS:

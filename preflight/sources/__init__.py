@@ -130,6 +130,13 @@ class Source(abc.ABC):
         """The size of a file whose expectation has none, for planning only."""
         return None
 
+    def read_range(self, entry: Entry, start: int, length: int) -> bytes | None:
+        """Bytes [start, start + length) of `entry` (fewer at its end), to judge fit before a
+        download (config.json, tensor headers). None when this source cannot read part of this
+        file (fit then waits for the download); FetchError or AuthError when the read fails.
+        Callers bound `length`; nothing read here is trusted more than a download is."""
+        return None
+
     def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
         """What `preflight lock` pins for each file (size and digest)."""
         return {rel: e.expect for rel, e in listing.files.items()}

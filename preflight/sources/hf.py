@@ -252,6 +252,11 @@ class HubSource(Source):
         return Listing(commit, {rel: Entry(e, file_url(src.repo, pir, commit, src.repo_type), e.sha256 or e.sha1)
                                 for rel, (pir, e) in files.items()})
 
+    def read_range(self, entry: Entry, start: int, length: int) -> bytes | None:
+        from .http import read_range
+
+        return self.ctx.retrying(self.lane.name, lambda: read_range(entry.locator, auth_headers(self.ctx.token()), start, length, self.ctx.timeouts))
+
     def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         from .http import fetch_to
 

@@ -254,6 +254,53 @@ def content_length(url: str, headers: Mapping[str, str] | None = None, timeouts:
         release(opened, None, POOL)
 
 
+def read_range(url: str, headers: Mapping[str, str] | None, start: int, length: int, timeouts: Timeouts) -> bytes:
+    """Bytes [start, start + length) of `url` (fewer at its end, none past it), for reading a
+    header before a download. Never more than `length` bytes are kept: a server that ignores
+    Range (200) is read only up to start + length, then its connection is closed."""
+    if length <= 0:
+        return b""
+    hdrs = {"Accept-Encoding": "identity", **(headers or {}), "Range": f"bytes={start}-{start + length - 1}"}
+    opened = request(url, hdrs, timeouts, pool=POOL)
+    resp = opened.resp
+    complete = False
+    try:
+        if resp.status == 416:
+            return b""
+        if resp.status == 206:
+            crange = resp.getheader("Content-Range") or ""
+            try:
+                first = int(crange.split()[1].split("-")[0])
+            except (IndexError, ValueError):
+                first = -1
+            if first != start:
+                raise FetchError(f"asked for bytes from {start}, the server sent {crange!r}", url=url)
+            skip = 0
+        elif resp.status == 200:
+            skip = start
+        else:
+            raise _http_error(resp, url)
+        out = bytearray()
+        while skip or len(out) < length:
+            try:
+                data = resp.read1(min(RECV_CHUNK, (skip or length - len(out))))
+            except (socket.timeout, TimeoutError):
+                raise StalledError(f"no data for {timeouts.stall:g}s", url=url) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise FetchError(f"connection lost: {type(exc).__name__}", url=url) from None
+            if not data:
+                break
+            if skip:
+                cut = min(skip, len(data))
+                skip -= cut
+                data = data[cut:]
+            out += data[: length - len(out)]
+        complete = resp.status == 206 and resp.length == 0
+        return bytes(out)
+    finally:
+        release(opened, None, POOL if complete else None)
+
+
 def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
     body = b""
     try:
@@ -625,6 +672,9 @@ class UrlSource(Source):
 
     def size_hint(self, entry: Entry) -> int | None:
         return content_length(entry.locator, timeouts=self.ctx.timeouts)
+
+    def read_range(self, entry: Entry, start: int, length: int) -> bytes | None:
+        return self.ctx.retrying(self.lane.name, lambda: read_range(entry.locator, None, start, length, self.ctx.timeouts))
 
     def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
         for name, entry in listing.files.items():

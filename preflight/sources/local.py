@@ -140,6 +140,14 @@ class MirrorSource(Source):
         st = partial.lstat()
         return Fetched(st.st_size if st is not None else 0, digests, 0, entry.locator)
 
+    def read_range(self, entry: Entry, start: int, length: int) -> bytes | None:
+        try:
+            with open(entry.locator, "rb", buffering=0) as f:
+                f.seek(start)
+                return f.read(length)
+        except OSError as exc:
+            raise FetchError(f"cannot read mirror file {entry.locator}: {exc.strerror or exc}") from None
+
     def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
         """A mirror lists sizes only: the lock pins what its files hash to now."""
         return {rel: FileExpect(e.expect.size, hash_file(e.locator)["sha256"], None) for rel, e in listing.files.items()}

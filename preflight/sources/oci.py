@@ -587,6 +587,19 @@ class OciSource(Source):
             raise IntegrityError(f"{what} holds no file {item.member}", status=404)
         return Fetched(written[0], hasher.hexdigests(), 0, self.repo.blob_url(item.blob.digest))
 
+    def read_range(self, entry: Entry, start: int, length: int) -> bytes | None:
+        """A raw layer's bytes through a ranged blob GET; a member of a tar layer has no known
+        offset (layers are usually compressed), so fit waits for its download."""
+        from .http import read_range
+
+        _plan, item = self._item(entry)
+        if item.member is not None:
+            return None
+        url = self.repo.blob_url(item.blob.digest)
+        self.repo.registry.ping()
+        return self.ctx.retrying(self.lane.name, lambda: read_range(url, self.repo.registry.auth_headers(self.repo.pull), start, length,
+                                                                    self.ctx.timeouts))
+
     def size_hint(self, entry: Entry) -> int | None:
         try:
             return self._item(entry)[1].size

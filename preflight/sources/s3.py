@@ -281,6 +281,16 @@ class S3Source(Source):
             raise self._changed(where, f"its bytes hash to sha256 {got.digests['sha256']}, the lock pins {exp.sha256}")
         return Fetched(got.size, got.digests, got.resumed_from, where)
 
+    def read_range(self, entry: Entry, start: int, length: int) -> bytes | None:
+        from .http import read_range
+
+        key, _etag = _split_locator(entry.locator)
+        url = self.client.presign_get(self.bucket, key)
+        try:
+            return self._retrying(lambda: read_range(url, None, start, length, self.ctx.timeouts))
+        except FetchError as exc:
+            raise self.client.rewrite(exc, url, s3_url(self.bucket, key)) from None
+
     def _changed(self, where: str, how: str) -> FetchError:
         return FetchError(f"{where} changed on the server since the lock: {how}; nothing of it was published",
                           hint="if the new object is the one to serve, run `preflight lock` again", status=CHANGED)
