@@ -29,23 +29,37 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
         return token[0]
 
     ctx = Context(manifest.file, Timeouts(), get_token)
-    for lane in selected:
+
+    def lock_one(lane) -> LockedLane:
         src = lane.source
-        if src is None:
-            continue
         source = open_source(lane, ctx)
         files, version = checked_listing(lane, source.resolve(None))  # refused as sync refuses it (path-escape)
         # sha256 for the Hub's LFS files, its git blob sha1 for the rest; a mirror's files hashed now
-        lock.lanes[lane.name] = LockedLane(lane.name, src.raw, src.revision if version else None, version,
-                                           source.lock_files(Listing(version, files)))
+        entry = LockedLane(lane.name, src.raw, src.revision if version else None, version, source.lock_files(Listing(version, files)))
+        if lane.serve is not None:  # what fit needs, so `sync --locked` judges it before a download without the network
+            from .serving.before import source_inputs
+
+            got = source_inputs(lane, source, files)
+            entry.fit = got.inputs.to_dict() if got.inputs is not None else None
+        return entry
+
+    for lane in selected:
+        if lane.source is None:
+            continue
+        lock.lanes[lane.name] = lock_one(lane)
+        for variant in lane.variants:
+            if variant.source is not None:
+                lock.lanes[lane.name].variants[variant.variant] = lock_one(variant)
     if fmt == "sha256sum":
         files: dict[str, FileExpect] = {}
+        many = len(selected) > 1 or any(lane.variants for lane in selected)
         for lane in selected:
-            locked = lock.lanes.get(lane.name)
-            if locked:
-                prefix = lane.path if lane.is_dir else str(Path(lane.path).parent)
-                for rel, e in locked.files.items():
-                    files[f"{prefix}/{rel}" if prefix not in ("", ".") and len(selected) > 1 else rel] = e
+            entry = lock.lanes.get(lane.name)
+            for candidate, locked in ((lane, entry), *((v, entry.variants.get(v.variant) if entry else None) for v in lane.variants)):
+                if locked:
+                    prefix = candidate.path if candidate.is_dir else str(Path(candidate.path).parent)
+                    for rel, e in locked.files.items():
+                        files[f"{prefix}/{rel}" if prefix not in ("", ".") and many else rel] = e
         text = format_sha256sum(files)
     else:
         text = lock.to_json()

@@ -192,6 +192,8 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
             extra = lane.note or "skipped"
         print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
     for lane in report.lanes:
+        if lane.variant:
+            print(f"  {lane.name}: variant: {variant_line(lane.variant)}", file=out)
         if lane.fit:
             print(f"  {lane.name}: fit: {fit_line(lane.fit)}", file=out)
         for p in lane.problems:
@@ -205,6 +207,20 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
         print(f"preflight {report.command}: ready ({plural(len(report.lanes), 'lane')}, {report.elapsed_s:.2f}s)", file=out)
     else:
         print(f"preflight {report.command}: NOT READY (exit {int(report.exit_code)}): {report.reason or 'see above'}", file=out)
+        if report.hint and report.lanes:
+            print(f"  hint: {report.hint}", file=out)
+
+
+def variant_line(variant: dict[str, Any]) -> str:
+    """Which variant this node serves and why not the ones before it."""
+    rejected = variant.get("rejected") or []
+    why = "; ".join(f"{r.get('variant')} does not fit ({', '.join(r.get('codes') or []) or r.get('verdict')})" for r in rejected)
+    text = f"{variant.get('chosen')} at {variant.get('path')} ({variant.get('decided')})"
+    if variant.get("none_fits"):
+        text = f"none fits this node; judged as {variant.get('chosen')}"
+    elif variant.get("why_not_judged"):
+        text += f": {variant['why_not_judged']}"
+    return text + (f"; {why}" if why and not variant.get("none_fits") else f": {why}" if why else "")
 
 
 def fit_line(fit: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from .errors import (
     DiskSpaceError,
     ExitCode,
     FetchError,
+    FitRefusedError,
     IntegrityError,
     ManifestError,
     NotReadyError,
@@ -609,7 +610,9 @@ def run_sync(session: Session, opts: Options) -> Report:
                         results = session.check(remote.expect).lanes
                     staged_results = {r.name: r for r in results}
                     for name, sw in switches.items():
-                        if not staged_results[name].errors and lease.still_ours():
+                        # with --no-fit, what fit says of this node does not hold the new revision back (path "serve")
+                        errors = [p for p in staged_results[name].errors if not (opts.no_fit and p.path == "serve")]
+                        if not errors and lease.still_ours():
                             note = sw.flip(session)
                             progress.log(f"{name}: now at revision {sw.rid}" + (f" ({note})" if note else ""))
                             sw.flipped = True
@@ -762,3 +765,5 @@ def _fail_with(report: Report, errors: dict[str, PreflightError]) -> None:
     ranked = sorted(relevant, key=lambda e: {ExitCode.AUTH: 0, ExitCode.DISK_SPACE: 1, ExitCode.FETCH: 2}.get(e.exit_code, 3))
     report.exit_code = ranked[0].exit_code
     report.reason = str(ranked[0])
+    if isinstance(ranked[0], FitRefusedError):
+        report.hint = ranked[0].hint

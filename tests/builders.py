@@ -422,3 +422,55 @@ def patch_u32(path: str | os.PathLike[str], offset: int, value: int, *, big_endi
 
 def patch_u64(path: str | os.PathLike[str], offset: int, value: int) -> Path:
     return patch_bytes(path, offset, struct.pack("<Q", value))
+
+
+# --------------------------------------------------------------------------- sparse model folders
+
+def llama_folder_tensors(hidden: int, inter: int, layers: int, vocab: int, heads: int, kv_heads: int,
+                         tied: bool = False) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor transformers' LlamaForCausalLM builds, as (dtype, shape), BF16."""
+    head = hidden // heads
+    t: dict[str, tuple[str, tuple[int, ...]]] = {"model.embed_tokens.weight": ("BF16", (vocab, hidden))}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t.update({p + "input_layernorm.weight": ("BF16", (hidden,)), p + "post_attention_layernorm.weight": ("BF16", (hidden,)),
+                  p + "self_attn.q_proj.weight": ("BF16", (heads * head, hidden)), p + "self_attn.k_proj.weight": ("BF16", (kv_heads * head, hidden)),
+                  p + "self_attn.v_proj.weight": ("BF16", (kv_heads * head, hidden)), p + "self_attn.o_proj.weight": ("BF16", (hidden, heads * head)),
+                  p + "mlp.gate_proj.weight": ("BF16", (inter, hidden)), p + "mlp.up_proj.weight": ("BF16", (inter, hidden)),
+                  p + "mlp.down_proj.weight": ("BF16", (hidden, inter))})
+    t["model.norm.weight"] = ("BF16", (hidden,))
+    if not tied:
+        t["lm_head.weight"] = ("BF16", (vocab, hidden))
+    return t
+
+
+def write_sparse_llama_folder(folder: str | os.PathLike[str], *, hidden: int, inter: int, layers: int, vocab: int, heads: int,
+                              kv_heads: int, shards: int, max_len: int = 8192, tied: bool = False) -> Path:
+    """A vLLM-shaped Llama folder whose shards have real headers and holes for data (sparse):
+    config.json, a tokenizer, `shards` safetensors files split by size, and their index.
+    A 70B-shaped folder (hidden 8192, 80 layers) is 141 GB on paper and a few MiB on disk."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    tensors = llama_folder_tensors(hidden, inter, layers, vocab, heads, kv_heads, tied)
+    size = {n: int(np.prod(s, dtype=object)) * 2 for n, (_d, s) in tensors.items()}
+    per = sum(size.values()) / shards
+    groups: list[dict[str, tuple[str, tuple[int, ...]]]] = [{}]
+    filled = 0
+    for name, spec in tensors.items():
+        if filled >= per * len(groups) and len(groups) < shards:
+            groups.append({})
+        groups[-1][name] = spec
+        filled += size[name]
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        write_sparse_safetensors_layout(root / fname, group)
+        weight_map.update(dict.fromkeys(group, fname))
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": sum(size.values())}, "weight_map": weight_map}))
+    (root / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads, "vocab_size": vocab,
+        "max_position_embeddings": max_len, "torch_dtype": "bfloat16", "tie_word_embeddings": tied, "rms_norm_eps": 1e-5}))
+    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {f"t{i}": i for i in range(32)}, "merges": []}}))
+    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_len}))
+    return root
