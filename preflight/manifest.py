@@ -824,10 +824,13 @@ def _variants(r: _Reader, raw: dict, key: tuple, lane: Lane, defaults: Mapping, 
             paths[vpath] = vname
             source = lane.source
             if "source" in item or "revision" in item:
-                src_raw = r.get(item, vkey, "source", str) or (lane.source.raw if lane.source else None)
+                src_raw = r.get(item, vkey, "source", str)
                 revision = r.get(item, vkey, "revision", str)
-                if src_raw is None:
-                    raise doc.error(vkey + ("revision",), "a revision needs a source (the lane has none)")
+                if src_raw is None:  # another revision of the lane's own repo
+                    if lane.source is None or lane.source.scheme != "hf":
+                        raise doc.error(vkey + ("revision",), "a variant's revision alone applies to an hf:// lane source; give the variant its own source")
+                    body = lane.source.raw.removeprefix("hf://")
+                    src_raw = "hf://" + (body.rsplit("@", 1)[0] if "@" in body else body)
                 pinned = "@" in src_raw.strip().removeprefix("hf://")
                 try:
                     source = parse_source(src_raw, revision or (None if pinned or "source" not in item else defaults.get("revision")))

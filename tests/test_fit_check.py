@@ -93,3 +93,52 @@ def test_inspect_shows_kv_figures_from_config_alone(tmp_path):
     assert out["fit"]["kv_bytes_per_token"] == 131072 and out["fit"]["max_model_len"] == 8192
     text = preflight("inspect", str(folder), "--serve", "vllm")
     assert "KV 128.0 KiB/token" in text.stdout
+
+
+_OPENS = """import sys
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and args and isinstance(args[0], (str, bytes)) else None)
+import atexit
+atexit.register(lambda: sys.stderr.write("OPENED " + repr(sorted(set(p for p in opened if p.endswith(".safetensors")))) + chr(10)))
+sys.argv = ['preflight', *sys.argv[1:]]
+from preflight.cli import main
+main()
+"""
+
+
+def _weights_opened(*args: str) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    """The .safetensors files a run opens (Python's audit hook sees every open)."""
+    import ast
+
+    p = subprocess.run([sys.executable, "-c", _OPENS, *args], capture_output=True, text=True, timeout=120)
+    return ast.literal_eval(p.stderr.rsplit("OPENED ", 1)[1].splitlines()[0]), p
+
+
+def test_a_warm_recheck_judges_fit_from_the_receipts_and_reads_no_header(tmp_path):
+    from tests.builders import write_sparse_llama_folder
+
+    models = tmp_path / "models"
+    folder = write_sparse_llama_folder(models / "vllm" / "deep", hidden=64, inter=128, layers=96, vocab=512, heads=4, kv_heads=2, shards=4)
+    headers = sum(8 + int.from_bytes(p.read_bytes()[:8], "little") for p in folder.glob("*.safetensors"))
+    assert headers > 60_000
+    lane = {"name": "deep", "kind": "hf-dir", "path": "vllm/deep", "serve": {"engine": "vllm", "args": "--max-model-len 4096"}}
+    served = tmp_path / "served.json"
+    served.write_text(json.dumps({"version": 1, "models_dir": str(models), "lanes": [lane]}))
+    node = ("--accelerator", "1x24GiB,cc=8.9")
+    opened, cold = _weights_opened("check", "-m", str(served), "--json", *node)
+    assert cold.returncode == 0, cold.stderr
+    assert len(opened) == 4  # the format checks read each shard's header once
+    first = json.loads(cold.stdout)["lanes"][0]["fit"]
+    assert first["inputs_from"] == "volume"
+    receipts = json.loads((models / ".preflight" / "receipts.json").read_text())
+    kept = receipts["lanes"]["deep"]["fit_inputs"]
+    assert kept["config"]["num_hidden_layers"] == 96 and len(json.dumps(kept)) < headers / 4
+    opened, warm = _weights_opened("check", "-m", str(served), "--json", *node)
+    assert opened == [] and warm.returncode == 0
+    second = json.loads(warm.stdout)["lanes"][0]["fit"]
+    assert second["inputs_from"] == "receipts" and {**second, "inputs_from": None} == {**first, "inputs_from": None}
+    # a shard rewritten in place changes the fingerprint: its headers are read again
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes())
+    again = json.loads(preflight("check", "-m", str(served), "--json", *node).stdout)["lanes"][0]["fit"]
+    assert again["inputs_from"] == "volume"
