@@ -451,14 +451,10 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
             ctx.receipts.mark_lane(plan.lane.name, fingerprint, [p.to_dict() for p in plan.result.problems[observed:]])
     for plan in plans:
         if plan.lane.serve is not None and not plan.escaped and not plan.result.errors:
-            from .serving.lane import fit_plan, remembered_inputs  # will the engine start it on this node (serving/)
+            from .serving.lane import fit_plan  # will the engine start it on this node (serving/)
 
             name = plan.lane.name
-            fingerprint = fingerprints.get(name)
-            kept = remembered_inputs(ctx, name, fingerprint) if name not in infos else None
-            fresh = fit_plan(ctx, plan, infos.get(name), kept)
-            if fresh is not None and fingerprint is not None and not plan.result.errors:
-                ctx.receipts.keep_fit(name, fingerprint, fresh.to_dict())
+            fit_plan(ctx, plan, infos.get(name), fingerprints.get(name), warm=name not in infos)
             plan.result.settle()
         if plan.lane.name in ctx.variants:  # which of the lane's variants this is, and why not the ones before
             plan.result.variant = ctx.variants[plan.lane.name]

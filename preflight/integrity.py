@@ -235,6 +235,23 @@ class Receipts:
             rec["fit_inputs"] = inputs
             self._dirty = True
 
+    def lane_verdict(self, name: str, fingerprint: str, key: str) -> dict | None:
+        """A lane's fit verdict kept for these files, these serve flags and this node (`key`)."""
+        rec = self._lanes.get(name)
+        if isinstance(rec, dict) and rec.get("fingerprint") == fingerprint and isinstance(rec.get("fit_verdicts"), dict):
+            got = rec["fit_verdicts"].get(key)
+            return got if isinstance(got, dict) else None
+        return None
+
+    def keep_verdict(self, name: str, fingerprint: str, key: str, verdict: dict, most: int = 4) -> None:
+        rec = self._lanes.get(name)
+        if isinstance(rec, dict) and rec.get("fingerprint") == fingerprint:
+            kept = rec.get("fit_verdicts") if isinstance(rec.get("fit_verdicts"), dict) else {}
+            if kept.get(key) != verdict:
+                kept = {k: v for k, v in kept.items() if k != key}
+                rec["fit_verdicts"] = {**dict(list(kept.items())[-(most - 1):]), key: verdict}
+                self._dirty = True
+
     def variant(self, name: str) -> dict | None:
         """The variant chosen for a lane on a node before (serving/variants.py)."""
         rec = self._variants.get(name)

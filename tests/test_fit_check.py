@@ -137,6 +137,11 @@ def test_a_warm_recheck_judges_fit_from_the_receipts_and_reads_no_header(tmp_pat
     assert opened == [] and warm.returncode == 0
     second = json.loads(warm.stdout)["lanes"][0]["fit"]
     assert second["inputs_from"] == "receipts" and {**second, "inputs_from": None} == {**first, "inputs_from": None}
+    # another node: the verdict is judged again from the kept inputs, still without opening a shard
+    opened, other = _weights_opened("check", "-m", str(served), "--json", "--accelerator", "2x80GiB,cc=9.0")
+    third = json.loads(other.stdout)["lanes"][0]["fit"]
+    assert opened == [] and third["inputs_from"] == "receipts" and third["gpu_total_bytes"] == 80 * 2**30
+    assert third["weights_bytes_per_gpu"] == first["weights_bytes_per_gpu"]
     # a shard rewritten in place changes the fingerprint: its headers are read again
     shard = sorted(folder.glob("*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes())

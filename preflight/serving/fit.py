@@ -157,8 +157,7 @@ def weights_per_rank(facts: ConfigFacts, tensors: Mapping[str, tuple[str, tuple[
     size = dtype_bytes(model_dtype)
     quant = facts.quant_method is not None
     stages = [0] * pp
-    for (where, split, dtype, rows), (numel, _count) in groups.items():
-        stored = numel * _bits(dtype) // 8
+    for (where, split, dtype, rows), (numel, stored) in groups.items():
         nbytes = numel * size if dtype in _FLOAT and not (quant and dtype == "F32") else stored
         if isinstance(where, int):
             if where >= facts.layers:
@@ -178,19 +177,21 @@ def weights_per_rank(facts: ConfigFacts, tensors: Mapping[str, tuple[str, tuple[
 
 class WeightGroups(dict):
     """Tensor headers summed by what decides their place and split in vLLM: (where, split,
-    dtype, rows) -> (elements, tensors). `where` is a layer index or embed / last / first;
+    dtype, rows) -> (elements, stored bytes). `where` is a layer index or embed / last / first;
     `split` is rep (replicated), vocab (embeddings and LM head: `rows` is their first
     dimension), kv (K/V projections) or tp (split by tensor parallelism). A 70B model's
     723 tensors make ~250 groups: small enough for the lock and the receipts."""
 
     @classmethod
     def of(cls, tensors: Mapping[str, tuple[str, tuple[int, ...]]]) -> WeightGroups:
+        from ..formats.safetensors import DTYPE_BITS
+
         out = cls()
         for name, (dtype, shape) in tensors.items():
-            out.add(name, dtype, tuple(shape))
+            out.add(name, dtype, tuple(shape), DTYPE_BITS.get(dtype, 16))
         return out
 
-    def add(self, name: str, dtype: str, shape: tuple[int, ...]) -> None:
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], bits: int) -> None:
         numel = math.prod(shape) if shape else 1
         m = _LAYER.search(name)
         embed = any(e in name for e in _EMBED)
@@ -212,11 +213,16 @@ class WeightGroups(dict):
         else:
             split = "tp"
         key = (where, split, dtype, rows)
-        numel0, count0 = self.get(key, (0, 0))
-        self[key] = (numel0 + numel, count0 + 1)
+        numel0, bytes0 = self.get(key, (0, 0))
+        self[key] = (numel0 + numel, bytes0 + numel * bits // 8)
+
+    def merge(self, other: WeightGroups) -> None:
+        for key, (numel, nbytes) in other.items():
+            n0, b0 = self.get(key, (0, 0))
+            self[key] = (n0 + numel, b0 + nbytes)
 
     def to_list(self) -> list[list[Any]]:
-        """Rows [where, split, dtype, rows, elements, tensors], layers in order, then the rest."""
+        """Rows [where, split, dtype, rows, elements, stored bytes], layers in order, then the rest."""
         def order(key: tuple) -> tuple:
             where, split, dtype, rows = key
             return (0, where, "", split, dtype, rows) if isinstance(where, int) else (1, 0, where, split, dtype, rows)
@@ -232,21 +238,15 @@ class WeightGroups(dict):
         for row in rows:
             if not (isinstance(row, list) and len(row) == 6):
                 return None
-            where, split, dtype, nrows, numel, count = row
+            where, split, dtype, nrows, numel, nbytes = row
             ok_where = (isinstance(where, int) and not isinstance(where, bool) and 0 <= where < 1 << 20) or where in ("embed", "last", "first")
-            ints = all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62 for x in (nrows, numel, count))
+            ints = all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62 for x in (nrows, numel, nbytes))
             if not (ok_where and split in ("rep", "vocab", "kv", "tp") and isinstance(dtype, str) and len(dtype) <= 16 and ints):
                 return None
             key = (where, split, dtype, nrows)
-            numel0, count0 = out.get(key, (0, 0))
-            out[key] = (numel0 + numel, count0 + count)
+            numel0, bytes0 = out.get(key, (0, 0))
+            out[key] = (numel0 + numel, bytes0 + nbytes)
         return out
-
-
-def _bits(dtype: str) -> int:
-    from ..formats.safetensors import DTYPE_BITS
-
-    return DTYPE_BITS.get(dtype, 16)
 
 
 def _split(split: str, rows: int, nbytes: int, tp: int, facts: ConfigFacts) -> int:
@@ -466,13 +466,15 @@ def _pad(n: int, k: int = 256) -> int:
     return -(-n // k) * k
 
 
-def row_size(type_name: str, n: int) -> int:
-    from ..formats.gguf import GGML_TYPES
+# (elements per block, bytes per block) of the cache types -ctk/-ctv accept (ggml-common.h; the
+# same figures as formats.gguf.GGML_TYPES, which a test holds them to)
+CACHE_TYPES = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
+               "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24)}
 
-    for name, block, size in GGML_TYPES.values():
-        if name == type_name.upper():
-            return n // block * size
-    raise ValueError(f"unknown ggml type {type_name}")
+
+def row_size(type_name: str, n: int) -> int:
+    block, size = CACHE_TYPES[type_name.lower()]
+    return n // block * size
 
 
 def llama_kv_bytes(facts: GGUFFacts, args: ServeArgs) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any
 from .fit import Fit, WeightGroups
 
 SOURCES = ("volume", "source", "lock", "receipts")
+FORMAT = 1  # of the dict kept in the lock and the receipts; another value is ignored (read again)
 _MAX_ARRAY = 4096  # per-layer GGUF arrays (head counts, SWA patterns) are a few hundred long
 
 
@@ -35,7 +36,7 @@ class FitInputs:
     partial: str | None = None  # what of the header was not read (a GGUF's tokenizer arrays before a download)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"engine": self.engine}
+        d: dict[str, Any] = {"format": FORMAT, "engine": self.engine}
         if self.engine == "vllm":
             d.update(config=self.config, tokenizer_max_len=self.tokenizer_max_len,
                      weights=self.weights.to_list() if self.weights is not None else None)
@@ -48,7 +49,7 @@ class FitInputs:
     @classmethod
     def from_dict(cls, raw: Any, read_from: str) -> FitInputs | None:
         """From the lock or the receipts (files a user may edit): None unless well formed."""
-        if not isinstance(raw, Mapping) or raw.get("engine") not in ("vllm", "llama.cpp"):
+        if not isinstance(raw, Mapping) or raw.get("format") != FORMAT or raw.get("engine") not in ("vllm", "llama.cpp"):
             return None
         partial = raw.get("partial") if isinstance(raw.get("partial"), str) else None
         if raw["engine"] == "vllm":

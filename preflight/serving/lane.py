@@ -3,18 +3,24 @@
 Called by check once a lane's files are checked. For a folder lane the facts are config.json
 and the safetensors headers (already parsed by the format checks, or read again when they were
 skipped and the receipts hold no fit inputs: headers only, never tensor data); for a GGUF lane
-the header. What was read is returned as `FitInputs`, which check keeps in the receipts beside
-the lane's fingerprint: a warm re-check reads no header for fit either.
+the header. The receipts keep, beside the lane's fingerprint, what was read (`FitInputs`) and
+the verdict for these serve flags on this node: a warm re-check on the same node takes the
+verdict (not even the arithmetic is imported), on another node it judges the kept inputs;
+neither reads a header.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import problems as P
 from .accel import Accelerator, AcceleratorError, node_key, resolve
-from .inputs import FitInputs, evaluate, folder_inputs, gguf_inputs, tokenizer_max_len
+
+if TYPE_CHECKING:
+    from .inputs import FitInputs
 
 
 class NodeAccelerator:
@@ -42,6 +48,7 @@ class NodeAccelerator:
 def folder_fit_inputs(root: Path, files: list[str], info: Any) -> FitInputs | None:
     """A vLLM folder's fit inputs: config.json, tokenizer_config.json, the safetensors headers."""
     from ..formats.hfdir import read_json_object
+    from .inputs import folder_inputs
 
     config = getattr(info, "config", None) if info is not None else None
     if config is None:
@@ -74,6 +81,8 @@ def weight_files(files: list[str]) -> list[str]:
 
 
 def _tokenizer_max(root: Path) -> int | None:
+    from .inputs import tokenizer_max_len
+
     p = root / "tokenizer_config.json"
     try:
         if p.stat().st_size > 4 << 20:
@@ -86,6 +95,7 @@ def _tokenizer_max(root: Path) -> int | None:
 def gguf_fit_inputs(path: Path, info: Any) -> FitInputs | None:
     """A GGUF lane's fit inputs from its header (split parts: the first holds the metadata)."""
     from ..formats.gguf import check_gguf, split_sibling_names
+    from .inputs import gguf_inputs
 
     if info is None or not getattr(info, "metadata", None):
         info = check_gguf(path, name=path.name)
@@ -96,11 +106,15 @@ def gguf_fit_inputs(path: Path, info: Any) -> FitInputs | None:
 
 def fit_folder(root: Path, files: list[str], info: Any, spec, accel: Accelerator | None):
     """Fit of a vLLM folder lane from its config.json and tensor headers."""
+    from .inputs import evaluate
+
     return evaluate(folder_fit_inputs(root, files, info), spec, accel)
 
 
 def fit_gguf(path: Path, info: Any, spec, accel: Accelerator | None):
     """Fit of a llama.cpp lane from its GGUF header."""
+    from .inputs import evaluate
+
     return evaluate(gguf_fit_inputs(path, info), spec, accel)
 
 
@@ -117,9 +131,18 @@ def attach(result, fit, where: str) -> None:
 
 def remembered_inputs(ctx, name: str, fingerprint: str | None) -> FitInputs | None:
     """The fit inputs kept in the receipts with the lane's fingerprint (its files unchanged since)."""
+    from .inputs import FitInputs
+
     if fingerprint is None:
         return None
     return FitInputs.from_dict(ctx.receipts.lane_fit(name, fingerprint), "receipts")
+
+
+def verdict_key(spec, accel: Accelerator | None) -> str:
+    """What a verdict depends on besides the files: the engine and its flags, and this node as
+    it is now (free memory included: vLLM's startup check reads it)."""
+    node = accel.to_dict() if accel is not None else None
+    return hashlib.sha256(json.dumps([spec.engine, list(spec.args), spec.version, node], sort_keys=True).encode()).hexdigest()[:24]
 
 
 def node_of(ctx) -> NodeAccelerator:
@@ -128,17 +151,28 @@ def node_of(ctx) -> NodeAccelerator:
     return ctx.accelerator
 
 
-def fit_plan(ctx, plan, info, remembered: FitInputs | None = None) -> FitInputs | None:
-    """check's hook: judge a checked lane's fit and put it on the lane's result. Returns the
-    inputs it read (None when they came from `remembered`, or when there were none)."""
+def fit_plan(ctx, plan, info, fingerprint: str | None = None, warm: bool = False) -> None:
+    """check's hook: judge a checked lane's fit and put it on the lane's result. `fingerprint`
+    names the lane's files as the receipts know them (None: not kept); `warm`: the format checks
+    were skipped, so `info` holds nothing and the receipts are asked first."""
     node = node_of(ctx)
     accel = node.get()
     lane = plan.lane
     if node.error:
         plan.result.problems.append(P.error("serve", P.SERVE_INVALID, f"the declared accelerator cannot be read: {node.error}"))
-        return None
+        return
+    key = verdict_key(lane.serve, accel)
+    if warm and fingerprint is not None:
+        kept = ctx.receipts.lane_verdict(lane.name, fingerprint, key)
+        if kept is not None and isinstance(kept.get("problems"), list) and (kept.get("fit") is None or isinstance(kept["fit"], dict)):
+            plan.result.problems.extend(P.Problem(p["path"], p["code"], p["message"], p.get("severity", "error"))
+                                        for p in kept["problems"] if isinstance(p, dict))
+            plan.result.fit = kept["fit"]
+            return
+    from .inputs import evaluate
+
+    inputs = remembered_inputs(ctx, lane.name, fingerprint) if warm else None
     fresh = None
-    inputs = remembered
     if inputs is None or inputs.engine != lane.serve.engine:
         present = [rel for rel, obs in plan.files.items() if obs.st is not None]
         if lane.kind == "gguf":
@@ -147,9 +181,16 @@ def fit_plan(ctx, plan, info, remembered: FitInputs | None = None) -> FitInputs 
         elif lane.kind in ("hf-dir", "hf-cache"):
             inputs = fresh = folder_fit_inputs(plan.root, present, info)
         else:
-            return None
+            return
     fit = evaluate(inputs, lane.serve, accel)
+    before = len(plan.result.problems)
     attach(plan.result, fit, "serve")
     if fit is not None and accel is not None:
         plan.result.fit["node"] = accel.describe()
-    return fresh
+    if fingerprint is not None and not any(p.is_error for p in plan.result.problems[:before]):
+        if fresh is not None:
+            ctx.receipts.keep_fit(lane.name, fingerprint, fresh.to_dict())
+        if inputs is not None:
+            found = [{**p.to_dict(), "severity": p.severity} for p in plan.result.problems[before:]]
+            fit_out = dict(plan.result.fit, inputs_from="receipts") if plan.result.fit else None
+            ctx.receipts.keep_verdict(lane.name, fingerprint, key, {"problems": found, "fit": fit_out})

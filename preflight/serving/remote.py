@@ -180,9 +180,7 @@ def folder_remote(files: Mapping[str, int | None], read: Reader) -> RemoteResult
         for got in pool.map(one, shards):
             if isinstance(got, str):
                 return RemoteResult(folder_inputs(config, None, tok, "source"), got, counter)
-            for key, (numel, count) in got.items():
-                n0, c0 = groups.get(key, (0, 0))
-                groups[key] = (n0 + numel, c0 + count)
+            groups.merge(got)
     return RemoteResult(folder_inputs(config, groups, tok, "source"), None, counter)
 
 
