@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from preflight.formats.gguf import check_gguf
-from preflight.serving.accel import Accelerator, MiB
+from preflight.serving.accel import Accelerator, MiB, read_cgroup
 from preflight.serving.args import parse_args
 from preflight.serving.fit import MEMORY_LIMIT, llama_fit, llama_kv_bytes
 from preflight.serving.model import gguf_facts
@@ -141,6 +141,7 @@ def test_verdict_agrees_with_llama_cpp_under_a_memory_limit(tmp_path, n_ctx, mma
     cg = _cgroup(limit)
     try:
         got = O.run(path, n_ctx=n_ctx, mmap=mmap, decode=True, cgroup=cg, timeout=300)
+        files = read_cgroup(cg)  # the cgroup's own count of OOM kills (v2 memory.events, v1 memory.oom_control)
     finally:
         for _ in range(50):
             try:
@@ -152,8 +153,10 @@ def test_verdict_agrees_with_llama_cpp_under_a_memory_limit(tmp_path, n_ctx, mma
                 time.sleep(0.1)
     survived = bool(got.get("context")) and got.get("decoded") is True
     refused = any(p.code == MEMORY_LIMIT and p.is_error for p in fit.problems)
+    assert files is not None and files.limit == limit
     if refused:
         assert not survived, (fit.to_dict(), got)  # no false refusal
+        assert files.oom_kills is None or files.oom_kills >= 1, files  # ended by the OOM killer, as the message says
     if fit.verdict == "fits":
         assert survived, (fit.to_dict(), got)  # no missed kill
     assert refused or fit.verdict in ("fits", "tight")

@@ -264,3 +264,85 @@ def test_logged_tokens_grouping_for_hybrid_models():
     # 10 full + 52 sliding: groups of 10 -> 1 + 6 groups; blocks = avail // page // 10; tokens = blocks // 7 * 16
     avail = 10 * GiB
     assert vllm_logged_tokens(g3, a, avail) == (avail // page // 10) // 7 * 16
+
+
+# --------------------------------------------------------------------------- cgroup trees, as the kernel writes them
+
+V2_EVENTS = "low 0\nhigh 0\nmax 17\noom 2\noom_kill 2\noom_group_kill 0\n"
+TREES = {
+    # recorded on this test machine: cgroup v1 memory controller, a v2 hierarchy at /sys/fs/cgroup/unified without it
+    "hybrid-v1-memory": {
+        "proc/self/cgroup": "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/adf6974e707eceafddc7045b21c927c1\n1:cpu:/\n0::/\n",
+        "proc/meminfo": "MemTotal:       24683772 kB\nMemAvailable:   22815536 kB\nSwapTotal:             0 kB\n",
+        "sys/fs/cgroup/unified/cgroup.controllers": "hugetlb\n",
+        "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+        "sys/fs/cgroup/memory/memory.usage_in_bytes": "6458449920\n",
+        "sys/fs/cgroup/memory/process_api/adf6974e707eceafddc7045b21c927c1/memory.limit_in_bytes": "9223372036854771712\n",
+        "sys/fs/cgroup/memory/process_api/adf6974e707eceafddc7045b21c927c1/memory.usage_in_bytes": "40116224\n",
+        "sys/fs/cgroup/memory/process_api/adf6974e707eceafddc7045b21c927c1/memory.memsw.limit_in_bytes": "9223372036854771712\n",
+        "sys/fs/cgroup/memory/process_api/adf6974e707eceafddc7045b21c927c1/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+    },
+    # cgroup v2, a container in its own cgroup namespace (docker run --memory 512m --memory-swap 512m): the root is the container
+    "v2-docker-no-swap": {
+        "proc/self/cgroup": "0::/\n",
+        "proc/meminfo": "MemTotal:       65838536 kB\nMemAvailable:   60000000 kB\nSwapTotal:       8388604 kB\n",
+        "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n",
+        "sys/fs/cgroup/memory.max": "536870912\n",
+        "sys/fs/cgroup/memory.current": "1396736\n",
+        "sys/fs/cgroup/memory.swap.max": "0\n",
+        "sys/fs/cgroup/memory.events": V2_EVENTS,
+    },
+    # cgroup v2 seen from the host's namespace (a Kubernetes pod, systemd driver): the container's limit is below the pod's
+    "v2-kubernetes-swap": {
+        "proc/self/cgroup": "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod42.slice/cri-containerd-9f.scope\n",
+        "proc/meminfo": "MemTotal:       65838536 kB\nMemAvailable:   50000000 kB\nSwapTotal:       4194304 kB\n",
+        "sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
+        "sys/fs/cgroup/kubepods.slice/memory.max": "63000000000\n",
+        "sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/memory.max": "max\n",
+        "sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod42.slice/memory.max": "2147483648\n",
+        "sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod42.slice/cri-containerd-9f.scope/memory.max": "1073741824\n",
+        "sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod42.slice/cri-containerd-9f.scope/memory.current": "524288000\n",
+        "sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod42.slice/cri-containerd-9f.scope/memory.swap.max": "max\n",
+        "sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod42.slice/cri-containerd-9f.scope/memory.events": V2_EVENTS,
+    },
+}
+
+
+def _tree(root, files: dict[str, str]):
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root / "proc", root / "sys" / "fs" / "cgroup"
+
+
+@pytest.mark.parametrize("name,limit,current,swap_limit,oom_kills,swap", [
+    ("hybrid-v1-memory", None, 40116224, None, 0, None),
+    ("v2-docker-no-swap", 512 * 2**20, 1396736, 0, 2, None),
+    ("v2-kubernetes-swap", GiB, 524288000, None, 2, 4194304 * 1024),
+])
+def test_cgroup_memory_files_as_the_kernel_writes_them(tmp_path, name, limit, current, swap_limit, oom_kills, swap):
+    proc, cgroup = _tree(tmp_path, TREES[name])
+    got = A.cgroup_memory(proc, cgroup)
+    assert got is not None and (got.limit, got.current, got.swap_limit, got.oom_kills) == (limit, current, swap_limit, oom_kills)
+    assert got.version == (1 if name.startswith("hybrid") else 2)
+    assert A.cgroup_limit(proc, cgroup) == limit
+    assert A.swap_total(proc) == int(TREES[name]["proc/meminfo"].split("SwapTotal:")[1].split()[0]) * 1024
+    host_swap = A.swap_total(proc) or 0
+    usable = min(host_swap, got.swap_limit) if got.swap_limit is not None else host_swap
+    assert (usable or None) == swap
+
+
+def test_swap_turns_a_memory_limit_refusal_into_a_warning():
+    from preflight.serving.fit import MEMORY_LIMIT, llama_fit
+    from preflight.serving.model import GGUFFacts
+
+    facts = GGUFFacts("llama", 8, 512, [8] * 8, [4] * 8, 64, 64, 32768, [False] * 8)
+    args = parse_args("llama.cpp", "-c 32768 -np 1 -fa off --no-mmap")  # KV 8 x 32768 x 2 x 4 x 64 x 2 bytes = 256 MiB
+    tight = A.Accelerator(memory_limit=200 * 2**20, source="declared")
+    assert [p.code for p in llama_fit(facts, 50 * 2**20, 256, args, tight).problems if p.is_error] == [MEMORY_LIMIT]
+    swapping = A.Accelerator(memory_limit=200 * 2**20, source="declared", swap=512 * 2**20)
+    fit = llama_fit(facts, 50 * 2**20, 256, args, swapping)
+    assert fit.fits and any(p.code == FIT_MARGIN and "swap" in p.message for p in fit.problems)
+    little = A.Accelerator(memory_limit=200 * 2**20, source="declared", swap=16 * 2**20)
+    assert not llama_fit(facts, 50 * 2**20, 256, args, little).fits
+    assert A.parse_declared("cpu,memory_limit=200MiB,swap=512MiB").swap == 512 * 2**20

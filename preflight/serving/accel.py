@@ -11,7 +11,10 @@ server it runs before. Detection reads, in order:
   Hawk Point, Rembrandt: a table of PCI device ids) share system memory: their usable
   memory is the larger of the VRAM carve-out and GTT, and `unified` is set;
 - the CPU: the cgroup memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`, the
-  smallest on the way up the hierarchy) and MemAvailable from /proc/meminfo.
+  smallest on the way up the hierarchy), that cgroup's usage (`memory.current`,
+  `memory.usage_in_bytes`), its swap allowance (`memory.swap.max`, v1 `memory.memsw.limit_in_bytes`
+  less the limit) against SwapTotal, and MemAvailable from /proc/meminfo. A process over its
+  limit is killed only when it cannot swap: with swap allowed, fit warns instead of refusing.
 
 Every reader takes its root folder, so tests feed recorded sysfs and procfs trees through
 the same code; NVML values go through `parse_nvml` as the binding returns them.
@@ -65,6 +68,8 @@ class Accelerator:
     memory_available: int | None = None  # MemAvailable
     source: str = "detected"  # declared | nvml | sysfs | cgroup
     notes: tuple[str, ...] = field(default=())
+    memory_used: int | None = None  # the limiting cgroup's usage now (page cache included): informational
+    swap: int | None = None  # bytes of swap a process here may use (None or 0: none, the OOM killer acts at the limit)
 
     @property
     def gpus(self) -> int:
@@ -96,6 +101,10 @@ class Accelerator:
             d["memory_limit_bytes"] = self.memory_limit
         if self.memory_available is not None:
             d["memory_available_bytes"] = self.memory_available
+        if self.memory_used is not None:
+            d["memory_used_bytes"] = self.memory_used
+        if self.swap:
+            d["swap_bytes"] = self.swap
         if self.notes:
             d["notes"] = list(self.notes)
         return d
@@ -112,7 +121,7 @@ def node_key(accel: Accelerator) -> str:
     import hashlib
 
     devices = [(d.name, d.total, d.cc, d.vendor, d.unified) for d in accel.devices]
-    return hashlib.sha256(repr((devices, accel.memory_limit)).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr((devices, accel.memory_limit, bool(accel.swap))).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- declared
@@ -175,7 +184,7 @@ def parse_declared(spec: str | dict) -> Accelerator:
     return _from_mapping(mapping)
 
 
-_KEYS = {"gpus", "memory", "cc", "name", "vendor", "unified", "memory_limit", "memory_available"}
+_KEYS = {"gpus", "memory", "cc", "name", "vendor", "unified", "memory_limit", "memory_available", "swap"}
 
 
 def _from_mapping(m: dict) -> Accelerator:
@@ -194,6 +203,7 @@ def _from_mapping(m: dict) -> Accelerator:
         raise AcceleratorError(f"vendor {vendor!r}: expected nvidia or amd")
     limit = parse_size(m["memory_limit"]) if m.get("memory_limit") is not None else None
     avail = parse_size(m["memory_available"]) if m.get("memory_available") is not None else None
+    swap = parse_size(m["swap"]) if m.get("swap") is not None else None
     devices: tuple[Device, ...] = ()
     if gpus and vendor != "cpu":
         if m.get("memory") is None:
@@ -205,7 +215,7 @@ def _from_mapping(m: dict) -> Accelerator:
         devices = tuple(Device(name, total, None, cc, vendor, unified) for _ in range(gpus))
     elif m.get("memory") is not None and limit is None:
         limit = parse_size(m["memory"])  # `cpu,memory=16GiB`
-    return Accelerator(devices, limit, avail, "declared")
+    return Accelerator(devices, limit, avail, "declared", swap=swap)
 
 
 # --------------------------------------------------------------------------- NVIDIA
@@ -284,44 +294,100 @@ def detect_amd(sys_root: str | os.PathLike[str] = "/sys") -> tuple[Device, ...]:
 
 # --------------------------------------------------------------------------- CPU
 
-def cgroup_limit(proc_root: str | os.PathLike[str] = "/proc", cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int | None:
-    """The smallest memory limit on this process's cgroup path (v2 memory.max, v1
-    memory.limit_in_bytes), or None when unlimited. Inside a container the path is often
-    `/` (a cgroup namespace), so the root's own file counts too."""
+@dataclass(frozen=True)
+class CgroupMemory:
+    """One memory cgroup's files, as the kernel writes them (cgroup-v2.rst, cgroup-v1/memory.rst)."""
+
+    version: int  # 1 or 2
+    limit: int | None  # memory.max / memory.limit_in_bytes; None: unlimited
+    current: int | None  # memory.current / memory.usage_in_bytes
+    swap_limit: int | None  # swap alone: memory.swap.max, or v1 memory.memsw.limit_in_bytes less the limit; None: unlimited
+    oom_kills: int | None  # memory.events / memory.oom_control `oom_kill`: processes the OOM killer ended here
+
+
+def read_cgroup(folder: str | os.PathLike[str]) -> CgroupMemory | None:
+    """The memory files of one cgroup folder (v2 when it has memory.max, else v1), or None."""
+    d = Path(folder)
+    if (d / "memory.max").exists():
+        return CgroupMemory(2, _limit(d / "memory.max"), _int(d / "memory.current"), _limit(d / "memory.swap.max"),
+                            _keyed(d / "memory.events", "oom_kill"))
+    if (d / "memory.limit_in_bytes").exists():
+        limit = _limit(d / "memory.limit_in_bytes")
+        memsw = _limit(d / "memory.memsw.limit_in_bytes")
+        swap = None if memsw is None else max(0, memsw - (limit or 0)) if limit is not None else None
+        return CgroupMemory(1, limit, _int(d / "memory.usage_in_bytes"), swap, _keyed(d / "memory.oom_control", "oom_kill"))
+    return None
+
+
+def _limit(p: Path) -> int | None:
+    text = _read(p)
+    if text is None or text == "max" or not text.isdigit():
+        return None
+    value = int(text)
+    return None if value >= UNLIMITED else value
+
+
+def _keyed(p: Path, key: str) -> int | None:
+    for line in (_read(p) or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def cgroup_memory(proc_root: str | os.PathLike[str] = "/proc", cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> CgroupMemory | None:
+    """The cgroup with the smallest memory limit on this process's path (v2 memory.max, v1
+    memory.limit_in_bytes), with its usage, swap allowance and OOM kills; the leaf's when none
+    sets a limit; None without a memory controller. Inside a container the path is often `/`
+    (a cgroup namespace), so the root's own files count too."""
     try:
         lines = Path(proc_root, "self", "cgroup").read_text().splitlines()
     except OSError:
         lines = []
     root = Path(cgroup_root)
-    limits: list[int] = []
+    found: list[CgroupMemory] = []
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         _hid, controllers, path = parts
         if controllers == "" and (root / "cgroup.controllers").exists():
-            limits += _walk(root, path, "memory.max")
+            found += _walk(root, path)
         elif "memory" in controllers.split(","):
-            base = root / "memory" if (root / "memory").is_dir() else root
-            limits += _walk(base, path, "memory.limit_in_bytes")
+            found += _walk(root / "memory" if (root / "memory").is_dir() else root, path)
     if not lines:
-        limits += _walk(root, "/", "memory.max") + _walk(root / "memory", "/", "memory.limit_in_bytes")
-    real = [x for x in limits if x < UNLIMITED]
-    return min(real) if real else None
+        found += _walk(root, "/") or _walk(root / "memory", "/")
+    if not found:
+        return None
+    limited = [c for c in found if c.limit is not None]
+    return min(limited, key=lambda c: c.limit or 0) if limited else found[0]
 
 
-def _walk(base: Path, path: str, name: str) -> list[int]:
+def cgroup_limit(proc_root: str | os.PathLike[str] = "/proc", cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int | None:
+    """The smallest memory limit on this process's cgroup path, or None when unlimited."""
+    got = cgroup_memory(proc_root, cgroup_root)
+    return got.limit if got is not None else None
+
+
+def _walk(base: Path, path: str) -> list[CgroupMemory]:
+    """The cgroups from `path` (the leaf first) up to `base`."""
     out = []
     parts = [p for p in path.split("/") if p and p not in (".", "..")]
     for i in range(len(parts), -1, -1):
-        text = _read(base.joinpath(*parts[:i], name))
-        if text is None:
-            continue
-        if text == "max":
-            out.append(UNLIMITED)
-        elif text.isdigit():
-            out.append(int(text))
+        got = read_cgroup(base.joinpath(*parts[:i]))
+        if got is not None:
+            out.append(got)
     return out
+
+
+def swap_total(proc_root: str | os.PathLike[str] = "/proc") -> int | None:
+    try:
+        for line in Path(proc_root, "meminfo").read_text().splitlines():
+            if line.startswith("SwapTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def mem_available(proc_root: str | os.PathLike[str] = "/proc") -> int | None:
@@ -357,7 +423,11 @@ def detect(sys_root: str = "/sys", proc_root: str = "/proc", cgroup_root: str = 
         devices, source = detect_amd(sys_root), "sysfs"
     if not devices:
         source = "cgroup"
-    return Accelerator(devices, cgroup_limit(proc_root, cgroup_root), mem_available(proc_root), source, tuple(notes))
+    cg = cgroup_memory(proc_root, cgroup_root)
+    host_swap = swap_total(proc_root) or 0
+    swap = min(host_swap, cg.swap_limit) if cg is not None and cg.swap_limit is not None else host_swap
+    return Accelerator(devices, cg.limit if cg else None, mem_available(proc_root), source, tuple(notes),
+                       memory_used=cg.current if cg else None, swap=swap or None)
 
 
 def resolve(declared: str | dict | None) -> Accelerator:

@@ -570,7 +570,10 @@ def llama_fit(facts: GGUFFacts, weights: int, n_vocab: int, args: ServeArgs, acc
     anon = host_kv + (0 if args["mmap"] else host_weights)
     fit.figures.update(host_memory_bytes=host, host_bytes_needed=anon, headroom_bytes=host - anon - compute)
     where = f"the container's memory limit ({gib(limit)})" if limit is not None and limit == host else f"the memory available ({gib(host)})"
-    if anon > host:
+    if anon > host and accel.swap and anon <= host + accel.swap:
+        fit.warning(FIT_MARGIN, f"llama.cpp on the CPU needs {gib(anon)}, above {where}; {gib(accel.swap)} of swap lets it start, "
+                    f"swapping (slow); lower {fl('ctx_size')} to stay in memory")
+    elif anon > host:
         what = f"{gib(host_kv)} of KV cache" + ("" if args["mmap"] else f" + {gib(host_weights)} of weights read into memory ({fl('no_mmap')})")
         fit.error(MEMORY_LIMIT, f"llama.cpp on the CPU needs {what} = {gib(anon)}, above {where}: the kernel kills it (OOM) while it "
                   f"allocates or fills the cache; lower {fl('ctx_size')} (or {fl('parallel')}), use {fl('cache_type_k')}/{fl('cache_type_v')} "
