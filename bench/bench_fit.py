@@ -11,7 +11,7 @@ Then, interleaved round by round:
     (config.json, tokenizer_config.json, one ranged read per shard header), timed inside a
     fresh process after the listing, and the bytes the server sent for them;
   - curl: the reference a script would use, `curl -L -r 0-7` for every shard's length, then
-    `curl -L -r 8-N` for every header (two processes, every URL in each, keep-alive);
+    `curl -L -r 8-N` for every header (two processes, every URL in each, 8 at once);
   - `preflight sync` of the lane on a node it does not fit (1x 80 GiB, TP 1), as a whole
     process: it exits 1 before a byte of weights moves.
 
@@ -99,18 +99,24 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+def header_length(path: Path) -> int:
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(8), "little")
+
+
 def curl_headers(urls: list[str], out: Path) -> tuple[float, list[int]]:
-    """Two curl processes: every shard's 8-byte length, then every header. Returns (seconds, header lengths)."""
+    """Two curl processes, 8 transfers at once (--parallel, as preflight reads 8 shards at once):
+    every shard's 8-byte length, then every header. Returns (seconds, header lengths)."""
     def args(ranges: list[str]) -> list[str]:
-        argv = ["curl", "-sfL"]
+        argv = ["curl", "-sfL", "--parallel", "--parallel-max", "8"]
         for i, (url, rng) in enumerate(zip(urls, ranges)):
             argv += (["--next", "-sfL"] if i else []) + ["-r", rng, "-o", str(out / f"part-{i}"), url]
         return argv
 
     t0 = time.perf_counter()
-    subprocess.run(args(["0-7"] * len(urls)), check=True)
+    subprocess.run(args(["0-7"] * len(urls)), check=True, stderr=subprocess.DEVNULL)
     lengths = [int.from_bytes((out / f"part-{i}").read_bytes()[:8], "little") for i in range(len(urls))]
-    subprocess.run(args([f"8-{7 + n}" for n in lengths]), check=True)
+    subprocess.run(args([f"8-{7 + n}" for n in lengths]), check=True, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0, lengths
 
 
@@ -127,7 +133,7 @@ def main() -> int:
         folder = write_sparse_llama_folder(root / "repo", **DIMS)
         shards = sorted(p.name for p in folder.glob("*.safetensors"))
         paper = sum(p.stat().st_size for p in folder.iterdir())
-        headers = sum(8 + int.from_bytes((folder / s).read_bytes()[:8], "little") for s in shards)
+        headers = sum(8 + header_length(folder / s) for s in shards)
         print(f"repo: {len(shards)} shards, {paper / 1e9:.0f} GB on paper, headers {headers / 1024:.1f} KiB in all; built in "
               f"{time.perf_counter() - t0:.1f}s", flush=True)
         server = Server(folder)
