@@ -15,8 +15,8 @@ import pytest
 from preflight.serving.accel import parse_declared
 from preflight.serving.args import parse_args
 from preflight.serving.fit import (
-    KV_CACHE_TOO_LARGE, _one_request, kv_layer_bytes, served_dtype, stage_layers, vllm_fit, vllm_logged_tokens, vllm_v0_blocks,
-    weights_per_rank,
+    KV_CACHE_TOO_LARGE, PARALLEL_INVALID, _longest, _one_request, kv_layer_bytes, served_dtype, stage_layers, vllm_fit, vllm_logged_tokens,
+    vllm_v0_blocks, weights_per_rank,
 )
 from preflight.serving.model import config_facts
 
@@ -26,22 +26,34 @@ ROWS = {r["id"]: r for r in DATA["rows"]}
 
 
 def headers(cfg: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The tensor headers of a dense Llama/Qwen2 checkpoint as its config.json describes it
-    (int8 weights with per-channel scales for compressed-tensors w8a8; q/k/v biases for qwen2)."""
+    """The tensor headers of a Llama/Qwen2/Qwen3 checkpoint as its config.json describes it
+    (int8 weights with per-channel scales for compressed-tensors w8a8; q/k/v biases for qwen2;
+    q/k norms for qwen3; for qwen3_moe a router and `num_experts` experts per layer)."""
     h, n, v, inter = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"], cfg["intermediate_size"]
     hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     int8 = (cfg.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+    moe = cfg["model_type"] == "qwen3_moe"
     t = {"model.embed_tokens.weight": ("BF16", (v, h)), "lm_head.weight": ("BF16", (v, h)), "model.norm.weight": ("BF16", (h,))}
     for i in range(n):
         p = f"model.layers.{i}."
+        mlp = [] if moe else [("mlp.gate_proj", (inter, h)), ("mlp.up_proj", (inter, h)), ("mlp.down_proj", (h, inter))]
         for name, shape in (("self_attn.q_proj", (q, h)), ("self_attn.k_proj", (kv, h)), ("self_attn.v_proj", (kv, h)),
-                            ("self_attn.o_proj", (h, q)), ("mlp.gate_proj", (inter, h)), ("mlp.up_proj", (inter, h)), ("mlp.down_proj", (h, inter))):
+                            ("self_attn.o_proj", (h, q)), *mlp):
             t[p + name + ".weight"] = ("I8" if int8 else "BF16", shape)
             if int8:
                 t[p + name + ".weight_scale"] = ("BF16", (shape[0], 1))
             if cfg["model_type"] == "qwen2" and name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
                 t[p + name + ".bias"] = ("BF16", (shape[0],))
+        if cfg["model_type"] in ("qwen3", "qwen3_moe"):
+            t[p + "self_attn.q_norm.weight"] = ("BF16", (hd,))
+            t[p + "self_attn.k_norm.weight"] = ("BF16", (hd,))
+        if moe:
+            e_inter = cfg["moe_intermediate_size"]
+            t[p + "mlp.gate.weight"] = ("BF16", (cfg["num_experts"], h))
+            for e in range(cfg["num_experts"]):
+                for name, shape in (("gate_proj", (e_inter, h)), ("up_proj", (e_inter, h)), ("down_proj", (h, e_inter))):
+                    t[p + f"mlp.experts.{e}.{name}.weight"] = ("BF16", shape)
         t[p + "input_layernorm.weight"] = ("BF16", (h,))
         t[p + "post_attention_layernorm.weight"] = ("BF16", (h,))
     return t
@@ -124,6 +136,48 @@ def test_refusal_predicted_before_download_on_two_4090s():
     assert near(fit.figures["weights_bytes_per_gpu"] / GiB, row["logged"]["weights_gib"])
 
 
+@pytest.mark.parametrize("rid", [r["id"] for r in DATA["rows"] if "max_concurrency" in r["logged"]])
+def test_v1_maximum_concurrency_at_max_len(rid):
+    row = ROWS[rid]
+    _cfg, facts, args = row_facts(row)
+    tokens = vllm_logged_tokens(facts, args, int(row["logged"]["available_gib"] * GiB))
+    assert near(tokens / args["max_model_len"], row["logged"]["max_concurrency"], 0.01)
+
+
+@pytest.mark.parametrize("rid", [r["id"] for r in DATA["rows"] if "estimated_max_len" in r["logged"]])
+def test_one_max_length_request_and_the_longest_that_fits_as_logged(rid):
+    """vLLM's refusal names the KV cache one max-length request needs and the longest length the memory holds."""
+    row = ROWS[rid]
+    _cfg, facts, args = row_facts(row)
+    logged = row["logged"]
+    types = stage_layers(facts, 1)[0]
+    per_layer = kv_layer_bytes(facts, args, served_dtype(facts, args, None))
+    assert near(_one_request(types, per_layer, logged["max_seq_len"], None, 16) / GiB, logged["needed_gib"])
+    for avail, longest in ((logged["available_gib"], logged["estimated_max_len"]),
+                           (logged["available_gib_at_0.95"], logged["estimated_max_len_at_0.95"])):
+        assert near(_longest(types, per_layer, int(avail * GiB), None, 16, logged["max_seq_len"]), longest)
+    assert facts.derived_max_len == logged["max_seq_len"]
+
+
+@pytest.mark.parametrize("rid", [r["id"] for r in DATA["rows"] if "must be divisible" in r["logged"].get("refusal", "")])
+def test_tensor_parallel_refusals_as_logged(rid):
+    row = ROWS[rid]
+    _cfg, facts, args = row_facts(row)
+    fit = vllm_fit(facts, None, args, parse_declared(row["gpu"]))
+    messages = [p.message for p in fit.problems if p.code == PARALLEL_INVALID and p.is_error]
+    assert messages and row["logged"]["refusal"].rstrip(".") in messages[0], (messages, row["logged"]["refusal"])
+    node = parse_declared(row["gpu"])
+    ok = parse_args("vllm", f"--tensor-parallel-size {next(d for d in (8, 4, 2, 1) if facts.heads % d == 0 and d <= node.gpus)}")
+    assert not any(p.code == PARALLEL_INVALID for p in vllm_fit(facts, None, ok, node).problems)  # a divisor the node has is taken
+
+
+def test_gemma3_layers_as_vllm_groups_them():
+    _cfg, facts, _args = row_facts(ROWS["gemma3-27b-tp3"])
+    assert facts.layer_types.count("full") == 10 and facts.layer_types.count("sliding") == 52 and facts.sliding_window == 1024
+    assert facts.heads == 32 and facts.kv_heads == 16 and facts.derived_max_len == 131072
+
+
 def test_every_row_names_its_source():
     assert all(r["source"].startswith("https://github.com/") for r in DATA["rows"])
+    assert len(DATA["rows"]) >= 14 and len({r["id"] for r in DATA["rows"]}) == len(DATA["rows"])
     assert all(r["model"] in DATA["configs"] for r in DATA["rows"])
