@@ -1052,7 +1052,7 @@ class HubServer:
             path = path.strip("/")
             if not path or any(part in ("", ".", "..") for part in path.split("/")):
                 raise ValueError(f"invalid path in repo: {path!r}")
-            content = _Content(source, unhashed=path in unhashed)
+            content = _Content(source, unhashed=True) if path in unhashed else _Content(source)
             is_lfs = path in lfs if lfs is not None else (
                 content.size >= self._state.lfs_threshold or path.lower().endswith(self._state.lfs_suffixes))
             if is_lfs:

@@ -90,9 +90,11 @@ class Accelerator:
         else:
             what = "CPU only"
         if self.memory_limit is not None:
-            what += f", memory limit {_gib(self.memory_limit)}"
+            what += f", memory limit {_gib(self.memory_limit)}" + (f" ({_gib(self.memory_used)} in use)" if self.memory_used is not None else "")
         elif self.memory_available is not None:
             what += f", {_gib(self.memory_available)} available"
+        if self.swap:
+            what += f", {_gib(self.swap)} swap"
         return f"{what} ({self.source})"
 
     def to_dict(self) -> dict[str, Any]:
