@@ -90,6 +90,7 @@ class FetchError(PreflightError):
         self.url = url
         self.status = status
         self.retry_after: float | None = None  # seconds, from the server's Retry-After
+        self.permanent = False  # asking again gives the same answer (a local file unreadable to this uid): never retried
 
 
 class StalledError(FetchError):

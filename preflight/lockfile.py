@@ -78,7 +78,8 @@ def load_lock(path: str | os.PathLike) -> Lock:
             if norm is None or not isinstance(exp, dict):
                 raise ManifestError(f"bad file entry {rel!r}", file=str(p), field=f"lanes.{name}.files")
             size = exp.get("size")
-            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
+            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"),
+                                     origin=f"{p} (lanes.{name}.files)")
         lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files)
     return lock
 
@@ -95,7 +96,7 @@ def parse_sha256sum(text: str, file: str) -> dict[str, FileExpect]:
         rel = normalise_rel(m["path"].removeprefix("./"))
         if rel is None:
             raise ManifestError(f"path {m['path']!r} escapes the lane folder", file=file, line=i)
-        out[rel] = FileExpect(None, m["hex"].lower(), None)
+        out[rel] = FileExpect(None, m["hex"].lower(), None, origin=f"{file}:{i}")
     return out
 
 

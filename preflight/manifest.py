@@ -224,11 +224,13 @@ class FileExpect:
     sha256: str | None = None
     sha1: str | None = None  # git blob sha1 (small files on the Hub)
     md5: str | None = None  # DVC-tracked files
+    origin: str | None = field(default=None, compare=False)  # where a pin was written ("lanes.yaml:12"), for messages
 
     def merge(self, other: FileExpect | None) -> FileExpect:
         if other is None:
             return self
-        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1, self.md5 or other.md5)
+        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1,
+                          self.md5 or other.md5, self.origin or other.origin)
 
 
 SIGNATURE_METHODS = ("key", "certificate", "sigstore")
@@ -517,7 +519,9 @@ def _expect(r: _Reader, obj: Any, key: tuple) -> FileExpect:
         sha1 = sha1.lower()
         if not _HEX40.match(sha1):
             raise r.doc.error(key + ("sha1",), f"expected 40 hex digits (git blob sha1), found {_show(sha1)}")
-    return FileExpect(size, sha256, sha1)
+    where = next((k for k in ("sha256", "sha1", "size") if obj.get(k) is not None), None)
+    line = r.doc.line(*key, where) if where else None
+    return FileExpect(size, sha256, sha1, origin=f"{r.doc.file}:{line}" if line else r.doc.file)
 
 
 def parse_manifest(doc: Located) -> Manifest:

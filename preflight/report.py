@@ -39,6 +39,7 @@ class LaneResult:
     revision: str | None = None
     note: str | None = None
     fit: dict[str, Any] | None = None  # serving fit on this node (serving/fit.py): figures and verdict
+    serving: dict[str, Any] | None = None  # a folder lane whose new revision is not ready: what its path still serves
 
     @property
     def errors(self) -> list[Problem]:
@@ -83,6 +84,8 @@ class LaneResult:
             d["note"] = self.note
         if self.fit is not None:
             d["fit"] = self.fit
+        if self.serving is not None:
+            d["serving"] = self.serving
         return d
 
 
@@ -170,7 +173,11 @@ _MARK = {READY: "ok  ", MISSING: "MISS", INVALID: "BAD ", SKIPPED: "skip"}
 
 
 def _state(lane: LaneResult) -> str:
-    return lane.status + ("" if lane.required else " (optional)")
+    state = lane.status
+    if lane.serving is not None:
+        old = lane.serving.get("revision") or "the in-place folder"
+        state = f"serves {old}, {lane.serving.get('wanted')} {lane.status}"
+    return state + ("" if lane.required else " (optional)")
 
 
 def render_human(report: Report, out: IO[str] | None = None) -> None:
@@ -187,7 +194,8 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
             extra += f", hashed {human_size(lane.hashed_bytes)}"
         if lane.status == SKIPPED:
             extra = lane.note or "skipped"
-        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
+        mark = "OLD " if lane.serving is not None else _MARK.get(lane.status, "?   ")
+        print(f"{mark} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
     for lane in report.lanes:
         if lane.fit:
             print(f"  {lane.name}: fit: {fit_line(lane.fit)}", file=out)
@@ -202,6 +210,8 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
         print(f"preflight {report.command}: ready ({plural(len(report.lanes), 'lane')}, {report.elapsed_s:.2f}s)", file=out)
     else:
         print(f"preflight {report.command}: NOT READY (exit {int(report.exit_code)}): {report.reason or 'see above'}", file=out)
+        if report.hint:
+            print(f"  hint: {report.hint}", file=out)
 
 
 def fit_line(fit: dict[str, Any]) -> str:
