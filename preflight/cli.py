@@ -224,7 +224,9 @@ class LazyGroup(click.Group):
                 return getattr(importlib.import_module(module), attr)
             except ImportError as exc:
                 if name == "docker":
-                    raise click.ClickException(f"`preflight docker` needs the Docker SDK: pip install 'lane-preflight[docker]' ({exc})")
+                    from .errors import MissingExtra
+
+                    raise click.ClickException(str(MissingExtra("`preflight docker`", "docker", getattr(exc, "name", None))))
                 raise
         return super().get_command(ctx, name)
 

@@ -139,3 +139,20 @@ class LeaseError(PreflightError):
 
 class NotReadyError(PreflightError):
     exit_code = ExitCode.NOT_READY
+
+
+IMAGE_EXTRAS = ("s3", "signing")  # what the Dockerfile's EXTRAS build argument installs by default
+
+
+class MissingExtra(UsageError):
+    """An optional dependency a lane or command needs is not installed: the message names
+    the extra that brings it (one wording for every extra)."""
+
+    def __init__(self, what: str, extra: str, module: str | None, *, alternative: str | None = None) -> None:
+        fix = f"pip install 'lane-preflight[{extra}]'"
+        missing = f" ({module} is not installed)" if module else ""
+        image = ("the lane-preflight image carries it" if extra in IMAGE_EXTRAS
+                 else f"the image carries {' and '.join(IMAGE_EXTRAS)} only: build it with --build-arg EXTRAS=\"{' '.join(IMAGE_EXTRAS)} {extra}\"")
+        super().__init__(f"{what} needs the {extra} extra{missing}: {fix}",
+                         hint=fix + (f", or {alternative}" if alternative else "") + f" ({image})")
+        self.extra = extra

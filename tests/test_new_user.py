@@ -184,3 +184,54 @@ def test_progress_prints_no_stale_figures_between_attempts_and_no_zero_rate_line
     import re
 
     assert not re.search(r"(?<![\d.])0 B/1000 B", out.getvalue()) and "ETA ?" not in out.getvalue()
+
+
+# --------------------------------------------------------------------------- a missing extra names the fix
+
+BLOCKER = """
+import importlib.abc, os, sys
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in os.environ["BLOCK_MODULES"].split(","):
+            raise ImportError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+@pytest.mark.parametrize("extra", ["s3", "signing", "docker", "zstd", "nvml"])
+def test_a_missing_extra_names_the_pip_command(vol: Volume, tmp_path: Path, extra: str) -> None:
+    """Each optional dependency, made absent for real (its import fails), in the place a
+    user meets it: the message names `pip install 'lane-preflight[EXTRA]'`."""
+    site = tmp_path / "blocker"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    block = {"s3": "botocore", "signing": "model_signing", "docker": "docker", "zstd": "zstandard", "nvml": "pynvml"}[extra]
+    env = {**vol.env(), "BLOCK_MODULES": block, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    (vol.models / "llm").mkdir(parents=True)
+    (vol.models / "llm/config.json").write_text("{}")
+    if extra == "s3":
+        vol.write([hf_lane("llm", "llm", "s3://bucket/llm")])
+        argv = vol.argv("sync")
+    elif extra == "signing":
+        key = tmp_path / "pub.pem"
+        key.write_text("-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")
+        (vol.models / "llm/model.sig").write_text("{}")
+        vol.write([{"name": "llm", "kind": "hf-dir", "path": "llm", "signature": {"method": "key", "key": str(key)}}])
+        argv = vol.argv("check")
+    elif extra == "docker":
+        vol.write([{"name": "llm", "kind": "hf-dir", "path": "llm"}])
+        argv = [sys.executable, "-m", "preflight.cli", "docker", "check", "-m", str(vol.manifest), "--host-dir", str(vol.models)]
+    elif extra == "zstd":
+        code = ("from preflight.sources.oci_tar import BlobReader, ZSTD_MAGIC, open_tar\n"
+                "from preflight.errors import PreflightError\n"
+                "try:\n    open_tar(BlobReader(iter([]), 'sha256:' + '0' * 64, 10, None, 'layer 0'), ZSTD_MAGIC)\n"
+                "except PreflightError as exc:\n    print(exc, exc.hint)\n")
+        argv = [sys.executable, "-c", code]
+    else:
+        argv = [sys.executable, "-c", "from preflight.serving.accel import detect_nvidia; print(detect_nvidia())"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=vol.root)
+    said = p.stdout + p.stderr
+    assert f"pip install 'lane-preflight[{extra}]'" in said, said
+    assert "Traceback" not in said
