@@ -45,7 +45,8 @@ class Lock:
     lanes: dict[str, LockedLane] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"version": LOCK_VERSION, "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
+        return json.dumps({"version": LOCK_VERSION, "schema_version": LOCK_VERSION,
+                           "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
 
     def save(self) -> None:
         write_file_atomic(Path(self.path), self.to_json().encode())

@@ -22,6 +22,11 @@ ABSENT = frozenset({P.MISSING, P.SHARD_MISSING, P.SPLIT_MISSING, P.WEIGHTS_MISSI
 SAID_BY_SIZE = frozenset({P.TRUNCATED, P.TRAILING_DATA, P.TENSOR_OUT_OF_BOUNDS})
 
 
+# The version of every JSON document this program writes (the report, status, inspect,
+# env, perms, smoke, the lock): fields may be added within a version, never renamed or
+# retyped. JSON Schemas: `preflight schema NAME`, and schemas/ in the repository.
+SCHEMA_VERSION = 1
+
 @dataclass
 class LaneResult:
     name: str
@@ -120,6 +125,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "status": self.status, "exit_code": int(self.exit_code), "command": self.command,
             "models_dir": self.models_dir, "lanes": [lane.to_dict() for lane in self.lanes],
             "elapsed_s": round(self.elapsed_s, 3),
@@ -137,13 +143,16 @@ class Report:
         """The report as it leaves the program: every registered secret masked."""
         return redact(json.dumps(self.to_dict(), indent=2))
 
-    def fail(self, exit_code: int, reason: str, hint: str | None = None) -> None:
-        """The run ended early (an error, an interrupt): keep the lanes known so far."""
+    def fail(self, exit_code: int, reason: str, hint: str | None = None, errors: list[dict] | None = None) -> None:
+        """The run ended early (an error, an interrupt): keep the lanes known so far.
+        `errors`: a manifest's errors, one located object each."""
         for lane in self.lanes:
             lane.settle()
         self.exit_code = exit_code
         self.reason = reason
         self.hint = hint
+        if errors:
+            self.extra["errors"] = errors
 
 
 def summarise(bad: list[LaneResult]) -> str:
