@@ -249,3 +249,15 @@ def test_sync_env_file_holds_the_lane_paths_once_ready_and_never_after_a_failure
     bad = vol.run("sync", "--env-file", str(env_file), "--retries", "0")
     assert bad.code == 3
     assert "LLM_MODEL_PATH" not in env_file.read_text()  # a server sourcing it does not start on a broken lane
+
+
+def test_status_answers_on_stdout_and_names_an_absent_models_folder(vol: Volume, hub_server: HubServer) -> None:
+    hub_server.add_repo("org/llm", hf_model(sharded=False))
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    absent = vol.run("status")
+    assert f"the models folder {vol.models} does not exist" in absent.stdout
+    assert vol.run().code == 0
+    r = vol.run("status")
+    assert r.stdout.startswith("llm: revisions @") and "volume:" in r.stdout  # `preflight status | less` shows it
+    doc = json.loads(vol.run("status", "--json").stdout)
+    assert doc["status"] == "ready" and doc["lane_status"][0]["name"] == "llm"
