@@ -21,8 +21,11 @@ def inspect(*args: str):
 
 
 def as_json(path: Path, *extra: str) -> tuple[int, dict]:
+    """The JSON of `inspect --json`, its schema_version checked and set aside."""
     r = inspect(path, "--json", *extra)
-    return r.exit_code, json.loads(r.stdout)
+    doc = json.loads(r.stdout)
+    assert doc.pop("schema_version") == 1
+    return r.exit_code, doc
 
 
 def fields(text: str) -> dict[str, str]:
