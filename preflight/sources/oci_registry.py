@@ -117,7 +117,7 @@ def _auth_key(key: str) -> str:
 def load_credentials(host: str) -> Credentials | None:
     """The first config file with an entry for `host`. Every secret read is registered for
     masking at once; a malformed file is a usage error naming the file, never a value."""
-    from ..redact import register
+    from ..redact import register, register_login
 
     want = host.lower()
     for path, explicit in _config_files():
@@ -158,6 +158,7 @@ def load_credentials(host: str) -> Credentials | None:
             rtoken = entry.get("registrytoken") if isinstance(entry.get("registrytoken"), str) else None
             for secret in (password, identity, rtoken):
                 register(secret)
+            register_login(user, password)
             if user or identity or rtoken:
                 return Credentials(user or None, password, identity or None, rtoken or None, str(path))
     return None
