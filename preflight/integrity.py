@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .volume import Volume
+
 # File reads: small enough that the copy out of the page cache stays in the CPU cache
 # for the hash that follows (4 MiB reads ran ~1.3x slower than openssl; see bench/).
 READ_CHUNK = 128 * 2**10
@@ -173,11 +175,13 @@ class Receipts:
 
     FILE = "receipts.json"
 
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, volume: Volume | None = None) -> None:
         self.state_dir = state_dir
+        self.volume = volume  # the state folder as the door sees it (volume.state_volume); else its own root
         self._files: dict[str, dict] = {}
         self._lanes: dict[str, dict] = {}  # lane name -> fingerprint of a passed format check
         self._refused: dict[str, dict] = {}  # refusal key -> why fetched bytes were not published
+        self._commits: dict[str, dict] = {}  # lane name -> {"source", "commit"}: the version it was last synced at
         self._dropped: set[str] = set()  # files forgotten here, not to come back from disk on save
         self._dirty = False
         if state_dir is not None:
@@ -189,6 +193,8 @@ class Receipts:
                     self._lanes = data["lanes"]
                 if isinstance(data, dict) and isinstance(data.get("refused"), dict):
                     self._refused = data["refused"]
+                if isinstance(data, dict) and isinstance(data.get("commits"), dict):
+                    self._commits = data["commits"]
             except (OSError, ValueError):
                 pass
 
@@ -210,10 +216,18 @@ class Receipts:
             return rec["warnings"]
         return None
 
-    def mark_lane(self, name: str, fingerprint: str, warnings: list[dict]) -> None:
+    def mark_lane(self, name: str, fingerprint: str, warnings: list[dict], info: dict | None = None) -> None:
         self._lanes[name] = {"fingerprint": fingerprint, "warnings": warnings,
-                             "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                             "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **({"info": info} if info else {})}
         self._dirty = True
+
+    def lane_info(self, name: str) -> tuple[dict, str | None]:
+        """What a past check of lane `name` noted (e.g. who signed it), and when it ran."""
+        rec = self._lanes.get(name)
+        if not isinstance(rec, dict):
+            return {}, None
+        info = rec.get("info")
+        return (info if isinstance(info, dict) else {}), rec.get("checked_at") if isinstance(rec.get("checked_at"), str) else None
 
     def verified(self, rel: str) -> tuple[int, dict[str, str]] | None:
         """Size and digests recorded when `rel` was last verified, whatever its stat is now."""
@@ -244,6 +258,19 @@ class Receipts:
         head = prefix.rstrip("/") + "/"
         return [k for k in self._files if k.startswith(head)]
 
+    def synced_at(self, lane: str, source: str) -> str | None:
+        """The commit (manifest digest, object version) `lane` was last synced at from
+        `source`; None when unknown or synced from another source."""
+        rec = self._commits.get(lane)
+        if isinstance(rec, dict) and rec.get("source") == source and isinstance(rec.get("commit"), str):
+            return rec["commit"]
+        return None
+
+    def mark_synced(self, lane: str, source: str, commit: str) -> None:
+        if self._commits.get(lane) != {"source": source, "commit": commit}:
+            self._commits[lane] = {"source": source, "commit": commit}
+            self._dirty = True
+
     def refusal(self, key: str) -> dict | None:
         rec = self._refused.get(key)
         return rec if isinstance(rec, dict) else None
@@ -261,44 +288,22 @@ class Receipts:
             try:
                 data = json.loads(path.read_bytes())
                 on_disk, lanes_on_disk, refused_on_disk = data.get("files", {}), data.get("lanes", {}), data.get("refused", {})
+                commits_on_disk = data.get("commits", {})
             except (OSError, ValueError, AttributeError):
-                on_disk, lanes_on_disk, refused_on_disk = {}, {}, {}
+                on_disk, lanes_on_disk, refused_on_disk, commits_on_disk = {}, {}, {}, {}
             merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else dict(self._files)
             for rel in self._dropped:
                 merged.pop(rel, None)
             lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
             refused = {**refused_on_disk, **self._refused} if isinstance(refused_on_disk, dict) else self._refused
-            atomic_write(path, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused}, indent=0, sort_keys=True).encode())
+            commits = {**commits_on_disk, **self._commits} if isinstance(commits_on_disk, dict) else self._commits
+            vol = self.volume if self.volume is not None and self.volume.path == self.state_dir else Volume(self.state_dir)
+            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused, "commits": commits},
+                                                  indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False
         return True
-
-
-def staged_size(path: Path) -> int:
-    """Bytes already in a staging file. Whatever stands there that is not a regular file
-    (a symlink, a folder) is removed, never followed: staging is ours, and a link would
-    send downloaded bytes outside the models folder."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return 0
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    if stat.S_ISDIR(st.st_mode):
-        import shutil
-
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-    return 0
-
-
-def nofollow(path: str, flags: int) -> int:
-    """An `opener` for open(): never through a symlink at the last component."""
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
 
 
 WRITE_BEHIND = 32 * 2**20
@@ -350,38 +355,3 @@ class WriteBehind:
                 os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass
-
-
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True, dir_fd: int | None = None) -> None:
-    """Write beside the target, fsync, rename over it: readers see old or new, never half.
-
-    The file gets the mode every other tool's files get (0666 less the umask), so a
-    server running as another uid reads refs and reports as it reads the weights. With
-    `dir_fd`, `path` is a bare name in that folder (see volume.Volume)."""
-    import secrets
-
-    if dir_fd is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        folder, name = str(path.parent), path.name
-    else:
-        folder, name = None, os.fspath(path)
-    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp_path = tmp if folder is None else os.path.join(folder, tmp)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp_path, flags, 0o666, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        if dir_fd is None:
-            os.replace(tmp_path, path)
-        else:
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp_path, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
