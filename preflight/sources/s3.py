@@ -346,7 +346,7 @@ class S3Source(Source):
         except FetchError as exc:
             raise self.client.rewrite(exc, url, where) from None
         if vouched and got.digests.get("sha256") not in (None, vouched):
-            partial.unlink(missing_ok=True)  # whole and wrong: nothing in it is worth resuming
+            partial.remove()  # whole and wrong: nothing in it is worth resuming
             raise FetchError(f"{where}: its bytes hash to sha256 {got.digests['sha256']}, the object's own checksum says {vouched}; "
                              "nothing of it was published", status=CHANGED)
         if self.from_lock and exp.sha256 and got.resumed_from == 0 and got.digests.get("sha256") not in (None, exp.sha256):
