@@ -405,6 +405,9 @@ def _look_member(f, span: A.Span, where: str, named: bool, depth: int, plan: _Pl
     except Unjudgeable as exc:
         plan.unjudged.append(f"{where}: {exc}")
         return
+    except Exception as exc:  # zlib's errors on a hostile deflate stream
+        plan.unjudged.append(f"{where}: cannot be inflated ({type(exc).__name__}: {exc})")
+        return
     if w.is_pickle:
         plan.add(where, span, "pickle")
 
