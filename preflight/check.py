@@ -280,10 +280,11 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         obs.st = st
         result.files += 1
         result.bytes += st.st_size
-        if exp is None or not (exp.sha256 or exp.sha1 or exp.size is not None):
-            # nothing pinned by manifest or lock: hold the file to what was verified when it was published
+        if exp is None or not (exp.sha256 or exp.sha1):
+            # no digest pinned by manifest, lock or source (a size at most): hold the file to
+            # what was verified when it was published, while its size is still the one pinned
             past = ctx.receipts.verified(plan.state_key(rel))
-            if past is not None and ("sha256" in past[1] or "sha1" in past[1]):
+            if past is not None and ("sha256" in past[1] or "sha1" in past[1]) and (exp is None or exp.size in (None, past[0])):
                 exp = FileExpect(past[0], past[1].get("sha256"), None if past[1].get("sha256") else past[1].get("sha1"))
                 obs.expect = exp
         if exp is not None and exp.size is not None and st.st_size != exp.size:

@@ -3,6 +3,10 @@ Range, status, body bytes sent) and injects faults into the responses of one obj
 stall after N bytes (until released), drop the connection after N bytes, or close a
 connection without answering. Signatures pass through untouched: the client signs for
 the proxy's host, which is the Host header the server sees.
+
+`listing` stands in for the server's ListObjectsV2 answers: a function of the request's
+query that returns the body (bytes, or an iterator of chunks sent without a length), for
+hostile listings a real server would not produce.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import http.client
 import socket
 import socketserver
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 
 @dataclass
@@ -39,6 +44,8 @@ class S3Proxy:
         self.upstream_port = upstream_port
         self.requests: list[Request] = []
         self.faults: dict[str, list[Fault]] = {}
+        self.listing: Callable[[dict[str, str]], bytes | Iterator[bytes]] | None = None
+        self.listings = 0  # listing requests answered by `listing`
         self._lock = threading.Lock()
         proxy = self
 
@@ -116,6 +123,10 @@ class S3Proxy:
             req = Request(method, path, rng)
             with self._lock:
                 self.requests.append(req)
+            query = dict(parse_qsl(urlsplit(target).query, keep_blank_values=True))
+            if method == "GET" and query.get("list-type") == "2" and self.listing is not None:
+                self._list(sock, req, self.listing(query))
+                return
             fault = self._take_fault(method, path)
             if fault is not None and fault.kind == "refuse":
                 sock.shutdown(socket.SHUT_RDWR)
@@ -151,6 +162,19 @@ class S3Proxy:
                 sock.close()
             except OSError:
                 pass
+
+    def _list(self, sock: socket.socket, req: Request, body: bytes | Iterator[bytes]) -> None:
+        with self._lock:
+            self.listings += 1
+        req.status = 200
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        chunks = iter([body]) if isinstance(body, bytes) else body
+        if isinstance(body, bytes):
+            head += f"Content-Length: {len(body)}\r\n"
+        sock.sendall((head + "\r\n").encode())
+        for chunk in chunks:
+            sock.sendall(chunk)
+            req.bytes_sent += len(chunk)
 
     def _stream(self, sock: socket.socket, resp: http.client.HTTPResponse, whole: bytes | None, req: Request, fault: Fault | None) -> None:
         chunks = iter([whole]) if whole is not None else iter(lambda: resp.read1(65536), b"")
