@@ -419,7 +419,7 @@ class Lowering:
         if k in ("throw", "abort"):
             return (k, self.message(s[1]))
         if k == "assert":
-            return ("assert", self.expr(s[1]), s[2])
+            return ("assert", self.expr(s[1]), _text(s[1]))
         if k == "opaque":
             return s
         raise AssertionError(k)

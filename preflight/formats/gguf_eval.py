@@ -1091,8 +1091,8 @@ class Machine:
                 if self.maybe:
                     rec.wrong.append(f"{formula} = {_fmt_shape(dims)}")
                     raise _Dead(f"tensor '{name}' has wrong shape; expected {_fmt_shape(dims)}, got {_fmt_shape(present)}")
-                raise LoadError("tensor-shape", f"tensor '{name}' has wrong shape; expected {_fmt_shape(dims)}, got {_fmt_shape(present)}",
-                                tensor=name, detail=f"{formula} = {_fmt_shape(dims)}")
+                raise LoadError("tensor-shape", f"tensor '{name}' has wrong shape", tensor=name,
+                                detail=f"expected {_fmt_shape(dims)} = {formula}, got {_fmt_shape(present)}")
         counted = flags is UNK or not (flags & DUPLICATED)
         if counted:
             rec.ok = True
@@ -1280,7 +1280,8 @@ def run(arch: str, meta: Mapping[str, object], kv_types: Mapping[str, tuple[int,
         for t in out.unused:
             rec = m.created.get(t)
             if rec is not None and rec.wrong:
-                out.tensors = LoadError("tensor-shape", f"tensor '{t}' has wrong shape on every path; expected one of: {'; '.join(rec.wrong)}, got {_fmt_shape(tensors[t])}", tensor=t)
+                out.tensors = LoadError("tensor-shape", f"tensor '{t}' has wrong shape", tensor=t,
+                                        detail=f"expected one of {'; '.join(rec.wrong)}, got {_fmt_shape(tensors[t])}")
                 out.unused = []
                 return out
     out.graph = _graph(m)

@@ -243,8 +243,7 @@ def _report(err: object, arch: str, out: Findings, stage: str) -> None:
         name = message.split("'")[1] if "'" in message else message
         out.error(P.TENSOR_MISSING, f"has no tensor {name!r}, which llama.cpp's {arch} loader requires with these hyper-parameters (\"{message}\")")
     elif kind == "tensor-shape":
-        out.error(P.BAD_SHAPE, f"llama.cpp's {arch} loader refuses it: \"{message}\" (expected {detail})" if detail else
-                  f"llama.cpp's {arch} loader refuses it: \"{message}\"")
+        out.error(P.BAD_SHAPE, f"llama.cpp's {arch} loader refuses it (\"{message}\"): {detail}")
     elif stage == "graph":
         out.error(P.HPARAM_INVALID, f"{ENGINE_NAME} aborts when it builds this model's first graph (creating a context, before the "
                   f"first decode): \"{said}\"")
