@@ -226,7 +226,7 @@ def spec(m: Model) -> Spec:
 @dataclass
 class Mutant:
     family: str
-    kind: str  # "good", "hparam", "hparam-rebuilt", "dim", "vocab", "type"
+    kind: str  # "good", "hparam", "hparam-rebuilt", "dim", "drop", "vocab", "type"
     name: str
     spec: Spec
     mode: str = "decode"  # what the oracle does: "decode" loads, creates a context and decodes one token
@@ -385,6 +385,11 @@ def mutants(base: Model) -> Iterator[Mutant]:
                 new[axis] = f(new[axis])
                 s = Spec(list(s0.kvs), [(n, tuple(new) if n == tname else sh, q) for n, sh, q in s0.tensors])
                 yield Mutant(fam, "dim", f"{tname}[{axis}]{how}", s, expect_ok=False)
+    for tname, _, _ in s0.tensors:
+        if tname.startswith("blk.") and not tname.startswith("blk.0."):
+            continue
+        s = Spec(list(s0.kvs), [t for t in s0.tensors if t[0] != tname])
+        yield Mutant(fam, "drop", f"{tname} dropped", s)
     for name, edit, ok in vocab_mutants(base):
         yield Mutant(fam, "vocab", name, edit(s0), expect_ok=ok)
     # a ggml type past llama.cpp's table (43): llama.cpp refuses it as invalid

@@ -129,6 +129,8 @@ class Outcome:
     complete: bool = False  # the tensor stage was followed to the end with nothing unknown that may create tensors
     followed: bool = False  # the hyper-parameters were derived (the tensor stage ran)
     values: dict[str, object] = field(default_factory=dict)  # a few derived hyper-parameters, for messages
+    fault: str | None = None  # the evaluator itself failed (never expected; the run then finds nothing)
+    machine: Machine | None = field(default=None, repr=False)
 
 
 @lru_cache(maxsize=None)
@@ -198,6 +200,9 @@ class Machine:
         self.journal: list[tuple] = []
         self.created: dict[str, Created] = {}
         self.incomplete = False
+        # Asked for a required tensor the file lacks: return its dims to take it as present with
+        # them (a caller building a file from what the loader asks for), or None for llama.cpp's refusal.
+        self.on_missing: Callable[[str, list], bool] | None = None
 
     @staticmethod
     def _init_field(spec: tuple) -> object:
@@ -926,19 +931,21 @@ class Machine:
             raise _Dead(message)
         raise LoadError(kind, message, key=key)
 
-    def _required(self, required: object, key: str) -> bool:
+    def _required(self, required: object, key: str, ctype: str | None = None) -> bool:
         if required is UNK:
             if self.maybe:
                 raise _Dead("")
             raise _GiveUp("required unknown")
         if required:
-            self.fail("key-missing", f"key not found in model: {key}", key)
+            if self.maybe:
+                raise _Dead(f"key not found in model: {key}")
+            raise LoadError("key-missing", f"key not found in model: {key}", key=key, detail=ctype or "")
         return False
 
     def get_key(self, key: str, target: list, required: object, ctype: str | None) -> object:
         kt = self.kv_types.get(key)
         if kt is None:
-            return self._required(required, key)
+            return self._required(required, key, ctype)
         want = _GGUF_OF.get(ctype or "")
         if want is None:
             self.write(target, UNK)
@@ -955,7 +962,7 @@ class Machine:
     def get_key_scalar(self, key: str, target: list, required: object, ctype: str | None) -> object:
         kt = self.kv_types.get(key)
         if kt is None:
-            return self._required(required, key)
+            return self._required(required, key, ctype)
         if kt[0] == 9:
             if required is UNK:
                 raise _GiveUp("required unknown")
@@ -967,7 +974,7 @@ class Machine:
     def get_arr_n(self, key: str, target: list, required: object) -> object:
         kt = self.kv_types.get(key)
         if kt is None:
-            return self._required(required, key)
+            return self._required(required, key, "array")
         if kt[0] != 9:
             self.fail("key-type", f"key {key} has wrong type {_TYPE_NAMES[kt[0]]} but expected type arr", key)
         self.write(target, _length(self.meta.get(key)))
@@ -997,7 +1004,7 @@ class Machine:
     def get_arr(self, key: str, target: list, required: object, ctype: str | None) -> object:
         kt = self.kv_types.get(key)
         if kt is None or kt[0] != 9:
-            return self._required(required, key)
+            return self._required(required, key, f"array:{ctype}")
         arr = self.ev(target)
         values = self._array_values(key, kt[1] if kt[1] is not None else -1, ctype)
         n = _length(self.meta.get(key))
@@ -1021,7 +1028,7 @@ class Machine:
     def get_key_or_arr(self, key: str, target: list, n: object, required: object, ctype: str | None) -> object:
         kt = self.kv_types.get(key)
         if kt is None:
-            return self._required(required, key)
+            return self._required(required, key, ctype)
         arr = self.ev(target)
         if not isinstance(arr, list) or not isinstance(n, int):
             if isinstance(arr, list):
@@ -1067,10 +1074,16 @@ class Machine:
             dims = UNK
         if present is None:
             if flags is UNK:
-                return None if not self.maybe else None
+                return None
             if not flags & NOT_REQUIRED:
-                self.fail("tensor-missing", f"tensor '{name}' not found", "")
-            return None
+                if self.on_missing is not None and not self.maybe and dims is not UNK and self.on_missing(name, dims):
+                    self.tensors[name] = tuple(dims)  # type: ignore[index]
+                    present = self.tensors[name]
+                else:
+                    self.fail("tensor-missing", f"tensor '{name}' not found", "")
+                    return None
+            else:
+                return None
         rec = self.created.get(name)
         if rec is None:
             rec = self.created[name] = Created()
@@ -1245,13 +1258,27 @@ _EXPR: dict[str, Callable[[Machine, list], object]] = {
 
 
 def run(arch: str, meta: Mapping[str, object], kv_types: Mapping[str, tuple[int, int | None]],
-        tensors: Mapping[str, tuple[int, ...]] | None, n_vocab: object, n_token_types: object = 0) -> Outcome:
+        tensors: Mapping[str, tuple[int, ...]] | None, n_vocab: object, n_token_types: object = 0,
+        on_missing: Callable[[str, list], bool] | None = None) -> Outcome:
     """llama.cpp's load of a model of `arch` (one in gguf_arch.ARCH_CLASSES) over this header.
 
-    `tensors=None` stops after the hyper-parameters (a split part without its tensors).
+    `tensors=None` stops after the hyper-parameters (a split part without its tensors);
+    `on_missing`: see Machine.on_missing. A fault of this evaluator itself (a program it reads
+    wrongly) ends the run with nothing found and `Outcome.fault` saying what happened.
     """
+    try:
+        return _run(arch, meta, kv_types, tensors, n_vocab, n_token_types, on_missing)
+    except (RecursionError, TypeError, ValueError, AttributeError, IndexError, KeyError, ZeroDivisionError, OverflowError) as exc:
+        return Outcome(fault=f"{type(exc).__name__}: {exc}")
+
+
+def _run(arch: str, meta: Mapping[str, object], kv_types: Mapping[str, tuple[int, int | None]],
+         tensors: Mapping[str, tuple[int, ...]] | None, n_vocab: object, n_token_types: object,
+         on_missing: Callable[[str, list], bool] | None) -> Outcome:
     out = Outcome()
-    m = Machine(arch, meta, kv_types, tensors or {}, n_vocab, n_token_types)
+    m = Machine(arch, meta, kv_types, dict(tensors or {}), n_vocab, n_token_types)
+    m.on_missing = on_missing
+    out.machine = m
     try:
         m.run_function("llama_model_base::load_hparams", m.model, [None])
     except LoadError as err:
@@ -1327,6 +1354,10 @@ def _op_build_qkv(m: Machine, args: list) -> object:
     if not isinstance(layer, Struct) or not _ints(hq, nq, hk, nk, hv, nv):
         return out
     fused = layer.read("wqkv")
+    if fused is None and layer.read("wq") is None:
+        # neither a fused nor a separate query weight: build_lora_mm(layer.wq, ...) reads a null tensor
+        _graph_fail(m, "the graph multiplies by blk.N.attn_q.weight, which this model does not have (llama.cpp crashes: a null tensor)",
+                    "no attn_qkv.weight and no attn_q.weight in a block whose graph builds attention")
     if isinstance(fused, Tensor):
         d = _dims(m, fused)
         if d is not None and hq * nq + hk * nk + hv * nv > d[1]:
