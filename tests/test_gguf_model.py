@@ -158,3 +158,18 @@ def test_real_llama_cpp_vocabulary_files_pass() -> None:
     for name, n in (("ggml-vocab-llama-spm.gguf", 32000), ("ggml-vocab-gemma-4.gguf", 262144)):
         info = check_gguf(folder / name)
         assert info.ok and info.problems == [] and info.vocab_only and info.vocab_size == n, info.problems
+
+
+def test_the_tables_are_what_llama_cpp_s_source_gives() -> None:
+    """gguf_arch.py and gguf_programs.py regenerate identically from the sdist the oracle builds."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    cache = Path(os.environ.get("PREFLIGHT_WHEEL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lane-preflight" / "wheels")
+    if not (cache / f"llama_cpp_python-{ENGINE['llama-cpp-python']}.tar.gz").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the llama-cpp-python sdist is missing: run bash ops/oracle-llama.sh")
+        pytest.skip("the llama-cpp-python sdist comes with ops/oracle-llama.sh")
+    out = subprocess.run([sys.executable, str(repo / "ops" / "gen-gguf-arch.py"), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

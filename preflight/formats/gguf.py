@@ -372,7 +372,8 @@ class _Cursor:
 
         With `find_repeat`, return the first non-empty string that appears twice, if any, and
         which of PROBE_TOKENS the strings hold."""
-        first = self.pos
+        if find_repeat:
+            return self._distinct_strings(count, what)
         unpack = _U64.unpack_from
         buf, base = self.buf, self.base
         p = self.pos - base
@@ -392,7 +393,49 @@ class _Cursor:
         self.pos = base + p
         if self.pos > self.size:
             raise _overrun(f"{what}: last string claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
-        return _first_repeat(self._region(first, self.pos), count) if find_repeat else (None, None)
+        return None, None
+
+    def _distinct_strings(self, count: int, what: str) -> tuple[bytes | None, frozenset[str]]:
+        """skip_strings for the token list, in one pass that also hashes each string: the first
+        non-empty string seen twice (llama.cpp aborts on it), if any, and which of PROBE_TOKENS it holds."""
+        first = self.pos
+        unpack = _U64.unpack_from
+        seen: set[bytes] = set()
+        add = seen.add
+        data = bytes(self.buf)
+        base = self.base
+        p = self.pos - base
+        end = len(data)
+        ln = 0
+        for i in range(count):
+            if p + 8 > end:
+                data, p, end = self._extend(base + p, 8, f"{what} (string {i} of {count})", ln)
+                base = self.base
+            ln = unpack(data, p)[0]
+            q = p + 8
+            p = q + ln
+            if p > end:
+                if base + p > self.size:
+                    self.pos = base + p
+                    raise _overrun(f"{what}: string {i} of {count} claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
+                data, q, end = self._extend(base + q, ln, f"{what} (string {i} of {count})", ln)
+                base = self.base
+                p = q + ln
+            add(data[q:p])
+        self.pos = base + p
+        present = frozenset(t for t, raw in _PROBES.items() if raw in seen)
+        if len(seen) == count or (len(seen) == count - 1 and b"" in seen) or count == 0:
+            return None, present
+        return _first_repeat(self._region(first, self.pos), count), present
+
+    def _extend(self, at: int, n: int, what: str, ln: int) -> tuple[bytes, int, int]:
+        """Make [at, at+n) readable; the window as bytes, `at` in it, and its end."""
+        if at > self.size:
+            self.pos = at
+            raise _overrun(f"{what}: the previous string claims {ln} bytes, ending {at - self.size} bytes past the end of the file", ln)
+        self.pos = at
+        off = self.need(n, what)
+        return bytes(self.buf), off, len(self.buf)
 
     def _region(self, start: int, end: int) -> bytes:
         if self.base <= start and end <= self.base + len(self.buf):
@@ -400,31 +443,19 @@ class _Cursor:
         return self.src.read_at(start, end - start)
 
 
-def _first_repeat(data: bytes, count: int) -> tuple[bytes | None, frozenset[str]]:
-    """The first non-empty string of a gguf string array (`data`, already bounds-checked) seen
-    twice, and which of PROBE_TOKENS the array holds."""
+def _first_repeat(data: bytes, count: int) -> bytes | None:
+    """The first non-empty string of a gguf string array (`data`, already bounds-checked) seen twice."""
     unpack = _U64.unpack_from
     seen: set[bytes] = set()
-    add = seen.add
-    p = 0
-    for _ in range(count):
-        ln = unpack(data, p)[0]
-        p += 8
-        add(data[p : p + ln])
-        p += ln
-    present = frozenset(t for t, raw in _PROBES.items() if raw in seen)
-    if len(seen) == count:  # every string distinct
-        return None, present
-    seen.clear()
     p = 0
     for _ in range(count):
         ln = unpack(data, p)[0]
         text = data[p + 8 : p + 8 + ln]
         p += 8 + ln
         if text and text in seen:
-            return text, present
+            return text
         seen.add(text)
-    return None, present
+    return None
 
 
 

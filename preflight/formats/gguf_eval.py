@@ -345,7 +345,6 @@ class Machine:
             return 0
         mark = len(self.journal)
         saved = (len(self.scopes), len(self.levels), self.this, self.retval, self.ret_maybe, [list(x) for x in self.loop_maybe], self.maybe, self.depth)
-        created = {k: (v.ok, v.certain, len(v.wrong)) for k, v in self.created.items()}
         self.maybe += 1
         try:
             st = self.exec(arm)
@@ -359,16 +358,11 @@ class Machine:
             self.loop_maybe[:] = loops
         if st == -1:
             for container, key, old in reversed(self.journal[mark:]):
-                container[key] = old
-            del self.journal[mark:]
-            for k in list(self.created):
-                if k not in created:
-                    del self.created[k]
+                if key is None:  # a tensor's record (its `wrong` shapes stay: they name what every path asked for)
+                    container.ok, container.certain = old
                 else:
-                    ok, certain, n = created[k]
-                    c = self.created[k]
-                    c.ok, c.certain = ok, certain
-                    del c.wrong[n:]
+                    container[key] = old
+            del self.journal[mark:]
         return st
 
     def _for(self, s: list) -> int:
@@ -1108,10 +1102,12 @@ class Machine:
                                 detail=f"expected {_fmt_shape(dims)} = {formula}, got {_fmt_shape(present)}")
         counted = flags is UNK or not (flags & DUPLICATED)
         if counted:
+            if self.maybe:
+                self.journal.append((rec, None, (rec.ok, rec.certain)))
             rec.ok = True
             if not self.maybe and flags is not UNK:
                 rec.certain = True
-        if _base(name) in A.UNUSED_TENSORS:
+        if name.split(".", 1)[0] in _UNUSED_HEADS and _base(name) in A.UNUSED_TENSORS:
             return None
         if flags is not UNK and flags & SKIP:
             return None
@@ -1228,6 +1224,9 @@ def _effects(node: list) -> _Effects:
 
     walk(node)
     return _Effects(frozenset(writes), frozenset(calls), flags["creates"], flags["returns"])
+
+
+_UNUSED_HEADS = frozenset(u.split(".", 1)[0] for u in A.UNUSED_TENSORS)
 
 
 def _base(name: str) -> str:
