@@ -346,6 +346,11 @@ def vocab_mutants(base: Model) -> Iterator[tuple[str, Callable[[Spec], Spec], bo
     yield "token-empty", lambda s: _set(s, "tokenizer.ggml.tokens", VT.ARRAY, (VT.STRING, [*tokens[:-2], "", tokens[-1]])), True
     yield "bos-out-of-range", lambda s: _set(s, "tokenizer.ggml.bos_token_id", VT.UINT32, 100_000), True
     yield "token-type-99", lambda s: _set(s, "tokenizer.ggml.token_type", VT.ARRAY, (VT.INT32, [99] * len(types))), None
+    yield "token-type-all-byte", lambda s: _set(s, "tokenizer.ggml.token_type", VT.ARRAY, (VT.INT32, [6] * len(types))), None
+    short = next((i for i, t in enumerate(tokens) if len(t.encode()) < 3), None)
+    if short is not None:
+        yield "short-token-typed-byte", lambda s: _set(s, "tokenizer.ggml.token_type", VT.ARRAY,
+                                                       (VT.INT32, [6 if i == short else t for i, t in enumerate(types)])), False
     yield "name-phi3-without-endoftext", lambda s: _set(_set(s, "general.name", VT.STRING, "phi3 mini"), "tokenizer.ggml.tokens", VT.ARRAY,
                                                             (VT.STRING, [t if t != "<|endoftext|>" else "<|end|>" for t in tokens])), False
     yield "name-phi3", lambda s: _set(s, "general.name", VT.STRING, "phi3 mini"), None

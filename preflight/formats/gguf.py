@@ -58,6 +58,7 @@ MAX_STRING_ARRAY = 1 << 21
 MAX_KEY_BYTES = 1 << 16
 MAX_CHECKED_VOCAB = 1 << 19  # vocabularies up to this size are checked for repeated tokens
 MAX_KEPT_STRING = 1 << 20  # longer string values are skipped and summarised (chat templates are ~10 KB)
+MAX_SHORT_TOKENS = 1 << 12  # tokens of 1-2 bytes recorded (a byte-level BPE vocabulary has ~200)
 TENSOR_ALIGNMENT = 32  # ggml-impl.h; ggml_backend_cpu_buffer_from_ptr asserts it for mmap-backed buffers
 SMALL_ARRAY = 16  # arrays up to this length are kept in `metadata`; longer ones are summarised
 # Numeric arrays of up to one entry per layer (LLAMA_MAX_LAYERS) are kept too, while their total
@@ -227,6 +228,11 @@ class ArraySummary:
     duplicate: bytes | None = field(default=None, compare=False)
     # tokenizer.ggml.tokens only: which of PROBE_TOKENS it holds (llama.cpp looks some up by text)
     present: frozenset[str] | None = field(default=None, compare=False)
+    # tokenizer.ggml.tokens only: (index, text) of the non-empty tokens shorter than 3 bytes (a byte
+    # token's text is read as "<0xXX>": llama.cpp throws on a shorter one), at most MAX_SHORT_TOKENS
+    short: tuple[tuple[int, bytes], ...] | None = field(default=None, compare=False)
+    # tokenizer.ggml.token_type only (int32, a vocabulary's length at most): the raw little-endian values
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"array": self.item_type, "length": self.length}
@@ -367,13 +373,8 @@ class _Cursor:
             raise _Stop(code, f"{what} is {raw} bytes, {too_long}")
         return raw
 
-    def skip_strings(self, count: int, what: str, find_repeat: bool = False) -> tuple[bytes | None, frozenset[str] | None]:
-        """Walk `count` gguf strings reading only their lengths: the hot loop for vocabularies.
-
-        With `find_repeat`, return the first non-empty string that appears twice, if any, and
-        which of PROBE_TOKENS the strings hold."""
-        if find_repeat:
-            return self._distinct_strings(count, what)
+    def skip_strings(self, count: int, what: str) -> None:
+        """Walk `count` gguf strings reading only their lengths (merges and other string arrays)."""
         unpack = _U64.unpack_from
         buf, base = self.buf, self.base
         p = self.pos - base
@@ -393,15 +394,16 @@ class _Cursor:
         self.pos = base + p
         if self.pos > self.size:
             raise _overrun(f"{what}: last string claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
-        return None, None
 
-    def _distinct_strings(self, count: int, what: str) -> tuple[bytes | None, frozenset[str]]:
+    def _distinct_strings(self, count: int, what: str) -> tuple[bytes | None, frozenset[str], tuple[tuple[int, bytes], ...]]:
         """skip_strings for the token list, in one pass that also hashes each string: the first
-        non-empty string seen twice (llama.cpp aborts on it), if any, and which of PROBE_TOKENS it holds."""
+        non-empty string seen twice (llama.cpp aborts on it), if any, which of PROBE_TOKENS it
+        holds, and its short tokens (see ArraySummary.short)."""
         first = self.pos
         unpack = _U64.unpack_from
         seen: set[bytes] = set()
         add = seen.add
+        short: list[tuple[int, bytes]] = []
         data = bytes(self.buf)
         base = self.base
         p = self.pos - base
@@ -421,12 +423,14 @@ class _Cursor:
                 data, q, end = self._extend(base + q, ln, f"{what} (string {i} of {count})", ln)
                 base = self.base
                 p = q + ln
+            if ln < 3 and ln and len(short) < MAX_SHORT_TOKENS:
+                short.append((i, data[q:p]))
             add(data[q:p])
         self.pos = base + p
         present = frozenset(t for t, raw in _PROBES.items() if raw in seen)
         if len(seen) == count or (len(seen) == count - 1 and b"" in seen) or count == 0:
-            return None, present
-        return _first_repeat(self._region(first, self.pos), count), present
+            return None, present, tuple(short)
+        return _first_repeat(self._region(first, self.pos), count), present, tuple(short)
 
     def _extend(self, at: int, n: int, what: str, ln: int) -> tuple[bytes, int, int]:
         """Make [at, at+n) readable; the window as bytes, `at` in it, and its end."""
@@ -616,6 +620,10 @@ def _array(cur: _Cursor, itype: int, what: str) -> object:
             off = cur.need(st.size, f"array {what}")
             cur.pos += st.size
             return list(st.unpack_from(cur.buf, off))
+        if what == "tokenizer.ggml.token_type" and itype == 5 and count <= MAX_CHECKED_VOCAB:
+            off = cur.need(count * 4, f"array {what}")
+            cur.pos += count * 4
+            return ArraySummary("int32", count, raw=bytes(cur.buf[off : off + count * 4]))
         cur.pos += count * item
         return ArraySummary(value_type_name(itype), count)
     if itype == STRING:
@@ -627,8 +635,11 @@ def _array(cur: _Cursor, itype: int, what: str) -> object:
             items = [cur.raw_string(f"array {what} string {i}", MAX_KEPT_STRING) for i in range(count)]
             return [str(StringSummary(s)) if isinstance(s, int) else s.decode("utf-8", "replace") for s in items]
         # llama_vocab::load asserts that every token text is distinct (it aborts the process otherwise).
-        dup, present = cur.skip_strings(count, f"array {what}", what == "tokenizer.ggml.tokens" and count <= MAX_CHECKED_VOCAB)
-        return ArraySummary("string", count, dup, present)
+        if what == "tokenizer.ggml.tokens" and count <= MAX_CHECKED_VOCAB:
+            dup, present, short = cur._distinct_strings(count, f"array {what}")
+            return ArraySummary("string", count, dup, present, short)
+        cur.skip_strings(count, f"array {what}")
+        return ArraySummary("string", count)
     if itype == ARRAY:
         raise _Stop(P.BAD_VALUE_TYPE, f"array {what} is an array of arrays, which llama.cpp refuses (\"invalid GGUF type 9\")")
     raise _Stop(P.BAD_VALUE_TYPE, f"array {what} has item type {itype}, expected 0..12 (uint8 .. float64)")

@@ -320,7 +320,38 @@ def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch
         elif n > n_tokens:
             out.warning(P.VOCAB_INVALID, f"{key} has {n} entries for {n_tokens} tokens; llama.cpp ignores the extra {n - n_tokens}")
     _name_tokens(meta, kv_types, present, out)
+    if vtype in ("SPM", "UGM", "BPE"):
+        _byte_tokens(tokens, meta.get("tokenizer.ggml.token_type") if kv_types.get("tokenizer.ggml.token_type") == (ARR, I32) else None, out)
     return n_tokens
+
+
+BYTE = 6  # LLAMA_TOKEN_TYPE_BYTE
+
+
+def _byte_tokens(tokens: object, types: object, out: Findings) -> None:
+    """llama_vocab::load builds every token's piece; a byte token's is read from its text as
+    "<0xXX>" (token_to_byte: text.substr(3, 2)), which throws for a text under 3 bytes."""
+    if isinstance(tokens, list):
+        short = [(i, t.encode()) for i, t in enumerate(tokens) if 0 < len(t.encode()) < 3]
+    else:
+        short = list(getattr(tokens, "short", None) or ())
+    if not short or types is None:
+        return
+    if isinstance(types, list):
+        def type_of(i: int) -> int | None:
+            return types[i] if i < len(types) else None
+    else:
+        raw = getattr(types, "raw", None)
+        if raw is None:
+            return
+
+        def type_of(i: int) -> int | None:
+            return int.from_bytes(raw[4 * i : 4 * i + 4], "little", signed=True) if 4 * i + 4 <= len(raw) else None
+    for i, text in short:
+        if type_of(i) == BYTE:
+            out.error(P.VOCAB_INVALID, f"tokenizer.ggml.token_type marks token {i} ({text.decode('utf-8', 'replace')!r}) as a byte token, "
+                      f"but a byte token's text is \"<0xXX>\"; llama.cpp's vocabulary load throws (\"basic_string::substr\")")
+            return
 
 
 def _name_tokens(meta: Mapping[str, object], kv_types: Mapping[str, KVType], present: frozenset[str] | None, out: Findings) -> None:
