@@ -292,6 +292,14 @@ def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch
                f"(\"unknown pre-tokenizer type: '{pre}'\")")
     if vtype == "BPE" and "tokenizer.ggml.merges" not in kv_types and (model == "gemma4" or pre != MERGES_OPTIONAL_PRE):
         out.error(P.TOKENIZER_MISSING, f"is a BPE ({model}) tokenizer without tokenizer.ggml.merges (\"cannot find tokenizer merges in model file\")")
+    charsmap = kv_types.get("tokenizer.ggml.precompiled_charsmap")
+    if vtype == "UGM" and charsmap is not None:
+        n = _length(meta.get("tokenizer.ggml.precompiled_charsmap"))
+        if charsmap not in ((ARR, U8), (ARR, I8)):
+            out.error(P.KV_TYPE_MISMATCH, "tokenizer.ggml.precompiled_charsmap is not an array of int8/uint8 "
+                      "(\"invalid gguf type for tokenizer.ggml.precompiled_charsmap\")")
+        elif n is not None and n < 4:
+            out.error(P.VOCAB_INVALID, "tokenizer.ggml.precompiled_charsmap has fewer than 4 bytes (\"precompiled_charsmap too small for xcda_blob_size header!\")")
     if "tokenizer.ggml.tokens" not in kv_types:
         out.error(P.TOKENIZER_MISSING, "has no tokenizer.ggml.tokens (\"cannot find tokenizer vocab in model file\")")
         return None
