@@ -67,6 +67,9 @@ def transformer(hidden: int, ffn: int, kv: int, layers: int, vocab: int, tied: b
             f"{p}.self_attn.o_proj.weight": ("BF16", (hidden, hidden)),
             f"{p}.self_attn.q_proj.weight": ("BF16", (hidden, hidden)),
             f"{p}.self_attn.v_proj.weight": ("BF16", (kv, hidden)),
+            f"{p}.self_attn.q_proj.bias": ("BF16", (hidden,)),  # Qwen2 always has q/k/v biases
+            f"{p}.self_attn.k_proj.bias": ("BF16", (kv,)),
+            f"{p}.self_attn.v_proj.bias": ("BF16", (kv,)),
         }
     out["model.norm.weight"] = ("BF16", (hidden,))
     if not tied:
@@ -106,8 +109,10 @@ def write_vllm_folder(folder: Path, dims: tuple[int, int, int, int, int, bool], 
         "num_hidden_layers": layers, "num_attention_heads": hidden // 128, "num_key_value_heads": kv // 128,
         "vocab_size": vocab, "max_position_embeddings": 32768, "tie_word_embeddings": tied, "torch_dtype": "bfloat16",
     }, indent=2))
-    vocab_map = {f"tok{i}": i for i in range(vocab)}
-    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": vocab_map, "merges": [f"tok{i} tok{i + 1}" for i in range(0, vocab - 1, 2)]}}))
+    pairs = [(f"p{2 * i}", f"p{2 * i + 1}") for i in range(vocab // 3)]  # every merge and its result in the vocabulary
+    pieces = [t for pair in pairs for t in (*pair, pair[0] + pair[1])]
+    vocab_map = {t: i for i, t in enumerate(pieces + [f"tok{i}" for i in range(vocab - len(pieces))])}
+    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": vocab_map, "merges": [f"{a} {b}" for a, b in pairs]}}))
     for name in SMALL_FILES:
         (folder / name).write_text(json.dumps({"name": name, "folder": folder.name}) if name.endswith(".json") else f"{name} of {folder.name}\n" * 50)
 

@@ -64,6 +64,7 @@ if ! ls "$dir"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
     mv "$tmp"/llama_cpp_python-"$version"-*.whl "$dir"/
 fi
 
-# The wheel's own dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index.
-"$python" -m pip install --quiet --disable-pip-version-check "$dir"/llama_cpp_python-"$version"-*.whl
+# The wheel's own dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index,
+# within the test command's constraints when it passes them.
+"$python" -m pip install --quiet --disable-pip-version-check ${PREFLIGHT_PIP_CONSTRAINTS:+-c "$PREFLIGHT_PIP_CONSTRAINTS"} "$dir"/llama_cpp_python-"$version"-*.whl
 echo "llama-cpp-python $version installed from $dir; vocabulary files in $vocab"

@@ -8,11 +8,23 @@
 #     python3-torch, under a minute);
 #   - an S3-compatible server (s3s-fs from crates.io, built once: about 10 minutes);
 #   - the Docker image tests build a base image with debootstrap (a few minutes).
+#
+# Package versions: pinned by ops/constraints.txt (refreshed on purpose by
+# ops/refresh-constraints.sh), so a fresh machine runs the suite on the versions it last
+# passed on. PREFLIGHT_CONSTRAINTS=none runs it on the newest releases instead;
+# PREFLIGHT_CONSTRAINTS=FILE on another set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
-step "python packages (pip install -e '.[test]')"
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+constraints="${PREFLIGHT_CONSTRAINTS:-$PWD/ops/constraints.txt}"
+if [ "$constraints" = "none" ]; then
+    export PREFLIGHT_PIP_CONSTRAINTS=""
+    step "python packages (pip install -e '.[test]', newest releases)"
+else
+    export PREFLIGHT_PIP_CONSTRAINTS="$(realpath "$constraints")"
+    step "python packages (pip install -e '.[test]' -c ${constraints#$PWD/})"
+fi
+python3 -m pip install --quiet --disable-pip-version-check ${PREFLIGHT_PIP_CONSTRAINTS:+-c "$PREFLIGHT_PIP_CONSTRAINTS"} -e '.[test]'
 step "oracle: llama.cpp bindings (built once, then cached)"
 bash ops/oracle-llama.sh
 step "oracle: CPU torch + transformers"

@@ -33,6 +33,7 @@ class Context:
     lock: Lock | None = None
     verify: str = "auto"  # "auto": trust receipts; "full": hash everything with a known digest
     notes: list[str] = field(default_factory=list)
+    accelerator: object = None  # serving.lane.NodeAccelerator: this node, for lanes that declare how they are served
 
     @property
     def real_models_dir(self) -> str:
@@ -450,6 +451,12 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
         plan.result.settle()
         if fingerprint is not None and not plan.result.errors:
             ctx.receipts.mark_lane(plan.lane.name, fingerprint, [p.to_dict() for p in plan.result.problems[observed:]])
+    for plan in plans:
+        if plan.lane.serve is not None and not plan.escaped and not plan.result.errors:
+            from .serving.lane import fit_plan  # will the engine start it on this node (serving/)
+
+            fit_plan(ctx, plan, infos.get(plan.lane.name))
+            plan.result.settle()
     for plan in plans:
         if plan.lane.signature is not None:  # the publisher's signature over the digests just verified (signing.py)
             from .signing import verify_lane

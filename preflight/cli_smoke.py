@@ -166,12 +166,12 @@ def _write_report(path: str, text: str) -> None:
     from pathlib import Path
 
     from .errors import UsageError
-    from .integrity import atomic_write
+    from .volume import write_file_atomic
 
     try:
         from .redact import redact
 
-        atomic_write(Path(path), redact(text).encode() + b"\n", fsync=False)
+        write_file_atomic(Path(path), redact(text).encode() + b"\n", fsync=False)
     except OSError as exc:
         raise UsageError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
 

@@ -33,11 +33,13 @@ def status(keep, **kw) -> int:
 
     session = Session.open(command="status", **kw)
     report = session.check()
-    items = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=False)
+    planned = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=False)
+    items = planned.items
+    report.notes.extend(planned.refused)
     lanes = [pr.lane_status(session.ctx, lane, items) for lane in session.lanes]
     free = shutil.disk_usage(session.ctx.models_dir).free if session.ctx.models_dir.exists() else None
     report.extra.update({"volume": {"free_bytes": free, "prune_frees": sum(i.freed for i in items)},
-                         "status": [s.to_dict() for s in lanes]})
+                         "lane_status": [s.to_dict() for s in lanes]})
     by_name = {s.name: s for s in lanes}
     for res in report.lanes:
         s = by_name[res.name]
@@ -45,11 +47,14 @@ def status(keep, **kw) -> int:
                     + (f", verified {s.last_verified}" if s.last_verified else "")
                     + (f", {len(s.kept_revisions)} older kept" if s.kept_revisions else "")
                     + (f", prune frees {human_size(s.prune_frees)}" if s.prune_frees else ""))
-    if not kw.get("quiet"):
+    if not kw.get("as_json"):  # the answer of a query goes to stdout (`preflight status | less`); --json puts the report there
         for res in report.lanes:
-            click.echo(f"  {res.name}: {res.note}", err=True)
-        click.echo(f"volume: {human_size(free) if free is not None else '?'} free; prune would free "
-                   f"{human_size(sum(i.freed for i in items))} (staging partials included)", err=True)
+            click.echo(f"{res.name}: {res.note}")
+        if session.ctx.models_dir.is_dir():
+            click.echo(f"volume: {human_size(free) if free is not None else '?'} free; prune would free "
+                       f"{human_size(sum(i.freed for i in items))} (staging partials included)")
+        else:
+            click.echo(f"volume: the models folder {session.ctx.models_dir} does not exist")
     return session.finish(report)
 
 
@@ -79,18 +84,30 @@ def prune(keep, dry_run, unselected, lease_wait, lease_stale, **kw) -> int:
     session = Session.open(command="prune", **kw)
     lease = None
     if not dry_run and session.state_dir is not None and session.state_dir.exists():
-        lease = Lease(session.state_dir, stale_after=lease_stale)
+        from .volume import state_volume
+
+        lease = Lease(state_volume(session.ctx.models_dir, session.state_dir, create=False), stale_after=lease_stale)
         lease.acquire(lease_wait, lambda msg: click.echo(msg, err=True))
     try:
-        items = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=unselected)
+        planned = pr.plan(session.ctx, session.lanes, session.state_dir, keep=keep, unselected=unselected)
+        items = planned.items
         total = sum(i.freed for i in items)
         for item in items:
             click.echo(f"{'would remove' if dry_run else 'remove'} {item.path} ({item.what}: {item.why}; frees {human_size(item.freed)})", err=True)
-        freed = 0 if dry_run else pr.remove(items)
+        freed, notes = (0, []) if dry_run else pr.remove(items)
     finally:
         if lease is not None:
             lease.release()
     report = session.check()
+    report.notes.extend(planned.refused + notes)
+    if planned.refused and report.exit_code == 0:
+        # A link planted in the volume kept part of it from being pruned: not an error of
+        # the lanes, but not something to pass over silently either.
+        from .errors import ExitCode
+
+        report.exit_code = ExitCode.NOT_READY
+        report.reason = planned.refused[0]
+        report.hint = "a folder of the volume is a symlink that leads out of it; replace it with a real folder"
     report.extra.update({"dry_run": dry_run, "items": [i.to_dict() for i in items],
                          "frees_bytes": total, "freed_bytes": freed})
     click.echo(f"preflight prune: {'would free' if dry_run else 'freed'} {human_size(total if dry_run else freed)} "

@@ -12,9 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
@@ -174,21 +172,22 @@ def staged_token(token_file: Path | None) -> Iterator[Path | None]:
     if token_file is None:
         yield None
         return
-    folder = Path(tempfile.mkdtemp(prefix="preflight-token-"))
+    from .volume import private_copy
+
+    copy, remove = private_copy(token_file.read_bytes(), "token", 0o444)
     try:
-        copy = folder / "token"
-        copy.write_bytes(token_file.read_bytes())
-        copy.chmod(0o444)
         yield copy
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove()
 
 
 def _import_docker() -> Any:
     try:
         import docker
     except ImportError:
-        raise UsageError("`preflight docker` needs the Docker SDK", hint="pip install 'lane-preflight[docker]'") from None
+        from .errors import MissingExtra
+
+        raise MissingExtra("`preflight docker`", "docker", "docker") from None
     return docker
 
 

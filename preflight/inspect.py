@@ -177,6 +177,15 @@ def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
     if model:
         for label, value in _model_lines(model):
             print(f"{label + ':':<17} {value}", file=out)
+    fit = result.get("fit")
+    if fit:
+        from .report import fit_line
+
+        print(f"{'fit:':<17} {fit_line(fit)}", file=out)
+        for p in fit.get("problems", []):
+            print(f"  {p['severity']}: {p['code']}: {p['message']}", file=out)
+        if fit.get("ignored_args"):
+            print(f"{'ignored flags:':<17} {' '.join(fit['ignored_args'])} (they do not change fit)", file=out)
     sig = result.get("signature")
     if sig:
         for label, value in _signature_lines(sig):
@@ -222,3 +231,36 @@ def _signature_lines(sig: dict[str, Any]) -> list[tuple[str, str]]:
     else:
         lines.append(("statement", f"{sig.get('predicate')} (not a model signature)"))
     return lines
+
+
+def inspect_fit(path: Path, result: dict[str, Any], serve: str, accelerator: str | None) -> dict[str, Any]:
+    """Fit figures for `--serve ENGINE[:ARGS]`: config.json alone gives the KV figures; tensor
+    headers add the weights; the node (declared or detected) adds the verdict."""
+    from .errors import UsageError
+    from .manifest import SERVE_ENGINES, ServeSpec
+    from .serving.accel import AcceleratorError, resolve
+    from .serving.args import ArgsError, split_args
+    from .serving.lane import fit_folder, fit_gguf
+
+    engine, _, args = serve.partition(":")
+    if engine not in SERVE_ENGINES:
+        raise UsageError(f"--serve {serve!r}: the engine is one of {', '.join(SERVE_ENGINES)} (write ENGINE or ENGINE:ARGS)")
+    try:
+        spec = ServeSpec(engine, tuple(split_args(args)))
+        parsed = spec.parsed()
+        accel = resolve(accelerator)
+    except (ArgsError, AcceleratorError) as exc:
+        raise UsageError(f"--serve/--accelerator: {exc}") from None
+    folder = Path(result.get("snapshot") or path)
+    if folder.is_dir():
+        fit = fit_folder(folder, discover(folder), None, spec, accel)
+    else:
+        fit = fit_gguf(path, None, spec, accel) if path.name.lower().endswith(".gguf") else None
+    if fit is None:
+        return {"engine": engine, "verdict": "unknown", "problems": [{"path": "serve", "code": P.FIT_UNKNOWN, "severity": "warning",
+                                                                      "message": "no config.json or GGUF model header to read"}]}
+    out = fit.to_dict()
+    out["node"] = accel.describe()
+    out["ignored_args"] = list(parsed.ignored)
+    out["defaults_from"] = parsed.defaults_from
+    return out

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .volume import Volume
+
 # File reads: small enough that the copy out of the page cache stays in the CPU cache
 # for the hash that follows (4 MiB reads ran ~1.3x slower than openssl; see bench/).
 READ_CHUNK = 128 * 2**10
@@ -173,8 +175,9 @@ class Receipts:
 
     FILE = "receipts.json"
 
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, volume: Volume | None = None) -> None:
         self.state_dir = state_dir
+        self.volume = volume  # the state folder as the door sees it (volume.state_volume); else its own root
         self._files: dict[str, dict] = {}
         self._lanes: dict[str, dict] = {}  # lane name -> fingerprint of a passed format check
         self._refused: dict[str, dict] = {}  # refusal key -> why fetched bytes were not published
@@ -268,37 +271,12 @@ class Receipts:
                 merged.pop(rel, None)
             lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
             refused = {**refused_on_disk, **self._refused} if isinstance(refused_on_disk, dict) else self._refused
-            atomic_write(path, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused}, indent=0, sort_keys=True).encode())
+            vol = self.volume if self.volume is not None and self.volume.path == self.state_dir else Volume(self.state_dir)
+            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused}, indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False
         return True
-
-
-def staged_size(path: Path) -> int:
-    """Bytes already in a staging file. Whatever stands there that is not a regular file
-    (a symlink, a folder) is removed, never followed: staging is ours, and a link would
-    send downloaded bytes outside the models folder."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return 0
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    if stat.S_ISDIR(st.st_mode):
-        import shutil
-
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-    return 0
-
-
-def nofollow(path: str, flags: int) -> int:
-    """An `opener` for open(): never through a symlink at the last component."""
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
 
 
 WRITE_BEHIND = 32 * 2**20
@@ -350,38 +328,3 @@ class WriteBehind:
                 os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass
-
-
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True, dir_fd: int | None = None) -> None:
-    """Write beside the target, fsync, rename over it: readers see old or new, never half.
-
-    The file gets the mode every other tool's files get (0666 less the umask), so a
-    server running as another uid reads refs and reports as it reads the weights. With
-    `dir_fd`, `path` is a bare name in that folder (see volume.Volume)."""
-    import secrets
-
-    if dir_fd is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        folder, name = str(path.parent), path.name
-    else:
-        folder, name = None, os.fspath(path)
-    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp_path = tmp if folder is None else os.path.join(folder, tmp)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp_path, flags, 0o666, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        if dir_fd is None:
-            os.replace(tmp_path, path)
-        else:
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp_path, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise

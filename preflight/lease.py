@@ -19,14 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import LeaseError
+from .volume import Volume
 
 LEASE = "lease.json"
 LEASE_SIZE = 512
 
 
 class Lease:
-    def __init__(self, state_dir: Path, *, stale_after: float = 60.0, heartbeat: float | None = None) -> None:
-        self.path = state_dir / LEASE
+    def __init__(self, state: Path | Volume, *, stale_after: float = 60.0, heartbeat: float | None = None) -> None:
+        self.vol = state if isinstance(state, Volume) else Volume(Path(state))  # every change through the door
+        self.path = self.vol.path / LEASE
         self.stale_after = stale_after
         self.heartbeat = heartbeat if heartbeat is not None else max(0.5, stale_after / 4)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -66,17 +68,20 @@ class Lease:
         return False
 
     def holder(self) -> dict | None:
-        try:
-            data = json.loads(self.path.read_bytes())
-            return data if isinstance(data, dict) else {"owner": "?"}
-        except FileNotFoundError:
+        if self.vol.lstat(LEASE) is None:
             return None
-        except (OSError, ValueError):
+        try:
+            data = json.loads(self._read() or b"")
+            return data if isinstance(data, dict) else {"owner": "?"}
+        except ValueError:
             return {"owner": "unknown (unreadable lease)"}
+
+    def _read(self) -> bytes | None:
+        return self.vol.read_bytes(LEASE, 64 * 1024)
 
     def _try_create(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = self.vol.open_file(LEASE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as f:
@@ -86,35 +91,35 @@ class Lease:
         return True
 
     def _snapshot(self) -> tuple | None:
-        try:
-            st = os.stat(self.path)
-            return (st.st_mtime_ns, st.st_size, st.st_ino, self.path.read_bytes())
-        except OSError:
+        st = self.vol.lstat(LEASE)
+        data = self._read()
+        if st is None or data is None:
             return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, data)
 
     def _break(self, seen: tuple) -> None:
         """Move a stale lease aside, only if it is still the one we judged stale."""
-        aside = self.path.with_name(f"{LEASE}.stale.{uuid.uuid4().hex[:8]}")
+        aside = f"{LEASE}.stale.{uuid.uuid4().hex[:8]}"
         try:
-            os.rename(self.path, aside)
+            self.vol.move(LEASE, aside)
         except OSError:
             return
         try:
-            st = os.stat(aside)
-            if (st.st_mtime_ns, st.st_ino) != (seen[0], seen[2]):
+            st = self.vol.lstat(aside)
+            if st is not None and (st.st_mtime_ns, st.st_ino) != (seen[0], seen[2]):
                 # lost a race: a fresh lease was moved; put it back if the slot is still empty
                 try:
-                    os.link(aside, self.path)
+                    self.vol.make_hardlink(aside, LEASE)
                 except OSError:
                     pass
         finally:
             try:
-                os.unlink(aside)
+                self.vol.remove_file(aside)
             except OSError:
                 pass
 
     def acquire(self, wait: float, log: Callable[[str], None], poll: float = 1.0) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.vol.make_dirs("")
         started = time.monotonic()
         last_seen: tuple | None = None
         unchanged_since = time.monotonic()
@@ -161,7 +166,7 @@ class Lease:
         file, never over the new holder's lease."""
         while not self._stop.wait(self.heartbeat):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = self.vol.open_file(LEASE, os.O_RDWR)
             except OSError:
                 self._lose()
                 return
@@ -192,7 +197,7 @@ class Lease:
         if time.monotonic() - self.confirmed < self.stale_after / 2:
             return True
         try:
-            ours = _owner(self.path.read_bytes()) == self.owner
+            ours = _owner(self._read() or b"") == self.owner
         except OSError:
             ours = False
         if not ours:
@@ -212,10 +217,9 @@ class Lease:
             self._thread.join(timeout=5)
         if self.held:
             try:
-                data = json.loads(self.path.read_bytes())
-                if data.get("owner") == self.owner:
-                    os.unlink(self.path)
-            except (OSError, ValueError):
+                if _owner(self._read() or b"") == self.owner:
+                    self.vol.remove_file(LEASE)
+            except OSError:
                 pass
         self.held = False
 

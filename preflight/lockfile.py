@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
-from .integrity import atomic_write
+from .volume import write_file_atomic
 from .manifest import FileExpect, Manifest, normalise_rel
 
 LOCK_VERSION = 1
@@ -45,10 +45,11 @@ class Lock:
     lanes: dict[str, LockedLane] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"version": LOCK_VERSION, "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
+        return json.dumps({"version": LOCK_VERSION, "schema_version": LOCK_VERSION,
+                           "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
 
     def save(self) -> None:
-        atomic_write(Path(self.path), self.to_json().encode())
+        write_file_atomic(Path(self.path), self.to_json().encode())
 
 
 def default_lock_path(manifest: Manifest) -> Path:
@@ -78,7 +79,8 @@ def load_lock(path: str | os.PathLike) -> Lock:
             if norm is None or not isinstance(exp, dict):
                 raise ManifestError(f"bad file entry {rel!r}", file=str(p), field=f"lanes.{name}.files")
             size = exp.get("size")
-            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
+            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"),
+                                     origin=f"{p} (lanes.{name}.files)")
         lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files)
     return lock
 
@@ -95,7 +97,7 @@ def parse_sha256sum(text: str, file: str) -> dict[str, FileExpect]:
         rel = normalise_rel(m["path"].removeprefix("./"))
         if rel is None:
             raise ManifestError(f"path {m['path']!r} escapes the lane folder", file=file, line=i)
-        out[rel] = FileExpect(None, m["hex"].lower(), None)
+        out[rel] = FileExpect(None, m["hex"].lower(), None, origin=f"{file}:{i}")
     return out
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .lockfile import Lock, LockedLane, default_lock_path, format_sha256sum, load_lock
 from .manifest import FileExpect, load_manifest, split_lanes
+from .volume import write_file_atomic
 
 
 def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str, ...], token_file: str | None) -> tuple[str, Path | None]:
@@ -53,5 +54,5 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
     if fmt == "json":
         lock.save()
     else:
-        path.write_text(text)
+        write_file_atomic(path, text.encode())
     return text, path

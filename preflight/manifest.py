@@ -224,11 +224,13 @@ class FileExpect:
     sha256: str | None = None
     sha1: str | None = None  # git blob sha1 (small files on the Hub)
     md5: str | None = None  # DVC-tracked files
+    origin: str | None = field(default=None, compare=False)  # where a pin was written ("lanes.yaml:12"), for messages
 
     def merge(self, other: FileExpect | None) -> FileExpect:
         if other is None:
             return self
-        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1, self.md5 or other.md5)
+        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1,
+                          self.md5 or other.md5, self.origin or other.origin)
 
 
 SIGNATURE_METHODS = ("key", "certificate", "sigstore")
@@ -263,6 +265,24 @@ def signature_file(lane: Lane) -> str:
     return "model.sig" if lane.is_dir else posixpath.basename(lane.path) + ".sig"
 
 
+SERVE_ENGINES = ("vllm", "llama.cpp")
+_SERVE_KEYS = {"engine", "version", "args"}
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """`serve: {engine, version, args}`: the engine and the flags its command already uses."""
+
+    engine: str
+    args: tuple[str, ...] = ()
+    version: str | None = None
+
+    def parsed(self):
+        from .serving.args import parse_args
+
+        return parse_args(self.engine, list(self.args))
+
+
 @dataclass(frozen=True)
 class Lane:
     name: str
@@ -284,6 +304,7 @@ class Lane:
     env: str | None = None  # variable `preflight env` sets to the lane's path
     layout: str = "revisions"  # folder lanes: "revisions" (a symlink to one complete revision) or "in-place"
     signature: SignaturePolicy | None = None  # verify an OpenSSF model signature before the lane is ready
+    serve: ServeSpec | None = None  # how the lane is served: fit is checked against this node
     line: int | None = None
 
     @property
@@ -304,6 +325,7 @@ class Manifest:
     profiles: Mapping[str, tuple[str, ...]]
     endpoints: tuple[Mapping[str, Any], ...] = ()
     lock: str | None = None
+    accelerator: Any = None  # declared: "2x80GiB,cc=9.0" or a mapping (serving/accel.py)
 
     def lane(self, name: str) -> Lane:
         for lane in self.lanes:
@@ -339,13 +361,13 @@ class Manifest:
         return out
 
 
-_TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoints", "lock"}
+_TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoints", "lock", "accelerator"}
 _LANE_KEYS = {
     "name", "kind", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size",
     "required", "enabled", "profiles", "allow_pickle", "serves_text", "vocab_only", "base", "checksums", "dvc", "endpoint", "env",
-    "layout", "signature",
+    "layout", "signature", "serve",
 }
-_DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout", "signature"}
+_DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout", "signature", "serve"}
 LAYOUTS = ("revisions", "in-place")
 _FLAGS = ("required", "enabled", "allow_pickle", "serves_text")
 
@@ -498,7 +520,9 @@ def _expect(r: _Reader, obj: Any, key: tuple) -> FileExpect:
         sha1 = sha1.lower()
         if not _HEX40.match(sha1):
             raise r.doc.error(key + ("sha1",), f"expected 40 hex digits (git blob sha1), found {_show(sha1)}")
-    return FileExpect(size, sha256, sha1)
+    where = next((k for k in ("sha256", "sha1", "size") if obj.get(k) is not None), None)
+    line = r.doc.line(*key, where) if where else None
+    return FileExpect(size, sha256, sha1, origin=f"{r.doc.file}:{line}" if line else r.doc.file)
 
 
 def parse_manifest(doc: Located) -> Manifest:
@@ -578,12 +602,22 @@ def parse_manifest(doc: Located) -> Manifest:
     lock = None
     with r.section():
         lock = _fs_path(r, top, (), "lock")
+    accelerator = None
+    with r.section():
+        accelerator = top.get("accelerator")
+        if accelerator is not None:
+            from .serving.accel import AcceleratorError, parse_declared
+
+            try:
+                parse_declared(accelerator)
+            except AcceleratorError as exc:
+                raise doc.error(("accelerator",), f"accelerator {_show(accelerator)}: {exc}") from None
     r.errors.sort(key=lambda e: e.line or 0)  # in reading order (stable: a lane's own order within a line)
     if version is None:
         r.errors.append(doc.error(("version",), "missing required field 'version': write `version: 1` as the manifest's first line"))
     if r.errors:
         raise r.errors[0] if len(r.errors) == 1 else ManifestErrors(r.errors)
-    return Manifest(doc.file, 1, models_dir, tuple(lane for _i, _raw, lane in lanes), profiles, tuple(endpoints), lock)
+    return Manifest(doc.file, 1, models_dir, tuple(lane for _i, _raw, lane in lanes), profiles, tuple(endpoints), lock, accelerator)
 
 
 def _models_dir(r: _Reader, top: Mapping) -> str:
@@ -629,6 +663,9 @@ def _defaults(r: _Reader, top: Mapping) -> dict:
         out["revision"] = r.get(defaults, key, "revision", str)
     with r.section():
         out["layout"] = _layout(r, defaults, key, None)
+    with r.section():
+        if defaults.get("serve") is not None:
+            out["serve"] = _serve(r, defaults, key, None, None)
     with r.section():
         raw = _signature_raw(r, defaults, key)
         if raw:  # checked once here, so each lane inherits a complete policy (or none, after an error)
@@ -717,6 +754,9 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     signature = None
     with r.section():
         signature = _signature(r, raw, key, defaults.get("signature"))
+    serve = None
+    with r.section():
+        serve = _serve(r, raw, key, defaults.get("serve"), kind)
     if len(r.errors) > before:
         return None
     if signature is not None and kind in DIR_KINDS and strings["include"]:
@@ -737,8 +777,8 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     return Lane(
         name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
         required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
-        serves_text=flags["serves_text"], vocab_only=vocab_only, base=base, checksums=checksums, dvc=dvc, env=env, layout=layout, signature=signature,
-        line=doc.line(*key),
+        serves_text=flags["serves_text"], vocab_only=vocab_only, base=base, checksums=checksums, dvc=dvc, env=env, layout=layout,
+        signature=signature, serve=serve, line=doc.line(*key),
     )
 
 
@@ -847,6 +887,54 @@ _SIGNATURE_HINT = {
     "issuer": "issuer: the OIDC issuer that vouched for the identity (e.g. https://token.actions.githubusercontent.com)",
     "trusted_root": "trusted_root: a Sigstore trusted_root.json file, so verification needs no network",
 }
+
+
+def _serve(r: _Reader, obj: Mapping, key: tuple, default: ServeSpec | None, kind: str | None) -> ServeSpec | None:
+    """`serve:` as written (a mapping, or false to opt out of the default); its args parsed as the engine parses them."""
+    value = obj.get("serve")
+    if value is None:
+        if default is None or kind is None:
+            return default
+        applies = kind in ("hf-dir", "hf-cache", "gguf") and (kind == "gguf") == (default.engine == "llama.cpp")
+        return default if applies else None  # a default for vLLM does not describe the GGUF lanes, and the other way round
+    if value is False:
+        return None
+    at = key + ("serve",)
+    if not isinstance(value, dict):
+        raise r.doc.error(at, f"expected a mapping {{engine, args, version}} or false, found {_show(value)}")
+    r.unknown(value, at, _SERVE_KEYS, "serve")
+    engine = value.get("engine", default.engine if default else None)
+    if engine is None:
+        raise r.doc.error(at, f"missing required field 'engine' ({', '.join(SERVE_ENGINES)})")
+    if engine not in SERVE_ENGINES:
+        close = _close_match(str(engine).lower().replace("llamacpp", "llama.cpp").replace("llama-cpp", "llama.cpp"), set(SERVE_ENGINES), 0.5)
+        raise r.doc.error(at + ("engine",), f"unknown engine {_show(engine)}" + (f" (did you mean {close!r}?)" if close else ""),
+                          hint=f"engines: {', '.join(SERVE_ENGINES)}")
+    if kind is not None and (kind == "gguf") != (engine == "llama.cpp") and kind in ("gguf", "hf-dir", "hf-cache"):
+        raise r.doc.error(at + ("engine",), f"a {kind} lane is not served by {engine}" + (" (llama.cpp serves GGUF lanes)" if engine == "llama.cpp" else " (vLLM serves folder lanes)"))
+    args = value.get("args", list(default.args) if default and default.engine == engine and "args" not in value else [])
+    if isinstance(args, str):
+        from .serving.args import ArgsError, split_args
+
+        try:
+            words = tuple(split_args(args))
+        except ArgsError as exc:
+            raise r.doc.error(at + ("args",), str(exc)) from None
+    elif isinstance(args, list) and all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in args):
+        words = tuple(str(a) for a in args)
+    else:
+        raise r.doc.error(at + ("args",), f"expected the server's arguments as a string or a list of strings, found {_show(args)}")
+    version = value.get("version", default.version if default else None)
+    if version is not None and not isinstance(version, (str, int, float)):
+        raise r.doc.error(at + ("version",), f"expected a version string, found {_show(version)}")
+    spec = ServeSpec(engine, words, str(version) if version is not None else None)
+    from .serving.args import ArgsError
+
+    try:
+        spec.parsed()
+    except ArgsError as exc:
+        raise r.doc.error(at + ("args",), f"{engine} would refuse these arguments: {exc}") from None
+    return spec
 
 
 def _lane_path(r: _Reader, raw: dict, key: tuple, models_dir: str) -> str:

@@ -12,7 +12,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import NotReadyError
 from .manifest import Lane
+from .volume import PathEscape, Volume
 
 FILE_MODE = {"open": 0o644, "group": 0o640}
 DIR_MODE = {"open": 0o755, "group": 0o750}
@@ -90,20 +92,43 @@ def find_denied(models_dir: Path, lanes: list[Lane], uid: int, gid: int) -> list
     return out
 
 
-def fix(denied: list[Denied], uid: int, gid: int, style: str = "open") -> list[str]:
+def fix(models_dir: Path, denied: list[Denied], uid: int, gid: int, style: str = "open") -> list[str]:
     """Make each entry usable: "open" → owner uid:gid, 0644/0755; "group" → group gid, 0640/0750.
 
-    Returns one message per entry that could not be fixed (e.g. chown needs root).
+    Through the door: the entry itself is changed, never what a link stands for, and a
+    link on the way (a lane folder, a cache snapshot's link to its blob) is followed only
+    while it stays inside the models folder. Returns one message per entry that could
+    not be fixed (chown needs root; a link out of the volume).
     """
+    vol = Volume(models_dir)
     errors: list[str] = []
     for d in denied:
         mode = (DIR_MODE if d.is_dir else FILE_MODE)[style]
         try:
+            rel = _real_rel(vol, d.rel)
             if style == "open" and (d.uid, d.gid) != (uid, gid):
-                os.chown(d.path, uid, gid)
+                vol.set_owner(rel, uid, gid)
             elif style == "group" and d.gid != gid:
-                os.chown(d.path, -1, gid)
-            os.chmod(d.path, mode)
-        except OSError as exc:
-            errors.append(f"{d.rel or '.'}: cannot fix ({exc.strerror})")
+                vol.set_owner(rel, -1, gid)
+            vol.set_mode(rel, mode)
+        except NotReadyError as exc:
+            errors.append(f"{d.rel or '.'}: not changed: {exc}")
+        except (OSError, ValueError) as exc:
+            errors.append(f"{d.rel or '.'}: cannot fix ({getattr(exc, 'strerror', None) or exc})")
     return errors
+
+
+def _real_rel(vol: Volume, rel: str) -> str:
+    """Where entry `rel` really is, relative to the models folder: a link (a cache
+    snapshot's link to its blob) is resolved one hop at a time, each hop checked to stay
+    inside (PathEscape otherwise). '' is the models folder itself, which is changed by
+    its own path."""
+    for _ in range(40):
+        if not rel:
+            return rel
+        st = vol.lstat(rel)
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            return rel
+        target = vol.read_link(rel) or ""
+        rel = "/".join(vol._inside(rel, target))
+    raise PathEscape(f"{vol.root / rel}: too many symlinks")

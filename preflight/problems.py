@@ -73,6 +73,19 @@ BLOCK_COUNT_MISMATCH = "block-count-mismatch"
 VOCAB_INVALID = "vocab-invalid"
 UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a ggml type newer than the tables' llama.cpp: refused, a warning when the lane runs a newer one
 
+# Model folders as the loaders read them (config values, tensor shapes, tokenizer files); a
+# folder's missing or unexpected tensors are `tensor-missing` / `tensor-unexpected` too.
+TENSOR_SHAPE_MISMATCH = "tensor-shape-mismatch"  # a tensor's shape is not what config.json makes the loader build
+UNKNOWN_MODEL_TYPE = "unknown-model-type"  # model_type no transformers release (or vLLM) configures
+UNKNOWN_ACTIVATION = "unknown-activation"  # hidden_act not in transformers' ACT2FN
+ROPE_SCALING_INVALID = "rope-scaling-invalid"  # a RoPE type no loader builds, or a required key missing
+DTYPE_INVALID = "dtype-invalid"  # torch_dtype / dtype that names no torch dtype
+HEADS_INDIVISIBLE = "heads-indivisible"  # attention heads that do not divide as the attention code needs
+TOKENIZER_INVALID = "tokenizer-invalid"  # tokenizer.json the tokenizers library refuses
+TOKENIZER_CONFIG_INVALID = "tokenizer-config-invalid"  # tokenizer_config.json not a JSON object
+UNKNOWN_TOKENIZER_CLASS = "unknown-tokenizer-class"  # tokenizer_class AutoTokenizer (4.x) cannot resolve
+GENERATION_CONFIG_INVALID = "generation-config-invalid"  # generation_config.json that is no JSON object
+
 
 NOT_SWITCHED = "not-switched"  # warning: a folder lane still serves its previous revision
 
@@ -82,6 +95,18 @@ SIGNATURE_INVALID = "signature-invalid"  # bad signature, wrong signer, expired 
 SIGNATURE_MISMATCH = "signature-mismatch"  # a file's digest differs from the signed statement
 UNSIGNED_FILE = "unsigned-file"  # a file of the lane the statement does not cover
 SIGNED_FILE_MISSING = "signed-file-missing"  # a file the statement covers is not in the lane
+
+# Serving fit (serving/fit.py): will the engine start this lane on this node.
+ENGINE_UNSUPPORTED = "engine-unsupported"  # architecture, pipeline parallelism, dtype or quantization the engine refuses here
+PARALLEL_INVALID = "parallel-invalid"  # heads not divisible by TP, more ranks than GPUs
+CONTEXT_TOO_LONG = "context-too-long"  # --max-model-len above what the model derives
+WEIGHTS_TOO_LARGE = "weights-too-large"  # weights per GPU above the memory the engine may use
+KV_CACHE_TOO_LARGE = "kv-cache-too-large"  # one max-length sequence's KV cache does not fit beside the weights
+MEMORY_LIMIT_EXCEEDED = "memory-limit-exceeded"  # llama.cpp on the CPU above the container's memory limit
+GPU_MEMORY_BUSY = "gpu-memory-busy"  # other processes hold the memory vLLM wants
+FIT_MARGIN = "fit-margin"  # warning: fits by the exact figures, not by the estimated overhead
+FIT_UNKNOWN = "fit-unknown"  # warning: something fit could not judge (no GPU seen, no headers)
+SERVE_INVALID = "serve-invalid"  # the lane's serve args cannot be parsed as the engine parses them
 
 
 @dataclass(frozen=True)

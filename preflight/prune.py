@@ -7,6 +7,13 @@ Removable, in the order `prune --dry-run` lists them:
 - staging partials (prune holds the volume lease, so their writer is gone);
 - with `--unselected`: files under a lane folder that its include/exclude no longer select.
 
+Everything is listed and removed through the door (`volume.Volume`): folders are walked
+from the models folder's descriptor and never through a link that leads out of it, a
+link found among the items is removed itself (never what it points at), and removal
+walks again at the time it runs, so a link swapped in between the listing and the
+removal changes nothing outside the volume. A lane whose folders lead out of the
+volume is not pruned at all; the refusal is said, with the link named.
+
 Space freed counts a hard-linked file once, and only when every one of its links goes:
 revisions share their unchanged files, so dropping an old revision frees only what
 changed since.
@@ -15,50 +22,71 @@ changed since.
 from __future__ import annotations
 
 import os
-import shutil
+import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .check import Context, discover, lane_root, real_key_root, repo_folder, selected
+from .check import SKIP_DIRS, Context, real_key_root, repo_folder, selected
+from .errors import NotReadyError
 from .manifest import Lane
 from .revisions import current, revisions
+from .volume import Volume, state_volume
 
 
 @dataclass
 class Item:
-    path: Path
+    vol: Volume  # removed through this door
+    rel: str  # relative to vol's folder
     what: str  # revision | snapshot | blob | partial | unselected
     lane: str | None
     why: str
+    is_dir: bool = False
     freed: int = 0  # filled by `measure`
+
+    @property
+    def path(self) -> Path:
+        return self.vol.path / self.rel
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "what": self.what, "lane": self.lane, "why": self.why, "bytes": self.freed}
 
 
-def plan(ctx: Context, lanes: Iterable[Lane], state_dir: Path | None, *, keep: int, unselected: bool) -> list[Item]:
-    items: list[Item] = []
+@dataclass
+class Plan:
+    items: list[Item] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # what was not pruned, and why (a link out of the volume)
+
+
+def plan(ctx: Context, lanes: Iterable[Lane], state_dir: Path | None, *, keep: int, unselected: bool) -> Plan:
+    out = Plan()
+    vol = Volume(ctx.models_dir)
     for lane in lanes:
-        if lane.kind in ("hf-dir", "adapter"):
-            items += _old_revisions(ctx, lane, keep)
-            if unselected and (lane.include or lane.exclude):
-                root = lane_root(ctx, lane)
-                for rel in discover(root):
-                    if not selected(rel, lane):
-                        items.append(Item(root / rel, "unselected", lane.name, f"{rel} is no longer selected by the lane's include/exclude"))
-        elif lane.kind == "hf-cache" and lane.source is not None and lane.source.repo:
-            items += _old_snapshots(ctx, lane, keep)
-    if state_dir is not None and (state_dir / "staging").is_dir():
-        for entry in os.scandir(state_dir / "staging"):
-            if entry.is_file(follow_symlinks=False):
-                items.append(Item(Path(entry.path), "partial", None, "a download no writer is resuming"))
-    measure(items)
-    return items
+        try:
+            if lane.kind in ("hf-dir", "adapter"):
+                out.items += _old_revisions(ctx, vol, lane, keep)
+                if unselected and (lane.include or lane.exclude):
+                    out.items += _unselected(vol, lane)
+            elif lane.kind == "hf-cache" and lane.source is not None and lane.source.repo:
+                out.items += _old_snapshots(vol, lane, keep)
+        except NotReadyError as exc:  # PathEscape, or a file where a folder should be
+            out.refused.append(f"lane {lane.name}: nothing pruned: {exc}")
+    if state_dir is not None and ctx.models_dir.is_dir():
+        try:
+            svol = state_volume(ctx.models_dir, state_dir, create=False)
+            for name, st in svol.entries("staging"):
+                if stat.S_ISREG(st.st_mode):
+                    out.items.append(Item(svol, f"staging/{name}", "partial", None, "a download no writer is resuming"))
+        except FileNotFoundError:
+            pass
+        except NotReadyError as exc:
+            out.refused.append(f"staging: nothing pruned: {exc}")
+    measure(out.items)
+    return out
 
 
-def _old_revisions(ctx: Context, lane: Lane, keep: int) -> list[Item]:
+def _old_revisions(ctx: Context, vol: Volume, lane: Lane, keep: int) -> list[Item]:
     revs = revisions(ctx.models_dir, lane)
     kept = [r for r in revs if r.current]
     for r in revs:
@@ -66,92 +94,120 @@ def _old_revisions(ctx: Context, lane: Lane, keep: int) -> list[Item]:
             break
         if not r.current:
             kept.append(r)
-    return [Item(r.path, "revision", lane.name, f"revision {r.rid}, older than the {max(keep, 1)} kept") for r in revs if r not in kept]
+    parent = posixpath.dirname(lane.path)
+    return [Item(vol, posixpath.join(parent, r.path.name), "revision", lane.name, f"revision {r.rid}, older than the {max(keep, 1)} kept", True)
+            for r in revs if r not in kept]
 
 
-def _old_snapshots(ctx: Context, lane: Lane, keep: int) -> list[Item]:
-    assert lane.source is not None and lane.source.repo
-    repo = lane_root(ctx, lane) / repo_folder(lane.source.repo, lane.source.repo_type)
-    snaps = repo / "snapshots"
-    if not snaps.is_dir():
-        return []
-    named = set()
-    refs = repo / "refs"
-    if refs.is_dir():
-        for dirpath, _dirs, files in os.walk(refs):
-            for f in files:
-                try:
-                    named.add((Path(dirpath) / f).read_text().strip())
-                except (OSError, UnicodeDecodeError):
-                    pass
-    entries = sorted((e for e in os.scandir(snaps) if e.is_dir(follow_symlinks=False)),
-                     key=lambda e: -e.stat(follow_symlinks=False).st_mtime)
-    kept = [e.name for e in entries if e.name in named]
-    for e in entries:
-        if len(kept) >= max(keep, 1):
-            break
-        if e.name not in kept:
-            kept.append(e.name)
-    items = [Item(Path(e.path), "snapshot", lane.name, f"snapshot {e.name[:12]}, older than the {max(keep, 1)} kept")
-             for e in entries if e.name not in kept]
-    used: set[str] = set()
-    for name in kept:
-        for dirpath, _dirs, files in os.walk(snaps / name):
-            for f in files:
-                target = os.path.realpath(os.path.join(dirpath, f))
-                used.add(os.path.basename(target))
-    blobs = repo / "blobs"
-    if blobs.is_dir():
-        for e in os.scandir(blobs):
-            if e.is_file(follow_symlinks=False) and e.name not in used:
-                items.append(Item(Path(e.path), "blob", lane.name, "a blob no kept snapshot links to"))
+def _unselected(vol: Volume, lane: Lane) -> list[Item]:
+    items = []
+    for rel, st in _lane_files(vol, lane.path):
+        if not selected(rel, lane):
+            items.append(Item(vol, f"{lane.path}/{rel}", "unselected", lane.name, f"{rel} is no longer selected by the lane's include/exclude"))
     return items
 
 
-def _files(path: Path) -> Iterable[os.stat_result]:
+def _lane_files(vol: Volume, rel: str) -> Iterator[tuple[str, object]]:
+    """Files (and links) under a lane folder as `check.discover` sees them: state and VCS
+    folders and our own temporary files skipped."""
+    for sub, st in vol.walk(rel):
+        parts = sub.split("/")
+        if any(p in SKIP_DIRS or p.startswith(".preflight") for p in parts[:-1]) or stat.S_ISDIR(st.st_mode):
+            continue
+        name = parts[-1]
+        if name.startswith(".") and (name.endswith(".tmp") or name.endswith(".part")):
+            continue
+        yield sub, st
+
+
+def _old_snapshots(vol: Volume, lane: Lane, keep: int) -> list[Item]:
+    assert lane.source is not None and lane.source.repo
+    repo = f"{lane.path}/{repo_folder(lane.source.repo, lane.source.repo_type)}"
+    snaps = f"{repo}/snapshots"
+    entries = [(n, st) for n, st in vol.entries(snaps) if stat.S_ISDIR(st.st_mode)]
+    if not entries:
+        return []
+    named = set()
+    for rel, st in vol.walk(f"{repo}/refs"):
+        if stat.S_ISREG(st.st_mode):
+            data = vol.read_bytes(f"{repo}/refs/{rel}", 4096)
+            if data:
+                named.add(data.decode("utf-8", "replace").strip())
+    entries.sort(key=lambda e: -e[1].st_mtime)
+    kept = [n for n, _st in entries if n in named]
+    for n, _st in entries:
+        if len(kept) >= max(keep, 1):
+            break
+        if n not in kept:
+            kept.append(n)
+    items = [Item(vol, f"{snaps}/{n}", "snapshot", lane.name, f"snapshot {n[:12]}, older than the {max(keep, 1)} kept", True)
+             for n, _st in entries if n not in kept]
+    used: set[str] = set()
+    for name in kept:
+        for rel, st in vol.walk(f"{snaps}/{name}"):
+            if stat.S_ISLNK(st.st_mode):
+                used.add(posixpath.basename(vol.read_link(f"{snaps}/{name}/{rel}") or ""))
+            elif stat.S_ISREG(st.st_mode):
+                used.add(posixpath.basename(rel))
+    for n, st in vol.entries(f"{repo}/blobs"):
+        if stat.S_ISREG(st.st_mode) and n not in used:
+            items.append(Item(vol, f"{repo}/blobs/{n}", "blob", lane.name, "a blob no kept snapshot links to"))
+    return items
+
+
+def _stats(item: Item) -> Iterator:
+    """The entries an item removes, with their own stat, read through the door."""
     try:
-        st = os.lstat(path)
-    except OSError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        for dirpath, _dirs, files in os.walk(path):
-            for f in files:
-                try:
-                    yield os.lstat(os.path.join(dirpath, f))
-                except OSError:
-                    pass
-    else:
+        st = item.vol.lstat(item.rel)
+        if st is None:
+            return
         yield st
+        if stat.S_ISDIR(st.st_mode):
+            for _rel, sub in item.vol.walk(item.rel):
+                yield sub
+    except NotReadyError:
+        return
 
 
 def measure(items: list[Item]) -> None:
     """Bytes each item frees: a file counts only when all its links are removed."""
     links: dict[tuple[int, int], int] = {}
     for item in items:
-        for st in _files(item.path):
+        for st in _stats(item):
             links[(st.st_dev, st.st_ino)] = links.get((st.st_dev, st.st_ino), 0) + 1
     counted: set[tuple[int, int]] = set()
     for item in items:
         item.freed = 0
-        for st in _files(item.path):
+        for st in _stats(item):
             key = (st.st_dev, st.st_ino)
             if stat.S_ISREG(st.st_mode) and key not in counted and links[key] >= st.st_nlink:
                 counted.add(key)
                 item.freed += st.st_blocks * 512 if st.st_blocks else st.st_size
 
 
-def remove(items: list[Item]) -> int:
+def remove(items: list[Item]) -> tuple[int, list[str]]:
+    """Remove each item through the door; what changed kind since it was listed (a folder
+    that became a link, a file that became a folder) is left alone and said."""
     freed = 0
+    notes: list[str] = []
     for item in items:
         try:
-            if item.path.is_dir() and not item.path.is_symlink():
-                shutil.rmtree(item.path)
+            st = item.vol.lstat(item.rel)
+            if st is None:
+                continue
+            if stat.S_ISDIR(st.st_mode) != item.is_dir:
+                notes.append(f"{item.path}: changed since it was listed (now {'a folder' if stat.S_ISDIR(st.st_mode) else 'not a folder'}); left alone")
+                continue
+            if item.is_dir:
+                item.vol.remove_tree(item.rel)
             else:
-                os.unlink(item.path)
+                item.vol.remove_file(item.rel)
             freed += item.freed
-        except FileNotFoundError:
-            pass
-    return freed
+        except NotReadyError as exc:
+            notes.append(f"{item.path}: not removed: {exc}")
+        except OSError as exc:
+            notes.append(f"{item.path}: not removed: {exc.strerror or exc}")
+    return freed, notes
 
 
 # --------------------------------------------------------------------------- status
@@ -163,7 +219,7 @@ class LaneStatus:
     kind: str
     path: str
     revision: str | None
-    layout: str  # revisions | in-place | cache | file | missing
+    layout: str  # revisions | in-place | cache | file | missing | outside
     bytes_on_disk: int = 0  # hard links counted once
     last_verified: str | None = None
     kept_revisions: list[str] = field(default_factory=list)
@@ -174,7 +230,14 @@ class LaneStatus:
 
 
 def lane_status(ctx: Context, lane: Lane, items: list[Item]) -> LaneStatus:
-    root = lane_root(ctx, lane)
+    vol = Volume(ctx.models_dir)
+    try:
+        return _lane_status(ctx, vol, lane, items)
+    except NotReadyError:  # a folder on the way leads out of the volume: check reports it (path-escape)
+        return LaneStatus(lane.name, lane.kind, lane.path, None, "outside")
+
+
+def _lane_status(ctx: Context, vol: Volume, lane: Lane, items: list[Item]) -> LaneStatus:
     cur = current(ctx.models_dir, lane)
     if lane.kind in ("hf-dir", "adapter"):
         layout = {"revision": "revisions", "folder": "in-place", "missing": "missing"}.get(cur.state, "other")
@@ -183,25 +246,29 @@ def lane_status(ctx: Context, lane: Lane, items: list[Item]) -> LaneStatus:
     elif lane.kind == "hf-cache":
         layout, rev, kept = "cache", None, []
         if lane.source is not None and lane.source.repo:
-            repo = root / repo_folder(lane.source.repo, lane.source.repo_type)
-            try:
-                rev = (repo / "refs" / (lane.revision or "main")).read_text().strip()[:12]
-            except (OSError, UnicodeDecodeError):
-                rev = None
-            snaps = repo / "snapshots"
-            kept = sorted(p.name[:12] for p in snaps.iterdir() if p.name[:12] != rev) if snaps.is_dir() else []
+            repo = f"{lane.path}/{repo_folder(lane.source.repo, lane.source.repo_type)}"
+            data = vol.read_bytes(f"{repo}/refs/{lane.revision or 'main'}", 4096)
+            rev = data.decode("utf-8", "replace").strip()[:12] if data else None
+            kept = sorted(n[:12] for n, st in vol.entries(f"{repo}/snapshots") if stat.S_ISDIR(st.st_mode) and n[:12] != rev)
     else:
-        layout, rev, kept = ("file" if os.path.lexists(ctx.models_dir / lane.path) else "missing"), None, []
+        layout, rev, kept = ("file" if vol.lstat(lane.path) is not None else "missing"), None, []
     size = 0
     seen: set[tuple[int, int]] = set()
-    where = root if lane.is_dir else ctx.models_dir / lane.path
-    for st in _files(Path(os.path.realpath(where))) if os.path.exists(where) else []:
+    if lane.is_dir:
+        stats = (st for _rel, st in vol.walk(lane.path))
+    else:
+        try:
+            stats = iter([os.stat(ctx.models_dir / lane.path)])  # a file lane may be a link to its file
+        except OSError:
+            stats = iter([])
+    for st in stats:
         key = (st.st_dev, st.st_ino)
         if key not in seen and stat.S_ISREG(st.st_mode):
             seen.add(key)
             size += st.st_size
     verified = None
-    if os.path.exists(where):
+    where = ctx.models_dir / lane.path
+    if layout != "missing":
         base = real_key_root(where if lane.is_dir else where.parent, ctx.models_dir)
         keys = ctx.receipts.under(base) if lane.is_dir else [f"{base}/{where.name}" if base != "." else where.name]
         stamps = [ctx.receipts.verified_at(k) for k in keys]

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from . import problems as P
 from .errors import ExitCode
-from .integrity import atomic_write
+from .volume import overwrite_file, write_file_atomic
 from .problems import Problem
 from .redact import redact
 
@@ -21,6 +21,11 @@ ABSENT = frozenset({P.MISSING, P.SHARD_MISSING, P.SPLIT_MISSING, P.WEIGHTS_MISSI
 # Format findings that repeat what a size-mismatch on the same file already says.
 SAID_BY_SIZE = frozenset({P.TRUNCATED, P.TRAILING_DATA, P.TENSOR_OUT_OF_BOUNDS})
 
+
+# The version of every JSON document this program writes (the report, status, inspect,
+# env, perms, smoke, the lock): fields may be added within a version, never renamed or
+# retyped. JSON Schemas: `preflight schema NAME`, and schemas/ in the repository.
+SCHEMA_VERSION = 1
 
 @dataclass
 class LaneResult:
@@ -38,6 +43,8 @@ class LaneResult:
     source: str | None = None
     revision: str | None = None
     note: str | None = None
+    fit: dict[str, Any] | None = None  # serving fit on this node (serving/fit.py): figures and verdict
+    serving: dict[str, Any] | None = None  # a folder lane whose new revision is not ready: what its path still serves
 
     @property
     def errors(self) -> list[Problem]:
@@ -80,6 +87,10 @@ class LaneResult:
             d["revision"] = self.revision
         if self.note:
             d["note"] = self.note
+        if self.fit is not None:
+            d["fit"] = self.fit
+        if self.serving is not None:
+            d["serving"] = self.serving
         return d
 
 
@@ -114,6 +125,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "status": self.status, "exit_code": int(self.exit_code), "command": self.command,
             "models_dir": self.models_dir, "lanes": [lane.to_dict() for lane in self.lanes],
             "elapsed_s": round(self.elapsed_s, 3),
@@ -131,13 +143,16 @@ class Report:
         """The report as it leaves the program: every registered secret masked."""
         return redact(json.dumps(self.to_dict(), indent=2))
 
-    def fail(self, exit_code: int, reason: str, hint: str | None = None) -> None:
-        """The run ended early (an error, an interrupt): keep the lanes known so far."""
+    def fail(self, exit_code: int, reason: str, hint: str | None = None, errors: list[dict] | None = None) -> None:
+        """The run ended early (an error, an interrupt): keep the lanes known so far.
+        `errors`: a manifest's errors, one located object each."""
         for lane in self.lanes:
             lane.settle()
         self.exit_code = exit_code
         self.reason = reason
         self.hint = hint
+        if errors:
+            self.extra["errors"] = errors
 
 
 def summarise(bad: list[LaneResult]) -> str:
@@ -167,7 +182,11 @@ _MARK = {READY: "ok  ", MISSING: "MISS", INVALID: "BAD ", SKIPPED: "skip"}
 
 
 def _state(lane: LaneResult) -> str:
-    return lane.status + ("" if lane.required else " (optional)")
+    state = lane.status
+    if lane.serving is not None:
+        old = lane.serving.get("revision") or "the in-place folder"
+        state = f"serves {old}, {lane.serving.get('wanted')} {lane.status}"
+    return state + ("" if lane.required else " (optional)")
 
 
 def render_human(report: Report, out: IO[str] | None = None) -> None:
@@ -184,8 +203,11 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
             extra += f", hashed {human_size(lane.hashed_bytes)}"
         if lane.status == SKIPPED:
             extra = lane.note or "skipped"
-        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
+        mark = "OLD " if lane.serving is not None else _MARK.get(lane.status, "?   ")
+        print(f"{mark} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
     for lane in report.lanes:
+        if lane.fit:
+            print(f"  {lane.name}: fit: {fit_line(lane.fit)}", file=out)
         for p in lane.problems:
             if lane.status == READY and p.is_error:
                 continue
@@ -197,6 +219,30 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
         print(f"preflight {report.command}: ready ({plural(len(report.lanes), 'lane')}, {report.elapsed_s:.2f}s)", file=out)
     else:
         print(f"preflight {report.command}: NOT READY (exit {int(report.exit_code)}): {report.reason or 'see above'}", file=out)
+        if report.hint:
+            print(f"  hint: {report.hint}", file=out)
+
+
+def fit_line(fit: dict[str, Any]) -> str:
+    """One line of a lane's fit figures: what the user sizes a deployment by."""
+    parts = [f"{fit.get('engine')} {fit.get('verdict')}"]
+    if fit.get("weights_bytes_per_gpu") is not None:
+        parts.append(f"weights {human_size(fit['weights_bytes_per_gpu'])}/GPU")
+    elif fit.get("weights_bytes") is not None:
+        parts.append(f"weights {human_size(fit['weights_bytes'])}")
+    if fit.get("kv_bytes_per_token") is not None:
+        parts.append(f"KV {human_size(fit['kv_bytes_per_token'])}/token")
+    if fit.get("kv_cache_bytes") is not None:
+        parts.append(f"KV cache {human_size(fit['kv_cache_bytes'])} (n_ctx {fit.get('n_ctx')})")
+    if fit.get("longest_context") is not None:
+        parts.append(f"longest context {fit['longest_context']}")
+    if fit.get("concurrency_at_max_len") is not None:
+        parts.append(f"{fit['concurrency_at_max_len']}x at {fit.get('max_model_len')} tokens")
+    if fit.get("headroom_bytes") is not None:
+        parts.append(f"headroom {human_size(fit['headroom_bytes'])}")
+    if fit.get("node"):
+        parts.append(f"on {fit['node']}")
+    return ", ".join(parts)
 
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -215,20 +261,18 @@ def write_termination_log(path: str | None, message: str) -> None:
     try:
         p = Path(target)
         if p.exists() and not p.is_file():  # a device or a bind-mounted file we cannot replace
-            with open(p, "wb") as f:
-                f.write(data)
+            overwrite_file(p, data)
         else:
             try:
-                atomic_write(p, data, fsync=False)
+                write_file_atomic(p, data, fsync=False)
             except OSError:
-                with open(p, "wb") as f:  # a bind-mounted file cannot be renamed over
-                    f.write(data)
+                overwrite_file(p, data)  # a bind-mounted file cannot be renamed over
     except OSError:
         pass
 
 
 def write_report_file(path: str, report: Report) -> None:
-    atomic_write(Path(path), report.to_json().encode() + b"\n", fsync=False)
+    write_file_atomic(Path(path), report.to_json().encode() + b"\n", fsync=False)
 
 
 # --------------------------------------------------------------------------- every exit

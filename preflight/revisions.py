@@ -22,8 +22,6 @@ writes only once the snapshot is complete.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import os
@@ -71,13 +69,14 @@ class Current:
 
 
 def current(models_dir: Path, lane: Lane) -> Current:
-    p = models_dir / lane.path
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
+    """Read through the door: a folder on the way that links out of the volume raises
+    PathEscape (nothing outside is looked at)."""
+    vol = Volume(models_dir)
+    st = vol.lstat(lane.path)
+    if st is None:
         return Current("missing")
     if stat.S_ISLNK(st.st_mode):
-        target = os.readlink(p)
+        target = vol.read_link(lane.path) or ""
         prefix = rev_prefix(lane.path)
         if "/" not in target and target.startswith(prefix):
             return Current("revision", target[len(prefix):])
@@ -94,19 +93,16 @@ class Revision:
 
 
 def revisions(models_dir: Path, lane: Lane) -> list[Revision]:
-    """The lane's revision folders, newest first (the current one flagged)."""
-    parent = (models_dir / lane.path).parent
+    """The lane's revision folders, newest first (the current one flagged). Listed through
+    the door: PathEscape when the lane's folder leads out of the volume."""
+    parent = posixpath.dirname(lane.path)
     prefix = rev_prefix(lane.path)
     cur = current(models_dir, lane)
     out = []
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return []
-    for entry in entries:
-        if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
-            rid = entry.name[len(prefix):]
-            out.append(Revision(rid, Path(entry.path), entry.stat(follow_symlinks=False).st_mtime, cur.state == "revision" and cur.rid == rid))
+    for name, st in Volume(models_dir).entries(parent):
+        if name.startswith(prefix) and stat.S_ISDIR(st.st_mode):
+            rid = name[len(prefix):]
+            out.append(Revision(rid, models_dir / parent / name, st.st_mtime, cur.state == "revision" and cur.rid == rid))
     out.sort(key=lambda r: (not r.current, -r.mtime))
     return out
 
@@ -119,27 +115,17 @@ def link_unchanged(vol: Volume, old_root: Path, new_rel: str, names: list[str], 
     one fails its digest and is fetched over the link, which leaves the old tree alone.
     Returns how many were linked; OSError when the filesystem cannot link."""
     linked = 0
+    old_rel = vol.rel_of(old_root)
     for rel in names:
-        src = old_root / rel
-        try:
-            st = os.stat(src, follow_symlinks=False)
-        except OSError:
+        src = f"{old_rel}/{rel}" if old_rel else rel
+        st = vol.lstat(src)  # walked as every write is: a link out of the volume on the way is refused
+        if st is None or not stat.S_ISREG(st.st_mode):
             continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        folder, _, name = (new_rel + "/" + rel).rpartition("/")
-        fd = vol.open_dir(folder)
-        try:
-            try:
-                os.stat(name, dir_fd=fd, follow_symlinks=False)
-                continue  # already there (a rerun after a kill)
-            except FileNotFoundError:
-                pass
-            os.link(src, name, dst_dir_fd=fd, follow_symlinks=False)
-            new_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        finally:
-            os.close(fd)
-        keys.carry(src, st, vol.root / new_rel / rel, new_st)
+        dst = f"{new_rel}/{rel}"
+        if vol.lstat(dst) is not None:
+            continue  # already there (a rerun after a kill)
+        new_st = vol.make_hardlink(src, dst)
+        keys.carry(old_root / rel, st, vol.path / new_rel / rel, new_st)
         linked += 1
     return linked
 
@@ -160,31 +146,6 @@ class ReceiptKeys:
             self.receipts.record(self.key_of(new), new_st, digests)
 
 
-_RENAME_EXCHANGE = 2
-
-
-def _renameat2():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def exchange(dir_fd: int, a: str, b: str) -> None:
-    """Swap two names in one folder atomically (renameat2 RENAME_EXCHANGE); OSError when
-    the kernel or filesystem cannot."""
-    fn = _renameat2()
-    if fn is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available")
-    if fn(dir_fd, a.encode(), dir_fd, b.encode(), _RENAME_EXCHANGE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def flip(vol: Volume, lane: Lane, rid: str, old_rid: str | None = None) -> str | None:
     """Make revision `rid` current: one new symlink replaces what stands at the lane path.
     A real folder there (the in-place layout) is exchanged with the link in one step and
@@ -192,44 +153,38 @@ def flip(vol: Volume, lane: Lane, rid: str, old_rid: str | None = None) -> str |
     steps (a moment without the lane path, never a mix)."""
     parent, _, name = lane.path.rpartition("/")
     target = rev_prefix(lane.path) + rid
-    fd = vol.open_dir(parent)
+    here = vol.sub(parent)
     note = None
-    try:
-        _clean_tmp(fd, name)
-        tmp = f".{name}{LINK_TMP}{os.getpid()}"
-        os.symlink(target, tmp, dir_fd=fd)
+    _clean_tmp(here, name)
+    tmp = f".{name}{LINK_TMP}{os.getpid()}"
+    here.make_symlink(tmp, target, replace=False)
+    st = here.lstat(name)
+    if st is None or stat.S_ISLNK(st.st_mode):
+        here.move(tmp, name)
+    elif stat.S_ISDIR(st.st_mode):
+        kept = rev_prefix(lane.path) + (old_rid or time.strftime("inplace-%Y%m%d%H%M%S"))
         try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is None or stat.S_ISLNK(st.st_mode):
-            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-        elif stat.S_ISDIR(st.st_mode):
-            kept = rev_prefix(lane.path) + (old_rid or time.strftime("inplace-%Y%m%d%H%M%S"))
-            try:
-                exchange(fd, tmp, name)  # now `name` is the link and `tmp` the old folder
-                os.rename(tmp, kept, src_dir_fd=fd, dst_dir_fd=fd)
-            except OSError as exc:
-                os.rename(name, kept, src_dir_fd=fd, dst_dir_fd=fd)
-                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                note = f"{lane.path}: converted to revisions in two renames ({exc.strerror}): the path was absent for a moment"
-        else:
-            os.unlink(tmp, dir_fd=fd)
-            raise OSError(errno.EEXIST, f"{lane.path} is neither a folder nor a symlink")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            here.swap(tmp, name)  # now `name` is the link and `tmp` the old folder
+            here.move(tmp, kept)
+        except OSError as exc:
+            here.move(name, kept)
+            here.move(tmp, name)
+            note = f"{lane.path}: converted to revisions in two renames ({exc.strerror}): the path was absent for a moment"
+    else:
+        here.remove_file(tmp)
+        raise OSError(errno.EEXIST, f"{lane.path} is neither a folder nor a symlink")
+    here.fsync_dir()
     return note
 
 
-def _clean_tmp(fd: int, name: str) -> None:
+def _clean_tmp(here: Volume, name: str) -> None:
     """Leftovers of a flip killed midway: a temporary link, or the old folder parked
     under the temporary name after the exchange (kept as a revision)."""
     prefix = f".{name}{LINK_TMP}"
-    for entry in os.scandir(fd):
-        if not entry.name.startswith(prefix):
+    for entry, st in here.entries():
+        if not entry.startswith(prefix):
             continue
-        if entry.is_symlink():
-            os.unlink(entry.name, dir_fd=fd)
-        elif entry.is_dir(follow_symlinks=False):
-            os.rename(entry.name, f".{name}{REV}{time.strftime('inplace-%Y%m%d%H%M%S')}", src_dir_fd=fd, dst_dir_fd=fd)
+        if stat.S_ISLNK(st.st_mode):
+            here.remove_file(entry)
+        elif stat.S_ISDIR(st.st_mode):
+            here.move(entry, f".{name}{REV}{time.strftime('inplace-%Y%m%d%H%M%S')}")

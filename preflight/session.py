@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -9,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .check import STATE_DIR, Context, check_lanes
-from .errors import ExitCode, UsageError
-from .integrity import Receipts, atomic_write
+from .errors import ExitCode, PreflightError, UsageError
+from .integrity import Receipts
 from .lockfile import Lock, default_lock_path, load_lock
 from .manifest import Lane, Manifest, load_manifest, split_lanes
 from .report import Outputs, Report, emit, track
@@ -41,16 +42,27 @@ class Session:
         lock_path = Path(lock) if lock else default_lock_path(m)
         if lock or lock_path.exists():
             lock_obj = load_lock(lock_path)
-        if command == "check" and not root.is_dir():  # sync creates it
+        if command in ("check", "status") and not root.is_dir():  # sync creates it
             report.notes.append(f"models folder {root} " + ("is not a folder" if root.exists() else "does not exist"))
         sdir = Path(state_dir) if state_dir else root / STATE_DIR
+        svol = None
         if root.is_dir():
             from .volume import state_volume
 
-            state_volume(root, sdir, create=False)  # a .preflight that leads out of the volume is refused, not read or written
+            svol = state_volume(root, sdir, create=False)  # a .preflight that leads out of the volume is refused, not read or written
         writable = _writable(sdir if sdir.exists() else (sdir.parent if sdir.parent.exists() else root))
-        receipts = Receipts(sdir if sdir.exists() or writable else None)
+        receipts = Receipts(sdir if sdir.exists() or writable else None, svol)
         ctx = Context(m, root, receipts, lock_obj, verify)
+        declared = opts.get("accelerator") or m.accelerator
+        if declared:
+            from .serving.accel import AcceleratorError, parse_declared
+            from .serving.lane import NodeAccelerator
+
+            try:
+                parse_declared(declared)
+            except AcceleratorError as exc:
+                raise UsageError(f"--accelerator {declared!r}: {exc}") from None
+            ctx.accelerator = NodeAccelerator(declared)
         return cls(m, selected, ctx, report, opts, sdir, writable, started)
 
     def check(self, remotes=None) -> Report:
@@ -77,16 +89,34 @@ class Session:
         report.elapsed_s = time.monotonic() - self.started
         code = report.finish()
         if ready_file and code == ExitCode.READY and self.writable and self.state_dir is not None:
-            try:
-                atomic_write(self.state_dir / "report.json", report.to_json().encode())
-                atomic_write(self.state_dir / "ready.json", json.dumps({
-                    "status": "ready", "lanes": [l.name for l in report.lanes],
-                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }).encode())
-            except OSError as exc:
-                report.notes.append(f"could not write ready.json: {exc.strerror}")
+            code = self._write_ready(report)
         emit(report, Outputs.from_options(self.opts))
         return code
+
+    def _write_ready(self, report: Report) -> int:
+        """report.json, then ready.json: readiness probes read the last, so it is part of
+        ready. A volume that fills while it is written is exit 5, any other failure 1."""
+        from .volume import state_volume
+
+        assert self.state_dir is not None
+        try:
+            vol = state_volume(self.ctx.models_dir, self.state_dir)
+            vol.write_atomic("report.json", report.to_json().encode())
+            vol.write_atomic("ready.json", json.dumps({
+                "status": "ready", "lanes": [l.name for l in report.lanes],
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }).encode())
+            return int(report.exit_code)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            report.exit_code = ExitCode.DISK_SPACE if full else ExitCode.NOT_READY
+            report.reason = (f"every lane verified, but {self.state_dir / 'ready.json'} could not be written "
+                             f"({exc.strerror or exc}): readiness probes read it, so the volume is not ready")
+            report.hint = "free space on the volume and run sync again" if full else None
+            return int(report.exit_code)
+        except PreflightError as exc:
+            report.exit_code, report.reason, report.hint = exc.exit_code, str(exc), getattr(exc, "hint", None)
+            return int(report.exit_code)
 
 
 def _writable(path: Path) -> bool:

@@ -44,8 +44,7 @@ from .redact import redact as mask
 from .sources import Context as SourceContext
 from .sources import Entry, Listing, Source, Transfer, open_source
 from .sources.http import Cancel, Timeouts, retry_delay
-from .integrity import nofollow
-from .volume import PathEscape, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume, why_unwritable
+from .volume import PathEscape, StagedFile, Staging, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume, why_unwritable
 
 T = TypeVar("T")
 
@@ -263,7 +262,12 @@ class Fetcher:
     def run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         """Fetch every job; on an interrupt (SIGTERM arrives as KeyboardInterrupt) stop all
         downloads at once, keeping their partial bytes, and re-raise."""
-        state_volume(self.session.ctx.models_dir, self.staging.parent).dir_path("staging")  # no symlink out on the way
+        # Opened once through the door and held: a staging folder swapped for a link later changes nothing.
+        with Staging(state_volume(self.session.ctx.models_dir, self.staging.parent).sub("staging")) as held:
+            self.held = held
+            return self._run(jobs)
+
+    def _run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         failures: dict[str, list[tuple[Job, PreflightError]]] = {}
         workers = max(1, min(self.opts.workers, len(jobs)))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
@@ -288,7 +292,7 @@ class Fetcher:
             return FetchError(f"{job.label}: {exc.strerror or exc}")
 
     def _fetch(self, job: Job) -> None:
-        partial = self.staging / staging_name(job)
+        partial = self.held.file(staging_name(job))
         algos: tuple[str, ...] = ("sha256",) if (job.expect.sha256 or not job.expect.sha1) else ("sha1",)
         if job.expect.sha1 and job.expect.size is None:
             algos = ("sha256",)
@@ -306,6 +310,7 @@ class Fetcher:
                     delay = retry_delay(attempt, last, self.deadline)
                     if delay is None:
                         break
+                    self.progress.pause(key)
                     self.progress.log(f"{job.label}: retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
                     if self.cancel.wait(delay):
                         raise FetchError(f"{job.label}: cancelled")
@@ -313,7 +318,7 @@ class Fetcher:
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise FetchError(f"{job.label}: the run's deadline passed")
                 try:
-                    got = job.source.fetch(job.entry, partial, algos, transfer)
+                    got = job.source.fetch(self._planned(job), partial, algos, transfer)
                     digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
                     if self.cancel.is_set():
@@ -331,11 +336,11 @@ class Fetcher:
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                         raise
                     # The partial cannot be completed, and it holds the space others need.
-                    _unlink(partial)
+                    partial.remove()
                     raise DiskSpaceError(f"{job.label}: the volume filled up during the download; the partial file was removed") from None
                 except IntegrityError as exc:
                     last = exc
-                    _unlink(partial)
+                    partial.remove()
                     if isinstance(exc, UnsafeContentError):
                         from . import __version__
 
@@ -343,76 +348,61 @@ class Fetcher:
                             "lane": job.lane.name, "file": job.rel, "reason": mask(str(exc))[:500],
                             "version": __version__, "allow_pickle": job.lane.allow_pickle})
                         break
+                    if job.source.deterministic:
+                        break  # a local copy gives the same bytes every time: asking again cannot help
                 except FetchError as exc:
                     last = exc
             assert last is not None
             msg = str(last)
-            raise type(last)(f"{job.label}: {msg}" if not msg.startswith(job.label) else msg, url=getattr(last, "url", None), status=getattr(last, "status", None))
+            err = type(last)(f"{job.label}: {msg}" if not msg.startswith(job.label) else msg, url=getattr(last, "url", None),
+                             status=getattr(last, "status", None), hint=last.hint)
+            err.permanent = last.permanent
+            raise err
         finally:
             if key is not None:
                 self.progress.finish(key)
 
-    def _verify(self, job: Job, partial: Path, size: int, digests: dict[str, str]) -> None:
+    def _planned(self, job: Job) -> Entry:
+        """The entry as the transfer should plan it: a size the source told before the body
+        (a URL's HEAD) makes a large file eligible for parallel ranges, as a size in the
+        manifest does. The size is then also required of the body; the manifest's own
+        expectations (`job.expect`) are what the bytes are verified against."""
+        if job.entry.expect.size is None and job.size_hint is not None:
+            return dataclasses.replace(job.entry, expect=dataclasses.replace(job.entry.expect, size=job.size_hint))
+        return job.entry
+
+    def _verify(self, job: Job, partial: StagedFile, size: int, digests: dict[str, str]) -> None:
         exp = job.expect
+        what = job.source.fetched_as  # "downloaded", "copied from the mirror"
+        pinned = f" (pinned at {exp.origin})" if exp.origin else " (as the source lists it)"
         if exp.size is not None and size != exp.size:
-            raise IntegrityError(f"{job.label}: got {size} bytes, expected {exp.size}")
+            raise IntegrityError(f"{job.label}: {what} {size} bytes, expected {exp.size}{pinned}")
         if exp.sha256 and digests.get("sha256") != exp.sha256:
-            raise IntegrityError(f"{job.label}: downloaded sha256 is {digests.get('sha256')}, expected {exp.sha256}")
+            raise IntegrityError(f"{job.label}: {what} bytes hash to sha256 {digests.get('sha256')}, expected {exp.sha256}{pinned}")
         if not exp.sha256 and exp.sha1 and digests.get("sha1") != exp.sha1:
-            raise IntegrityError(f"{job.label}: downloaded git blob sha1 is {digests.get('sha1')}, expected {exp.sha1}")
+            raise IntegrityError(f"{job.label}: {what} bytes hash to git blob sha1 {digests.get('sha1')}, expected {exp.sha1}{pinned}")
         from .check import check_single_file
 
-        problems = [p for p in check_single_file(partial, job.rel, job.lane.allow_pickle or True) if p.is_error]
+        # read through the held staging descriptor (StagedFile.__fspath__)
+        problems = [p for p in check_single_file(Path(os.fspath(partial)), job.rel, job.lane.allow_pickle or True) if p.is_error]
         for p in problems:
             if p.code == P.DANGEROUS_PICKLE:
                 raise UnsafeContentError(f"{job.label}: the downloaded file is refused, not published: {p.message}")
         if problems:
             raise IntegrityError(f"{job.label}: the downloaded file is not valid: {problems[0].message}")
 
-    def _publish(self, job: Job, partial: Path, size: int, digests: dict[str, str]) -> None:
+    def _publish(self, job: Job, partial: StagedFile, size: int, digests: dict[str, str]) -> None:
         """Rename the verified staged file into place, through folders opened without
         following any symlink out of the volume. The staged file itself must still be the
         size that was verified (a writer that lost the lease may have appended to it)."""
         vol = self.volume
-        st = os.lstat(partial)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-            raise IntegrityError(f"{job.label}: the staged file changed after it was verified ({st.st_size} bytes, verified {size}); discarded")
-        sfd = os.open(partial.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        dfd = vol.open_dir(vol.rel_of(job.target.parent))
         try:
-            os.replace(partial.name, job.target.name, src_dir_fd=sfd, dst_dir_fd=dfd)
-            _fsync_fd(dfd)
-            st = os.stat(job.target.name, dir_fd=dfd, follow_symlinks=False)
-        finally:
-            os.close(sfd)
-            os.close(dfd)
+            st = partial.publish(vol, vol.rel_of(job.target), size)
+        except ValueError as exc:
+            raise IntegrityError(f"{job.label}: {exc}; discarded") from None
         if job.link is not None:
-            lfd = vol.open_dir(vol.rel_of(job.link.parent))
-            try:
-                tmp = f".{job.link.name}.{os.getpid()}.lnk"
-                try:
-                    os.unlink(tmp, dir_fd=lfd)
-                except FileNotFoundError:
-                    pass
-                os.symlink(os.path.relpath(job.target, job.link.parent), tmp, dir_fd=lfd)
-                os.replace(tmp, job.link.name, src_dir_fd=lfd, dst_dir_fd=lfd)
-            finally:
-                os.close(lfd)
+            vol.make_symlink(vol.rel_of(job.link), os.path.relpath(job.target, job.link.parent))
         self.session.ctx.receipts.record(state_key(self.session.ctx.models_dir, job.link or job.target), st, digests)
-
-
-def _unlink(p: Path) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
-
-
-def _fsync_fd(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
 
 
 def settle_listings(session: Session, remote: Remote) -> None:
@@ -440,13 +430,14 @@ def settle_listings(session: Session, remote: Remote) -> None:
         if not commit or not rev or rev == commit:
             continue
         rel = f"{lane.path}/{repo_folder(lane.source.repo, lane.source.repo_type)}/refs/{rev}"
+        vol = Volume(session.ctx.models_dir)
         try:
-            if (session.ctx.models_dir / rel).read_text().strip() == commit:
+            if (vol.read_bytes(rel, 4096) or b"").strip() == commit.encode():
                 continue
-        except (OSError, UnicodeDecodeError):
+        except PathEscape:
             pass
         try:
-            Volume(session.ctx.models_dir).write_atomic(rel, commit.encode())
+            vol.write_atomic(rel, commit.encode())
         except OSError as exc:
             session.report.notes.append(f"could not write {rel}: {exc.strerror}")
 
@@ -500,15 +491,22 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
     if os.path.lexists(root) and not root.is_dir():
         raise NotReadyError(f"the models folder {root} is a file, not a folder; cannot fetch", hint="point --models-dir / models_dir at a folder")
     try:
-        staging = state_volume(root, sdir).dir_path("staging")
-        probe = staging / f".write-probe-{os.getpid()}"
-        with open(probe, "wb", opener=nofollow):
-            pass
-        os.unlink(probe)
+        Volume(root).make_dirs("")  # sync creates the models folder (also when --state-dir is elsewhere)
+    except OSError as exc:
+        raise NotReadyError(f"cannot create the models folder {root}: {why_unwritable(root, exc)}; cannot fetch", hint=_OWNER_HINT) from None
+    try:
+        staging = state_volume(root, sdir).sub("staging")
+        probe = f".write-probe-{os.getpid()}"
+        os.close(staging.open_file(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, create_dirs=True))
+        staging.remove_file(probe)
     except PathEscape:
         raise
     except OSError as exc:
         raise NotReadyError(f"cannot write the state folder {sdir}: {why_unwritable(sdir, exc)}; cannot fetch", hint=_OWNER_HINT) from None
+    if os.stat(staging.path).st_dev != os.stat(root).st_dev:
+        raise NotReadyError(f"the state folder {sdir} is on another filesystem than the models folder {root}: a verified download "
+                            "is renamed into place from staging, which needs one filesystem; cannot fetch",
+                            hint="leave --state-dir unset for sync (the state folder is then <models_dir>/.preflight), or put it on the volume")
     vol = Volume(root)
     escaped: dict[str, PreflightError] = {}
     seen: set[str] = set()
@@ -528,6 +526,7 @@ def check_writable(session: Session, jobs: list[Job]) -> dict[str, PreflightErro
                                     hint=_OWNER_HINT)
     session.writable = True
     session.ctx.receipts.state_dir = sdir
+    session.ctx.receipts.volume = state_volume(root, sdir)
     return escaped
 
 
@@ -539,20 +538,19 @@ def run_sync(session: Session, opts: Options) -> Report:
     progress = Progress(quiet=bool(session.opts.get("quiet")))
     deadline = time.monotonic() + opts.deadline if opts.deadline else None
     try:
-        if opts.offline:
-            session.check()
-            report.notes.append("offline: nothing was fetched")
-            return report
         remote = Remote(session, opts, progress, deadline)
+        offline_skipped = 0
         for lane in session.lanes:
+            if opts.offline and not (lane.source is not None and lane.source.scheme == "local"):
+                offline_skipped += lane.source is not None
+                continue  # offline means no network: local mirrors are still read
             remote.resolve(lane)
-        if remote.errors:
-            if any(l.required for l in session.lanes if l.name in remote.errors):
-                session.check(remote.expect)
-                _attach(report, remote.errors)
-                _fail_with(report, remote.errors)
-                return report
-        blocked: dict[str, PreflightError] = dict(remote.errors)  # lanes that fail without a fetch (optional ones here)
+        if opts.offline:
+            report.notes.append("offline: nothing was fetched over the network" + (
+                f" ({plural(offline_skipped, 'lane')} with a remote source checked as they stand)" if offline_skipped else ""))
+        # A lane whose source failed (a gated repo without a token, a server down) fails
+        # alone: every other lane is still fetched, and the exit code names the worst.
+        blocked: dict[str, PreflightError] = dict(remote.errors)
         results = session.check(remote.expect).lanes
         jobs = held_back(session, plan_jobs(session, remote, results), blocked)
         if not jobs:
@@ -565,12 +563,13 @@ def run_sync(session: Session, opts: Options) -> Report:
         sizes: dict[str, int | None] = {}
         learn_sizes(jobs, sizes)
         check_space(session, jobs, staging)
-        lease = Lease(session.state_dir, stale_after=opts.stale_after)
+        lease = Lease(state_volume(session.ctx.models_dir, session.state_dir), stale_after=opts.stale_after)
         lease.acquire(opts.lease_wait, progress.log)
         fetched: dict[str, list[int]] = {}
         try:
             for _round in range(MAX_LEASE_ROUNDS):
-                session.ctx.receipts = type(session.ctx.receipts)(session.state_dir)  # pick up another writer's receipts
+                # pick up another writer's receipts
+                session.ctx.receipts = type(session.ctx.receipts)(session.state_dir, state_volume(session.ctx.models_dir, session.state_dir))
                 real_lanes = session.lanes
                 switches = prepare_switches(session, remote, progress)
                 session.lanes = [switches[l.name].staged if l.name in switches else l for l in real_lanes]
@@ -601,7 +600,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                         # another writer took the volume over: wait for it, then judge the volume again.
                         progress.log("lost the volume lease to another writer; waiting for it, then checking again")
                         lease.release()
-                        lease = Lease(session.state_dir, stale_after=opts.stale_after)
+                        lease = Lease(state_volume(session.ctx.models_dir, session.state_dir), stale_after=opts.stale_after)
                         lease.acquire(opts.lease_wait, progress.log)
                         continue
                     if jobs:
@@ -618,10 +617,15 @@ def run_sync(session: Session, opts: Options) -> Report:
                 for r in results:
                     sw = switches.get(r.name)
                     if sw is not None and not sw.flipped:
-                        # The lane path still serves the revision before; why the new one is not ready is what matters.
-                        r.problems = list(staged_results[r.name].problems) + [P.warning(r.path, P.NOT_SWITCHED,
-                            f"{r.path} still serves {sw.old_rid and 'revision ' + sw.old_rid or 'the folder as it was'}: revision {sw.rid} "
-                            f"is assembled in {sw.staged.path} and becomes current once it is ready")]
+                        # Why the new revision is not ready is what matters; the lane path still serves
+                        # what stood there before, if anything did.
+                        r.problems = list(staged_results[r.name].problems)
+                        if sw.was != "missing":
+                            serves = f"revision {sw.old_rid}" if sw.old_rid else "the folder as it was (in place)"
+                            r.serving = {"revision": sw.old_rid, "layout": "revisions" if sw.old_rid else "in-place", "wanted": sw.rid}
+                            r.problems.append(P.warning(r.path, P.NOT_SWITCHED,
+                                f"{r.path} still serves {serves}: revision {sw.rid} is assembled in {sw.staged.path} "
+                                "and becomes current once it is ready"))
                         r.settle()
                 settle_listings(session, remote)
                 for r in results:
@@ -646,6 +650,7 @@ class Switch:
     staged: Lane
     rid: str
     old_rid: str | None
+    was: str = "missing"  # what stood at the lane path: "missing", "revision", "folder"
     flipped: bool = False
 
     def flip(self, session: Session) -> str | None:
@@ -669,7 +674,10 @@ def prepare_switches(session: Session, remote: Remote, progress: Progress) -> di
             continue
         expect, version = remote.expect[lane.name]
         rid = rev_id(version, expect)
-        cur = current(ctx.models_dir, lane)
+        try:
+            cur = current(ctx.models_dir, lane)
+        except NotReadyError:
+            continue  # a folder on the way leads out of the volume: the lane fails alone (check_writable, observe)
         if cur.state == "revision" and cur.rid == rid:
             continue  # repairs happen inside the current revision: the same bytes, no mix
         if cur.state == "other":
@@ -688,7 +696,7 @@ def prepare_switches(session: Session, remote: Remote, progress: Progress) -> di
                 continue
             if linked:
                 progress.log(f"{lane.name}: revision {rid} assembled beside {cur.rid or 'the current folder'} ({plural(linked, 'unchanged file')} linked)")
-        out[lane.name] = Switch(lane, staged, rid, cur.rid)
+        out[lane.name] = Switch(lane, staged, rid, cur.rid, cur.state)
     return out
 
 
@@ -745,12 +753,17 @@ def _attach(report: Report, errors: dict[str, PreflightError]) -> None:
 def _fail_with(report: Report, errors: dict[str, PreflightError]) -> None:
     """The exit code of the most telling failure among required lanes: auth, then fetch."""
     required = {l.name for l in report.lanes if l.required}
-    relevant = [e for n, e in errors.items() if n in required]
+    relevant = [(n, e) for n, e in errors.items() if n in required]
     if not relevant:
         return
     lanes_ok = all(l.status in ("ready", "skipped") for l in report.lanes if l.required)
     if lanes_ok:
         return
-    ranked = sorted(relevant, key=lambda e: {ExitCode.AUTH: 0, ExitCode.DISK_SPACE: 1, ExitCode.FETCH: 2}.get(e.exit_code, 3))
-    report.exit_code = ranked[0].exit_code
-    report.reason = str(ranked[0])
+    ranked = sorted(relevant, key=lambda ne: {ExitCode.AUTH: 0, ExitCode.DISK_SPACE: 1, ExitCode.FETCH: 2}.get(ne[1].exit_code, 3))
+    name, first = ranked[0]
+    report.exit_code = first.exit_code
+    said = str(first)
+    report.reason = said if said.startswith(f"{name}/") or said.startswith(f"lane {name}") else f"lane {name}: {said}"
+    if len(ranked) > 1:
+        report.reason += f" (and {plural(len(ranked) - 1, 'more lane')})"
+    report.hint = getattr(first, "hint", None) or report.hint

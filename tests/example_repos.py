@@ -29,18 +29,22 @@ def llama_like(*, sharded: bool = True, config: dict | None = None) -> dict[str,
     return repos.hf_model(sharded=sharded, config=config)
 
 
-def _encoder_weights(hidden: int = 8, vocab: int = 32) -> dict[str, tuple[str, tuple[int, ...]]]:
-    return {
-        "embeddings.word_embeddings.weight": ("F32", (vocab, hidden)),
-        "encoder.layer.0.attention.self.query.weight": ("F32", (hidden, hidden)),
-        "pooler.dense.weight": ("F32", (hidden, hidden)),
-    }
+def _encoder_weights(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor BertModel builds from `config` (the pooler included)."""
+    from tests.st_layouts import encoder as encoder_layout
+
+    hidden = config["hidden_size"]
+    t = encoder_layout(layers=config["num_hidden_layers"], vocab=config["vocab_size"], hidden=hidden,
+                       inner=config["intermediate_size"], positions=config["max_position_embeddings"])
+    t["pooler.dense.weight"] = ("F32", (hidden, hidden))
+    t["pooler.dense.bias"] = ("F32", (hidden,))
+    return t
 
 
 def encoder(config: dict, *, extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
     """A BERT-style encoder folder (bge-m3, the reranker, MiniLM): config, tokenizer, model.safetensors."""
     with tempfile.TemporaryDirectory() as d:
-        write_safetensors(Path(d) / "model.safetensors", _encoder_weights(), metadata={"format": "pt"})
+        write_safetensors(Path(d) / "model.safetensors", _encoder_weights(config), metadata={"format": "pt"})
         weights = (Path(d) / "model.safetensors").read_bytes()
     files = {
         "config.json": json.dumps(config).encode(),

@@ -23,9 +23,12 @@ def _read_tree(root: Path) -> dict[str, bytes]:
 
 
 def llama_weights() -> dict[str, tuple[str, tuple[int, ...]]]:
-    t: dict[str, tuple[str, tuple[int, ...]]] = {"model.embed_tokens.weight": ("BF16", (32, 16)), "lm_head.weight": ("BF16", (32, 16))}
+    t: dict[str, tuple[str, tuple[int, ...]]] = {"model.embed_tokens.weight": ("BF16", (32, 16)), "lm_head.weight": ("BF16", (32, 16)),
+                                                 "model.norm.weight": ("BF16", (16,))}
     for layer in range(2):
         p = f"model.layers.{layer}."
+        t[p + "input_layernorm.weight"] = ("BF16", (16,))
+        t[p + "post_attention_layernorm.weight"] = ("BF16", (16,))
         t[p + "self_attn.q_proj.weight"] = ("BF16", (16, 16))
         t[p + "self_attn.k_proj.weight"] = ("BF16", (8, 16))
         t[p + "self_attn.v_proj.weight"] = ("BF16", (8, 16))

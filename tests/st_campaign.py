@@ -38,9 +38,6 @@ ORACLE_ENV = "PREFLIGHT_TORCH_ORACLE"
 DELIBERATE = {
     "entry-as-array": "the library's serde derive reads [dtype, shape, data_offsets]; no writer emits it and Python "
                       "readers of headers index entry['dtype'], so we refuse it",
-    "renamed-norm-in-layer": "a norm renamed in a model of two layers: the module table of the common architectures lists "
-                             "the projections only (the shared test fixtures write Llama folders without norms), and two "
-                             "layers that differ cannot tell a rename from two kinds of layer (transformers reports the key missing)",
 }
 
 

@@ -79,10 +79,7 @@ def bnb4() -> Layout:
 
 
 def gpt2(prefix: str = "transformer.") -> Layout:
-    t: Layout = {f"{prefix}wte.weight": ("F32", (V, H)), f"{prefix}wpe.weight": ("F32", (64, H))}
-    for i in range(L):
-        t[f"{prefix}h.{i}.attn.c_attn.weight"] = ("F32", (H, 3 * H))
-    return t
+    return gpt2_layers(L, prefix)
 
 
 def gpt_neox() -> Layout:
@@ -92,12 +89,22 @@ def gpt_neox() -> Layout:
     return t
 
 
-def encoder(prefix: str = "", *, layers: int = L, vocab: int = V, hidden: int = H) -> Layout:
-    """BERT / XLM-RoBERTa (bge-m3: no prefix; the reranker: `roberta.`)."""
+def encoder(prefix: str = "", *, layers: int = L, vocab: int = V, hidden: int = H, inner: int = 4 * H, positions: int = 64) -> Layout:
+    """BERT / XLM-RoBERTa (bge-m3: no prefix; the reranker: `roberta.`), every tensor BertModel builds."""
     t: Layout = {f"{prefix}embeddings.word_embeddings.weight": ("F32", (vocab, hidden)),
-                 f"{prefix}embeddings.position_embeddings.weight": ("F32", (64, hidden))}
+                 f"{prefix}embeddings.position_embeddings.weight": ("F32", (positions, hidden)),
+                 f"{prefix}embeddings.token_type_embeddings.weight": ("F32", (2, hidden)),
+                 f"{prefix}embeddings.LayerNorm.weight": ("F32", (hidden,)), f"{prefix}embeddings.LayerNorm.bias": ("F32", (hidden,))}
     for i in range(layers):
-        t[f"{prefix}encoder.layer.{i}.attention.self.query.weight"] = ("F32", (hidden, hidden))
+        p = f"{prefix}encoder.layer.{i}."
+        for module, out, inp in (("attention.self.query", hidden, hidden), ("attention.self.key", hidden, hidden),
+                                 ("attention.self.value", hidden, hidden), ("attention.output.dense", hidden, hidden),
+                                 ("intermediate.dense", inner, hidden), ("output.dense", hidden, inner)):
+            t[p + module + ".weight"] = ("F32", (out, inp))
+            t[p + module + ".bias"] = ("F32", (out,))
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            t[p + ln + ".weight"] = ("F32", (hidden,))
+            t[p + ln + ".bias"] = ("F32", (hidden,))
     return t
 
 
@@ -193,13 +200,16 @@ def hybrid(types: list[str]) -> Layout:
     return t
 
 
-def gpt2_layers(layers: int) -> Layout:
-    t: Layout = {"transformer.wte.weight": ("F32", (V, H)), "transformer.wpe.weight": ("F32", (64, H))}
+def gpt2_layers(layers: int, prefix: str = "transformer.") -> Layout:
+    """Every tensor GPT2LMHeadModel builds (the head tied to wte, so not stored)."""
+    t: Layout = {f"{prefix}wte.weight": ("F32", (V, H)), f"{prefix}wpe.weight": ("F32", (64, H)),
+                 f"{prefix}ln_f.weight": ("F32", (H,)), f"{prefix}ln_f.bias": ("F32", (H,))}
     for i in range(layers):
-        p = f"transformer.h.{i}."
-        t[p + "attn.c_attn.weight"] = ("F32", (H, 3 * H))
-        t[p + "attn.c_proj.weight"] = ("F32", (H, H))
-        t[p + "mlp.c_fc.weight"] = ("F32", (H, 4 * H))
-        t[p + "mlp.c_proj.weight"] = ("F32", (4 * H, H))
-        t[p + "ln_1.weight"] = ("F32", (H,))
+        p = f"{prefix}h.{i}."
+        for name, shape in (("attn.c_attn", (H, 3 * H)), ("attn.c_proj", (H, H)), ("mlp.c_fc", (H, 4 * H)), ("mlp.c_proj", (4 * H, H))):
+            t[p + name + ".weight"] = ("F32", shape)
+            t[p + name + ".bias"] = ("F32", (shape[1],))
+        for ln in ("ln_1", "ln_2"):
+            t[p + ln + ".weight"] = ("F32", (H,))
+            t[p + ln + ".bias"] = ("F32", (H,))
     return t

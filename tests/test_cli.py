@@ -142,13 +142,18 @@ def test_bad_files_under_inspect_never_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_exit_130_on_interrupt(tmp_path: Path, signum: int) -> None:
-    """Ctrl-C, or the SIGTERM Kubernetes sends on pod stop, in the middle of hashing ends with 130, promptly."""
+    """Ctrl-C, or the SIGTERM Kubernetes sends on pod stop, in the middle of hashing ends with 130, promptly.
+
+    No timing luck: the signal goes only once the process is hashing (it has read 64 MiB,
+    from /proc/PID/io), and the files are large enough (2 x 256 GiB, sparse) that hashing
+    them to the end would take minutes on any machine, so an exit 130 well inside the
+    bound can only come from the interrupt."""
     models = tmp_path / "models"
     models.mkdir()
     lanes = []
     for i in range(2):
         with open(models / f"big{i}.dat", "wb") as f:
-            f.truncate(8 << 30)  # sparse: costs no disk, takes seconds to hash
+            f.truncate(256 << 30)  # sparse: costs no disk
         lanes.append(f"  - {{name: big{i}, kind: file, path: big{i}.dat, sha256: '{'0' * 64}'}}")
     manifest = tmp_path / "lanes.yaml"
     manifest.write_text("version: 1\nlanes:\n" + "\n".join(lanes) + "\n")
@@ -156,19 +161,30 @@ def test_exit_130_on_interrupt(tmp_path: Path, signum: int) -> None:
         [sys.executable, "-m", "preflight.cli", "check", "-m", str(manifest), "-d", str(models), "--termination-log", ""],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    time.sleep(1.5)
-    assert proc.poll() is None, "finished before it could be interrupted"
-    sent = time.monotonic()
-    proc.send_signal(signum)
     try:
-        _out, err = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
+        deadline = time.monotonic() + 120
+        while _bytes_read(proc.pid) < 64 << 20:
+            assert proc.poll() is None, "finished before it could be interrupted"
+            assert time.monotonic() < deadline, "never started hashing"
+            time.sleep(0.1)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err.decode()
-    assert time.monotonic() - sent < 5
+    assert time.monotonic() - sent < 60
     assert b"interrupted" in err and b"Traceback" not in err
+
+
+def _bytes_read(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 @pytest.mark.parametrize("args, says", [

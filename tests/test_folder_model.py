@@ -178,9 +178,13 @@ def test_adapter_folders_get_no_model_checks(tmp_path: Path) -> None:
 
 
 def test_a_tensor_renamed_in_a_layer_of_a_known_architecture(tmp_path: Path) -> None:
+    """The family's table names every tensor: the old name is missing, the new one unexpected."""
     tensors = {k.replace("layers.0.mlp.up_proj", "layers.0.mlp.upp_proj"): v for k, v in decoder().items()}
-    (msg,) = _mutated(tmp_path, llama_config(), tensors)
-    assert "names LlamaForCausalLM, which builds mlp.up_proj in every layer; the weights have none under model.layers.{0}.mlp.up_proj" in msg
+    info = check(write_folder(tmp_path / "m", llama_config(), tensors))
+    assert mismatches(info) == []
+    found = {p.code: p.message for p in info.problems}
+    assert "model.layers.0.mlp.up_proj.weight is missing: LlamaForCausalLM" in found[P.TENSOR_MISSING]
+    assert "model.layers.0.mlp.upp_proj.weight: LlamaForCausalLM as config.json configures it has no such tensor" in found[P.TENSOR_UNEXPECTED]
 
 
 def test_a_quantized_module_renamed_in_a_layer(tmp_path: Path) -> None:
@@ -205,10 +209,11 @@ def test_the_embedding_under_any_usual_prefix_is_found(tmp_path: Path, prefix: s
 
 
 def test_a_tensor_renamed_in_one_layer_of_many(tmp_path: Path) -> None:
-    """An architecture without a module table: the renamed name stands alone where three layers agree."""
+    """An architecture without a shape table: the renamed name stands alone where three layers agree."""
     tensors = {k.replace("h.2.mlp.c_fc", "h.2.mlp.c_fcc"): v for k, v in gpt2_layers(4).items()}
-    config = {"architectures": ["GPT2LMHeadModel"], "n_layer": 4, "n_embd": H, "vocab_size": V}
-    (msg,) = _mutated(tmp_path, config, tensors)
+    config = {"architectures": ["CodeGenForCausalLM"], "n_layer": 4, "n_embd": H, "vocab_size": V}
+    bias, msg = _mutated(tmp_path, config, tensors)
+    assert "transformer.h.2.mlp.c_fcc.bias stands where" in bias
     assert "transformer.h.2.mlp.c_fcc.weight stands where the other layers hold transformer.h.N.mlp.c_fc.weight" in msg
 
 
@@ -221,8 +226,10 @@ def test_a_rename_within_a_layer_type(tmp_path: Path) -> None:
 
 
 def test_two_layers_that_differ_are_not_judged(tmp_path: Path) -> None:
-    """With two layers nothing tells a rename from two kinds of layer: not flagged (the module
-    tables cover the common architectures)."""
+    """With two layers nothing tells a rename from two kinds of layer: not flagged where no table
+    names the family's tensors; GPT-2's table does."""
     tensors = {k.replace("h.1.mlp.c_fc", "h.1.mlp.c_fcc"): v for k, v in gpt2_layers(2).items()}
-    config = {"architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": H, "vocab_size": V}
+    config = {"architectures": ["CodeGenForCausalLM"], "n_layer": 2, "n_embd": H, "vocab_size": V}
     assert _mutated(tmp_path, config, tensors) == []
+    info = check(write_folder(tmp_path / "gpt2", {**config, "architectures": ["GPT2LMHeadModel"]}, tensors))
+    assert {p.code for p in info.problems if p.is_error} == {P.TENSOR_MISSING, P.TENSOR_UNEXPECTED}

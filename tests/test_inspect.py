@@ -39,12 +39,12 @@ def test_safetensors_file(tmp_path: Path) -> None:
     r = inspect(path)
     assert r.exit_code == 0
     f = fields(r.stdout)
-    assert f["format"] == "safetensors" and f["tensor count"] == "16" and f["dtypes"] == "BF16: 16"
-    assert f["parameter count"] == "5.63K (5632)" and f["size"] == str(path.stat().st_size)
+    assert f["format"] == "safetensors" and f["tensor count"] == "21" and f["dtypes"] == "BF16: 21"
+    assert f["parameter count"] == "5.71K (5712)" and f["size"] == str(path.stat().st_size)
     assert "problems:         none" in r.stdout
     code, j = as_json(path)
-    assert code == 0 and j["format"] == "safetensors" and j["tensor_count"] == 16 and j["parameter_count"] == 5632
-    assert j["dtypes"] == {"BF16": 16} and j["metadata"] == {"format": "pt"} and j["problems"] == []
+    assert code == 0 and j["format"] == "safetensors" and j["tensor_count"] == 21 and j["parameter_count"] == 5712
+    assert j["dtypes"] == {"BF16": 21} and j["metadata"] == {"format": "pt"} and j["problems"] == []
 
 
 def test_truncated_safetensors_is_exit_1_with_problem(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_hf_folder_single_and_sharded(tmp_path: Path) -> None:
     assert (f["format"], f["architecture"], f["model type"], f["dtype"], f["context length"]) == ("hf-dir", "LlamaForCausalLM", "llama", "bfloat16", "2048")
     assert f["tokenizer"] == "tokenizer.json" and f["weights"] == "model.safetensors" and f["files"] == "5"
     code, j = as_json(sharded)
-    assert code == 0 and j["weights"] == ["model.safetensors.index.json"] and j["tensor_count"] == 16 and j["files"] == 8
+    assert code == 0 and j["weights"] == ["model.safetensors.index.json"] and j["tensor_count"] == 21 and j["files"] == 8
 
 
 def test_hf_folder_problems_are_listed(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_hf_cache_tree_is_read_at_its_snapshot(tmp_path: Path) -> None:
         code, j = as_json(target)
         assert code == 0, j["problems"]
         assert (j["format"], j["repo"], j["revision"]) == ("hf-cache", "org/tiny", COMMIT)
-        assert j["tensor_count"] == 16 and j["architecture"] == "LlamaForCausalLM"
+        assert j["tensor_count"] == 21 and j["architecture"] == "LlamaForCausalLM"
     r = inspect(hub)
     assert fields(r.stdout)["repo"] == "org/tiny" and "config-missing" not in r.stdout
 
@@ -220,7 +220,7 @@ def test_model_facts_are_shown(tmp_path: Path) -> None:
     f = fields(inspect(root).stdout)
     assert (f["layers"], f["vocabulary size"], f["hidden size"]) == ("2 (found 2)", "32", "16")
     assert f["tied embeddings"] == "not set in config.json; LM head present"
-    assert f["model checks"] == "layers, vocab_size, hidden_size"
+    assert f["model checks"] == "layers, tensor shapes, vocab_size, hidden_size"
     (root / "config.json").write_text(json.dumps({**json.loads((root / "config.json").read_text()), "num_hidden_layers": 3}))
     code, j = as_json(root)
     assert code == 1 and [p["code"] for p in j["problems"]] == ["config-mismatch"]

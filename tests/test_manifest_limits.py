@@ -58,6 +58,8 @@ CASES: dict[str, tuple[str | None, dict[str, tuple[str, int]], str | None]] = {
     "1M-values-block": (HEAD + "x:\n" + "- 1\n" * ((MAX_BYTES - 40) // 4), {}, f"more than {MAX_VALUES} values"),
     "400k-keys": (HEAD + "".join(f"k{i}: 1\n" for i in range(MAX_BYTES // 11)), {}, f"more than {MAX_VALUES} values"),
     "deep-nesting": (HEAD + "x: " + "[" * 200_000 + "]" * 200_000 + "\n", {}, f"nested more than {MAX_DEPTH} levels deep"),
+    "deep-nesting-mappings": (HEAD + "x: " + "{a: " * 100_000 + "1" + "}" * 100_000 + "\n", {}, f"nested more than {MAX_DEPTH} levels deep"),
+    "deep-nesting-block": (HEAD + "x:\n" + "".join("  " * i + "- \n" for i in range(1, 2000)), {}, f"nested more than {MAX_DEPTH} levels deep"),
     "deep-aliases": (HEAD + "a: &a " + "[" * 40 + "]" * 40 + "\nb: " + "[" * 30 + "*a" + "]" * 30 + "\n", {}, "levels deep"),
     "long-key": (HEAD + "? " + "k" * (MAX_STRING + 1) + "\n: 1\n", {}, "a key longer than"),
     "long-value": (HEAD + "models_dir: " + "m" * (MAX_STRING + 1) + "\n", {}, "a value longer than"),

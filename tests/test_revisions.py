@@ -216,7 +216,7 @@ def test_status_says_what_each_lane_takes(vol: Volume, hub_server: HubServer) ->
     r = vol.run("status", "--json")
     assert r.code == 0, r.stderr
     doc = json.loads(r.stdout)
-    (lane,) = doc["status"]
+    (lane,) = doc["lane_status"]
     assert lane["layout"] == "revisions" and lane["revision"] == shas[2][:12]
     assert sorted(lane["kept_revisions"]) == sorted(s[:12] for s in shas[:2])
     assert lane["last_verified"] and lane["bytes_on_disk"] > 0

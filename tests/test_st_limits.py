@@ -188,7 +188,7 @@ def test_hostile_index_is_bounded(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_100k_tensor_index_and_a_big_tokenizer_pass(tmp_path: Path) -> None:
-    """The index of a large MoE repo (100,000 tensors over 160 shards) is read; tokenizer.json is never parsed."""
+    """The index of a large MoE repo (100,000 tensors over 160 shards) is read, and a tokenizer.json of 250,000 tokens."""
     names = ["model.embed_tokens.weight",
              *(f"model.layers.{i // 1600}.mlp.experts.{i % 1600 // 3}.{('gate', 'up', 'down')[i % 3]}_proj.weight" for i in range(100_000 - 1))]
     index = {"metadata": {"total_size": 1}, "weight_map": {n: f"model-{i // 625 + 1:05d}-of-00160.safetensors" for i, n in enumerate(names)}}

@@ -198,7 +198,7 @@ def test_unknown_repo_without_a_token_exits_4_and_says_a_token_may_be_needed(vol
     vol.write([hf_lane("llm", "vllm/llm", "hf://org/nope@main")])
     r = vol.run(token=False)
     assert r.code == 4, r.stderr
-    assert "org/nope not found, or private and no token was given" in lane_message(r, "llm")
+    assert "org/nope not found, or private or gated and no token was given" in lane_message(r, "llm")
 
 
 # --------------------------------------------------------------------------- auth and secrets
@@ -502,3 +502,62 @@ def test_volume_filling_up_mid_download_gives_5_and_frees_the_partial(small_vol:
     assert len(published) <= 1
     for name in published:
         assert (small_vol.models / name).stat().st_size == 50 * MiB
+
+
+def test_a_416_to_a_resume_starts_over_from_byte_0_in_the_same_run(vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    """A staged prefix longer than the file now is (the file shrank, or an earlier answer
+    over-announced its length) gets 416 to its Range request: the partial is dropped and
+    the file fetched again from byte 0, not a failed run."""
+    import hashlib
+
+    url, digest = zeros_url(hub_server, tmp_path, "shrunk.bin", 3 * MiB)
+    hub_server.url_fault("/files/shrunk.bin").status(403, times=None, methods=("HEAD",))  # no size before the body
+    vol.write([{"name": "blob", "kind": "file", "path": "shrunk.bin", "source": url, "sha256": digest}])
+    staging = vol.models / STATE / "staging"
+    staging.mkdir(parents=True)
+    name = f"{digest}-{hashlib.sha256(str(vol.models / 'shrunk.bin').encode()).hexdigest()[:12]}.part"
+    (staging / name).write_bytes(b"\0" * (3 * MiB + 10))  # past the file's end: Range bytes=3145738- is unsatisfiable
+    r = vol.run("sync")
+    assert r.code == 0, r.stderr
+    assert "416" in r.stderr and "starting over from byte 0" in r.stderr
+    ranges = [req.range for req in hub_server.requests if req.path == "/files/shrunk.bin" and req.method == "GET"]
+    assert ranges == [f"bytes={3 * MiB + 10}-", None]
+    assert (vol.models / "shrunk.bin").stat().st_size == 3 * MiB and vol.debris() == []
+
+
+@pytest.mark.parametrize("small_vol", [8], indirect=True)
+def test_ready_json_that_cannot_be_written_is_not_ready(small_vol: Volume, hub_server: HubServer) -> None:
+    """Readiness probes read ready.json, so it is part of ready: a volume that fills up
+    after every lane verified is exit 5, with the reason, and no ready.json."""
+    hub_server.add_repo("org/llm", hf_model())
+    small_vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    assert small_vol.run("sync").code == 0
+    state = small_vol.models / STATE
+    for n in ("ready.json", "report.json"):
+        (state / n).unlink()
+    import os
+
+    fd = os.open(small_vol.models / "filler", os.O_WRONLY | os.O_CREAT)  # fill what is left of the volume
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    r = small_vol.run("sync")
+    assert r.code == 5, r.stderr
+    assert "ready.json could not be written" in r.report["reason"] and r.report["status"] == "not-ready"
+    assert not (state / "ready.json").exists()
+    assert "ready.json" in (r.termination or "")
+
+
+def test_a_state_folder_on_another_filesystem_is_named_before_any_download(small_vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    """Staging must share the models folder's filesystem (a verified file is renamed into
+    place): a --state-dir elsewhere is refused up front with the reason, not after the
+    download with "Invalid cross-device link"."""
+    hub_server.add_repo("org/llm", hf_model())
+    small_vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    r = small_vol.run("sync", "--state-dir", str(tmp_path / "state"))
+    assert r.code == 1, r.stderr
+    assert "another filesystem" in r.stderr and hub_downloads(hub_server, "org/llm") == 0

@@ -14,7 +14,9 @@ from typing import Any
 from .. import problems as P
 from ..problems import Problem
 from .jsonfile import CONFIG_LIMITS, read_json
+from .hfconfig import check_config_values
 from .modelcheck import ModelFacts, TensorMeta, check_model, text_config
+from .tokenizerfiles import check_generation_config, check_tokenizer_config, check_tokenizer_json
 from .pickle import check_by_content, classify, is_pickle_name
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -143,6 +145,12 @@ def check_hf_dir(
                 "set `serves_text: false` on lanes that serve no text",
             ))
 
+    if model_checks:  # before the weights: a large tokenizer's parse and a large index do not add up in memory
+        for rel, check in (("tokenizer.json", check_tokenizer_json), ("tokenizer_config.json", check_tokenizer_config),
+                           ("generation_config.json", check_generation_config)):
+            if rel in present:
+                info.problems.extend(check(root / rel))
+
     checked: set[str] = set()
     top_level = [f for f in files if "/" not in f]
     model_tensors: dict[str, TensorMeta] = {}
@@ -174,6 +182,7 @@ def check_hf_dir(
         for st in [loose["model.safetensors"]] if "model.safetensors" in loose else loose.values():
             model_tensors.update((n, (t.dtype, t.shape)) for n, t in st.tensors.items())
     if model_checks and isinstance(config, dict):
+        info.problems.extend(check_config_values(config, info.architecture))
         info.model, found = check_model(config, model_tensors)
         info.problems.extend(found)
     # A .bin/.pt is judged by what it holds (pickle, torch archive, safetensors, plain

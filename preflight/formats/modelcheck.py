@@ -56,6 +56,7 @@ from typing import Any
 
 from .. import problems as P
 from ..problems import Problem
+from .hfshapes import BY_ARCHITECTURE, check_shapes
 
 CONFIG = "config.json"
 
@@ -151,6 +152,9 @@ class ModelFacts:
     tied_embeddings: bool | None = None
     lm_head: bool | None = None
     quantized_layout: str | None = None
+    family: str | None = None  # the shape table's family (hfshapes.py)
+    tensors_compared: int | None = None  # tensors whose shape was compared with config.json
+    shapes_reason: str | None = None  # why the family's shapes were not compared
     checks: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,13 +246,24 @@ def check_model(config: Mapping[str, Any], tensors: Mapping[str, TensorMeta]) ->
                                f"{stem}.{P.number_ranges(beyond)}, which no module takes (vLLM fails on them)"))
 
     arch = _architecture(config)
-    modules = ARCHITECTURE_MODULES.get(arch or "")
-    covered: tuple[str, ...] = ()
-    if modules is not None and layout.embedding == modules.embedding + ".weight" and layout.layers == "layers":
-        out += _missing_modules(arch or "", modules, prefix, names, n)
-        covered = tuple(alt for want in modules.layer for alt in want.split("|"))
-    if n is not None:
-        out += _renamed_in_layer(prefix + layout.layers + ".", names, tensors, n, _layer_types(cfg, config, n), covered)
+    shapes = None
+    family = BY_ARCHITECTURE.get(arch or "")
+    if family is not None and cfg is config and prefix == family.prefix:
+        shapes, found = check_shapes(config, tensors, arch)
+        out += found
+        facts.family, facts.tensors_compared = shapes.family, shapes.tensors_compared
+        if shapes.checked:
+            checks.append("tensor shapes")
+        else:
+            facts.shapes_reason = shapes.reason
+    if not (shapes is not None and shapes.checked and family is not None and family.strict):
+        modules = ARCHITECTURE_MODULES.get(arch or "")
+        covered: tuple[str, ...] = ()
+        if modules is not None and layout.embedding == modules.embedding + ".weight" and layout.layers == "layers":
+            out += _missing_modules(arch or "", modules, prefix, names, n)
+            covered = tuple(alt for want in modules.layer for alt in want.split("|"))
+        if n is not None:
+            out += _renamed_in_layer(prefix + layout.layers + ".", names, tensors, n, _layer_types(cfg, config, n), covered)
 
     vocab = facts.vocab_size = _int(cfg, config, VOCAB_KEYS)
     width = facts.hidden_size = _int(cfg, config, WIDTH_KEYS)

@@ -6,6 +6,17 @@ together: every shard named exists, each tensor lives where the index says, no s
 holds a tensor the index does not list. A shard whose header could not be parsed
 is reported by its own check and skipped here, so one defect is reported once.
 
+What the loaders do with an index that disagrees with its shards decides what is an error
+(transformers 4.44 and 5.x `_load_pretrained_model`: the expected keys come from the
+index's weight_map, then every tensor of every shard file the index names is loaded;
+vLLM: the shard files named in weight_map's values, every tensor of each):
+  - a tensor mapped to the wrong shard, but held by another shard the index names: both
+    load it (a warning);
+  - a tensor held by two named shards: both read both copies (a warning);
+  - a tensor a shard holds that the index does not list: transformers reports it as a
+    missing key (its key list is the index's) - an error;
+  - a tensor the index maps that no named shard holds: missing for both - an error.
+
 Typical use::
 
     names, problem = index_shard_names(index_path)   # problem: the index is unusable
@@ -181,7 +192,8 @@ def _match_tensors(info: IndexInfo, parsed: Mapping[str, SafetensorsInfo], out: 
             continue
         elsewhere = holders.get(tensor)
         if elsewhere:
-            out.error(P.INDEX_MISMATCH, f"index maps tensor {tensor!r} to {shard}, but it is in {', '.join(elsewhere)}")
+            out.warning(P.INDEX_MISMATCH, f"index maps tensor {tensor!r} to {shard}, but it is in {', '.join(elsewhere)} "
+                        "(the loaders read every tensor of every shard the index names, so it loads)")
         else:
             out.error(P.INDEX_MISMATCH, f"index maps tensor {tensor!r} to {shard}, which does not hold it")
     for tensor, where in holders.items():
@@ -191,7 +203,8 @@ def _match_tensors(info: IndexInfo, parsed: Mapping[str, SafetensorsInfo], out: 
                 out.error(P.INDEX_MISMATCH, f"shard {shard} holds tensor {tensor!r}, which the index does not list")
         elif len(where) > 1 and mapped in where:
             others = [s for s in where if s != mapped]
-            out.error(P.INDEX_MISMATCH, f"tensor {tensor!r} is in {mapped} as the index says, and also in {', '.join(others)}")
+            out.warning(P.INDEX_MISMATCH, f"tensor {tensor!r} is in {mapped} as the index says, and also in {', '.join(others)} "
+                        "(the loaders read both; the copy read last is used)")
 
 
 def _totals(info: IndexInfo, parsed: Mapping[str, SafetensorsInfo], out: Findings) -> None:

@@ -27,6 +27,7 @@ from ..errors import AuthError, FetchError, UsageError
 from ..manifest import FileExpect, Lane
 
 if TYPE_CHECKING:
+    from ..volume import StagedFile
     from ..lockfile import LockedLane
     from .http import Cancel, Fetched, Timeouts
     from .pool import Budget
@@ -110,6 +111,9 @@ class Context:
 class Source(abc.ABC):
     """One lane's source."""
 
+    deterministic = False  # the same bytes on every attempt (a local mirror): a verification failure is final
+    fetched_as = "downloaded"  # how messages name what fetch did
+
     def __init__(self, lane: Lane, ctx: Context) -> None:
         assert lane.source is not None
         self.lane = lane
@@ -121,7 +125,7 @@ class Source(abc.ABC):
         without the network where the lock says enough."""
 
     @abc.abstractmethod
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         """One attempt: `entry`'s bytes into `partial` (resuming what it holds where the
         source can), with the digests of the whole file. FetchError when it fails."""
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from ..errors import AuthError, DiskSpaceError, FetchError, IntegrityError, StalledError, UsageError
 from ..manifest import FileExpect
 from . import Entry, Listing, Source, Transfer
-from ..integrity import READ_CHUNK, Hasher, WriteBehind, nofollow, staged_size
+from ..integrity import READ_CHUNK, Hasher, WriteBehind
+from ..volume import StagedFile, as_staged
 from ..report import human_size
 from .pool import POOL, Budget, Pool, default_budget
 
@@ -263,7 +264,7 @@ def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
     msg = resp.getheader("X-Error-Message") or body.decode("utf-8", "replace").strip()[:200]
     text = f"HTTP {resp.status} for {url}" + (f" ({code}: {msg})" if code else (f": {msg}" if msg else ""))
     if resp.status in (401, 403):
-        return AuthError(text, url=url, status=resp.status, hint="check the token (HF_TOKEN, HF_TOKEN_PATH or --token-file) and that it has access to the repo")
+        return AuthError(text, url=url, status=resp.status, hint="the server refused this client: check the credentials the source needs")
     err = FetchError(text, url=url, status=resp.status)
     err.retry_after = parse_retry_after(resp.getheader("Retry-After"))
     return err
@@ -296,7 +297,7 @@ def retry_delay(attempt: int, exc: FetchError, deadline: float | None) -> float 
     added to the error's message."""
     from ..errors import UnsafeSourceError
 
-    if isinstance(exc, (AuthError, UnsafeSourceError)) or exc.status in NO_RETRY:
+    if isinstance(exc, (AuthError, UnsafeSourceError)) or exc.status in NO_RETRY or exc.permanent:
         return None
     delay = float(min(2 ** (attempt - 1), 8))
     asked = getattr(exc, "retry_after", None)
@@ -314,7 +315,7 @@ def retry_delay(attempt: int, exc: FetchError, deadline: float | None) -> float 
 
 def fetch_to(
     url: str,
-    partial: Path,
+    partial: StagedFile | Path,
     *,
     headers: Mapping[str, str] | None = None,
     expected_size: int | None = None,
@@ -344,6 +345,7 @@ def fetch_to(
     before every write (the volume lease); the file's final size must be exactly what
     this process accounted for, so bytes another writer added are never taken for ours.
     """
+    partial = as_staged(partial)
     timeouts = timeouts or Timeouts()
     headers = dict(headers or {})
     headers.setdefault("Accept-Encoding", "identity")
@@ -358,12 +360,12 @@ def fetch_to(
                                      progress=progress, deadline=deadline, cancel=cancel, may_write=may_write, budget=budget,
                                      connections=connections, log=log)
     return fetch_sequential(url, partial, headers=headers, expected_size=expected_size, algos=algos, etag=etag, timeouts=timeouts,
-                            progress=progress, deadline=deadline, cancel=cancel, may_write=may_write, budget=budget)
+                            progress=progress, deadline=deadline, cancel=cancel, may_write=may_write, budget=budget, log=log)
 
 
 def fetch_sequential(
     url: str,
-    partial: Path,
+    partial: StagedFile,
     *,
     headers: dict[str, str],
     expected_size: int | None,
@@ -376,14 +378,15 @@ def fetch_sequential(
     may_write: Callable[[], bool] | None,
     budget: Budget,
     opened: Opened | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Fetched:
     """One stream appended to `partial`, hashed as it is written. With `opened` (a 200 the
     ranged path got instead of a 206), that response is the stream, from byte 0."""
     headers = dict(headers)
     if opened is None:
-        have = staged_size(partial)
+        have = partial.size()
         if expected_size is not None and have > expected_size:
-            partial.unlink()
+            partial.remove()
             have = 0
         if expected_size is not None and have == expected_size and have > 0:
             return Fetched(have, _hash_existing(partial, algos, expected_size, progress), have, url)
@@ -399,6 +402,7 @@ def fetch_sequential(
     resp, final_url = opened.resp, opened.url
     budget.first()
     complete = False
+    restart = False
     try:
         if resp.status == 206 and have:
             crange = resp.getheader("Content-Range") or ""
@@ -412,9 +416,13 @@ def fetch_sequential(
         elif resp.status == 200:
             have, mode = 0, "wb"  # server ignored Range (or If-Range failed): start over
         elif resp.status == 416 and have:
-            resp.read()
-            partial.unlink()
-            raise FetchError("server refused to resume (416); partial bytes discarded", url=url, status=416)
+            # The staged prefix is not a prefix of what the server holds now (the file
+            # shrank, or an earlier answer over-announced its length): start over from
+            # byte 0 in this same attempt. The second request asks for no range, so this
+            # happens at most once per attempt.
+            partial.remove()
+            restart = True
+            raise _Restart()
         else:
             raise _http_error(resp, url)
         resumed_from = have
@@ -439,9 +447,9 @@ def fetch_sequential(
             if may_write is not None and not may_write():  # not even create the file: it may be another writer's name now
                 raise FetchError("another writer holds the volume now", url=url)
             if mode == "wb":
-                with open(partial, "wb", buffering=0, opener=nofollow):
+                with partial.writer(append=False):
                     pass  # emptied; every write appends, so a stray writer can only add bytes, which the size check catches
-            with open(partial, "ab", buffering=0, opener=nofollow) as f:
+            with partial.writer(append=True) as f:
                 behind = WriteBehind(f.fileno(), have)
                 while True:
                     if deadline is not None and time.monotonic() > deadline:
@@ -474,12 +482,24 @@ def fetch_sequential(
         if expected_size is not None and have != expected_size:
             raise FetchError(f"got {have} bytes, expected {expected_size}", url=url)
         return Fetched(have, hasher.hexdigests(), resumed_from, final_url)
+    except _Restart:
+        pass
     finally:
         budget.release()
         release(opened, cancel, POOL if complete else None)
+    assert restart
+    if log is not None:
+        log(f"{partial.name}: the server refused to resume at byte {have} (416); starting over from byte 0")
+    return fetch_sequential(url, partial, headers={k: v for k, v in headers.items() if k not in ("Range", "If-Range")},
+                            expected_size=expected_size, algos=algos, etag=etag, timeouts=timeouts, progress=progress,
+                            deadline=deadline, cancel=cancel, may_write=may_write, budget=budget, log=log)
 
 
-def check_free(partial: Path, more: int) -> None:
+class _Restart(Exception):
+    """The staged bytes were dropped: fetch again from byte 0."""
+
+
+def check_free(partial: StagedFile, more: int) -> None:
     import shutil
 
     free = shutil.disk_usage(partial.parent).free
@@ -566,8 +586,8 @@ def _write_all(f, data: bytes) -> None:
         view = view[f.write(view):]
 
 
-def _feed(path: Path, hasher: Hasher, n: int, progress) -> None:
-    with open(path, "rb", buffering=0) as f:
+def _feed(partial: StagedFile, hasher: Hasher, n: int, progress) -> None:
+    with partial.reader() as f:
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         left = n
@@ -582,9 +602,9 @@ def _feed(path: Path, hasher: Hasher, n: int, progress) -> None:
                 progress(k)
 
 
-def _hash_existing(path: Path, algos, size, progress) -> dict[str, str]:
+def _hash_existing(partial: StagedFile, algos, size, progress) -> dict[str, str]:
     hasher = Hasher(algos, size)
-    _feed(path, hasher, size, progress)
+    _feed(partial, hasher, size, progress)
     return hasher.hexdigests()
 
 
@@ -600,7 +620,7 @@ class UrlSource(Source):
             exp = exp.merge(locked.files[name])
         return Listing(None, {name: Entry(exp, lane.source.url, exp.sha256)})
 
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         return fetch_to(entry.locator, partial, expected_size=entry.expect.size, algos=algos, etag=entry.etag, **transfer.http())
 
     def size_hint(self, entry: Entry) -> int | None:

@@ -3,6 +3,7 @@ filesystem can, hashing as the bytes pass."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Callable
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FetchError, IntegrityError
-from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file, nofollow, staged_size
+from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file
+from ..volume import StagedFile, as_staged
 from ..manifest import FileExpect, Lane
 from . import Entry, Listing, Source, Transfer
 
@@ -65,28 +67,32 @@ def listing(lane: Lane, manifest_file: str) -> dict[str, tuple[Path, FileExpect]
     return out
 
 
-def copy_to(src: Path, partial: Path, algos: tuple[str, ...], progress: Callable[[int], None] | None = None,
+def copy_to(src: Path, partial: StagedFile | Path, algos: tuple[str, ...], progress: Callable[[int], None] | None = None,
             may_write: Callable[[], bool] | None = None) -> dict[str, str]:
     """Reflink when possible (then hash the result), else a streamed copy hashed on the way.
     As for downloads: `may_write` before every write, appends only, and the file must end
     exactly as long as what this process wrote."""
+    partial = as_staged(partial)
     try:
         s = open(src, "rb", buffering=0)
     except OSError as exc:
-        raise FetchError(f"cannot read mirror file {src}: {exc.strerror}") from None
-    staged_size(partial)  # clears a symlink or folder standing at the staging name
+        err = FetchError(f"cannot read mirror file {src}: {exc.strerror}{_why(src, exc)}",
+                         hint="make the mirror readable by this uid (mode, owner or group), or run as a uid that can read it")
+        err.permanent = exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ELOOP)
+        raise err from None
+    partial.size()  # clears a symlink or folder standing at the staging name
     if may_write is not None and not may_write():  # not even create the file: it may be another writer's name now
         s.close()
         raise FetchError(f"stopped before copying {src}: another writer holds the volume now")
     with s:
-        with open(partial, "wb", buffering=0, opener=nofollow) as d:
+        with partial.writer(append=False) as d:
             try:
                 fcntl.ioctl(d.fileno(), FICLONE, s.fileno())  # (an append-only descriptor cannot be a clone target)
                 os.fsync(d.fileno())
                 return hash_file(partial, algos, progress)
             except OSError:
                 pass
-        with open(partial, "ab", buffering=0, opener=nofollow) as d:
+        with partial.writer(append=True) as d:
             return _stream(s, d, src, algos, progress, may_write)
 
 
@@ -116,6 +122,20 @@ def _stream(s, d, src: Path, algos: tuple[str, ...], progress: Callable[[int], N
     return hasher.hexdigests()
 
 
+def _why(path: Path, exc: OSError) -> str:
+    """For a permission error: who this process is and what the file allows."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    try:
+        st = os.stat(path)
+        import stat as _stat
+
+        return (f" (this process runs as uid {os.getuid()} gid {os.getgid()}; the file is owned by uid {st.st_uid} "
+                f"gid {st.st_gid} with mode {_stat.filemode(st.st_mode)})")
+    except OSError:
+        return f" (this process runs as uid {os.getuid()} gid {os.getgid()}; a folder on the way is not searchable)"
+
+
 def _stamp(path: Path) -> str | None:
     try:
         st = os.stat(path)
@@ -127,15 +147,19 @@ def _stamp(path: Path) -> str | None:
 class MirrorSource(Source):
     """file://… or a path: a folder (folder lanes) or a file (single-file lanes) on a mounted share."""
 
+    deterministic = True
+    fetched_as = "copied from the mirror"
+
     def resolve(self, locked: LockedLane | None) -> Listing:
         files = listing(self.lane, self.ctx.manifest_file)
         return Listing(None, {rel: Entry(exp, str(path), stamp=_stamp(path)) for rel, (path, exp) in files.items()})
 
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         from .http import Fetched
 
         digests = copy_to(Path(entry.locator), partial, algos, transfer.progress, transfer.may_write)
-        return Fetched(partial.stat().st_size, digests, 0, entry.locator)
+        st = partial.lstat()
+        return Fetched(st.st_size if st is not None else 0, digests, 0, entry.locator)
 
     def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
         """A mirror lists sizes only: the lock pins what its files hash to now."""

@@ -37,6 +37,7 @@ from . import Context, Destination, Entry, Listing, Pushed, PushLane, Source, Tr
 from .oci_registry import DIGEST, INDEX_TYPES, OCI_MANIFEST, Manifest, Registry, Repository
 
 if TYPE_CHECKING:
+    from ..volume import StagedFile
     from ..lockfile import LockedLane
     from .http import Fetched
 
@@ -474,14 +475,14 @@ class OciSource(Source):
             raise FetchError(f"{self.what}@{digest[:19]}…: {path} is not in the artifact", status=404)
         return plan, item
 
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         self.repo.registry.cancel = transfer.cancel
         _plan, item = self._item(entry)
         if item.member is None:
             return self._fetch_raw(item, partial, algos, transfer)
         return self._fetch_member(item, partial, algos, transfer)
 
-    def _fetch_raw(self, item: Item, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def _fetch_raw(self, item: Item, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         from .http import fetch_to
 
         url = self.repo.blob_url(item.blob.digest)
@@ -551,19 +552,19 @@ class OciSource(Source):
 
         return whole(), first[:8]
 
-    def _fetch_member(self, item: Item, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
-        from ..integrity import Hasher, nofollow, staged_size
+    def _fetch_member(self, item: Item, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+        from ..integrity import Hasher
         from .http import Fetched
         from .oci_tar import BlobReader, extract
 
         assert item.member is not None
-        staged_size(partial)  # clears a symlink or folder standing at the staging name
+        partial.size()  # clears a symlink or folder standing at the staging name
         hasher = Hasher(algos, item.size) if ("sha1" not in algos or item.size is not None) else Hasher(("sha256",))
         what = f"layer {item.blob.digest[:19]}… of {self.what}"
         chunks, head = self._blob_chunks(item.blob, transfer)
         reader = BlobReader(chunks, item.blob.digest, item.blob.size, transfer.deadline, what)
         written = [0]
-        with open(partial, "wb", buffering=0, opener=nofollow) as f:
+        with partial.writer(append=False) as f:
 
             def write(data: bytes) -> None:
                 if transfer.may_write is not None and not transfer.may_write():

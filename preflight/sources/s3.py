@@ -31,6 +31,7 @@ from ..manifest import FileExpect, Lane, parse_source
 from . import Context, Destination, Entry, Listing, Pushed, PushFile, PushLane, Source, Transfer
 
 if TYPE_CHECKING:
+    from ..volume import StagedFile
     from ..lockfile import LockedLane
     from .http import Fetched
     from .s3_client import S3Client
@@ -252,7 +253,7 @@ class S3Source(Source):
 
     # ------------------------------------------------------------------ fetch
 
-    def fetch(self, entry: Entry, partial: Path, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
+    def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         from .http import Fetched, fetch_to
 
         key, etag = _split_locator(entry.locator)
@@ -276,7 +277,7 @@ class S3Source(Source):
         except FetchError as exc:
             raise self.client.rewrite(exc, url, where) from None
         if self.from_lock and exp.sha256 and got.resumed_from == 0 and got.digests.get("sha256") not in (None, exp.sha256):
-            partial.unlink(missing_ok=True)  # whole and wrong: nothing in it is worth resuming
+            partial.remove()  # whole and wrong: nothing in it is worth resuming
             raise self._changed(where, f"its bytes hash to sha256 {got.digests['sha256']}, the lock pins {exp.sha256}")
         return Fetched(got.size, got.digests, got.resumed_from, where)
 

@@ -50,7 +50,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import FetchError, IntegrityError, StalledError
-from ..integrity import Hasher, staged_size
+from ..integrity import Hasher
+from ..volume import StagedFile, as_staged
 from . import http as _http
 from .http import Cancel, Fetched, Opened, Timeouts, check_free, release, request
 from .pool import POOL, Budget
@@ -134,16 +135,22 @@ class BadMap(Exception):
     pass
 
 
-def map_path(partial: Path) -> Path:
-    return partial.with_name(partial.name + ".map")
+def map_path(partial: StagedFile | Path) -> Path:
+    """Where the chunk map of a staging file is (for display and tools)."""
+    return Path(str(partial)).with_name(partial.name + ".map")
 
 
-def load_map(path: Path, size: int) -> tuple[Ranges, str | None] | None:
+def map_file(partial: StagedFile) -> StagedFile:
+    return partial.sibling(partial.name + ".map")
+
+
+def load_map(mfile: StagedFile | Path, size: int) -> tuple[Ranges, str | None] | None:
     """(done ranges, validator) from the map beside a staging file; None when there is
     none; BadMap when one is there but cannot be trusted (unreadable, another size,
     ranges out of bounds, a symlink)."""
+    mfile = as_staged(mfile)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = mfile.open(os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -173,33 +180,16 @@ def load_map(path: Path, size: int) -> tuple[Ranges, str | None] | None:
     return done, validator
 
 
-def save_map(path: Path, size: int, validator: str | None, done: Ranges) -> None:
+def save_map(mfile: StagedFile, size: int, validator: str | None, done: Ranges) -> None:
     """Write the map beside the staging file: to a temporary name (never through a link),
     then renamed over (a link at the map's name is replaced, not followed)."""
-    tmp = path.with_name(path.name + ".tmp")
     body = json.dumps({"version": 1, "size": size, "validator": validator, "done": [list(s) for s in done.spans()]},
                       separators=(",", ":")).encode()
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    mfile.write_atomic(body)
 
 
-def drop_map(partial: Path) -> None:
-    path = map_path(partial)
-    for p in (path, path.with_name(path.name + ".tmp")):
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
+def drop_map(partial: StagedFile) -> None:
+    map_file(partial).remove()
 
 
 # --------------------------------------------------------------------------- notes
@@ -285,7 +275,7 @@ def _validator(resp: http.client.HTTPResponse) -> str | None:
 
 def fetch_ranged(
     url: str,
-    partial: Path,
+    partial: StagedFile,
     *,
     headers: Mapping[str, str],
     size: int,
@@ -301,19 +291,19 @@ def fetch_ranged(
     log: Callable[[str], None] | None,
 ) -> Fetched:
     """One attempt at `url` into `partial` as parallel ranges (see the module's docstring)."""
-    mpath = map_path(partial)
-    have = staged_size(partial)
+    mfile = map_file(partial)
+    have = partial.size()
     try:
-        saved = load_map(mpath, size)
+        saved = load_map(mfile, size)
     except BadMap as exc:
         note_once(log, partial.name, "bad-map", f"{partial.name}: its chunk map cannot be trusted ({exc}); starting over")
         saved = None
-        _unlink(partial)
+        partial.remove()
         drop_map(partial)
         have = 0
     if saved is None:
         if have > size:
-            _unlink(partial)
+            partial.remove()
             have = 0
         done = Ranges([(0, have)]) if have else Ranges()
         validator = f'"{etag}"' if (etag and have) else None  # a plain prefix resumes as the sequential path would
@@ -326,18 +316,11 @@ def fetch_ranged(
     except _Fallback as fb:
         host = _http.urlsplit(url).netloc
         note_once(log, host, fb.kind, fb.message)
-        _unlink(partial)
+        partial.remove()
         drop_map(partial)
         return _http.fetch_sequential(url, partial, headers=dict(headers), expected_size=size, algos=algos, etag=None,
                                       timeouts=timeouts, progress=progress, deadline=deadline, cancel=cancel,
-                                      may_write=may_write, budget=budget, opened=fb.opened)
-
-
-def _unlink(p: Path) -> None:
-    try:
-        os.unlink(p)
-    except FileNotFoundError:
-        pass
+                                      may_write=may_write, budget=budget, opened=fb.opened, log=log)
 
 
 class _Ranged:
@@ -350,7 +333,7 @@ class _Ranged:
         self.budget: Budget = budget
         self.conns = max(1, conns)
         self.log = log
-        self.mpath = map_path(partial)
+        self.mfile = map_file(partial)
         self.cond = threading.Condition()
         self.halt = threading.Event()
         self.done = Ranges()
@@ -395,9 +378,9 @@ class _Ranged:
         try:
             if self.may_write is not None and not self.may_write():
                 raise FetchError("another writer holds the volume now", url=self.url)
-            self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            self.fd = self.partial.open(os.O_RDWR | os.O_CREAT)
             if opened is not None:
-                save_map(self.mpath, size, self.validator, self.done)  # before the first byte lands out of order
+                save_map(self.mfile, size, self.validator, self.done)  # before the first byte lands out of order
                 extra = min(self.conns - 1, -(-self.left // MIN_PIECE))
                 self._start(opened, first)
                 opened = None
@@ -497,7 +480,7 @@ class _Ranged:
             return
         try:
             os.fdatasync(self.fd)
-            save_map(self.mpath, self.size, self.validator, snapshot)
+            save_map(self.mfile, self.size, self.validator, snapshot)
         except OSError:
             pass  # the next checkpoint tries again; a lost map costs a refetch, never wrong bytes (the digest decides)
 
