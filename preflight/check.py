@@ -379,9 +379,9 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
         from .formats.gguf import check_gguf, check_gguf_split
 
         # engine_newer: the lane serves with a llama.cpp newer than the one the GGUF tables describe
-        # (gguf_arch.ENGINE), so architectures, tokenizers and ggml types those tables do not know are
-        # warnings instead of refusals. Lanes declare no serving engine: every lane is judged against
-        # the tables' llama.cpp.
+        # (gguf_arch.ENGINE; gguf_model.engine_is_newer reads a declared version), so architectures,
+        # tokenizers and ggml types those tables do not know are warnings instead of refusals. Every
+        # lane is judged against the tables' llama.cpp here.
         engine_newer = False
         names = [rel for rel in plan.files]
         for rel in names:

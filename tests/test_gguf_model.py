@@ -173,3 +173,12 @@ def test_the_tables_are_what_llama_cpp_s_source_gives() -> None:
         pytest.skip("the llama-cpp-python sdist comes with ops/oracle-llama.sh")
     out = subprocess.run([sys.executable, str(repo / "ops" / "gen-gguf-arch.py"), "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_declared_engine_version_is_told_newer_or_not() -> None:
+    from preflight.formats.gguf_model import engine_is_newer
+
+    build = int(ENGINE["llama.cpp"][1:])
+    assert engine_is_newer(f"b{build + 1}") and engine_is_newer(str(build + 100)) and engine_is_newer("0.3.40")
+    assert not engine_is_newer(f"b{build}") and not engine_is_newer("b6000") and not engine_is_newer("0.3.36")
+    assert not engine_is_newer(None) and not engine_is_newer("latest") and not engine_is_newer("server-cuda")

@@ -125,6 +125,22 @@ def _length(value: object) -> int | None:
     return n if isinstance(n, int) else None
 
 
+def engine_is_newer(version: str | None) -> bool:
+    """Whether a declared llama.cpp version is newer than the one the tables describe (ENGINE):
+    a release tag ("b6000", "6000") or a llama-cpp-python version ("0.3.40"). Anything else
+    (None, "latest", an image tag) cannot be told newer: False."""
+    if not version:
+        return False
+    v = version.strip().lower().removeprefix("v")
+    m = re.fullmatch(r"b?(\d{3,6})", v)
+    if m:
+        return int(m[1]) > int(ENGINE["llama.cpp"].removeprefix("b"))
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", v)
+    if m:
+        return tuple(map(int, m.groups())) > tuple(map(int, ENGINE["llama-cpp-python"].split(".")))
+    return False
+
+
 def _newer(out: Findings, engine_newer: bool, code: str, message: str) -> None:
     """A name this llama.cpp does not know: its refusal, or a warning when the lane runs a newer one."""
     if engine_newer:
