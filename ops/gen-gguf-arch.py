@@ -1006,7 +1006,7 @@ def _calls(prog: object) -> set[str]:
 def _count_opaque(prog: object) -> int:
     if not isinstance(prog, tuple):
         return 0
-    n = 1 if prog and prog[0] == "opaque" else 0
+    n = 1 if prog and prog[0] == "opaque" and prog[1] else 0  # not the unknown writes a pruned graph keeps
     return n + sum(_count_opaque(x) for x in (prog[1:] if prog and isinstance(prog[0], str) else prog) if isinstance(x, tuple))
 
 
