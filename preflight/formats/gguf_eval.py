@@ -90,7 +90,7 @@ class Struct(dict):
             if name in A.LAYER_STRUCTS and self.kind == "layer":
                 sub = self[name] = Struct("layer", None)
                 return sub
-            return None if name in A.TENSOR_MEMBERS or name.endswith(("_s", "_in_s", "_b")) else UNK
+            return None if name in A.TENSOR_MEMBERS else UNK
         return self.default
 
 
@@ -751,7 +751,7 @@ class Machine:
         return [self.ev(x) for x in e[1]]
 
     def _cast(self, e: list) -> object:
-        return _convert(e[1] if e[1] in _GGUF_OF or e[1] in ("int64_t",) else None, self.ev(e[2]))
+        return _convert(e[1] if e[1] in _GGUF_OF else None, self.ev(e[2]))
 
     def _lambda(self, e: list) -> object:
         return Closure(e[1], e[2], list(self.scopes), list(self.levels), self.this)

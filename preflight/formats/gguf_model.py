@@ -217,7 +217,7 @@ def check_model(
     run = gguf_eval.run(arch, meta, kv_types, tensors if tensors_complete and tensors else None,
                         n_vocab if n_vocab is not None else gguf_eval.UNK,
                         n_token_types if type(n_token_types) is int and kv_types.get("tokenizer.ggml.token_type_count") == (U32, None) else 0)
-    if run.hparams is not None:
+    if run.hparams is not None and not (run.hparams.kind == "key-type" and run.hparams.key in KEY_TYPES):  # reported with the key types
         _report(run.hparams, arch, kv_out, "hparams")
     n_layer = run.values.get("n_layer_all")
     facts = facts._replace(block_count=n_layer if type(n_layer) is int else _u32(meta, kv_types, f"{arch}.block_count"))
