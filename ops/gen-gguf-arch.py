@@ -936,6 +936,7 @@ def generate(sdist: Path, build: int | None = None) -> tuple[str, str]:
 
     out = [DOC.format(build=f"b{build}", commit=s.commit[:9] or "?", version=_version(sdist))]
     out.append(f"ENGINE: dict[str, str] = {{'llama.cpp': 'b{build}', 'commit': {s.commit!r}, 'llama-cpp-python': {_version(sdist)!r}}}\n\n")
+    out.append(f"# ggml's GGML_TYPE_COUNT: the ggml types this llama.cpp knows are the ids below it.\nGGML_TYPE_COUNT: int = {consts['GGML_TYPE_COUNT']}\n\n")
     out.append("KNOWN_ARCHITECTURES: frozenset[str] = frozenset((\n" + _wrap(known) + "))\n\n")
     out.append("ARCH_CLASSES: dict[str, tuple[str, ...]] = {\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(chains.items())) + "}\n\n")
     out.append("HPARAMS: dict[str, tuple] = {\n" + "".join(f"    {k!r}: {_lit(v)},\n" for k, v in hp.items()) + "}\n\n")

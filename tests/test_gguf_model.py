@@ -182,3 +182,12 @@ def test_a_declared_engine_version_is_told_newer_or_not() -> None:
     assert engine_is_newer(f"b{build + 1}") and engine_is_newer(str(build + 100)) and engine_is_newer("0.3.40")
     assert not engine_is_newer(f"b{build}") and not engine_is_newer("b6000") and not engine_is_newer("0.3.36")
     assert not engine_is_newer(None) and not engine_is_newer("latest") and not engine_is_newer("server-cuda")
+
+
+def test_the_ggml_type_table_is_the_tables_llama_cpp_s() -> None:
+    """gguf.GGML_TYPES (kept by hand beside the gguf package's table) ends where ggml's enum of the
+    tables' llama.cpp does: a type it does not know is refused as that llama.cpp refuses it."""
+    from preflight.formats.gguf import GGML_TYPES
+    from preflight.formats.gguf_arch import GGML_TYPE_COUNT
+
+    assert max(GGML_TYPES) + 1 == GGML_TYPE_COUNT

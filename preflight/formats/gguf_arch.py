@@ -35,6 +35,9 @@ from __future__ import annotations
 
 ENGINE: dict[str, str] = {'llama.cpp': 'b11312', 'commit': '0c1e57098bba43ac29e6e3b677cdceebdd22334f', 'llama-cpp-python': '0.3.36'}
 
+# ggml's GGML_TYPE_COUNT: the ggml types this llama.cpp knows are the ids below it.
+GGML_TYPE_COUNT: int = 43
+
 KNOWN_ARCHITECTURES: frozenset[str] = frozenset((
     'afmoe', 'apertus', 'arcee', 'arctic', 'arwkv7', 'baichuan', 'bailingmoe', 'bailingmoe2', 'bailingmoe3',
     'bert', 'bitnet', 'bloom', 'chameleon', 'chatglm', 'clip', 'codeshell', 'cogvlm', 'cohere2',
