@@ -43,7 +43,7 @@ def status(keep, **kw) -> int:
     by_name = {s.name: s for s in lanes}
     for res in report.lanes:
         s = by_name[res.name]
-        res.note = (f"{s.layout}" + (f" @{s.revision}" if s.revision else "") + f", {human_size(s.bytes_on_disk)} on disk"
+        res.note = (f"{s.layout}" + (f" @{s.revision}" if s.revision else f" (folder {s.revision_folder})" if s.revision_folder else "") + f", {human_size(s.bytes_on_disk)} on disk"
                     + (f", verified {s.last_verified}" if s.last_verified else "")
                     + (f", {len(s.kept_revisions)} older kept" if s.kept_revisions else "")
                     + (f", prune frees {human_size(s.prune_frees)}" if s.prune_frees else ""))

@@ -45,6 +45,7 @@ class LaneResult:
     note: str | None = None
     fit: dict[str, Any] | None = None  # serving fit on this node (serving/fit.py): figures and verdict
     serving: dict[str, Any] | None = None  # a folder lane whose new revision is not ready: what its path still serves
+    signature: dict[str, Any] | None = None  # a signed lane: the policy that held, the signer, verified now or from a receipt
 
     @property
     def errors(self) -> list[Problem]:
@@ -91,6 +92,8 @@ class LaneResult:
             d["fit"] = self.fit
         if self.serving is not None:
             d["serving"] = self.serving
+        if self.signature is not None and self.status == READY:
+            d["signature"] = self.signature
         return d
 
 
@@ -208,6 +211,10 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
     for lane in report.lanes:
         if lane.fit:
             print(f"  {lane.name}: fit: {fit_line(lane.fit)}", file=out)
+        if lane.signature and lane.status == READY:
+            sig = lane.signature
+            when = "verified now" if sig.get("verified") == "now" else f"verified {sig.get('verified_at') or 'before'} (receipt)"
+            print(f"  {lane.name}: signed by {sig.get('signer') or '?'}: {sig.get('policy')} policy ({sig.get('trusted')}), {when}", file=out)
         for p in lane.problems:
             if lane.status == READY and p.is_error:
                 continue

@@ -434,6 +434,9 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
     fp = fingerprint(ctx, plan, sig, trust) if ctx.verify != "full" else None
     key = RECEIPT_PREFIX + plan.lane.name
     if fp is not None and ctx.receipts.lane_ok(key, fp) is not None:
+        info, at = ctx.receipts.lane_info(key)
+        plan.result.signature = {"policy": policy.method, "trusted": _policy_words(policy), "signer": info.get("signer"),
+                                 "file": label, "verified": "receipt", "verified_at": at}
         return []
     try:
         statement = verify_statement(trust, sig, where=where)
@@ -453,8 +456,11 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
         plan.result.note = plan.result.note or (f"signed with {statement.method} serialization and {statement.hash_type}: "
                                                 "the files were read again to verify it (sha256 per file needs no second read)")
     found += compare(statement, seen.present, wanted=wanted, absent=seen.absent, single=single, skip=seen.skip)
+    if not any(p.is_error for p in found):
+        plan.result.signature = {"policy": policy.method, "trusted": _policy_words(policy), "signer": statement.signer,
+                                 "file": label, "verified": "now"}
     if not found and not plan.result.errors and fp is not None:
-        ctx.receipts.mark_lane(key, fp, [])
+        ctx.receipts.mark_lane(key, fp, [], {"signer": statement.signer})
     return found
 
 

@@ -422,6 +422,13 @@ def settle_listings(session: Session, remote: Remote) -> None:
                 if key[len(base) + 1:] not in listing:
                     receipts.forget(key)
     ready = {r.name for r in session.report.lanes if not r.errors}
+    for lane in session.lanes:  # what each ready lane now holds, for `check` and `status` to report as a commit
+        version = remote.expect.get(lane.name, ({}, None))[1]
+        if lane.name in ready and version and lane.source is not None:
+            receipts.mark_synced(lane.name, lane.source.raw, version)
+            for r in session.report.lanes:
+                if r.name == lane.name:
+                    r.revision = version
     for lane in session.lanes:
         if lane.kind != "hf-cache" or lane.name not in remote.expect or lane.name not in ready:
             continue  # refs/<revision> moves only to a complete, verified snapshot

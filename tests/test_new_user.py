@@ -235,3 +235,29 @@ def test_a_missing_extra_names_the_pip_command(vol: Volume, tmp_path: Path, extr
     said = p.stdout + p.stderr
     assert f"pip install 'lane-preflight[{extra}]'" in said, said
     assert "Traceback" not in said
+
+
+def test_sync_env_file_holds_the_lane_paths_once_ready_and_never_after_a_failure(vol: Volume, hub_server: HubServer, tmp_path: Path) -> None:
+    hub_server.add_repo("org/llm", hf_model(sharded=False))
+    vol.write([{**hf_lane("llm", "vllm/llm", "hf://org/llm@main"), "env": "LLM_MODEL_PATH"}])
+    env_file = tmp_path / "run/models.env"
+    r = vol.run("sync", "--env-file", str(env_file))
+    assert r.code == 0, r.stderr
+    assert env_file.read_text() == vol.run("env").stdout == f"LLM_MODEL_PATH='{vol.models / 'vllm/llm'}'\n"
+    (vol.models / "vllm/llm/config.json").write_text("{")
+    hub_server.fault("org/llm", "config.json").status(500, times=None)
+    bad = vol.run("sync", "--env-file", str(env_file), "--retries", "0")
+    assert bad.code == 3
+    assert "LLM_MODEL_PATH" not in env_file.read_text()  # a server sourcing it does not start on a broken lane
+
+
+def test_status_answers_on_stdout_and_names_an_absent_models_folder(vol: Volume, hub_server: HubServer) -> None:
+    hub_server.add_repo("org/llm", hf_model(sharded=False))
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main")])
+    absent = vol.run("status")
+    assert f"the models folder {vol.models} does not exist" in absent.stdout
+    assert vol.run().code == 0
+    r = vol.run("status")
+    assert r.stdout.startswith("llm: revisions @") and "volume:" in r.stdout  # `preflight status | less` shows it
+    doc = json.loads(vol.run("status", "--json").stdout)
+    assert doc["status"] == "ready" and doc["lane_status"][0]["name"] == "llm"
