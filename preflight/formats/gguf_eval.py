@@ -760,8 +760,11 @@ class Machine:
         arr = self.ev(e[1])
         v = self.ev(e[2])
         if isinstance(arr, list):
-            for i in range(len(arr)):
-                self.store(arr, i, v)
+            if self.maybe:
+                for i in range(len(arr)):
+                    self.store(arr, i, v)
+            else:
+                arr[:] = [v] * len(arr)
         return None
 
     def _call(self, e: list) -> object:
