@@ -381,14 +381,19 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
     elif lane.kind == "gguf":
         from .formats.gguf import check_gguf, check_gguf_split
 
+        # engine_newer: the lane serves with a llama.cpp newer than the one the GGUF tables describe
+        # (gguf_arch.ENGINE; gguf_model.engine_is_newer reads a declared version), so architectures,
+        # tokenizers and ggml types those tables do not know are warnings instead of refusals. Every
+        # lane is judged against the tables' llama.cpp here.
+        engine_newer = False
         names = [rel for rel in plan.files]
         for rel in names:
             if rel in present:
-                info_one = check_gguf(plan.root / rel, name=rel)
+                info_one = check_gguf(plan.root / rel, name=rel, engine_newer=engine_newer, vocab_only=lane.vocab_only)
                 result.problems.extend(info_one.problems)
                 info = info if info is not None else info_one
         if len(names) > 1 and all(n in present for n in names):
-            result.problems.extend(check_gguf_split([plan.root / n for n in names]))
+            result.problems.extend(check_gguf_split([plan.root / n for n in names], engine_newer=engine_newer))
     elif lane.kind == "file":
         for rel in present:
             if rel in bad:
@@ -469,7 +474,7 @@ def lane_fingerprint(plan: LanePlan) -> str:
     import hashlib
 
     lane = plan.lane
-    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, str(plan.root))).encode())
+    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, str(plan.root))).encode())
     for rel, obs in sorted(plan.files.items()):
         st = obs.st
         h.update(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))).encode())

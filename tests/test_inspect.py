@@ -237,3 +237,8 @@ def test_inspect_shows_the_gguf_model_facts_it_checked(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert (doc["architecture"], doc["blocks"], doc["vocabulary_size"]) == ("llama", 1, 32)
     assert doc["tied_embeddings"] is True  # no output.weight: llama.cpp reuses token_embd
+    from preflight.formats.gguf_arch import ENGINE
+
+    assert doc["checked_against"] == f"llama.cpp {ENGINE['llama.cpp']} (llama-cpp-python 0.3.36)"
+    text = CliRunner().invoke(main, ["inspect", str(path)]).output
+    assert f"checked against:  llama.cpp {ENGINE['llama.cpp']}" in text
