@@ -382,10 +382,12 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
         from .formats.gguf import check_gguf, check_gguf_split
 
         # engine_newer: the lane serves with a llama.cpp newer than the one the GGUF tables describe
-        # (gguf_arch.ENGINE; gguf_model.engine_is_newer reads a declared version), so architectures,
-        # tokenizers and ggml types those tables do not know are warnings instead of refusals. Every
-        # lane is judged against the tables' llama.cpp here.
-        engine_newer = False
+        # (gguf_arch.ENGINE; `serve: {engine: llama.cpp, version: b12000}`), so architectures,
+        # tokenizers and ggml types those tables do not know are warnings instead of refusals.
+        from .formats.gguf_model import engine_is_newer
+
+        serve = lane.serve
+        engine_newer = serve is not None and serve.engine == "llama.cpp" and engine_is_newer(serve.version)
         names = [rel for rel in plan.files]
         for rel in names:
             if rel in present:
@@ -474,7 +476,8 @@ def lane_fingerprint(plan: LanePlan) -> str:
     import hashlib
 
     lane = plan.lane
-    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, str(plan.root))).encode())
+    engine = (lane.serve.engine, lane.serve.version) if lane.serve is not None else None  # a newer llama.cpp judges GGUFs otherwise
+    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, engine, str(plan.root))).encode())
     for rel, obs in sorted(plan.files.items()):
         st = obs.st
         h.update(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))).encode())

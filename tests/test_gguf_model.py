@@ -191,3 +191,31 @@ def test_the_ggml_type_table_is_the_tables_llama_cpp_s() -> None:
     from preflight.formats.gguf_arch import GGML_TYPE_COUNT
 
     assert max(GGML_TYPES) + 1 == GGML_TYPE_COUNT
+
+
+def test_a_lane_that_declares_a_newer_llama_cpp_gets_warnings_for_what_these_tables_do_not_know(tmp_path: Path) -> None:
+    """The target engine is explicit: an architecture this llama.cpp does not know is
+    refused, unless the lane's `serve:` names a newer llama.cpp (then a warning)."""
+    from click.testing import CliRunner
+
+    from preflight.cli import main
+
+    spec = M.base_spec()
+    for i, (k, t, v) in enumerate(spec.kvs):
+        spec.kvs[i] = (k.replace("llama.", "newarch."), t, "newarch" if k == "general.architecture" else v)
+    models = tmp_path / "models"
+    models.mkdir()
+    M.write(spec, models / "m.gguf")
+
+    def check(serve: str) -> tuple[int, list[dict]]:
+        (tmp_path / "m.yaml").write_text(f"version: 1\nlanes:\n  - {{name: m, kind: gguf, path: m.gguf{serve}}}\n")
+        r = CliRunner().invoke(main, ["check", "-m", str(tmp_path / "m.yaml"), "-d", str(models), "--json", "--termination-log", ""])
+        doc = json.loads(r.stdout)
+        return r.exit_code, doc["lanes"][0]["problems"]
+
+    code, problems = check("")
+    assert code == 1 and [p["code"] for p in problems if p.get("severity", "error") == "error"] == [P.UNKNOWN_ARCHITECTURE]
+    code, problems = check(f", serve: {{engine: llama.cpp, version: b{int(ENGINE['llama.cpp'].removeprefix('b')) + 1000}}}")
+    unknown = [p for p in problems if p["code"] == P.UNKNOWN_ARCHITECTURE]
+    assert unknown and unknown[0]["severity"] == "warning" and "newer llama.cpp" in unknown[0]["message"]
+    assert not [p for p in problems if p.get("severity", "error") == "error" and p["code"] == P.UNKNOWN_ARCHITECTURE]
