@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 MAX_ZIP_MEMBERS = 100_000
 MAX_ZIP_DIRECTORY = 32 << 20
-MAX_TAR_MEMBERS = 100_000
+MAX_TAR_MEMBERS = 40_000
 MAX_TAR_NAMES = 32 << 20   # bytes of member names in one tar
 MAX_TAR_META = 1 << 20     # one long-name or extended-header record
 MAX_REPLAY = 10_000        # directories whose heap sort is replayed to name the member miniz returns
