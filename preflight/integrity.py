@@ -64,8 +64,8 @@ class Crc32c:
         except ImportError:
             from .errors import UsageError
 
-            raise UsageError("checking a Cloud Storage CRC32C needs google-crc32c, which is not installed",
-                             hint="pip install 'lane-preflight[gcs]'") from None
+            raise UsageError("checking a Cloud Storage CRC32C needs google-crc32c, which is not installed: "
+                             "pip install 'lane-preflight[gcs]'") from None
         self._extend = google_crc32c.extend
         self._crc = 0
 

@@ -670,6 +670,18 @@ def test_a_folder_lane_cannot_pin_one_generation(vol: Volume) -> None:
     assert r.code == 2 and "pins one object" in r.stderr, r.stderr
 
 
+def test_a_missing_extra_says_how_to_install_it(vol: Volume, gcs: GcsServer, bucket: str) -> None:
+    gcs.put_tree(bucket, "m", hf_model())
+    vol.write([lane("llm", "vllm/llm", f"gs://{bucket}/m")])
+    for blocked in ("google_crc32c", "google.auth"):
+        probe = (f"import sys\nsys.modules[{blocked!r}] = None\nfrom preflight.cli import main\nmain(sys.argv[1:])\n")
+        p = subprocess.run([sys.executable, "-c", probe, "sync", "-m", str(vol.manifest), "--termination-log", ""],
+                           env=gs_env(vol, gcs.endpoint), capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2, (blocked, p.stderr)
+        assert "pip install 'lane-preflight[gcs]'" in p.stderr, (blocked, p.stderr)
+        assert not (vol.models / "vllm/llm").exists()
+
+
 def test_check_imports_neither_the_gcs_module_nor_google_auth(vol: Volume, gcs: GcsServer, bucket: str) -> None:
     gcs.put_tree(bucket, "m", hf_model())
     vol.write([lane("llm", "vllm/llm", f"gs://{bucket}/m")])

@@ -56,7 +56,7 @@ PAGE_SIZE = 1000
 # A listing is bounded whatever the server sends: bytes per page and in all, pages, objects.
 MAX_PAGE_BYTES = 16 * 2**20
 MAX_LIST_BYTES = 256 * 2**20
-MAX_PAGES = 5_000
+MAX_PAGES = 1_000  # a full page holds PAGE_SIZE objects: MAX_OBJECTS needs 200
 MAX_OBJECTS = 200_000
 MAX_META_BYTES = 1 * 2**20  # one object's metadata, an upload's answer, an error body
 SIMPLE_UPLOAD_MAX = 8 * 2**20  # up to this, one multipart request (held in memory); above, a resumable upload
@@ -119,7 +119,6 @@ class Credentials:
     """How requests are authorised: a bearer token (google-auth), HMAC signatures, or none."""
 
     def __init__(self, write: bool, timeouts: Timeouts, log: Callable[[str], None]) -> None:
-        check_environment(os.environ)
         self.creds: Any = None
         self.hmac: tuple[str, str] | None = None
         self._lock = threading.Lock()
@@ -127,14 +126,15 @@ class Credentials:
         if _true(os.environ.get("CLOUDSDK_AUTH_DISABLE_CREDENTIALS")):
             self.mode, self.origin = "anonymous", "CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true"
             return
+        check_environment(os.environ)
         key, secret = (os.environ.get(n, "").strip() for n in HMAC_VARS)
         if key and secret:
             register(secret)
             try:
                 import botocore.auth  # noqa: F401
             except ImportError:
-                raise UsageError("gs:// with HMAC keys signs requests with botocore, which is not installed",
-                                 hint="pip install 'lane-preflight[gcs,s3]', or use a service account instead of HMAC keys") from None
+                raise UsageError("gs:// with HMAC keys signs requests with botocore, which is not installed: "
+                                 "pip install 'lane-preflight[gcs,s3]' (or use a service account instead of HMAC keys)") from None
             self.mode, self.origin, self.hmac = "hmac", "the HMAC keys in GS_ACCESS_KEY_ID/GS_SECRET_ACCESS_KEY", (key, secret)
             return
         try:
@@ -142,8 +142,8 @@ class Credentials:
             from google.auth import exceptions as gx
             from google.auth.transport.requests import Request
         except ImportError:
-            raise UsageError("gs:// sources need google-auth (with requests), which is not installed",
-                             hint="pip install 'lane-preflight[gcs]'") from None
+            raise UsageError("gs:// sources need google-auth (with requests), which is not installed: "
+                             "pip install 'lane-preflight[gcs]'") from None
         limit = timeouts.connect + timeouts.stall
 
         class _Bounded(Request):  # every token request bounded (google-auth's own default waits 120 s)
@@ -335,6 +335,11 @@ class GcsClient:
     and error mapping."""
 
     def __init__(self, timeouts: Timeouts, write: bool, log: Callable[[str], None]) -> None:
+        try:
+            import google_crc32c  # noqa: F401  (asked now, not in the middle of a download)
+        except ImportError:
+            raise UsageError("gs:// sources check objects' CRC32C with google-crc32c, which is not installed: "
+                             "pip install 'lane-preflight[gcs]'") from None
         self.timeouts = timeouts
         self.endpoint = endpoint_from(os.environ)
         self.auth = Credentials(write, timeouts, log)
