@@ -217,7 +217,9 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
     root = lane_root(ctx, lane)
     if lane.kind == "hf-cache":
         commit = hf_cache_commit(root, lane, commit)
-    result.revision = commit or lane.revision
+    # Reported as an immutable version only (a commit, a digest), never a branch name: the
+    # lock's, the source's, else the one the lane was last synced at.
+    result.revision = commit or (ctx.receipts.synced_at(lane.name, lane.source.raw) if lane.source else None)
     froot = files_root(ctx, lane, commit)
     plan = LanePlan(lane, froot, result, commit=commit)
     plan.root_models = ctx.models_dir

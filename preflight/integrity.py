@@ -209,6 +209,7 @@ class Receipts:
         self._files: dict[str, dict] = {}
         self._lanes: dict[str, dict] = {}  # lane name -> fingerprint of a passed format check
         self._refused: dict[str, dict] = {}  # refusal key -> why fetched bytes were not published
+        self._commits: dict[str, dict] = {}  # lane name -> {"source", "commit"}: the version it was last synced at
         self._dropped: set[str] = set()  # files forgotten here, not to come back from disk on save
         self._dirty = False
         if state_dir is not None:
@@ -220,6 +221,8 @@ class Receipts:
                     self._lanes = data["lanes"]
                 if isinstance(data, dict) and isinstance(data.get("refused"), dict):
                     self._refused = data["refused"]
+                if isinstance(data, dict) and isinstance(data.get("commits"), dict):
+                    self._commits = data["commits"]
             except (OSError, ValueError):
                 pass
 
@@ -241,10 +244,18 @@ class Receipts:
             return rec["warnings"]
         return None
 
-    def mark_lane(self, name: str, fingerprint: str, warnings: list[dict]) -> None:
+    def mark_lane(self, name: str, fingerprint: str, warnings: list[dict], info: dict | None = None) -> None:
         self._lanes[name] = {"fingerprint": fingerprint, "warnings": warnings,
-                             "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                             "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **({"info": info} if info else {})}
         self._dirty = True
+
+    def lane_info(self, name: str) -> tuple[dict, str | None]:
+        """What a past check of lane `name` noted (e.g. who signed it), and when it ran."""
+        rec = self._lanes.get(name)
+        if not isinstance(rec, dict):
+            return {}, None
+        info = rec.get("info")
+        return (info if isinstance(info, dict) else {}), rec.get("checked_at") if isinstance(rec.get("checked_at"), str) else None
 
     def verified(self, rel: str) -> tuple[int, dict[str, str]] | None:
         """Size and digests recorded when `rel` was last verified, whatever its stat is now."""
@@ -275,6 +286,19 @@ class Receipts:
         head = prefix.rstrip("/") + "/"
         return [k for k in self._files if k.startswith(head)]
 
+    def synced_at(self, lane: str, source: str) -> str | None:
+        """The commit (manifest digest, object version) `lane` was last synced at from
+        `source`; None when unknown or synced from another source."""
+        rec = self._commits.get(lane)
+        if isinstance(rec, dict) and rec.get("source") == source and isinstance(rec.get("commit"), str):
+            return rec["commit"]
+        return None
+
+    def mark_synced(self, lane: str, source: str, commit: str) -> None:
+        if self._commits.get(lane) != {"source": source, "commit": commit}:
+            self._commits[lane] = {"source": source, "commit": commit}
+            self._dirty = True
+
     def refusal(self, key: str) -> dict | None:
         rec = self._refused.get(key)
         return rec if isinstance(rec, dict) else None
@@ -292,15 +316,18 @@ class Receipts:
             try:
                 data = json.loads(path.read_bytes())
                 on_disk, lanes_on_disk, refused_on_disk = data.get("files", {}), data.get("lanes", {}), data.get("refused", {})
+                commits_on_disk = data.get("commits", {})
             except (OSError, ValueError, AttributeError):
-                on_disk, lanes_on_disk, refused_on_disk = {}, {}, {}
+                on_disk, lanes_on_disk, refused_on_disk, commits_on_disk = {}, {}, {}, {}
             merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else dict(self._files)
             for rel in self._dropped:
                 merged.pop(rel, None)
             lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
             refused = {**refused_on_disk, **self._refused} if isinstance(refused_on_disk, dict) else self._refused
+            commits = {**commits_on_disk, **self._commits} if isinstance(commits_on_disk, dict) else self._commits
             vol = self.volume if self.volume is not None and self.volume.path == self.state_dir else Volume(self.state_dir)
-            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused}, indent=0, sort_keys=True).encode())
+            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused, "commits": commits},
+                                                  indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False

@@ -258,13 +258,15 @@ class FileExpect:
     sha1: str | None = None  # git blob sha1 (small files on the Hub)
     md5: str | None = None  # DVC-tracked files
     crc32c: str | None = None  # 8 hex digits: a Cloud Storage object's CRC32C (a listing's, never a pin of the manifest or lock)
-    generation: str | None = None  # the object generation the lock pins (gs://), not a property of the bytes
+    generation: str | None = field(default=None, compare=False)  # the object generation the lock pins (gs://), not a property of the bytes
+    origin: str | None = field(default=None, compare=False)  # where a pin was written ("lanes.yaml:12"), for messages
 
     def merge(self, other: FileExpect | None) -> FileExpect:
         if other is None:
             return self
         return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1,
-                          self.md5 or other.md5, self.crc32c or other.crc32c, self.generation or other.generation)
+                          self.md5 or other.md5, crc32c=self.crc32c or other.crc32c, generation=self.generation or other.generation,
+                          origin=self.origin or other.origin)
 
 
 SIGNATURE_METHODS = ("key", "certificate", "sigstore")
@@ -553,7 +555,9 @@ def _expect(r: _Reader, obj: Any, key: tuple) -> FileExpect:
         sha1 = sha1.lower()
         if not _HEX40.match(sha1):
             raise r.doc.error(key + ("sha1",), f"expected 40 hex digits (git blob sha1), found {_show(sha1)}")
-    return FileExpect(size, sha256, sha1)
+    where = next((k for k in ("sha256", "sha1", "size") if obj.get(k) is not None), None)
+    line = r.doc.line(*key, where) if where else None
+    return FileExpect(size, sha256, sha1, origin=f"{r.doc.file}:{line}" if line else r.doc.file)
 
 
 def parse_manifest(doc: Located) -> Manifest:

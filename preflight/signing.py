@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 MAX_BUNDLE = 64 * 2**20  # a statement of 100 000 files is ~20 MB of base64
 RECEIPT_PREFIX = "sig:"
-_EXTRA = "pip install 'lane-preflight[signing]' (the image needs the signing extra)"
 
 
 class SignatureError(Exception):
@@ -183,7 +182,9 @@ def _library():
     try:
         from model_signing._signing import signing as ms_signing
     except ImportError as exc:
-        raise UsageError(f"a lane requires a model signature, but the model_signing library is not installed ({exc.name})", hint=_EXTRA) from None
+        from .errors import MissingExtra
+
+        raise MissingExtra("a lane that requires a model signature", "signing", exc.name) from None
     return ms_signing
 
 
@@ -203,7 +204,9 @@ def make_verifier(trust: Trust, where: str):
             return sign_certificate.Verifier(list(trust.chain))
         return _sigstore_verifier(trust.root, policy.identity, policy.issuer)
     except ImportError as exc:
-        raise UsageError(f"cannot verify {policy.method} signatures: {exc.name} is not installed", hint=_EXTRA) from None
+        from .errors import MissingExtra
+
+        raise MissingExtra(f"verifying {policy.method} signatures", "signing", exc.name) from None
     except OSError as exc:
         raise ManifestError(f"cannot read the signature's {policy.method} trust file: {exc.strerror} ({exc.filename})", field=where) from None
     except Exception as exc:  # the library's parse errors have no common base
@@ -431,6 +434,9 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
     fp = fingerprint(ctx, plan, sig, trust) if ctx.verify != "full" else None
     key = RECEIPT_PREFIX + plan.lane.name
     if fp is not None and ctx.receipts.lane_ok(key, fp) is not None:
+        info, at = ctx.receipts.lane_info(key)
+        plan.result.signature = {"policy": policy.method, "trusted": _policy_words(policy), "signer": info.get("signer"),
+                                 "file": label, "verified": "receipt", "verified_at": at}
         return []
     try:
         statement = verify_statement(trust, sig, where=where)
@@ -450,8 +456,11 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
         plan.result.note = plan.result.note or (f"signed with {statement.method} serialization and {statement.hash_type}: "
                                                 "the files were read again to verify it (sha256 per file needs no second read)")
     found += compare(statement, seen.present, wanted=wanted, absent=seen.absent, single=single, skip=seen.skip)
+    if not any(p.is_error for p in found):
+        plan.result.signature = {"policy": policy.method, "trusted": _policy_words(policy), "signer": statement.signer,
+                                 "file": label, "verified": "now"}
     if not found and not plan.result.errors and fp is not None:
-        ctx.receipts.mark_lane(key, fp, [])
+        ctx.receipts.mark_lane(key, fp, [], {"signer": statement.signer})
     return found
 
 

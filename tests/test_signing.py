@@ -109,6 +109,26 @@ def flip_byte(path: Path, offset: int = -1) -> None:
 # ------------------------------------------------------------------------ key pairs
 
 
+def test_a_signed_ready_lane_says_which_policy_held_who_signed_and_when(signed: Signed) -> None:
+    """A signed lane does not look like an unsigned one: the report (and the summary)
+    carries the policy, the signer, and whether it was verified now or remembered."""
+    lane = signed.folder()
+    sign_with_key(lane, lane / "model.sig", signed.key)
+    signed.policy(KEY_POLICY)
+    first = signed.check()
+    sig = first.lane["signature"]
+    assert sig["policy"] == "key" and sig["verified"] == "now" and "publisher.pub" in sig["trusted"], sig
+    assert sig["signer"] and sig["signer"] != "?"
+    assert "signed by" in first.stderr and "verified now" in first.stderr
+    again = signed.check()
+    remembered = again.lane["signature"]
+    assert remembered["verified"] == "receipt" and remembered["signer"] == sig["signer"] and remembered["verified_at"]
+    assert "(receipt)" in again.stderr
+    signed.policy("")  # the same lane unsigned: no signature claim
+    assert "signature" not in signed.check().lane
+
+
+
 def test_key_signed_lane_is_ready_and_a_warm_recheck_reads_nothing(signed: Signed) -> None:
     lane = signed.folder()
     sign_with_key(lane, lane / "model.sig", signed.key)

@@ -112,6 +112,9 @@ class Context:
 class Source(abc.ABC):
     """One lane's source."""
 
+    deterministic = False  # the same bytes on every attempt (a local mirror): a verification failure is final
+    fetched_as = "downloaded"  # how messages name what fetch did
+
     def __init__(self, lane: Lane, ctx: Context) -> None:
         assert lane.source is not None
         self.lane = lane

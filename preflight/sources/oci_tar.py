@@ -158,8 +158,10 @@ def open_tar(raw: BlobReader, head: bytes) -> tarfile.TarFile:
         try:
             import zstandard
         except ImportError:
-            raise UsageError(f"{raw.what} is compressed with zstd, and the zstandard package is not installed",
-                             hint="pip install 'lane-preflight[zstd]', or repack the artifact with gzip or no compression") from None
+            from ..errors import MissingExtra
+
+            raise MissingExtra(f"{raw.what}, compressed with zstd,", "zstd", "zstandard",
+                               alternative="repack the artifact with gzip or no compression") from None
         stream = _Limited(zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(raw, READ), read_size=READ), limit, raw.what)
     else:
         stream = raw

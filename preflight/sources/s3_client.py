@@ -111,8 +111,9 @@ class S3Client:
             from botocore.config import Config
             from botocore.exceptions import BotoCoreError
         except ImportError:
-            raise UsageError("s3:// sources need botocore, which is not installed",
-                             hint="pip install 'lane-preflight[s3]'") from None
+            from ..errors import MissingExtra
+
+            raise MissingExtra("an s3:// source", "s3", "botocore") from None
         session = botocore.session.get_session()
         try:
             scoped = session.get_scoped_config()
