@@ -300,7 +300,11 @@ def test_lock_pins_generations_a_versioned_bucket_still_serves_them_an_overwritt
     env = gs_env(vol, proxy.endpoint)
     locked = vol.run("lock", env=env)
     assert locked.code == 0, locked.stderr
-    lock = json.loads((vol.root / "lanes.lock.json").read_text())["lanes"]
+    doc = json.loads((vol.root / "lanes.lock.json").read_text())
+    import jsonschema
+
+    jsonschema.validate(doc, json.loads((Path(__file__).resolve().parent.parent / "preflight/schemas/lock.schema.json").read_text()))
+    lock = doc["lanes"]
     assert lock["kept"]["source"] == f"gs://{versioned}/m"
     assert lock["kept"]["files"] == {rel: {"size": len(data), "sha256": sha256(data), "generation": made[rel]["generation"]}
                                      for rel, data in files.items()}
