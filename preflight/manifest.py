@@ -333,6 +333,7 @@ class Lane:
     profiles: tuple[str, ...] = ()
     allow_pickle: bool | str = False  # True: state-dict pickles; "torchscript": TorchScript archives too
     serves_text: bool = True
+    vocab_only: bool = False  # gguf: the file is a vocabulary only (llama.cpp loads it with vocab_only; no weights)
     base: str | None = None  # adapter: name of the base lane
     checksums: str | None = None  # a `sha256sum -c` file (relative to the manifest or absolute)
     dvc: str | None = None  # a `.dvc` file pinning the content
@@ -399,8 +400,8 @@ class Manifest:
 _TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoints", "lock", "accelerator"}
 _LANE_KEYS = {
     "name", "kind", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size",
-    "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env", "layout",
-    "signature", "serve",
+    "required", "enabled", "profiles", "allow_pickle", "serves_text", "vocab_only", "base", "checksums", "dvc", "endpoint", "env",
+    "layout", "signature", "serve",
 }
 _DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout", "signature", "serve"}
 LAYOUTS = ("revisions", "in-place")
@@ -767,6 +768,11 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     for field_name in ("include", "exclude", "profiles"):
         with r.section():
             strings[field_name] = r.strings(raw, key, field_name, tuple(defaults.get(field_name) or ()))
+    vocab_only = False
+    with r.section():
+        vocab_only = r.get(raw, key, "vocab_only", bool, default=False)
+        if vocab_only and kind is not None and kind != "gguf":
+            raise doc.error(key + ("vocab_only",), f"'vocab_only' applies to gguf lanes, not {kind}")
     base = checksums = dvc = env = None
     with r.section():
         base = r.get(raw, key, "base", str)
@@ -810,8 +816,8 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     return Lane(
         name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
         required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
-        serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, layout=layout, signature=signature,
-        serve=serve, line=doc.line(*key),
+        serves_text=flags["serves_text"], vocab_only=vocab_only, base=base, checksums=checksums, dvc=dvc, env=env, layout=layout,
+        signature=signature, serve=serve, line=doc.line(*key),
     )
 
 

@@ -6,6 +6,10 @@ flip one byte of the body at offset N. `gate` may refuse a request before it is
 forwarded (an authorization check the server itself does not make). Signatures pass
 through untouched: the client signs for the proxy's host, which is the Host header the
 server sees.
+
+`listing` stands in for the server's ListObjectsV2 answers: a function of the request's
+query that returns the body (bytes, or an iterator of chunks sent without a length), for
+hostile listings a real server would not produce.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import http.client
 import socket
 import socketserver
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 
 @dataclass
@@ -47,6 +51,8 @@ class S3Proxy:
         self.requests: list[Request] = []
         self.faults: dict[str, list[Fault]] = {}
         self.gate: Callable[[Request], tuple[int, bytes] | None] | None = None  # (status, JSON body) refuses the request
+        self.listing: Callable[[dict[str, str]], bytes | Iterator[bytes]] | None = None
+        self.listings = 0  # listing requests answered by `listing`
         self._lock = threading.Lock()
         proxy = self
 
@@ -130,6 +136,10 @@ class S3Proxy:
                 sock.sendall(f"HTTP/1.1 {refused[0]} Refused\r\nContent-Type: application/json\r\nContent-Length: {len(refused[1])}\r\n"
                              "Connection: close\r\n\r\n".encode() + refused[1])
                 return
+            query = dict(parse_qsl(urlsplit(target).query, keep_blank_values=True))
+            if method == "GET" and query.get("list-type") == "2" and self.listing is not None:
+                self._list(sock, req, self.listing(query))
+                return
             fault = self._take_fault(method, path)
             if fault is not None and fault.kind == "refuse":
                 sock.shutdown(socket.SHUT_RDWR)
@@ -165,6 +175,19 @@ class S3Proxy:
                 sock.close()
             except OSError:
                 pass
+
+    def _list(self, sock: socket.socket, req: Request, body: bytes | Iterator[bytes]) -> None:
+        with self._lock:
+            self.listings += 1
+        req.status = 200
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        chunks = iter([body]) if isinstance(body, bytes) else body
+        if isinstance(body, bytes):
+            head += f"Content-Length: {len(body)}\r\n"
+        sock.sendall((head + "\r\n").encode())
+        for chunk in chunks:
+            sock.sendall(chunk)
+            req.bytes_sent += len(chunk)
 
     def _stream(self, sock: socket.socket, resp: http.client.HTTPResponse, whole: bytes | None, req: Request, fault: Fault | None) -> None:
         chunks = iter([whole]) if whole is not None else iter(lambda: resp.read1(65536), b"")
