@@ -280,7 +280,7 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         obs.st = st
         result.files += 1
         result.bytes += st.st_size
-        if exp is None or not (exp.sha256 or exp.sha1):
+        if exp is None or not (exp.sha256 or exp.sha1 or exp.crc32c):
             # no digest pinned by manifest, lock or source (a size at most): hold the file to
             # what was verified when it was published, while its size is still the one pinned
             past = ctx.receipts.verified(plan.state_key(rel))
@@ -314,8 +314,9 @@ def _missing_folder(ctx: Context, lane: Lane, froot: Path, commit: str | None) -
 
 
 def _algo(exp: FileExpect) -> str | None:
-    """The digest to check a file by: sha256, else git blob sha1, else md5, else none."""
-    return "sha256" if exp.sha256 else "sha1" if exp.sha1 else "md5" if exp.md5 else None
+    """The digest to check a file by: sha256, else git blob sha1, else md5, else a Cloud
+    Storage listing's CRC32C, else none."""
+    return "sha256" if exp.sha256 else "sha1" if exp.sha1 else "md5" if exp.md5 else "crc32c" if exp.crc32c else None
 
 
 def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
@@ -345,7 +346,7 @@ def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
             want = getattr(obs.expect, algo)
             got = obs.digests.get(algo)
             if got != want:
-                label = {"sha256": "sha256", "sha1": "git blob sha1", "md5": "md5"}[algo]
+                label = {"sha256": "sha256", "sha1": "git blob sha1", "md5": "md5", "crc32c": "crc32c"}[algo]
                 src = " (from the receipt of an earlier verification)" if obs.from_receipt else ""
                 plan.result.problems.append(P.error(obs.rel, P.CHECKSUM_MISMATCH, f"{obs.rel}: {label} is {got}{src}, expected {want}"))
                 ctx.receipts.forget(plan.state_key(obs.rel))

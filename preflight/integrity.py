@@ -19,14 +19,15 @@ READ_CHUNK = 128 * 2**10
 
 
 class Hasher:
-    """sha256, git-blob sha1 and/or md5 (DVC) over a stream, fed chunk by chunk.
+    """sha256, git-blob sha1, md5 (DVC) and/or crc32c (Cloud Storage) over a stream, fed
+    chunk by chunk.
 
     The git blob sha1 needs the size up front ("blob <size>\\0" prefix), which
     is what the Hub's `blobId` of a small file is.
     """
 
     def __init__(self, algos: Iterable[str], size: int | None = None) -> None:
-        self._h: dict[str, "hashlib._Hash"] = {}
+        self._h: dict[str, "hashlib._Hash | Crc32c"] = {}
         for algo in algos:
             if algo == "sha256":
                 self._h[algo] = hashlib.sha256()
@@ -38,6 +39,8 @@ class Hasher:
                 self._h[algo] = h
             elif algo == "md5":
                 self._h[algo] = hashlib.md5(usedforsecurity=False)
+            elif algo == "crc32c":
+                self._h[algo] = Crc32c()
             else:
                 raise ValueError(f"unknown digest {algo}")
 
@@ -47,6 +50,31 @@ class Hasher:
 
     def hexdigests(self) -> dict[str, str]:
         return {k: h.hexdigest() for k, h in self._h.items()}
+
+
+class Crc32c:
+    """CRC32C (Castagnoli) as Cloud Storage reports it, hashlib-shaped. google-crc32c's C
+    extension runs at several GB/s here (a pure-Python CRC would be a thousand times
+    slower than the sha256 beside it); it is part of the `gcs` extra, imported only when
+    a gs:// object's checksum is checked."""
+
+    def __init__(self) -> None:
+        try:
+            import google_crc32c
+        except ImportError:
+            from .errors import UsageError
+
+            raise UsageError("checking a Cloud Storage CRC32C needs google-crc32c, which is not installed: "
+                             "pip install 'lane-preflight[gcs]'") from None
+        self._extend = google_crc32c.extend
+        self._crc = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        # the C extension takes bytes only (not a view of a reused buffer): one memcpy, ~6 GB/s
+        self._crc = self._extend(self._crc, data if isinstance(data, bytes) else bytes(data))
+
+    def hexdigest(self) -> str:
+        return f"{self._crc:08x}"
 
 
 def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progress: Callable[[int], None] | None = None,

@@ -33,7 +33,8 @@ class LockedLane:
         return {
             "source": self.source, "revision": self.revision, "commit": self.commit,
             "files": {
-                rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1)) if v is not None}
+                rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1), ("generation", e.generation))
+                      if v is not None}
                 for rel, e in sorted(self.files.items())
             },
         }
@@ -79,7 +80,11 @@ def load_lock(path: str | os.PathLike) -> Lock:
             if norm is None or not isinstance(exp, dict):
                 raise ManifestError(f"bad file entry {rel!r}", file=str(p), field=f"lanes.{name}.files")
             size = exp.get("size")
-            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"),
+            generation = exp.get("generation")
+            if generation is not None and not (isinstance(generation, str) and generation.isdigit() and len(generation) <= 19):
+                raise ManifestError(f"bad generation {str(generation)[:40]!r} for {rel!r} (expected the object generation as a string of digits)",
+                                    file=str(p), field=f"lanes.{name}.files")
+            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"), generation=generation,
                                      origin=f"{p} (lanes.{name}.files)")
         lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files)
     return lock

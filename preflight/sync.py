@@ -293,9 +293,7 @@ class Fetcher:
 
     def _fetch(self, job: Job) -> None:
         partial = self.held.file(staging_name(job))
-        algos: tuple[str, ...] = ("sha256",) if (job.expect.sha256 or not job.expect.sha1) else ("sha1",)
-        if job.expect.sha1 and job.expect.size is None:
-            algos = ("sha256",)
+        algos = fetch_algos(job.expect)
         key = self.progress.start(job.label, job.size)
         transfer = Transfer(self.opts.timeouts, self.deadline, self.cancel, self.may_write, lambda n: self.progress.advance(key, n),
                             self.budget, self.progress.log)
@@ -381,6 +379,8 @@ class Fetcher:
             raise IntegrityError(f"{job.label}: {what} bytes hash to sha256 {digests.get('sha256')}, expected {exp.sha256}{pinned}")
         if not exp.sha256 and exp.sha1 and digests.get("sha1") != exp.sha1:
             raise IntegrityError(f"{job.label}: {what} bytes hash to git blob sha1 {digests.get('sha1')}, expected {exp.sha1}{pinned}")
+        if not exp.sha256 and not exp.sha1 and exp.crc32c and digests.get("crc32c") != exp.crc32c:
+            raise IntegrityError(f"{job.label}: {what} bytes have crc32c {digests.get('crc32c')}, expected {exp.crc32c}{pinned}")
         from .check import check_single_file
 
         # read through the held staging descriptor (StagedFile.__fspath__)
@@ -403,6 +403,20 @@ class Fetcher:
         if job.link is not None:
             vol.make_symlink(vol.rel_of(job.link), os.path.relpath(job.target, job.link.parent))
         self.session.ctx.receipts.record(state_key(self.session.ctx.models_dir, job.link or job.target), st, digests)
+
+
+def fetch_algos(exp: FileExpect) -> tuple[str, ...]:
+    """What a download hashes while it writes: the digest it is held to. sha256 when pinned
+    (and when nothing else is known: receipts keep it); the git blob sha1 of a small Hub
+    file; a Cloud Storage object's CRC32C alone when that is all the source vouches for
+    (several GB/s, where sha256 would be the slowest step of a fast download)."""
+    if exp.sha256:
+        return ("sha256",)
+    if exp.sha1 and exp.size is not None:
+        return ("sha1",)
+    if exp.crc32c and not exp.sha1:
+        return ("crc32c",)
+    return ("sha256",)
 
 
 def settle_listings(session: Session, remote: Remote) -> None:
