@@ -371,16 +371,16 @@ class Fetcher:
 
     def _verify(self, job: Job, partial: StagedFile, size: int, digests: dict[str, str]) -> None:
         exp = job.expect
-        what = job.source.fetched_as  # "downloaded", "copied from the mirror"
+        what = job.source.fetched_as  # "the downloaded bytes", "the bytes copied from the mirror"
         pinned = f" (pinned at {exp.origin})" if exp.origin else " (as the source lists it)"
         if exp.size is not None and size != exp.size:
-            raise IntegrityError(f"{job.label}: {what} {size} bytes, expected {exp.size}{pinned}")
+            raise IntegrityError(f"{job.label}: {what} are {size} bytes long, expected {exp.size}{pinned}")
         if exp.sha256 and digests.get("sha256") != exp.sha256:
-            raise IntegrityError(f"{job.label}: {what} bytes hash to sha256 {digests.get('sha256')}, expected {exp.sha256}{pinned}")
+            raise IntegrityError(f"{job.label}: {what} hash to sha256 {digests.get('sha256')}, expected {exp.sha256}{pinned}")
         if not exp.sha256 and exp.sha1 and digests.get("sha1") != exp.sha1:
-            raise IntegrityError(f"{job.label}: {what} bytes hash to git blob sha1 {digests.get('sha1')}, expected {exp.sha1}{pinned}")
+            raise IntegrityError(f"{job.label}: {what} hash to git blob sha1 {digests.get('sha1')}, expected {exp.sha1}{pinned}")
         if not exp.sha256 and not exp.sha1 and exp.crc32c and digests.get("crc32c") != exp.crc32c:
-            raise IntegrityError(f"{job.label}: {what} bytes have crc32c {digests.get('crc32c')}, expected {exp.crc32c}{pinned}")
+            raise IntegrityError(f"{job.label}: {what} have crc32c {digests.get('crc32c')}, expected {exp.crc32c}{pinned}")
         from .check import check_single_file
 
         # read through the held staging descriptor (StagedFile.__fspath__)

@@ -113,7 +113,7 @@ class Source(abc.ABC):
     """One lane's source."""
 
     deterministic = False  # the same bytes on every attempt (a local mirror): a verification failure is final
-    fetched_as = "downloaded"  # how messages name what fetch did
+    fetched_as = "the downloaded bytes"  # how messages name what fetch delivered
 
     def __init__(self, lane: Lane, ctx: Context) -> None:
         assert lane.source is not None

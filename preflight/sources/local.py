@@ -148,7 +148,7 @@ class MirrorSource(Source):
     """file://… or a path: a folder (folder lanes) or a file (single-file lanes) on a mounted share."""
 
     deterministic = True
-    fetched_as = "copied from the mirror"
+    fetched_as = "the bytes copied from the mirror"
 
     def resolve(self, locked: LockedLane | None) -> Listing:
         files = listing(self.lane, self.ctx.manifest_file)
