@@ -35,7 +35,8 @@ class LockedLane:
         d: dict[str, Any] = {
             "source": self.source, "revision": self.revision, "commit": self.commit,
             "files": {
-                rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1)) if v is not None}
+                rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1), ("generation", e.generation))
+                      if v is not None}
                 for rel, e in sorted(self.files.items())
             },
         }
@@ -52,7 +53,8 @@ class Lock:
     lanes: dict[str, LockedLane] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"version": LOCK_VERSION, "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
+        return json.dumps({"version": LOCK_VERSION, "schema_version": LOCK_VERSION,
+                           "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
 
     def save(self) -> None:
         write_file_atomic(Path(self.path), self.to_json().encode())
@@ -95,7 +97,12 @@ def _locked_lane(name: str, raw: Any, file: str, where: str) -> LockedLane:
         if norm is None or not isinstance(exp, dict):
             raise ManifestError(f"bad file entry {rel!r}", file=file, field=f"{where}.files")
         size = exp.get("size")
-        files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
+        generation = exp.get("generation")
+        if generation is not None and not (isinstance(generation, str) and generation.isdigit() and len(generation) <= 19):
+            raise ManifestError(f"bad generation {str(generation)[:40]!r} for {rel!r} (expected the object generation as a string of digits)",
+                                file=file, field=f"{where}.files")
+        files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"), generation=generation,
+                                 origin=f"{file} ({where}.files)")
     fit = raw.get("fit") if isinstance(raw.get("fit"), dict) else None
     return LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files, fit)
 
@@ -120,7 +127,7 @@ def parse_sha256sum(text: str, file: str) -> dict[str, FileExpect]:
         rel = normalise_rel(m["path"].removeprefix("./"))
         if rel is None:
             raise ManifestError(f"path {m['path']!r} escapes the lane folder", file=file, line=i)
-        out[rel] = FileExpect(None, m["hex"].lower(), None)
+        out[rel] = FileExpect(None, m["hex"].lower(), None, origin=f"{file}:{i}")
     return out
 
 

@@ -74,7 +74,7 @@ def test_sync_fetches_the_first_variant_that_fits_and_check_agrees_offline(tmp_p
     assert again.lane("chat")["fit"]["inputs_from"] == "receipts"
     out = env_of(vol, "--accelerator", GPU_SMALL)
     assert out.returncode == 0 and out.stdout == f"CHAT_MODEL={vol.models / 'vllm' / 'chat-small'}\n", out.stderr
-    assert json.loads(env_of(vol, "--accelerator", GPU_SMALL, "--format", "json").stdout) == {"CHAT_MODEL": str(vol.models / "vllm/chat-small")}
+    assert json.loads(env_of(vol, "--accelerator", GPU_SMALL, "--json").stdout)["env"] == {"CHAT_MODEL": str(vol.models / "vllm/chat-small")}
 
     other = vol.run("check", "--accelerator", GPU_LARGE)  # another node: judged again, and the primary may fit there
     assert other.code == 1 and other.lane("chat")["variant"]["chosen"] == "primary"

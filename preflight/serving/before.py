@@ -45,8 +45,8 @@ def source_inputs(lane: Lane, source: Source, files: dict[str, Entry]) -> Remote
 class Before:
     """The fit inputs of the run's lanes and candidates, each read once."""
 
-    def __init__(self, session, remote, log) -> None:
-        self.session, self.remote, self.log = session, remote, log
+    def __init__(self, session, remote, log, offline: bool = False) -> None:
+        self.session, self.remote, self.log, self.offline = session, remote, log, offline
         self.read: dict[tuple[str, str | None], tuple[FitInputs | None, str | None]] = {}
         self.bytes = 0
 
@@ -63,6 +63,8 @@ class Before:
         return got, why
 
     def _from_source(self, lane: Lane) -> tuple[FitInputs | None, str | None]:
+        if self.offline and not (lane.source is not None and lane.source.scheme == "local"):
+            return None, "offline: its source is not read"
         self.remote.resolve(lane)
         if lane.name in self.remote.errors:
             return None, f"its source cannot be listed: {self.remote.errors[lane.name]}"
