@@ -238,3 +238,30 @@ def test_oci_raw_layers_are_read_in_part_and_tar_layers_wait_for_the_download(tm
         assert run.lane("kit")["status"] == "ready" and run.lane("kit")["fit"]["inputs_from"] in ("volume", "receipts")
     finally:
         reg.stop()
+
+
+def test_gcs_lanes_are_judged_from_ranged_media_reads(tmp_path: Path) -> None:
+    from tests import gcs_server
+    from tests.s3_proxy import S3Proxy
+    from tests.test_gcs import gs_env, media_gets
+
+    if gcs_server.binary() is None:
+        pytest.skip("the Cloud Storage server is built by the test script")
+    server = gcs_server.GcsServer(tmp_path / "gcs").start()
+    proxy = S3Proxy(server.port).start()
+    try:
+        bucket = server.bucket("fit-models")
+        folder = write_sparse_llama_folder(tmp_path / "llm", **DIMS)
+        for p in folder.iterdir():
+            server.put(bucket, f"llm/{p.name}", p.read_bytes())
+        (tmp_path / "v").mkdir()
+        vol = Volume(tmp_path / "v", None).write([{"name": "chat", "kind": "hf-dir", "path": "vllm/chat", "source": f"gs://{bucket}/llm",
+                                                    "serve": SERVE}])
+        run = vol.run("sync", "--accelerator", GPU_SMALL, env=gs_env(vol, proxy.endpoint))
+        assert run.code == 1, run.stderr
+        assert run.lane("chat")["fit"]["inputs_from"] == "source" and not (vol.models / "vllm" / "chat").exists()
+        gets = [r for r in media_gets(proxy) if r.path.endswith(".safetensors")]
+        assert gets and all((r.range or "").startswith("bytes=0-") and r.bytes_sent <= 8192 for r in gets), gets
+    finally:
+        proxy.stop()
+        server.stop()

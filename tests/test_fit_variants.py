@@ -73,7 +73,7 @@ def test_sync_fetches_the_first_variant_that_fits_and_check_agrees_offline(tmp_p
     assert [r["codes"] for r in remembered["rejected"]] == [["kv-cache-too-large"]]
     assert again.lane("chat")["fit"]["inputs_from"] == "receipts"
     out = env_of(vol, "--accelerator", GPU_SMALL)
-    assert out.returncode == 0 and out.stdout == f"CHAT_MODEL={vol.models / 'vllm' / 'chat-small'}\n", out.stderr
+    assert out.returncode == 0 and out.stdout == f"CHAT_MODEL='{vol.models / 'vllm' / 'chat-small'}'\n", out.stderr
     assert json.loads(env_of(vol, "--accelerator", GPU_SMALL, "--json").stdout)["env"] == {"CHAT_MODEL": str(vol.models / "vllm/chat-small")}
 
     other = vol.run("check", "--accelerator", GPU_LARGE)  # another node: judged again, and the primary may fit there
@@ -90,7 +90,7 @@ def test_the_primary_is_taken_when_it_fits_and_its_alternatives_are_never_read(t
                                            "rejected": []}
     assert not any(r.repo_id == "org/small" for r in hub.requests)
     out = env_of(vol, "--accelerator", GPU_LARGE)
-    assert out.stdout == f"CHAT_MODEL={vol.models / 'vllm' / 'chat'}\n"
+    assert out.stdout == f"CHAT_MODEL='{vol.models / 'vllm' / 'chat'}'\n"
 
 
 def test_no_variant_fits_nothing_is_downloaded_and_every_reason_is_given(tmp_path: Path, hub: HubServer, repos) -> None:
