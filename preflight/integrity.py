@@ -181,6 +181,7 @@ class Receipts:
         self._files: dict[str, dict] = {}
         self._lanes: dict[str, dict] = {}  # lane name -> fingerprint of a passed format check
         self._refused: dict[str, dict] = {}  # refusal key -> why fetched bytes were not published
+        self._groups: dict[str, dict] = {}  # group key (an archive's digest) -> the files it held, as unpacked here
         self._dropped: set[str] = set()  # files forgotten here, not to come back from disk on save
         self._dirty = False
         if state_dir is not None:
@@ -192,6 +193,8 @@ class Receipts:
                     self._lanes = data["lanes"]
                 if isinstance(data, dict) and isinstance(data.get("refused"), dict):
                     self._refused = data["refused"]
+                if isinstance(data, dict) and isinstance(data.get("groups"), dict):
+                    self._groups = data["groups"]
             except (OSError, ValueError):
                 pass
 
@@ -243,7 +246,10 @@ class Receipts:
         return rec.get("verified_at") if isinstance(rec, dict) else None
 
     def under(self, prefix: str) -> list[str]:
-        """Keys of files verified under folder `prefix` (relative to the models folder)."""
+        """Keys of files verified under folder `prefix` (relative to the models folder; "."
+        or "" for the models folder itself)."""
+        if prefix in ("", "."):
+            return list(self._files)
         head = prefix.rstrip("/") + "/"
         return [k for k in self._files if k.startswith(head)]
 
@@ -255,6 +261,25 @@ class Receipts:
         self._refused[key] = {**record, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self._dirty = True
 
+    def group_files(self, key: str) -> dict[str, tuple[int, str]] | None:
+        """The files (size, sha256) a group (an archive, by its key) held when it was
+        unpacked here; None when it never was, or the record is damaged."""
+        rec = self._groups.get(key)
+        files = rec.get("files") if isinstance(rec, dict) else None
+        if not isinstance(files, dict) or not files:
+            return None
+        out = {}
+        for rel, f in files.items():
+            if not (isinstance(rel, str) and isinstance(f, dict) and isinstance(f.get("size"), int) and isinstance(f.get("sha256"), str)):
+                return None
+            out[rel] = (f["size"], f["sha256"])
+        return out
+
+    def remember_group(self, key: str, files: dict[str, tuple[int, str]]) -> None:
+        self._groups[key] = {"files": {rel: {"size": size, "sha256": sha} for rel, (size, sha) in sorted(files.items())},
+                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._dirty = True
+
     def save(self) -> bool:
         """Merge with what is on disk (another process may have written) and replace atomically."""
         if self.state_dir is None or not self._dirty:
@@ -264,15 +289,18 @@ class Receipts:
             try:
                 data = json.loads(path.read_bytes())
                 on_disk, lanes_on_disk, refused_on_disk = data.get("files", {}), data.get("lanes", {}), data.get("refused", {})
+                groups_on_disk = data.get("groups", {})
             except (OSError, ValueError, AttributeError):
-                on_disk, lanes_on_disk, refused_on_disk = {}, {}, {}
+                on_disk, lanes_on_disk, refused_on_disk, groups_on_disk = {}, {}, {}, {}
             merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else dict(self._files)
             for rel in self._dropped:
                 merged.pop(rel, None)
             lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
             refused = {**refused_on_disk, **self._refused} if isinstance(refused_on_disk, dict) else self._refused
+            groups = {**groups_on_disk, **self._groups} if isinstance(groups_on_disk, dict) else self._groups
             vol = self.volume if self.volume is not None and self.volume.path == self.state_dir else Volume(self.state_dir)
-            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused}, indent=0, sort_keys=True).encode())
+            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused, "groups": groups},
+                                                   indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False

@@ -28,15 +28,20 @@ class LockedLane:
     revision: str | None = None
     commit: str | None = None
     files: dict[str, FileExpect] = field(default_factory=dict)
+    archive: FileExpect | None = None  # a lane filled from an archive: the archive's size and sha256 (files: its members)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "source": self.source, "revision": self.revision, "commit": self.commit,
-            "files": {
-                rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1)) if v is not None}
-                for rel, e in sorted(self.files.items())
-            },
+            "files": {rel: _expect_dict(e) for rel, e in sorted(self.files.items())},
         }
+        if self.archive is not None:
+            out["archive"] = _expect_dict(self.archive)
+        return out
+
+
+def _expect_dict(e: FileExpect) -> dict[str, Any]:
+    return {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1)) if v is not None}
 
 
 @dataclass
@@ -79,7 +84,13 @@ def load_lock(path: str | os.PathLike) -> Lock:
                 raise ManifestError(f"bad file entry {rel!r}", file=str(p), field=f"lanes.{name}.files")
             size = exp.get("size")
             files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
-        lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files)
+        archive = None
+        if raw.get("archive") is not None:
+            a = raw["archive"]
+            if not isinstance(a, dict) or not isinstance(a.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", a["sha256"]):
+                raise ManifestError("malformed archive entry (expected {size, sha256})", file=str(p), field=f"lanes.{name}.archive")
+            archive = FileExpect(a.get("size") if isinstance(a.get("size"), int) else None, a["sha256"])
+        lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files, archive)
     return lock
 
 

@@ -34,10 +34,12 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
         if src is None:
             continue
         source = open_source(lane, ctx)
-        files, version = checked_listing(lane, source.resolve(None))  # refused as sync refuses it (path-escape)
+        listing = source.resolve(None)
+        files, version = checked_listing(lane, listing)  # refused as sync refuses it (path-escape)
         # sha256 for the Hub's LFS files, its git blob sha1 for the rest; a mirror's files hashed now
+        locked_files = source.lock_files(Listing(version, files, unlisted=listing.unlisted))
         lock.lanes[lane.name] = LockedLane(lane.name, src.raw, src.revision if version else None, version,
-                                           source.lock_files(Listing(version, files)))
+                                           locked_files, source.archive_pin())
     if fmt == "sha256sum":
         files: dict[str, FileExpect] = {}
         for lane in selected:

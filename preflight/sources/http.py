@@ -104,11 +104,24 @@ def _target(url: str) -> tuple[tuple[str, str, int], str]:
     return (parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)), target
 
 
+_TLS: dict[tuple[str, int], ssl.SSLContext] = {}  # hosts whose certificates are checked otherwise (an S3 endpoint's CA bundle)
+
+
+def trust_host(host: str, port: int, context: ssl.SSLContext) -> None:
+    """Speak TLS to `host:port` with `context` (a custom CA bundle, or no verification where
+    the operator asked for none) instead of the system trust store."""
+    _TLS[(host.lower(), port)] = context
+
+
+def tls_context(host: str, port: int) -> ssl.SSLContext:
+    return _TLS.get((host.lower(), port)) or ssl.create_default_context()
+
+
 def connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
     """A new (unpooled) connection to `url`'s host and the request target; nothing sent yet."""
     key, target = _target(url)
     if key[0] == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(key[1], key[2], timeout=timeouts.connect, context=ssl.create_default_context())
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(key[1], key[2], timeout=timeouts.connect, context=tls_context(key[1], key[2]))
     else:
         conn = http.client.HTTPConnection(key[1], key[2], timeout=timeouts.connect)
     return conn, target
