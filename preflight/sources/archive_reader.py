@@ -43,7 +43,7 @@ from ..manifest import archive_kind  # noqa: F401  (the suffix table lives with 
 from ..volume import UnsafeName, safe_rel
 
 READ = 2**20
-MAX_MEMBERS = 100_000
+MAX_MEMBERS = 20_000  # a model archive holds tens of files; a count past this is a bomb, not a model
 MAX_RATIO = 200  # extracted bytes per archive byte (deflate tops out near 1032x)
 RATIO_SLACK = 64 * 2**20
 MAX_META = 2**20  # one PAX or GNU long-name record
@@ -198,9 +198,12 @@ class _Budget:
 
     def declare(self, n: int, name: str) -> None:
         """A member's announced size, before a byte of it is read."""
-        if self.out + n > self.limit or self.out + n > self.ratio_limit:
-            raise ArchiveBombError(f"{self.what}: {name} announces {n} bytes, past the archive's bound "
-                                   f"({min(self.limit, self.ratio_limit)} bytes in all); refused, nothing was published")
+        if self.out + n > self.limit:
+            raise ArchiveBombError(f"{self.what}: {name} announces {n} bytes, past the {self.limit} bytes an archive may "
+                                   "extract to (PREFLIGHT_ARCHIVE_MAX_BYTES); refused, nothing was published")
+        if self.out + n > self.ratio_limit:
+            raise ArchiveBombError(f"{self.what}: {name} announces {n} bytes, past {MAX_RATIO}x the archive's {self.archive_size} "
+                                   "bytes; refused as a compression bomb, nothing was published")
 
 
 class _BoundedInfo(tarfile.TarInfo):
@@ -451,7 +454,7 @@ def _read_zip(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
                                             hint="the archive is damaged or hostile; links must name files inside it")
                 scan.members.append(Member(name, link=target))
                 continue
-            if mode and not stat.S_ISREG(mode):
+            if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # type bits set (many writers leave them 0): a special file
                 raise UnsafeSourceError(f"{budget.what}: {name} is a special file (mode {stat.filemode(mode)}); refused, nothing was published",
                                         hint="a model archive holds regular files and folders")
             with zf.open(info) as member:
