@@ -174,13 +174,14 @@ def _lock_report(manifest: str, lanes: tuple[str, ...], lock_text: str | None, p
     return report
 
 
-def _apply_kserve_environment() -> None:
+def _apply_kserve_environment(uri: str) -> None:
     """KServe's storage-config entry (STORAGE_CONFIG, STORAGE_OVERRIDE_CONFIG) becomes the
-    variables KServe's own initializer sets from it; its secret is masked from then on."""
-    from .kserve import storage_config
+    variables KServe's own initializer sets from it (its secret masked from then on), and
+    its OCI fetch settings become preflight's registry settings."""
+    from .kserve import oci_settings, storage_config
     from .redact import register
 
-    for var, value in storage_config(os.environ).items():
+    for var, value in {**storage_config(os.environ), **oci_settings(os.environ, uri)}.items():
         os.environ[var] = value
         if var == "AWS_SECRET_ACCESS_KEY":
             register(value)
@@ -244,8 +245,8 @@ def fetch(src, dest, kind, sha256, include, exclude, allow_pickle, offline, toke
     from .sources.http import Timeouts
     from .sync import Options, run_sync
 
-    _apply_kserve_environment()
     uri, pinned = storage_uri(src)
+    _apply_kserve_environment(uri)
     if sha256 and pinned and sha256.lower() != pinned:
         from .errors import UsageError
 

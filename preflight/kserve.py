@@ -79,6 +79,24 @@ def storage_config(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def oci_settings(env: Mapping[str, str], uri: str) -> dict[str, str]:
+    """What KServe's OCI fetch mode gives its initializer, as preflight's own settings: the
+    Docker config it mounts (KSERVE_OCI_DOCKER_CONFIG, else /mnt/oci-fetch-auth/config.json
+    when that file is there) and KSERVE_OCI_INSECURE_REGISTRY=true for the URI's registry.
+    Preflight's own PREFLIGHT_REGISTRY_AUTH / PREFLIGHT_INSECURE_REGISTRY win."""
+    import os.path
+
+    if not uri.startswith("oci://"):
+        return {}
+    out: dict[str, str] = {}
+    config = env.get("KSERVE_OCI_DOCKER_CONFIG", "").strip() or "/mnt/oci-fetch-auth/config.json"
+    if not env.get("PREFLIGHT_REGISTRY_AUTH") and os.path.isfile(config):
+        out["PREFLIGHT_REGISTRY_AUTH"] = config
+    if env.get("KSERVE_OCI_INSECURE_REGISTRY", "").strip().lower() in ("1", "true", "yes") and not env.get("PREFLIGHT_INSECURE_REGISTRY"):
+        out["PREFLIGHT_INSECURE_REGISTRY"] = uri[len("oci://"):].split("/", 1)[0]
+    return out
+
+
 def patterns(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     """STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS as KServe parses them."""
     raw = env.get(name, "").strip()

@@ -634,10 +634,23 @@ class UrlSource(Source):
         return Listing(None, {name: Entry(exp, lane.source.url, exp.sha256)})
 
     def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
-        return fetch_to(entry.locator, partial, expected_size=entry.expect.size, algos=algos, etag=entry.etag, **transfer.http())
+        return fetch_to(entry.locator, partial, headers=self.headers(entry.locator), expected_size=entry.expect.size, algos=algos,
+                        etag=entry.etag, **transfer.http())
 
     def size_hint(self, entry: Entry) -> int | None:
-        return content_length(entry.locator, timeouts=self.ctx.timeouts)
+        return content_length(entry.locator, self.headers(entry.locator), timeouts=self.ctx.timeouts)
+
+    @staticmethod
+    def headers(url: str) -> dict[str, str]:
+        """KServe's https secret: `<host>-headers` holds a JSON object of headers for that
+        host (masked in every output, as a token is). Dropped on a redirect to another host."""
+        from ..kserve import url_headers
+        from ..redact import register
+
+        found = url_headers(os.environ, urlsplit(url).hostname or "")
+        for value in found.values():
+            register(value)
+        return found
 
     def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
         for name, entry in listing.files.items():
