@@ -267,3 +267,22 @@ def test_oci_modelcar_image_into_dest(tmp_path: Path) -> None:
         assert tree(tmp_path / "models") == files
     finally:
         reg.stop()
+
+
+def test_an_https_archive_trusted_through_kserves_global_ca_bundle(tmp_path: Path) -> None:
+    from tests.tls_server import TlsFileServer
+
+    files = hf_model()
+    data = tar_gz(files)
+    with TlsFileServer(tmp_path / "tls", {"/releases/model.tar.gz": data}) as server:
+        uri = f"{server.url('/releases/model.tar.gz')}#sha256={hashlib.sha256(data).hexdigest()}"
+        untrusted = fetch(tmp_path, uri, str(tmp_path / "a"))
+        assert untrusted.code == 3, untrusted.stderr
+        assert "certificate" in untrusted.stderr.lower() and tree(tmp_path / "a") == {}
+        bundle = tmp_path / "custom-certs"
+        bundle.mkdir()
+        (bundle / "cabundle.crt").write_bytes(server.ca.read_bytes())
+        trusted = fetch(tmp_path, uri, str(tmp_path / "b"),
+                        env={"CA_BUNDLE_CONFIGMAP_NAME": "global-ca-bundle", "CA_BUNDLE_VOLUME_MOUNT_POINT": str(bundle)})
+        assert trusted.code == 0, trusted.stderr
+        assert tree(tmp_path / "b") == files

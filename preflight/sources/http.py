@@ -22,13 +22,14 @@ from . import Entry, Listing, Source, Transfer
 from ..integrity import READ_CHUNK, Hasher, WriteBehind
 from ..volume import StagedFile, as_staged
 from ..report import human_size
-from .pool import POOL, Budget, Pool, default_budget
+from .pool import POOL, Budget, Pool, default_budget, tls_context, trust_host  # noqa: F401 (trust_host: the s3 client's)
 
 if TYPE_CHECKING:
     from ..lockfile import LockedLane
 
 MAX_REDIRECTS = 10
 DNS_FAILURE = -1  # FetchError.status of a name that does not resolve: not retried (it will not heal in seconds)
+TLS_UNTRUSTED = -2  # FetchError.status of a certificate this machine does not trust: not retried either
 # The receiving thread's read size: whatever the socket holds, up to this (4 MiB reads
 # were slower here; bench/bench_sync.py --chunk-kib sizes a change).
 RECV_CHUNK = 2**20
@@ -102,19 +103,6 @@ def _target(url: str) -> tuple[tuple[str, str, int], str]:
     if parts.query:
         target += "?" + parts.query
     return (parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)), target
-
-
-_TLS: dict[tuple[str, int], ssl.SSLContext] = {}  # hosts whose certificates are checked otherwise (an S3 endpoint's CA bundle)
-
-
-def trust_host(host: str, port: int, context: ssl.SSLContext) -> None:
-    """Speak TLS to `host:port` with `context` (a custom CA bundle, or no verification where
-    the operator asked for none) instead of the system trust store."""
-    _TLS[(host.lower(), port)] = context
-
-
-def tls_context(host: str, port: int) -> ssl.SSLContext:
-    return _TLS.get((host.lower(), port)) or ssl.create_default_context()
 
 
 def connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, str]:
@@ -191,6 +179,10 @@ def request(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: st
                 _close(conn, cancel)
                 if cancel is not None and cancel.is_set():
                     raise FetchError("cancelled", url=url) from exc
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    raise FetchError(f"{host}: its TLS certificate is not trusted here ({exc.verify_message or exc})", url=url,
+                                     status=TLS_UNTRUSTED, hint="trust its CA: SSL_CERT_FILE, or KServe's global CA bundle "
+                                     "(CA_BUNDLE_CONFIGMAP_NAME, mounted at CA_BUNDLE_VOLUME_MOUNT_POINT/cabundle.crt)") from exc
                 if isinstance(exc, socket.gaierror):
                     raise FetchError(f"cannot resolve host {urlsplit(url).hostname}: {exc.strerror or exc}", url=url, status=DNS_FAILURE) from exc
                 raise FetchError(f"cannot connect to {host}: {exc.strerror or exc}", url=url) from exc
@@ -283,7 +275,7 @@ def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
     return err
 
 
-NO_RETRY = {400, 404, 410, 416, DNS_FAILURE}  # asking again gives the same answer
+NO_RETRY = {400, 404, 410, 416, DNS_FAILURE, TLS_UNTRUSTED}  # asking again gives the same answer
 MAX_RETRY_AFTER = 300.0  # the longest wait a server's Retry-After gets when the run has no deadline
 
 
