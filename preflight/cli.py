@@ -166,6 +166,7 @@ class LazyGroup(click.Group):
     lazy = {
         "sync": ("preflight.cli_sync", "sync"),
         "fetch": ("preflight.cli_sync", "fetch"),
+        "init": ("preflight.cli_init", "init_command"),
         "lock": ("preflight.cli_sync", "lock"),
         "push": ("preflight.cli_push", "push"),
         "status": ("preflight.cli_volume", "status"),
