@@ -200,7 +200,7 @@ def test_a_digest_that_does_not_match_is_exit_3_and_nothing_is_published(tmp_pat
     m = manifest(tmp_path, f"file://{archive}", "ab" * 32)
     done = sync(tmp_path, m)
     assert done.returncode == 3, done.stderr
-    assert "sha256" in done.stderr and "nothing was extracted" in done.stderr
+    assert "sha256" in done.stderr and "nothing was published" in done.stderr
     assert lane_files(tmp_path) == {}
     assert not list((tmp_path / "models" / ".preflight" / "staging").iterdir())
     assert report(tmp_path)["exit_code"] == 3
@@ -469,3 +469,31 @@ def test_the_total_size_bound_is_enforced(tmp_path: Path) -> None:
     # the same archive under the default bound is a model
     ok = sync(tmp_path, manifest(tmp_path, f"file://{archive}", sha256(archive), extra="    allow_pickle: true\n"))
     assert ok.returncode == 0, ok.stderr
+
+
+def test_bytes_the_unpacking_read_that_the_download_then_replaced_are_judged_again(tmp_path: Path) -> None:
+    """A staged partial archive that is not a prefix of the archive (a damaged staging file)
+    and a server that ignores Range: the download starts over under the reader, which first
+    reads the stale bytes. They are never taken for the archive: it is unpacked again from
+    its verified copy."""
+    import hashlib as h
+
+    files = model_files(tmp_path / "src")
+    files["big.bin"] = os.urandom(2 * 2**20)
+    archive = make_tar(tmp_path / "model.tar", files, mode="w")
+    digest = sha256(archive)
+    dest = tmp_path / "dest"
+    staging = dest / ".preflight" / "staging"
+    staging.mkdir(parents=True)
+    # the name sync gives the group's own bytes (sync._GroupPlaces.work)
+    work = f"{h.sha256(f'sha256:{digest}'.encode()).hexdigest()[:32]}-{h.sha256(str(dest).encode()).hexdigest()[:12]}.group.part"
+    (staging / work).write_bytes(b"\x00not the archive\x00" * 4096)
+    with HubServer() as hub:
+        url = hub.add_url("model.tar", archive)
+        hub.url_fault("/model.tar").ignore_range()
+        hub.shape(first_byte=1.0)  # the reader has judged the stale bytes before the new ones arrive
+        done = run("fetch", f"{url}#sha256={digest}", dest, "--termination-log", "", "--allow-pickle", "true")
+        assert done.returncode == 0, done.stderr
+        assert "the staged bytes changed under the unpacking" in done.stderr
+    got = {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}
+    assert got == files

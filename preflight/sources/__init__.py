@@ -94,11 +94,12 @@ class Transfer:
     progress: Callable[[int], None] | None = None
     budget: Budget | None = None  # the run's connection budget (None: the process's, PREFLIGHT_CONNECTIONS or 16)
     log: Callable[[str], None] | None = None  # one-time notes of a download (a server without ranges)
+    connections: int | None = None  # connections this file may use (1: one stream, front to back)
 
     def http(self) -> dict:
         """This attempt's limits as `sources.http.fetch_to` takes them (one place, every source)."""
         return {"timeouts": self.timeouts, "progress": self.progress, "deadline": self.deadline, "cancel": self.cancel,
-                "may_write": self.may_write, "budget": self.budget, "log": self.log}
+                "may_write": self.may_write, "budget": self.budget, "log": self.log, "connections": self.connections}
 
 
 @dataclass

@@ -7,12 +7,14 @@ resume, ranges, retries, credentials and digests unchanged), and this module add
 archive needs on top of them. So every source can carry an archive, and an archive is
 never read by code that does not know where its bytes came from.
 
-- The archive is one file of the inner source, staged whole (resumable like any
-  download) and checked against its digest (the manifest's or lock's sha256, else what the
-  source vouches for) before a byte of it is parsed.
-- Its members are read in one pass (`archive_reader`: names, links, devices, bounds) into
-  staging files sync names; sync verifies each like any downloaded file and publishes
-  them only when every one passed.
+- The archive is one file of the inner source, staged whole (one stream, resumable like
+  any download) and checked against its digest (the manifest's or lock's sha256, else what
+  the source vouches for) before anything from it is published.
+- A tar is unpacked while it arrives, from the growing staging file, in one pass
+  (`archive_reader`: names, links, devices, bounds), into staging files sync names; the
+  bytes the unpacking read are hashed and must be the archive that matched its digest. A
+  zip (its directory is at its end) is unpacked once it is complete. Sync verifies each
+  member like any downloaded file and publishes them only when every one passed.
 - The lane's files are the archive's members (include/exclude apply to their names). They
   are known without reading the archive when the lock pins them, or when this volume
   unpacked the same archive before (sync remembers each archive's member list by its
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import posixpath
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -37,7 +41,7 @@ from .archive_reader import Scan, read_archive
 if TYPE_CHECKING:
     from ..lockfile import LockedLane
     from ..volume import StagedFile
-    from .http import Fetched
+    from .http import Cancel, Fetched
 
 
 def inner_lane(lane: Lane) -> Lane:
@@ -142,55 +146,138 @@ class ArchiveSource(Source):
     # ------------------------------------------------------------------ one pass: the archive, then its members
 
     def fetch_group(self, group: str, wanted: set[str] | None, staging: GroupStaging, transfer: Transfer) -> GroupFetched:
-        from .http import Fetched
-
+        """The archive staged (one stream, front to back, resumable) while a tar is unpacked
+        from the growing file; a zip (whose directory is at its end) once it is complete.
+        Every byte the unpacking read is hashed: it must be the archive that matched its
+        digest, else (a download that started over under the reader) the staged archive is
+        unpacked again from its start. Nothing here is published; sync verifies, then does."""
         archive = self._archive_entry()
         work = staging.work()
         what = f"{self.lane.name}: archive {self.name}"
-        got = self.inner.fetch(archive, work, ("sha256",), transfer)
-        exp = archive.expect
-        if exp.size is not None and got.size != exp.size:
-            raise IntegrityError(f"{what}: got {got.size} bytes, expected {exp.size}; nothing was extracted")
-        if exp.sha256 and got.digests.get("sha256") != exp.sha256:
-            raise IntegrityError(f"{what}: its sha256 is {got.digests.get('sha256')}, expected {exp.sha256}; nothing was extracted",
-                                 hint="the archive changed at the source, or the pinned digest is wrong: run `preflight lock` "
-                                      "against a trusted copy")
-        out: dict[str, tuple[StagedFile, object]] = {}
-        writer = _Writers(staging, transfer, what)
-
-        def open_member(name: str, size: int):
-            if not self._selected(name):
-                return None
-            return writer.open(name, size)
-
+        writers = _Writers(staging, transfer, what)
         started = time.monotonic()
         try:
-            with work.reader() as f:
-                scan = read_archive(f, got.size, self.kind, open_member, writer.close, what=what)
+            if self.kind == "zip":
+                got = self._download(archive, work, transfer, what)
+                with work.reader() as f:
+                    scan = self._unpack(f, got.size, writers, what)
+            else:
+                got, scan, read_sha = self._download_and_unpack(archive, work, transfer, writers, what)
+                if read_sha != got.digests.get("sha256"):
+                    writers.abort()
+                    if transfer.log is not None:
+                        transfer.log(f"{what}: the staged bytes changed under the unpacking (the download started over); "
+                                     "unpacking the archive again")
+                    with work.reader() as f:
+                        scan = self._unpack(f, got.size, writers, what)
         except BaseException:
-            writer.abort()
+            writers.abort()
             raise
+        return self._result(scan, wanted, writers, what, started, transfer)
+
+    def _verify_archive(self, got: Fetched, what: str) -> None:
+        exp = self._archive_entry().expect
+        if exp.size is not None and got.size != exp.size:
+            raise IntegrityError(f"{what}: got {got.size} bytes, expected {exp.size}; nothing was published")
+        if exp.sha256 and got.digests.get("sha256") != exp.sha256:
+            raise IntegrityError(f"{what}: its sha256 is {got.digests.get('sha256')}, expected {exp.sha256}; nothing was published",
+                                 hint="the archive changed at the source, or the pinned digest is wrong: run `preflight lock` "
+                                      "against a trusted copy")
+
+    def _download(self, archive: Entry, work: StagedFile, transfer: Transfer, what: str) -> Fetched:
+        got = self.inner.fetch(archive, work, ("sha256",), dataclasses.replace(transfer, connections=1))
+        self._verify_archive(got, what)
+        return got
+
+    def _download_and_unpack(self, archive: Entry, work: StagedFile, transfer: Transfer, writers: _Writers,
+                             what: str) -> tuple[Fetched, Scan, str]:
+        from .http import Cancel
+
+        own = Cancel()  # stops this download alone when the unpacking fails
+        done = threading.Event()
+        result: dict = {}
+
+        def download() -> None:
+            try:
+                result["got"] = self.inner.fetch(archive, work, ("sha256",), dataclasses.replace(transfer, connections=1, cancel=own))
+            except BaseException as exc:  # handed to the reading side, which raises it
+                result["error"] = exc
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=download, name="archive-download", daemon=True)
+        thread.start()
+        follow = _Follow(work, done, result, transfer, own, what)
+        try:
+            scan = self._unpack(follow, archive.expect.size, writers, what)
+            follow.drain()  # the archive's end after the tar's end marker: hashed too
+        except (KeyboardInterrupt, SystemExit):
+            own.trip()
+            thread.join(timeout=max(5.0, transfer.timeouts.stall + 5))
+            raise
+        except BaseException:
+            failed_first = done.is_set() and isinstance(result.get("error"), FetchError)
+            if failed_first:  # the download broke off on its own: that, not the short stream the reader saw, is the cause
+                raise result["error"] from None
+            if follow.read_is_prefix_of(work):
+                own.trip()
+                thread.join(timeout=max(5.0, transfer.timeouts.stall + 5))
+                raise
+            # The bytes the reader judged are no longer the staged file's (a download that started
+            # over under it): judge the archive itself once it is complete.
+            if transfer.log is not None:
+                transfer.log(f"{what}: the staged bytes changed under the unpacking (the download started over); "
+                             "unpacking the archive again once it is complete")
+            writers.abort()
+            thread.join()
+            if "error" in result:
+                raise result["error"] from None
+            got = result["got"]
+            self._verify_archive(got, what)
+            return got, scan_from_start(self, work, got.size, writers, what), got.digests.get("sha256", "")
+        finally:
+            follow.close()
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        got = result["got"]
+        self._verify_archive(got, what)
+        return got, scan, follow.sha256()
+
+    def _unpack(self, f, size: int | None, writers: _Writers, what: str) -> Scan:
+        """One pass of the archive in `f` into staging files (the lane's include/exclude applied)."""
+        def open_member(name: str, declared: int):
+            return writers.open(name, declared) if self._selected(name) else None
+
+        return read_archive(f, size, self.kind, open_member, writers.close, what=what)
+
+    def _result(self, scan: Scan, wanted: set[str] | None, writers: _Writers, what: str, started: float,
+                transfer: Transfer) -> GroupFetched:
+        from .http import Fetched
+
         files: dict[str, Fetched] = {}
         listing: dict[str, FileExpect] = {}
-        for m in scan.members:
-            if not self._selected(m.path):
-                continue
-            listing[m.path] = FileExpect(m.size, m.sha256)
-            if m.link is not None:
-                if not self._selected(m.link):
-                    raise UnsafeSourceError(f"{what}: {m.path} links to {m.link}, which the lane's include/exclude leaves out; "
-                                            "nothing was published", hint="include the link's target, or exclude the link too")
-                staging.file(m.path).remove()
-                writer.copy(m.link, m.path)
-            files[m.path] = Fetched(m.size, {"sha256": m.sha256 or ""}, 0, f"{self.lane.source.raw}#{m.path}")  # type: ignore[union-attr]
-        if wanted is not None:
-            missing = sorted(wanted - set(listing))
-            if missing:
-                raise IntegrityError(f"{what}: holds no {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
-                                     + ", which the lock or an earlier unpack of the same archive listed", status=400)
+        try:
+            for m in scan.members:
+                if not self._selected(m.path):
+                    continue
+                listing[m.path] = FileExpect(m.size, m.sha256)
+                if m.link is not None:
+                    if not self._selected(m.link):
+                        raise UnsafeSourceError(f"{what}: {m.path} links to {m.link}, which the lane's include/exclude leaves out; "
+                                                "nothing was published", hint="include the link's target, or exclude the link too")
+                    writers.copy(m.link, m.path)
+                files[m.path] = Fetched(m.size, {"sha256": m.sha256 or ""}, 0, f"{self.lane.source.raw}#{m.path}")  # type: ignore[union-attr]
+            if wanted is not None:
+                missing = sorted(wanted - set(listing))
+                if missing:
+                    raise IntegrityError(f"{what}: holds no {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+                                         + ", which the lock or an earlier unpack of the same archive listed", status=400)
+        except BaseException:
+            writers.abort()
+            raise
         if transfer.log is not None:
-            secs = time.monotonic() - started
-            transfer.log(f"{what}: {len(files)} files, {scan.extracted} bytes extracted in {secs:.1f}s")
+            transfer.log(f"{what}: {len(files)} files, {scan.extracted} bytes unpacked in {time.monotonic() - started:.1f}s")
         return GroupFetched(files, listing)
 
     def lock_files(self, listing: Listing) -> dict[str, FileExpect]:
@@ -213,6 +300,89 @@ class ArchiveSource(Source):
                 scan: Scan = read_archive(f, got.size, self.kind, lambda _n, _s: None, lambda _n, _w: None,
                                           what=f"{self.lane.name}: archive {self.name}", hash_skipped=True)
         return {m.path: FileExpect(m.size, m.sha256) for m in scan.members if self._selected(m.path)}
+
+
+def scan_from_start(source: ArchiveSource, work: StagedFile, size: int, writers: _Writers, what: str) -> Scan:
+    with work.reader() as f:
+        return source._unpack(f, size, writers, what)
+
+
+class _Follow(io.RawIOBase):
+    """The staged archive read as the download grows it (one stream, appended front to
+    back), hashed as it is read; the end is the download's end."""
+
+    def __init__(self, work: StagedFile, done: threading.Event, result: dict, transfer: Transfer, own: Cancel, what: str) -> None:
+        self.work, self.done, self.result, self.transfer, self.own, self.what = work, done, result, transfer, own, what
+        self.f = None
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _wait(self) -> None:
+        parent = self.transfer.cancel
+        if parent is not None and parent.is_set():
+            self.own.trip()
+            raise FetchError(f"{self.what}: cancelled")
+        if self.transfer.deadline is not None and time.monotonic() > self.transfer.deadline:
+            self.own.trip()
+            raise StalledError(f"{self.what}: the run's deadline passed while it was unpacked")
+        self.done.wait(0.02)
+
+    def readinto(self, b) -> int:
+        while self.f is None:
+            if self.work.exists():
+                self.f = self.work.reader()
+            elif self.done.is_set():
+                self._failed()
+                return 0
+            else:
+                self._wait()
+        while True:
+            finished = self.done.is_set()
+            n = self.f.readinto(b)
+            if n:
+                self.hash.update(memoryview(b)[:n])
+                self.count += n
+                return n
+            if finished:
+                self._failed()
+                return 0
+            self._wait()
+
+    def _failed(self) -> None:
+        if "error" in self.result:
+            raise self.result["error"]
+
+    def drain(self) -> None:
+        buf = bytearray(2**20)
+        while self.readinto(buf):
+            pass
+
+    def sha256(self) -> str:
+        return self.hash.hexdigest()
+
+    def read_is_prefix_of(self, work: StagedFile) -> bool:
+        """Whether what was read is still what the staged file begins with."""
+        h = hashlib.sha256()
+        left = self.count
+        try:
+            with work.reader() as f:
+                while left:
+                    data = f.read(min(left, 2**20))
+                    if not data:
+                        return False
+                    h.update(data)
+                    left -= len(data)
+        except OSError:
+            return False
+        return h.hexdigest() == self.hash.hexdigest()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        super().close()
 
 
 class _Writers:

@@ -55,7 +55,6 @@ FINAL = 400  # FetchError.status retry_delay does not retry: the same bytes give
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 def max_bytes() -> int:
     """The bound on what one archive may extract to: PREFLIGHT_ARCHIVE_MAX_BYTES or 4 TiB."""
@@ -165,23 +164,28 @@ class _Expanding(io.RawIOBase):
         n = len(data)
         self.count += n
         if self.count > self._budget.ratio_limit:
-            raise ArchiveBombError(f"{self._budget.what} expands past {MAX_RATIO}x its {self._budget.archive_size} bytes; "
-                                   "refused as a compression bomb, nothing was published")
+            raise ArchiveBombError(f"{self._budget.what} expands past {MAX_RATIO}x its "
+                                   f"{max(self._budget.archive_size, self._budget.read())} bytes; refused as a compression bomb, "
+                                   "nothing was published")
         b[:n] = data
         return n
 
 
 class _Budget:
-    """Members, bytes and expansion so far, against the bounds."""
+    """Members, bytes and expansion so far, against the bounds. The expansion bound is
+    against the archive's size when it is known, else against what was read of it so far
+    (an archive read as it arrives)."""
 
-    def __init__(self, archive_size: int, limit: int, what: str) -> None:
-        self.archive_size, self.limit, self.what = archive_size, limit, what
+    def __init__(self, archive_size: int | None, limit: int, what: str) -> None:
+        self.size_known = archive_size is not None
+        self.archive_size, self.limit, self.what = archive_size or 0, limit, what
         self.members = 0
         self.out = 0
+        self.read: Callable[[], int] = lambda: 0
 
     @property
     def ratio_limit(self) -> int:
-        return self.archive_size * MAX_RATIO + RATIO_SLACK
+        return max(self.archive_size, self.read()) * MAX_RATIO + RATIO_SLACK
 
     def entry(self) -> None:
         self.members += 1
@@ -193,15 +197,16 @@ class _Budget:
         if self.out > self.limit:
             raise ArchiveBombError(f"{self.what} expands past {self.limit} bytes (PREFLIGHT_ARCHIVE_MAX_BYTES); refused, nothing was published")
         if self.out > self.ratio_limit:
-            raise ArchiveBombError(f"{self.what} expands past {MAX_RATIO}x its {self.archive_size} bytes; refused as a "
-                                   "compression bomb, nothing was published")
+            raise ArchiveBombError(f"{self.what} expands past {MAX_RATIO}x its {max(self.archive_size, self.read())} bytes; refused "
+                                   "as a compression bomb, nothing was published")
 
     def declare(self, n: int, name: str) -> None:
-        """A member's announced size, before a byte of it is read."""
+        """A member's announced size, before a byte of it is read (against the archive's
+        size only when it is known: a member announced early in a stream is read first)."""
         if self.out + n > self.limit:
             raise ArchiveBombError(f"{self.what}: {name} announces {n} bytes, past the {self.limit} bytes an archive may "
                                    "extract to (PREFLIGHT_ARCHIVE_MAX_BYTES); refused, nothing was published")
-        if self.out + n > self.ratio_limit:
+        if self.size_known and self.out + n > self.ratio_limit:
             raise ArchiveBombError(f"{self.what}: {name} announces {n} bytes, past {MAX_RATIO}x the archive's {self.archive_size} "
                                    "bytes; refused as a compression bomb, nothing was published")
 
@@ -224,22 +229,21 @@ def _invalid(what: str, exc: BaseException) -> ArchiveInvalidError:
                                status=FINAL)
 
 
-def read_archive(f: BinaryIO, size: int, kind: str, open_member: OpenMember, close_member: Callable[[str, Writer], None],
+def read_archive(f: BinaryIO, size: int | None, kind: str, open_member: OpenMember, close_member: Callable[[str, Writer], None],
                  *, what: str = "the archive", limit: int | None = None, hash_skipped: bool = False,
                  progress: Callable[[int], None] | None = None) -> Scan:
-    """Read the archive in `f` (`size` bytes) once, front to back. Each regular file's bytes
+    """Read the archive in `f` (`size` bytes; None: it is still arriving, and `f` blocks
+    for more until its end) once, front to back. Each regular file's bytes
     go to `open_member(name, declared size)`'s writer (None: skipped; hashed only with
     `hash_skipped`), which `close_member` then closes. Returns every file with its size and
     sha256 (links with their target's), after every check above."""
     budget = _Budget(size, max_bytes() if limit is None else limit, what)
     scan = Scan()
-    head = f.read(4)
-    f.seek(0)
     try:
-        if kind == "zip" or head.startswith(ZIP_MAGIC):
+        if kind == "zip":
             _read_zip(f, budget, scan, open_member, close_member, hash_skipped, progress)
         else:
-            _read_tar(f, head, budget, scan, open_member, close_member, hash_skipped, progress)
+            _read_tar(f, budget, scan, open_member, close_member, hash_skipped, progress)
     except (FetchError, UsageError):
         raise
     except _READ_ERRORS as exc:
@@ -333,9 +337,12 @@ def _decompressed(raw: io.BufferedReader, head: bytes, what: str) -> io.Buffered
     return raw
 
 
-def _read_tar(f: BinaryIO, head: bytes, budget: _Budget, scan: Scan, open_member: OpenMember,
+def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
               close_member: Callable[[str, Writer], None], hashing: bool, progress: Callable[[int], None] | None) -> None:
-    raw = io.BufferedReader(_Counting(f), READ)
+    counting = _Counting(f)
+    budget.read = lambda: counting.count
+    raw = io.BufferedReader(counting, READ)
+    head = raw.peek(4)[:4]
     stream = _decompressed(raw, head, budget.what)
     if stream is not raw:
         stream = _Expanding(stream, budget)
