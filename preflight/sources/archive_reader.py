@@ -324,6 +324,72 @@ class _Gunzip(io.RawIOBase):
                 return len(out)
 
 
+class _Ahead(io.RawIOBase):
+    """Decompression on a thread of its own, AHEAD chunks ahead of the reader: zlib and
+    zstd release the GIL, so inflating runs on one core while tar parsing, hashing and
+    writing run on another (as `curl | tar xz` splits gzip and tar into processes).
+    Memory: at most AHEAD chunks of READ bytes."""
+
+    AHEAD = 8
+
+    def __init__(self, inner) -> None:
+        import queue
+        import threading
+
+        self._inner = inner
+        self._q: queue.Queue = queue.Queue(self.AHEAD)
+        self._stop = threading.Event()
+        self._rest = b""
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="archive-inflate", daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def _put(self, item) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._inner.read(READ)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # raised where it is read
+            self._put(exc)
+
+    def readinto(self, b) -> int:
+        if not self._rest:
+            if self._ended:
+                return 0
+            item = self._q.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            if not item:
+                self._ended = True
+                return 0
+            self._rest = item
+        n = min(len(b), len(self._rest))
+        b[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        super().close()
+
+
 def _decompressed(raw: io.BufferedReader, head: bytes, what: str) -> io.BufferedIOBase | io.RawIOBase:
     if head.startswith(GZIP_MAGIC):
         return _Gunzip(raw)
@@ -345,10 +411,10 @@ def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
     head = raw.peek(4)[:4]
     stream = _decompressed(raw, head, budget.what)
     if stream is not raw:
-        stream = _Expanding(stream, budget)
+        stream = _Ahead(_Expanding(stream, budget))
     tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedInfo, bufsize=READ)  # type: ignore[arg-type]
     seen: set[str] = set()
-    with tf:
+    with tf, stream:
         while True:
             info = tf.next()
             if info is None:
