@@ -15,9 +15,10 @@ LABEL io.lane-preflight.stage=builder
 # hf-xet (a 12 MB Rust client) is left out: preflight streams resolve URLs itself and only
 # calls huggingface_hub's API, so the xet client would never run. HF_XET=1 keeps it.
 ARG HF_XET=0
-# Extras the image carries: s3 (botocore, imported only by s3:// lanes and push) and
-# signing (model-signing, imported only when a lane with a signature policy is verified).
-ARG EXTRAS="s3 signing"
+# Extras the image carries: s3 (botocore, imported only by s3:// lanes and push), gcs
+# (google-auth and google-crc32c, imported only by gs:// lanes and push) and signing
+# (model-signing, imported only when a lane with a signature policy is verified).
+ARG EXTRAS="s3 gcs signing"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \

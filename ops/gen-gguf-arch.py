@@ -1,97 +1,116 @@
 #!/usr/bin/env python3
 """Regenerate preflight/formats/gguf_arch.py from llama.cpp's sources inside a llama-cpp-python sdist.
 
-    python ops/gen-gguf-arch.py [SDIST] [--out FILE] [--check]
+    python ops/gen-gguf-arch.py [SDIST] [--out FILE] [--check] [--llama-build N]
+
+writes preflight/formats/gguf_arch.py (tables) and, beside it, gguf_programs.py (the programs).
 
 SDIST defaults to the archive `ops/oracle-llama.sh` keeps in its cache
 (${PREFLIGHT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lane-preflight/wheels}/
 llama_cpp_python-<version>.tar.gz, version from $LLAMA_CPP_PYTHON_VERSION or 0.3.36).
 `--check` writes nothing and exits 1 when the module differs from what the sources give
-(run it after bumping the oracle's llama-cpp-python version).
+(run it after bumping the oracle's llama-cpp-python version). The sdist carries the vendored
+llama.cpp commit (its git metadata), not the release number: BUILDS maps known commits to
+their `bNNNN` tag; for another commit pass `--llama-build N`.
 
-What is read (paths under vendor/llama.cpp/src):
-- llama-arch.cpp: LLM_ARCH_NAMES, LLM_KV_NAMES, LLM_TENSOR_NAMES;
-- llama-hparams.h: the C type of each hparams field (the GGUF type `get_key` demands);
-- llama-model.cpp: the architecture -> model class switch, the helpers every loader may
-  call (`create_tensor_qkv`, `create_tensor_gate_up_exps`) and the generic pass of
-  `load_tensors` that adds optional `.scale` / `.input_scale` tensors;
-- models/models.h: which model class derives from which;
-- models/*.cpp: each class's `load_arch_hparams` and `load_arch_tensors`.
+What is read (paths under vendor/llama.cpp):
+- src/llama-arch.cpp: LLM_ARCH_NAMES, LLM_KV_NAMES, LLM_TENSOR_NAMES, LLM_TENSOR_INFOS and
+  the free functions the loaders call (`llm_arch_is_recurrent`, ...);
+- src/llama-hparams.h / .cpp: every hparams field with its C type and default, and the
+  methods that derive values from them (`n_embd_head_k(il)`, `n_embd_k_gqa(il)`, ...);
+- src/llama-model.h, src/models/models.h: tensor members, which model class derives from which;
+- src/llama-model.cpp: the architecture -> model class switch, `llama_model_base::load_hparams`,
+  the generic pass of `load_tensors`, the helpers (`create_tensor_qkv`, ...);
+- src/models/*.cpp: each class's `load_arch_hparams`, `load_arch_tensors` and graph
+  constructor (the assertions a context makes when it builds its first graph);
+- src/llama-graph.cpp: the graph context's members (`n_rot`, `n_head`, ...);
+- src/llama-vocab.cpp: the tokenizer models and pre-tokenizers `llama_vocab::load` accepts;
+- include/llama.h, ggml/include/ggml.h, src/*.h: enum values and constants.
 
-The parse is textual and follows llama.cpp's formatting (4-space indents, one call per
-line). Its rules, and what each table means, are in the docstring written out below.
+The functions are read by ops/gguf_cxx.py into programs (nested tuples) that
+preflight/formats/gguf_eval.py runs over a file's key/values and tensor infos. Names are
+resolved here: enum values become numbers, LLM_ARCH_* the architecture name, LLM_KV_* the
+key pattern, LLM_TENSOR_* the tensor name pattern, loader calls (`ml.get_key`, ...) and
+`create_tensor(tn(...), {dims}, flags)` their own nodes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 import tarfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gguf_cxx as C  # noqa: E402
+
 VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")
 OUT = Path(__file__).resolve().parent.parent / "preflight" / "formats" / "gguf_arch.py"
+# llama.cpp commits vendored by llama-cpp-python releases -> their release tag number (github.com/ggml-org/llama.cpp/releases).
+BUILDS = {"0c1e57098bba43ac29e6e3b677cdceebdd22334f": 11312}
 
-TYPEMAP = {"uint32_t": "uint32", "float": "float32", "bool": "bool", "int32_t": "int32", "std::string": "string", "uint64_t": "uint64"}
+HEADERS = ("include/llama.h", "ggml/include/ggml.h", "src/llama-arch.h", "src/llama-hparams.h", "src/llama-model.h",
+           "src/llama-model-loader.h", "src/llama-vocab.h", "src/llama-graph.h", "src/models/models.h")
+FUNC_FILES = ("src/llama-model.cpp", "src/llama-hparams.cpp", "src/llama-arch.cpp")
+# Loader calls the programs keep (llama_model_loader's API); anything else on `ml` is unknown.
+ML_CALLS = frozenset({"get_key", "get_key_or_arr", "get_arr", "get_arr_n", "get_weight", "get_tensor_meta", "get_arch"})
+# Calls that only log or mark things unused.
+NOPS = frozenset({"assert", "LLAMA_LOG_INFO", "LLAMA_LOG_WARN", "LLAMA_LOG_DEBUG", "LLAMA_LOG_ERROR", "LLAMA_LOG_CONT", "GGML_UNUSED", "GGML_UNUSED_VARS"})
+BUILTINS = frozenset({"std::max", "std::min", "std::to_string"})
 
-DOC = '''"""What llama.cpp requires of a model GGUF, per architecture: data read by the generic checker in gguf_model.py.
+DOC = '''"""What llama.cpp's model loader does with a GGUF's key/values and tensors: data for gguf_eval.py.
 
-Generated by ops/gen-gguf-arch.py from llama.cpp as vendored by llama-cpp-python {version} (the
-version ops/oracle-llama.sh pins for the tests): `src/llama-arch.cpp` (architecture, key and
-tensor names) and each architecture's `load_arch_hparams` / `load_arch_tensors` in
-`src/models/*.cpp`. Do not edit by hand: rerun the generator on a newer sdist. Only what
-llama.cpp requires unconditionally is listed as required, so a model it loads is never refused
-here:
+Generated by ops/gen-gguf-arch.py from llama.cpp {build} (commit {commit}) as vendored by
+llama-cpp-python {version} (the version ops/oracle-llama.sh pins for the tests). Do not edit by
+hand: rerun the generator on a newer sdist.
 
-- `hparams`: keys read with `ml.get_key(KEY, value)` (required, type-strict: a missing key
-  fails with "key not found in model", another type with "key ... has wrong type") at the
-  top level of `load_arch_hparams`, i.e. not under a condition. Names are relative to the
-  architecture prefix (`llama.` + name).
-- `tensors`: tensors created with flags 0 (required) at the top level of
-  `load_arch_tensors`, outside the layer loop ("missing tensor ..." otherwise).
-- `shapes`: the shapes llama.cpp asks for (in its order, innermost first) where they use only
-  `n_embd` (`{{arch}}.embedding_length`), `n_vocab` (the tokenizer's token count) and, in
-  blocks, `n_ff` (a scalar `{{arch}}.feed_forward_length`); any other shape fails with "tensor
-  ... has wrong shape". Block tensors ("blk.%d...") are listed when every branch of the layer
-  loop asks for the same shape.
-- `block`: per-layer tensors created with flags 0 at the top level of the
-  `for (int i = 0; i < n_layer; ++i)` loop; `%d` is the block number. Loops with `continue`
-  or a return are left out: their tensors are not required in every block.
-- `dense`: per-layer tensors created with flags 0 in the loop's `if (n_expert == 0)` branch:
-  required in every block of a model without experts (`{{arch}}.expert_count` absent or 0).
-- `qkv`: the loop calls `create_tensor_qkv(..., 0)`, which needs `attn_qkv.weight` or all of
-  `attn_q.weight`, `attn_k.weight`, `attn_v.weight` in every block.
-
-`TENSOR_NAMES` gives, per architecture, every tensor name its loader may create, required or
-optional (`TENSOR_NOT_REQUIRED`), under any condition; space-separated, numbers as `%d`: each
-`tn(LLM_TENSOR_..., "suffix", ...)` in the source files of its model class and of the classes
-it derives from, what the shared helpers it calls create (`create_tensor_qkv`,
-`create_tensor_gate_up_exps`), and names read directly (`get_tensor_meta("d2t")`). Besides
-these, the generic pass of `load_tensors` creates an optional `.scale` and `.input_scale` for
-each weight of `SCALE_COMPANIONS` the architecture created. llama.cpp counts the tensors it
-created against the file's ("wrong number of tensors; expected N, got M"), so a tensor
-outside the set makes the load fail. The set ignores conditions (a superset), so a file
-llama.cpp loads is never refused for its tensor names.
-
-An architecture llama.cpp knows but this table has no row for (its class inherits another's
-loader) gets the generic checks only; one llama.cpp does not know is a warning.
+- `ENGINE`: the llama.cpp version these tables describe.
+- `KNOWN_ARCHITECTURES`: LLM_ARCH_NAMES, every name llama.cpp accepts in general.architecture.
+- `ARCH_CLASSES`: per architecture, its model class and the classes it derives from.
+- gguf_programs.FUNCTIONS (a module of its own, imported when a model file is checked): the
+  functions of the load path as programs (see ops/gguf_cxx.py for the node kinds):
+  `llama_model_base::load_hparams` and each class's
+  `load_arch_hparams` (the hyper-parameters as llama.cpp derives them, with their asserts and
+  throws), `load_arch_tensors` and `preflight::load_tensors` (the architecture's loader, then
+  the generic pass of `load_tensors`: every `create_tensor(tn(...), {{dims}}, flags)` with its
+  shape as a formula of the hyper-parameters), `llama_hparams::*` (`n_embd_k_gqa(il)` and the
+  like), the helpers they call, and each class's graph constructor reduced to the assertions it
+  makes when a context builds its first graph.
+- `HPARAMS`: every llama_hparams field: (C type, default) or ("array", C type, length).
+- `TENSOR_MEMBERS`: llama_model / llama_layer members that hold a tensor (nullptr until created);
+  `LAYER_STRUCTS`: llama_layer members that are structs of tensors.
+- `GRAPH_MEMBERS`: the graph context's members (`n_rot`, `n_head`, ...) as expressions.
+- `UNUSED_TENSORS`: tensors LLM_TENSOR_INFOS marks GGML_OP_NONE (counted, never kept).
+- `TENSOR_BASE_NAMES`, `TENSOR_SUFFIXES`, `TENSOR_RAW_NAMES`, `TENSOR_NAMES`, `SCALE_COMPANIONS`:
+  every tensor name an architecture's loader may create under any condition (a superset),
+  for files whose loader program cannot be followed to the end.
+- `TOKENIZER_MODELS`: tokenizer.ggml.model values llama_vocab::load accepts, with the vocabulary
+  type each selects; `BPE_PRE_TOKENIZERS`: tokenizer.ggml.pre values it accepts for BPE
+  vocabularies ("unknown pre-tokenizer type" otherwise); `MERGES_OPTIONAL_PRE`: the
+  pre-tokenizer that needs no merges; `NAME_TOKENS`: tokens llama_vocab::load looks up by text
+  (`token_to_id.at`, which throws when absent) for models whose general.name contains a word.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+'''
 
 
-class Arch(NamedTuple):
-    hparams: dict[str, str]  # key after "<arch>." -> GGUF value type name
-    tensors: tuple[str, ...]
-    shapes: dict[str, tuple[str, ...]]
-    block: tuple[str, ...]
-    qkv: bool
-    dense: tuple[str, ...] = ()
+PROGRAMS_DOC = '''"""llama.cpp's model load path as programs: data for gguf_eval.py (see gguf_arch.py for the other tables).
 
+Generated by ops/gen-gguf-arch.py from llama.cpp {build} (commit {commit}) as vendored by
+llama-cpp-python {version}. Do not edit by hand. `FUNCTIONS` maps each function of the load path
+(`llama_model_base::load_hparams`, each class's `load_arch_hparams` / `load_arch_tensors` / graph
+constructor, `preflight::load_tensors` = the architecture's loader then the generic pass of
+`load_tensors`, `llama_hparams::*`, the helpers they call) to `[parameters, body]` as JSON: the
+statement and expression nodes of ops/gguf_cxx.py with names resolved (numbers for enum values,
+the architecture name for LLM_ARCH_*, key and tensor name patterns for LLM_KV_* / LLM_TENSOR_*,
+"ml" for llama_model_loader calls, "create"/"tn" for create_tensor(tn(...), {{dims}}, flags)).
+"""
 
 '''
 
@@ -101,30 +120,866 @@ class Sources:
 
     def __init__(self, sdist: Path) -> None:
         self.files: dict[str, str] = {}
+        self.commit = ""
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():
-                m = re.search(r"/vendor/llama\.cpp/src/(.+)$", member.name)
+                m = re.search(r"/vendor/llama\.cpp/((?:src|include|ggml/include)/.+)$", member.name)
                 if m and member.isfile() and m[1].endswith((".cpp", ".h")):
                     f = tar.extractfile(member)
                     assert f is not None
                     self.files[m[1]] = f.read().decode("utf-8")
-        if "llama-arch.cpp" not in self.files:
+                elif member.name.endswith(".git/modules/vendor/llama.cpp/HEAD") and member.isfile():
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    self.commit = f.read().decode().strip()
+        if "src/llama-arch.cpp" not in self.files:
             sys.exit(f"{sdist}: no vendor/llama.cpp/src/llama-arch.cpp inside")
 
     def models(self) -> dict[str, str]:
-        return {k[len("models/"):]: v for k, v in sorted(self.files.items()) if k.startswith("models/") and k.endswith(".cpp")}
+        return {k[len("src/models/"):]: v for k, v in sorted(self.files.items()) if k.startswith("src/models/") and k.endswith(".cpp")}
 
 
 def _table(src: str, name: str) -> str:
     m = re.search(name + r" = \{(.*?)\n\};", src, re.S)
     if not m:
-        sys.exit(f"llama-arch.cpp: table {name} not found")
+        sys.exit(f"table {name} not found")
     return m[1]
 
 
-def _func_body(src: str, cls: str, fn: str) -> str | None:
-    m = re.search(r"void " + cls + "::" + fn + r"\([^)]*\)\s*\{\n(.*?)\n\}\n", src, re.S)
-    return m[1] if m else None
+# ------------------------------------------------------------------ constants
+
+def _constants(s: Sources) -> dict[str, int | float]:
+    """Enum values, `#define NAME number` and `static const int NAME = ...` of the headers."""
+    out: dict[str, int | float] = {"INFINITY": float("inf")}
+
+    def value(text: str) -> int | float | None:
+        text = text.strip()
+        try:
+            tree = C.parse_expression(text)
+        except C.ParseError:
+            return None
+        return _fold(tree, out)
+
+    for path in HEADERS:
+        src = s.files.get(path, "")
+        for name, text in re.findall(r"^#define\s+(\w+)\s+(\(?[-\w.<>() ]+\)?)\s*(?://.*)?$", src, re.M):
+            v = value(text)
+            if v is not None:
+                out.setdefault(name, v)
+        for name, text in re.findall(r"static const int (\w+)\s*=\s*([^;]+);", src):
+            v = value(text)
+            if v is not None:
+                out[name] = v
+        for body in re.findall(r"\benum\s+\w+\s*(?::\s*\w+\s*)?\{(.*?)\}", src, re.S):
+            nxt = 0
+            for item in re.sub(r"//[^\n]*|/\*.*?\*/", "", body, flags=re.S).split(","):
+                item = item.strip()
+                if not item:
+                    continue
+                name, _, text = item.partition("=")
+                name = name.strip()
+                if not re.match(r"^\w+$", name):
+                    break
+                v = value(text) if text else nxt
+                if v is None:
+                    nxt = 0
+                    continue
+                out.setdefault(name, v)
+                nxt = int(v) + 1 if isinstance(v, int) else 0
+    return out
+
+
+def _fold(e: tuple, consts: dict[str, int | float]) -> int | float | None:
+    """A constant expression's value, or None."""
+    k = e[0]
+    if k == "n":
+        return e[1]
+    if k == "id":
+        return consts.get(e[1])
+    if k == "un":
+        v = _fold(e[2], consts)
+        if v is None:
+            return None
+        return {"-": lambda x: -x, "+": lambda x: x, "~": lambda x: ~int(x), "!": lambda x: int(not x)}[e[1]](v)
+    if k == "bin":
+        a, b = _fold(e[2], consts), _fold(e[3], consts)
+        if a is None or b is None:
+            return None
+        op = e[1]
+        try:
+            return {"<<": lambda: int(a) << int(b), ">>": lambda: int(a) >> int(b), "|": lambda: int(a) | int(b),
+                    "&": lambda: int(a) & int(b), "+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b}[op]()
+        except KeyError:
+            return None
+    if k == "cast":
+        return _fold(e[2], consts)
+    return None
+
+
+# ------------------------------------------------------------------ hparams and members
+
+def _hparams(s: Sources, consts: dict[str, int | float]) -> dict[str, tuple]:
+    src = s.files["src/llama-hparams.h"]
+    structs: dict[str, dict[str, tuple]] = {}
+    for sname, body in re.findall(r"^struct (\w+) \{(.*?)^\};", src, re.M | re.S):
+        fields: dict[str, tuple] = {}
+        for line in re.sub(r"//[^\n]*", "", body).split("\n"):
+            line = line.strip()
+            m = re.match(r"^std::(array|bitset)<\s*([\w:]+)\s*(?:,\s*(\w+))?\s*>\s+(\w+)\s*;", line)
+            if m:
+                kind, ctype, n, name = m.groups()
+                if kind == "bitset":
+                    ctype, n = "bool", m[2]
+                size = consts.get(n, None) if not n.isdigit() else int(n)
+                if isinstance(size, int):
+                    fields[name] = ("array", ctype, size)
+                continue
+            m = re.match(r"^(?:enum\s+|struct\s+)?([\w:]+)\s+(\w+)\s*(?:=\s*([^;]+))?;$", line)
+            if m and "(" not in line:
+                ctype, name, init = m.groups()
+                if ctype in structs:
+                    fields[name] = ("struct", ctype)
+                    continue
+                default: int | float | bool | str = _zero(ctype)
+                if init is not None:
+                    try:
+                        v = _fold(C.parse_expression(init), consts)
+                    except C.ParseError:
+                        v = None
+                    if v is not None:
+                        default = float(v) if ctype in ("float", "double") else (bool(v) if ctype == "bool" else v)
+                fields[name] = (ctype, default)
+        structs[sname] = fields
+    hp = dict(structs["llama_hparams"])
+    for name, spec in list(hp.items()):
+        if spec[0] == "struct":
+            hp[name] = ("struct", {k: v for k, v in structs[spec[1]].items()})
+    return hp
+
+
+def _zero(ctype: str) -> int | float | bool | str:
+    if ctype in ("float", "double"):
+        return 0.0
+    if ctype == "bool":
+        return False
+    if ctype == "std::string":
+        return ""
+    return 0
+
+
+def _members(s: Sources) -> tuple[list[str], list[str]]:
+    src = s.files["src/llama-model.h"]
+    tensors = sorted(set(re.findall(r"ggml_tensor\s*\*\s*(\w+)\s*=\s*nullptr", src)))
+    layer = re.search(r"^struct llama_layer \{(.*?)^\};", src, re.M | re.S)
+    structs = sorted(set(re.findall(r"struct (llama_layer_\w+)\s+(\w+);", layer[1] if layer else "")))
+    return tensors, [n for _, n in structs]
+
+
+# ------------------------------------------------------------------ functions
+
+class Functions:
+    """Every function definition of the load path's source files, by qualified name."""
+
+    def __init__(self, s: Sources) -> None:
+        self.defs: dict[str, tuple[str, str, str]] = {}
+        files = [*FUNC_FILES, *(f"src/models/{f}" for f in s.models())]
+        for path in files:
+            for name, params, init, body in C.function_bodies(s.files[path]):
+                key = re.sub(r"<[^<>]*>", "", name)
+                if key.endswith("::graph::graph"):
+                    key = key[: -len("::graph")]
+                self.defs.setdefault(key, (params, init, body))
+
+    def get(self, name: str) -> tuple[str, str, str] | None:
+        return self.defs.get(name)
+
+
+def _defaults(s: Sources) -> dict[str, tuple[str | None, ...]]:
+    """Default arguments of member functions, from their declarations in the headers
+    ("llama_hparams::n_head" -> ("0",): `uint32_t n_head(uint32_t il = 0) const;`)."""
+    out: dict[str, tuple[str | None, ...]] = {}
+    for path in ("src/llama-hparams.h", "src/llama-model.h", "src/models/models.h"):
+        text = re.sub(r"//[^\n]*", "", s.files.get(path, ""))
+        for struct, body in re.findall(r"^struct (\w+)\b[^{;]*\{(.*?)^\};", text, re.M | re.S):
+            for name, params in re.findall(r"\b(\w+)\s*\(([^()]*)\)\s*(?:const\s*)?(?:override\s*)?;", body):
+                if "=" in params:
+                    out[f"{struct}::{name}"] = tuple((p.split("=", 1)[1].strip() if "=" in p else None) for p in _split_top(params))
+    return out
+
+
+def _params(text: str) -> tuple[tuple[str, str], ...]:
+    """(C type, name) of each parameter."""
+    out = []
+    for part in _split_top(text):
+        part = re.sub(r"=.*$", "", part).strip()
+        if not part:
+            continue
+        m = re.match(r"^(.*?)([&*\s]+)?(\w+)$", part)
+        if not m or m[1] is None:
+            out.append(("", f"_{len(out)}"))
+            continue
+        ctype = re.sub(r"\b(const|struct|enum)\b", "", m[1]).strip()
+        out.append((ctype, m[3]))
+    return tuple(out)
+
+
+def _split_top(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "(<[{":
+            depth += 1
+        elif ch in ")>]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+class Lowering:
+    """Resolves names in the trees of ops/gguf_cxx.py into the program nodes gguf_eval.py runs."""
+
+    def __init__(self, consts: dict, archs: dict[str, str], kvs: dict[str, str], tens: dict[str, str],
+                 hp: dict[str, tuple], methods: set[str], hp_methods: set[str], free: set[str], lookups: dict[str, tuple]) -> None:
+        self.consts, self.archs, self.kvs, self.tens, self.hp = consts, archs, kvs, tens, hp
+        self.methods, self.hp_methods, self.free, self.lookups = methods, hp_methods, free, lookups
+        self.calls: set[str] = set()
+        self.macros: dict[str, tuple] = {}
+        self.types: list[dict[str, str]] = [{}]
+
+    # ---- statements
+    def body(self, tree: tuple, params: tuple[tuple[str, str], ...]) -> tuple:
+        self.types: list[dict[str, str]] = [{n: t for t, n in params}]
+        return self.stmt(tree)
+
+    def stmts(self, items) -> tuple:
+        out = []
+        for s in items:
+            r = self.stmt(s)
+            if r[0] == "block" and r[1] and r[1][0] == "macro":
+                out.extend(r[1][1:])
+            elif r != ("block", ()):
+                out.append(r)
+        return tuple(out)
+
+    def stmt(self, s: tuple) -> tuple:
+        k = s[0]
+        if k == "block":
+            self.types.append({})
+            try:
+                return ("block", self.stmts(s[1]))
+            finally:
+                self.types.pop()
+        if k == "if":
+            return ("if", self.expr(s[1]), self.stmt(s[2]), self.stmt(s[3]) if s[3] is not None else None)
+        if k == "for":
+            self.types.append({})
+            try:
+                return ("block", (("for", self.stmt(s[1]) if s[1] else None, self.expr(s[2]) if s[2] else None,
+                                   self.expr(s[3]) if s[3] else None, self.stmt(s[4])),))
+            finally:
+                self.types.pop()
+        if k == "while":
+            return ("while", self.expr(s[1]), self.stmt(s[2]))
+        if k == "switch":
+            cases = []
+            for values, items in s[2]:
+                cases.append((None if values is None else tuple(self.expr(v) for v in values), self.stmts(items)))
+            return ("switch", self.expr(s[1]), tuple(cases))
+        if k == "decl":
+            name, ctype, value = s[1], s[2], s[3]
+            self.types[-1][name] = ctype
+            if value is not None and value[0] == "lambda":
+                return ("decl", name, "lambda", self.lambda_(value))
+            return ("decl", name, _ctype(ctype), self.expr(value) if value is not None else None)
+        if k == "ref":
+            self.types[-1][s[1]] = "ref"
+            return ("ref", s[1], self.expr(s[2]))
+        if k == "bind":
+            return ("bind", s[1], self.expr(s[2]))
+        if k == "expr":
+            e = s[1]
+            if e[0] == "id" and e[1] in self.macros:
+                return ("block", ("macro", *self.macros[e[1]]))
+            if e[0] == "call" and e[1] in NOPS:
+                return ("block", ())
+            if e[0] == "method" and e[1] == ("id", "hparams") and e[2] not in self.hp_methods:
+                return self.opaque(e)
+            low = self.expr(e)
+            if low[0] == "unk":
+                return self.opaque(e)
+            return ("expr", low)
+        if k in ("return",):
+            return ("return", self.expr(s[1]) if s[1] is not None else None)
+        if k in ("break", "continue"):
+            return s
+        if k in ("throw", "abort"):
+            return (k, self.message(s[1]))
+        if k == "assert":
+            return ("assert", self.expr(s[1]), _text(s[1]))
+        if k == "opaque":
+            return s
+        raise AssertionError(k)
+
+    def message(self, e: tuple) -> tuple:
+        """A thrown message: ("fmt", format, args) for format(...), else the lowered string expression."""
+        if e[0] == "call" and e[1] == "format" and e[2] and e[2][0][0] == "s":
+            return ("fmt", e[2][0][1], tuple(self.expr(a) for a in e[2][1:]))
+        low = self.expr(e)
+        return low if low[0] != "unk" else ("s", _text(e))
+
+    def opaque(self, e: tuple) -> tuple:
+        names = sorted(_names(e))
+        kinds = ("tensors",) if any(n.startswith(("create_", "tn")) for n in names) else ()
+        return ("opaque", _text(e), tuple(names), kinds)
+
+    def lambda_(self, e: tuple) -> tuple:
+        params = e[1]
+        self.types.append({n: t for t, n in params})
+        try:
+            return ("lambda", tuple(n for _, n in params), self.stmt(e[2]))
+        finally:
+            self.types.pop()
+
+    # ---- expressions
+    def ctype_of(self, target: tuple) -> str | None:
+        """The C type of an lvalue the loader writes a key into."""
+        if target[0] == "get" and target[1] == ("id", "hparams"):
+            spec = self.hp.get(target[2])
+            if spec is None or spec[0] == "struct":
+                return None
+            return _ctype(spec[1]) if spec[0] == "array" else _ctype(spec[0])
+        if target[0] == "get" and target[1][0] == "get" and target[1][1] == ("id", "hparams"):
+            sub = self.hp.get(target[1][2])
+            if sub and sub[0] == "struct":
+                spec = sub[1].get(target[2])
+                return _ctype(spec[0]) if spec else None
+            return None
+        if target[0] == "id":
+            for scope in reversed(self.types):
+                if target[1] in scope:
+                    return _ctype(scope[target[1]])
+        return None
+
+    def expr(self, e: tuple) -> tuple:
+        k = e[0]
+        if k in ("n", "s", "null", "unk"):
+            return e
+        if k == "id":
+            name = e[1]
+            if name in self.archs:
+                return ("s", self.archs[name])
+            if name.startswith("LLM_KV_") and name in self.kvs:
+                return ("s", self.kvs[name])
+            if name.startswith("LLM_TENSOR_") and name in self.tens:
+                return ("s", self.tens[name])
+            if name in self.consts:
+                return ("n", self.consts[name])
+            if name == "__func__":
+                return ("s", "")
+            if name in ("std::string", "std::vector") or "::" in name:
+                return ("unk", name)
+            return e
+        if k == "get":
+            if e[1] == ("id", "ml") or e[1] == ("unk", "*('id', 'ml')"):
+                return ("n", False) if e[2] == "load_mtp" else ("unk", _text(e))
+            if e[1] in (("id", "cparams"), ("id", "params"), ("id", "ubatch")):
+                return ("unk", _text(e))
+            return ("get", self.expr(e[1]), e[2])
+        if k == "idx":
+            return ("idx", self.expr(e[1]), self.expr(e[2]))
+        if k == "un":
+            return ("un", e[1], self.expr(e[2]))
+        if k == "bin":
+            return ("bin", e[1], self.expr(e[2]), self.expr(e[3]))
+        if k == "cond":
+            return ("cond", self.expr(e[1]), self.expr(e[2]), self.expr(e[3]))
+        if k == "assign":
+            return ("assign", e[1], self.expr(e[2]), self.expr(e[3]))
+        if k == "incr":
+            return ("incr", e[1], self.expr(e[2]), e[3])
+        if k == "seq":
+            return ("seq", tuple(self.expr(x) for x in e[1]))
+        if k == "list":
+            return ("list", tuple(self.expr(x) for x in e[1]))
+        if k == "cast":
+            return ("cast", _ctype(e[1] or ""), self.expr(e[2]))
+        if k == "lambda":
+            return self.lambda_(e)
+        if k == "call":
+            return self.call(e[1], e[2], e)
+        if k == "method":
+            return self.method(e[1], e[2], e[3], e)
+        return ("unk", _text(e))
+
+    def call(self, name: str, args: tuple, e: tuple) -> tuple:
+        if name == "create_tensor":
+            if len(args) == 4:
+                args = args[1:]
+            if len(args) != 3:
+                return ("unk", _text(e))
+            return ("create", self.expr(args[0]), self.expr(args[1]), self.expr(args[2]), _text(args[1]))
+        if name == "tn":
+            low = [self.expr(a) for a in args]
+            if not low or low[0][0] != "s":
+                return ("unk", _text(e))
+            suffix = None
+            rest = low[1:]
+            if rest and rest[0][0] == "s":
+                suffix = rest[0]
+                rest = rest[1:]
+            bid = rest[0] if rest else ("n", -1)
+            xid = rest[1] if len(rest) > 1 else ("n", -1)
+            return ("tn", low[0], suffix, bid, xid)
+        if name in NOPS:
+            return ("n", 0)
+        if name == "std::fill" and len(args) == 3 and args[0][0] == "method" and args[0][2] == "begin":
+            return ("fill", self.expr(args[0][1]), self.expr(args[2]))
+        if name in BUILTINS:
+            return ("builtin", name, tuple(self.expr(a) for a in args))
+        if name in self.lookups:
+            table, default = self.lookups[name]
+            return ("lookup", table, default, self.expr(args[0]))
+        if name in self.methods or name in self.free:
+            self.calls.add(name)
+            return ("call", name, tuple(self.expr(a) for a in args))
+        # a call of a local (a lambda) is resolved when it runs
+        return ("call", name, tuple(self.expr(a) for a in args)) if not name[:1].isupper() and "::" not in name else ("unk", _text(e))
+
+    def method(self, obj: tuple, name: str, args: tuple, e: tuple) -> tuple:
+        if obj == ("id", "ml") or obj == ("unk", "*('id', 'ml')"):
+            if name not in ML_CALLS:
+                return ("unk", _text(e))
+            low = [self.expr(a) for a in args]
+            if name in ("get_key", "get_key_or_arr", "get_arr", "get_arr_n") and args:
+                target = args[1] if len(args) > 1 else None
+                ctype = self.ctype_of(target) if target is not None else None
+                return ("ml", name, tuple(low), ctype)
+            return ("ml", name, tuple(low), None)
+        if obj in (("id", "hparams"), ("get", ("id", "model"), "hparams")):
+            if name in self.hp_methods:
+                return ("mcall", self.expr(obj), "llama_hparams::" + name, tuple(self.expr(a) for a in args))
+            return ("unk", _text(e))
+        if obj == ("id", "vocab") or obj == ("get", ("id", "model"), "vocab"):
+            if name in ("n_tokens", "n_token_types"):
+                return ("vocab", name)
+            return ("unk", _text(e))
+        if name in ("c_str", "str") and not args:
+            return self.expr(obj)
+        if name in ("size", "empty") and not args:
+            return ("unk", _text(e))
+        return ("unk", _text(e))
+
+
+def _ctype(t: str) -> str:
+    t = re.sub(r"\b(const|constexpr|static|struct|enum)\b", "", t or "").strip()
+    return {"int": "int32_t", "unsigned": "uint32_t", "long": "int64_t", "size_t": "uint64_t", "llama_token": "int32_t",
+            "llama_pos": "int32_t", "double": "float"}.get(t, t)
+
+
+def _names(e: object) -> set[str]:
+    out: set[str] = set()
+    if isinstance(e, tuple):
+        if len(e) >= 2 and e[0] in ("id", "call") and isinstance(e[1], str):
+            out.add(e[1])
+        if len(e) >= 3 and e[0] in ("get", "method") and isinstance(e[2], str):
+            out.add(e[2])
+        for x in (e[1:] if e and isinstance(e[0], str) else e):
+            out |= _names(x)
+    return out
+
+
+def _text(e: object) -> str:
+    """A C++-looking rendering of an expression tree (for messages and opaque statements)."""
+    if not isinstance(e, tuple) or not e:
+        return str(e)
+    k = e[0]
+    if k == "n":
+        v = e[1]
+        return ("true" if v else "false") if isinstance(v, bool) else repr(v)
+    if k == "s":
+        return '"' + e[1] + '"'
+    if k == "null":
+        return "nullptr"
+    if k == "id":
+        return e[1]
+    if k == "get":
+        return f"{_text(e[1])}.{e[2]}"
+    if k == "idx":
+        return f"{_text(e[1])}[{_text(e[2])}]"
+    if k == "un":
+        return f"{e[1]}{_text(e[2])}"
+    if k == "bin":
+        return f"{_paren(e[2])} {e[1]} {_paren(e[3])}"
+    if k == "cond":
+        return f"{_paren(e[1])} ? {_paren(e[2])} : {_paren(e[3])}"
+    if k == "assign":
+        return f"{_text(e[2])} {e[1]} {_text(e[3])}"
+    if k == "list":
+        return "{" + ", ".join(_text(x) for x in e[1]) + "}"
+    if k == "call":
+        return f"{e[1]}(" + ", ".join(_text(x) for x in e[2]) + ")"
+    if k == "method":
+        return f"{_text(e[1])}.{e[2]}(" + ", ".join(_text(x) for x in e[3]) + ")"
+    if k == "cast":
+        return f"({e[1]}) {_paren(e[2])}"
+    if k == "seq":
+        return ", ".join(_text(x) for x in e[1])
+    if k == "incr":
+        return f"{e[1]}{_text(e[2])}" if e[3] else f"{_text(e[2])}{e[1]}"
+    if k == "unk":
+        return str(e[1])
+    return k
+
+
+def _paren(e: tuple) -> str:
+    return f"({_text(e)})" if e[0] in ("bin", "cond", "assign") else _text(e)
+
+
+# Calls of a graph constructor whose shapes gguf_eval checks as ggml would (the shared graph
+# helpers and the ggml ops whose asserts a first decode meets).
+GRAPH_CHECKS = frozenset({"build_qkv", "build_attn", "ggml_rope_ext",
+                          # ops that keep their input's shape (what is checked after them still knows it)
+                          "build_norm", "ggml_scale", "ggml_rms_norm", "ggml_norm", "ggml_l2_norm", "ggml_cont", "ggml_clamp"})
+
+
+def _checks(s: tuple) -> bool:
+    """A statement holding a call of GRAPH_CHECKS."""
+    return bool(_calls(s) & GRAPH_CHECKS)
+
+
+def _graph_prune(body: tuple) -> tuple:
+    """A graph constructor keeps what its assertions and shape checks (GRAPH_CHECKS) read:
+    declarations, assertions, those calls, and the control flow around them; other statements
+    either go (ggml calls) or, when they write a name those read, become an unknown write of it."""
+    read: set[str] = set()
+
+    def collect(s: tuple) -> None:
+        k = s[0]
+        if k in ("expr", "decl", "bind") and _checks(s):
+            read.update(_names(s[1:]))
+        if k == "assert":
+            read.update(_names(s[1]))
+        elif k == "block":
+            for x in s[1]:
+                collect(x)
+        elif k == "if":
+            collect(s[2])
+            if s[3]:
+                collect(s[3])
+        elif k in ("for", "while"):
+            collect(s[-1])
+        elif k == "switch":
+            for _, items in s[2]:
+                for x in items:
+                    collect(x)
+
+    collect(body)
+    # names the asserts read through declarations
+    changed = True
+    decls: dict[str, tuple] = {}
+
+    def gather(s: tuple) -> None:
+        if s[0] == "decl" and s[3] is not None:
+            decls[s[1]] = s[3]
+        for x in s[1:]:
+            if isinstance(x, tuple) and x and isinstance(x[0], str) and x[0] in ("block", "if", "for", "while", "decl", "switch"):
+                gather(x)
+            elif isinstance(x, tuple) and x and isinstance(x[0], tuple):
+                for y in x:
+                    if isinstance(y, tuple) and y and isinstance(y[0], str):
+                        gather(y)
+
+    gather(body)
+    while changed:
+        changed = False
+        for n in list(read):
+            if n in decls:
+                more = _names(decls[n]) - read
+                if more:
+                    read |= more
+                    changed = True
+
+    def has_assert(s: tuple) -> bool:
+        if s[0] == "assert" or (s[0] in ("expr", "decl", "bind") and _checks(s)):
+            return True
+        return any(isinstance(x, tuple) and x and isinstance(x[0], str) and has_assert(x) for x in s[1:]) or (
+            s[0] == "block" and any(has_assert(x) for x in s[1])) or (
+            s[0] == "switch" and any(has_assert(x) for _, items in s[2] for x in items))
+
+    def writes(s: tuple) -> set[str]:
+        out: set[str] = set()
+
+        def w(e: object) -> None:
+            if isinstance(e, tuple) and e:
+                if e[0] in ("assign", "incr") and isinstance(e[2], tuple) and e[2][0] == "id":
+                    out.add(e[2][1])
+                if e[0] == "decl":
+                    out.add(e[1])
+                for x in (e[1:] if isinstance(e[0], str) else e):
+                    w(x)
+        w(s)
+        return out
+
+    def prune(s: tuple) -> tuple | None:
+        k = s[0]
+        if k == "block":
+            items = tuple(x for x in (prune(y) for y in s[1]) if x is not None)
+            return ("block", items)
+        if k in ("expr", "decl", "bind") and _checks(s):
+            return s
+        if k == "decl":
+            return s if s[1] in read else None
+        if k == "bind":
+            return ("opaque", "", tuple(n for n in s[1] if n in read), ()) if set(s[1]) & read else None
+        if k == "assert":
+            return s
+        if k in ("if", "for", "while", "switch") and (has_assert(s) or writes(s) & read):
+            if k == "if":
+                return ("if", s[1], prune(s[2]) or ("block", ()), prune(s[3]) if s[3] else None)
+            if k == "for":
+                return ("for", s[1], s[2], s[3], prune(s[4]) or ("block", ()))
+            if k == "while":
+                return ("while", s[1], prune(s[2]) or ("block", ()))
+            return ("switch", s[1], tuple((v, tuple(x for x in (prune(y) for y in items) if x is not None)) for v, items in s[2]))
+        if k in ("return", "break", "continue", "throw", "abort"):
+            return s
+        hit = writes(s) & read
+        if hit:
+            return ("opaque", "", tuple(sorted(hit)), ())
+        return None
+
+    return prune(body) or ("block", ())
+
+
+# ------------------------------------------------------------------ vocabulary
+
+def _vocab(s: Sources) -> tuple[dict[str, str], list[str], str, dict[str, list[str]]]:
+    src = s.files["src/llama-vocab.cpp"]
+    load = src[src.index("void llama_vocab::impl::load("):]
+    models: dict[str, str] = {}
+    for cond, vtype in re.findall(r"if \(((?:\s*(?:\|\|)?\s*tokenizer_model == \"[\w-]+\")+)\s*\)\s*\{\s*type = (LLAMA_VOCAB_TYPE_\w+);", load):
+        for name in re.findall(r'"([\w-]+)"', cond):
+            models[name] = vtype[len("LLAMA_VOCAB_TYPE_"):]
+    bpe = load[load.index("if (type == LLAMA_VOCAB_TYPE_BPE)"):load.index("unknown pre-tokenizer type")]
+    pres = sorted(set(re.findall(r'tokenizer_pre == "([^"]+)"', bpe)))
+    kimi = re.search(r'const bool is_\w+ = \(tokenizer_pre == "([^"]+)"\);', load)
+    names: dict[str, list[str]] = {}
+    for words, block in re.findall(r'_contains_any\(model_name, \{([^}]*)\}\)\) \{(.*?)\n        \}', load, re.S):
+        toks = [t for lst in re.findall(r'for \(const auto \* token : \{([^}]*)\}\) \{\s*_set_token_attr', block) for t in re.findall(r'"([^"]*)"', lst)]
+        if toks:
+            for w in re.findall(r'"([^"]+)"', words):
+                names[w] = toks
+    return models, pres, kimi[1] if kimi else "", names
+
+
+# ------------------------------------------------------------------ the module
+
+def generate(sdist: Path, build: int | None = None) -> tuple[str, str]:
+    """The text of gguf_arch.py and of gguf_programs.py."""
+    s = Sources(sdist)
+    if build is None:
+        build = BUILDS.get(s.commit)
+        if build is None:
+            sys.exit(f"{sdist}: llama.cpp commit {s.commit or '?'} is not in BUILDS; pass --llama-build N (its bNNNN release)")
+    arch_cpp = s.files["src/llama-arch.cpp"]
+    archs = dict(re.findall(r"\{\s*(LLM_ARCH_\w+),\s*\"([^\"]+)\"", _table(arch_cpp, "LLM_ARCH_NAMES")))
+    kvs = dict(re.findall(r"\{\s*(LLM_KV_\w+),\s*\"([^\"]+)\"", _table(arch_cpp, "LLM_KV_NAMES")))
+    tens = dict(re.findall(r"\{\s*(LLM_TENSOR_\w+),\s*\"([^\"]+)\"", _table(arch_cpp, "LLM_TENSOR_NAMES")))
+    unused = sorted(tens[t] for t in re.findall(r"\{(LLM_TENSOR_\w+),\s*\{LLM_TENSOR_LAYER_\w+,\s*GGML_OP_NONE\}\}", arch_cpp) if t in tens)
+    consts = _constants(s)
+    hp = _hparams(s, consts)
+    tensor_members, layer_structs = _members(s)
+    model_cpp = s.files["src/llama-model.cpp"]
+    mapping: dict[str, str] = {}
+    for cases, cls in re.findall(r"((?:case LLM_ARCH_\w+:\s*)+)return new (llama_model_\w+)\(", model_cpp):
+        for enum in re.findall(r"LLM_ARCH_\w+", cases):
+            mapping[enum] = cls
+    parent = dict(re.findall(r"^struct (llama_model_\w+)\s*:\s*public (llama_model_\w+)", s.files["src/models/models.h"], re.M))
+    funcs = Functions(s)
+
+    hp_methods = {k.split("::", 1)[1] for k in funcs.defs if k.startswith("llama_hparams::")}
+    base_methods = {k.split("::")[-1] for k in funcs.defs if k.startswith("llama_model")}
+    free = {k for k in funcs.defs if "::" not in k}
+    lookups: dict[str, tuple] = {}
+    for fname, table, default in re.findall(r"static \w+ (\w+_from_string)\(const std::string & name\) \{\s*for \(const auto & kv : (\w+)\) \{\s*if \(kv.second == name\) \{\s*return \(\w+\) kv.first;\s*\}\s*\}\s*return (\w+);", model_cpp):
+        entries = re.findall(r"\{\s*(\w+),\s*\"([^\"]+)\"\s*\}", _table(model_cpp, table))
+        lookups[fname] = (tuple((name, consts[e]) for e, name in entries if e in consts), consts.get(default, -1))
+    low = Lowering(consts, archs, kvs, tens, hp, base_methods, hp_methods, free, lookups)
+    macro = re.search(r"#define LLAMA_LOAD_LOCALS \\\n(.*?)\n\n", s.files["src/llama-model.h"], re.S)
+    assert macro, "LLAMA_LOAD_LOCALS not found"
+    macro_text = re.sub(r"GGML_UNUSED\(\w+\);", "", macro[1].replace("\\\n", "\n"))
+    low.macros["LLAMA_LOAD_LOCALS"] = low.stmts(C.parse_body(macro_text)[1])
+
+    programs: dict[str, tuple] = {}
+    opaque: dict[str, int] = {}
+
+    defaults = _defaults(s)
+
+    def lower(key: str, params_text: str, body_text: str, *, graph: bool = False) -> None:
+        params = _params(params_text)
+        given = [p.split("=", 1)[1].strip() if "=" in p else None for p in _split_top(params_text) if p.strip()]
+        declared = defaults.get(re.sub(r"^llama_model_base::", "llama_model_base::", key), ())
+        values = [g if g is not None else (declared[i] if i < len(declared) else None) for i, g in enumerate(given)]
+        dflt = []
+        for v in values:
+            try:
+                dflt.append(low.expr(C.parse_expression(v)) if v is not None else None)
+            except C.ParseError:
+                dflt.append(("unk", v))
+        try:
+            tree = C.parse_body(body_text)
+        except C.ParseError:
+            tree = ("block", (("opaque", body_text[:200], (), ("tensors", "exit", "throw")),))
+        saved = set(low.calls)
+        prog = low.body(tree, params)
+        if graph:
+            prog = _graph_prune(prog)
+            low.calls = saved | _calls(prog)
+        programs[key] = (tuple(n for _, n in params), prog, tuple(dflt) if any(d is not None for d in dflt) else ())
+        opaque[key] = _count_opaque(prog)
+
+    # the classes of every architecture and their methods
+    chains: dict[str, tuple[str, ...]] = {}
+    for enum, cls in sorted(mapping.items()):
+        name = archs.get(enum)
+        if not name or name == "clip":
+            continue
+        chain, c = [], cls
+        while c and c != "llama_model_base":
+            chain.append(c)
+            c = parent.get(c)
+        chains[name] = (*chain, "llama_model_base")
+    for key, (params, init, body) in sorted(funcs.defs.items()):
+        cls, _, fn = key.rpartition("::")
+        if cls.startswith("llama_model_") and fn in ("load_arch_hparams", "load_arch_tensors"):
+            lower(key, params, body)
+        elif cls.startswith("llama_model_") and fn == "graph":
+            lower(key, params, body, graph=True)
+    # the generic parts: load_hparams, load_tensors' generic pass around load_arch_tensors
+    params, _, body = funcs.defs["llama_model_base::load_hparams"]
+    lower("llama_model_base::load_hparams", params, body)
+    _, _, lt = funcs.defs["llama_model_base::load_tensors"]
+    start = lt.index("load_arch_tensors ( ml ) ;")
+    end = lt.index("ml . done_getting_tensors")
+    # the statements of the loop body enclosing the call sit at a deeper level: cut at the call's own block
+    segment = lt[start:end]
+    depth = 0
+    cut = len(segment)
+    for i, ch in enumerate(segment):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                cut = i
+                break
+    segment = segment[:cut]
+    # the declarations of load_tensors the segment reads (`const int n_layer_all = hparams.n_layer_all;`)
+    prelude = [d for d in re.findall(r"(?:^|; )(const (?:int|int64_t|uint32_t|bool) (\w+) = [^;{}]*;)", lt[:start])
+               if re.search(rf"\b{d[1]}\b", segment)]
+    lower("preflight::load_tensors", "llama_model_loader & ml", " ".join(d[0] for d in prelude) + " " + segment)
+    # helpers reachable from what was lowered
+    seen: set[str] = set()
+    while True:
+        todo = sorted(n for n in low.calls - seen)
+        if not todo:
+            break
+        for name in todo:
+            seen.add(name)
+            for key in [k for k in funcs.defs if k.split("::")[-1] == name and (k.startswith(("llama_model", "llama_hparams")) or "::" not in k)]:
+                if key not in programs:
+                    params, _, body = funcs.defs[key]
+                    lower(key, params, body)
+    for key, (params, _, body) in sorted(funcs.defs.items()):
+        if key.startswith("llama_hparams::") and key not in programs:
+            lower(key, params, body)
+    graph_init = re.search(r"llm_graph_context::llm_graph_context\(const llm_graph_params & params\) :(.*?)\{", s.files.get("src/llama-graph.cpp", ""), re.S)
+    graph_members: dict[str, tuple] = {}
+    if graph_init:
+        for name, text in re.findall(r"(\w+)\s*\(([^()]*(?:\([^()]*\))?[^()]*)\)\s*,?", graph_init[1]):
+            try:
+                graph_members[name] = low.expr(C.parse_expression(text))
+            except C.ParseError:
+                continue
+    graph_members = {k: v for k, v in graph_members.items() if _names(v) <= {"hparams", "n_embd", "n_layer", "n_layer_nextn", "n_rot", "n_head", "n_head_kv", "n_embd_head_k", "n_embd_k_gqa", "n_embd_head_v", "n_embd_v_gqa", "n_expert", "n_expert_used", "n_embd_head_k_mla"} | _hp_names(hp) | {k.split("::")[1] for k in programs if k.startswith("llama_hparams::")}}
+
+    models, pres, merges_optional, name_tokens = _vocab(s)
+
+    # the superset of tensor names per architecture (for files whose program cannot be followed)
+    models_src = s.models()
+    cls_files: dict[str, list[str]] = {}
+    for fname, src in models_src.items():
+        for c in set(re.findall(r"^[^\s#/].*?\b(llama_model_\w+)::", src, re.M)):
+            cls_files.setdefault(c, []).append(fname)
+    helpers = {h: _tn_names(_func_text(funcs, "llama_model_base::" + h), tens) for h in ("create_tensor_qkv", "create_tensor_gate_up_exps")}
+    generic = model_cpp[model_cpp.index("bool llama_model_base::load_tensors("):]
+    generic = generic[generic.index("load_arch_tensors(ml);"):generic.index("ml.done_getting_tensors()")]
+    companions = _TN.findall(generic)
+    allowed: dict[str, str] = {}
+    for name, chain in chains.items():
+        text = "\n".join(models_src[f] for c in chain if c != "llama_model_base" for f in cls_files.get(c, ()))
+        names = _tn_names(text, tens)
+        for h, created in helpers.items():
+            if re.search(rf"\b{h}\(", text):
+                names |= created
+        names |= set(re.findall(r'get_tensor_meta\("([^"]+)"\)', text))
+        if names:
+            allowed[name] = " ".join(sorted(names))
+    suffixes = sorted({sfx for sfx in re.findall(r'\btn\(\s*LLM_TENSOR_\w+\s*,\s*"(\w+)"', "\n".join(models_src.values()) + model_cpp)})
+    raw = sorted(set(re.findall(r'get_tensor_meta\("([^"]+)"\)', "\n".join(models_src.values()))))
+    known = sorted(set(archs.values()) - {"(unknown)"})
+    bases = sorted(set(tens.values()))
+
+    out = [DOC.format(build=f"b{build}", commit=s.commit[:9] or "?", version=_version(sdist))]
+    out.append(f"ENGINE: dict[str, str] = {{'llama.cpp': 'b{build}', 'commit': {s.commit!r}, 'llama-cpp-python': {_version(sdist)!r}}}\n\n")
+    out.append(f"# ggml's GGML_TYPE_COUNT: the ggml types this llama.cpp knows are the ids below it.\nGGML_TYPE_COUNT: int = {consts['GGML_TYPE_COUNT']}\n\n")
+    out.append("KNOWN_ARCHITECTURES: frozenset[str] = frozenset((\n" + _wrap(known) + "))\n\n")
+    out.append("ARCH_CLASSES: dict[str, tuple[str, ...]] = {\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(chains.items())) + "}\n\n")
+    out.append("HPARAMS: dict[str, tuple] = {\n" + "".join(f"    {k!r}: {_lit(v)},\n" for k, v in hp.items()) + "}\n\n")
+    out.append("TENSOR_MEMBERS: frozenset[str] = frozenset((\n" + _wrap(tensor_members) + "))\n")
+    out.append(f"LAYER_STRUCTS: frozenset[str] = frozenset({tuple(layer_structs)!r})\n")
+    out.append(f"UNUSED_TENSORS: frozenset[str] = frozenset({tuple(unused)!r})\n\n")
+    out.append("GRAPH_MEMBERS: dict[str, tuple] = {\n" + "".join(f"    {k!r}: {_lit(v)},\n" for k, v in graph_members.items()) + "}\n\n")
+    prog = [PROGRAMS_DOC.format(build=f"b{build}", commit=s.commit[:9] or "?", version=_version(sdist))]
+    prog.append("# Statements the reader could not follow, per function (a function with any that may create\n"
+                "# tensors cannot tell which tensors its loader leaves unused).\n")
+    prog.append("OPAQUE: dict[str, int] = {\n" + "".join(f"    {k!r}: {v},\n" for k, v in sorted(opaque.items()) if v) + "}\n\n")
+    prog.append("# JSON text per function (decoded when a file of that architecture is checked).\n")
+    prog.append("FUNCTIONS: dict[str, str] = {\n" + "".join(f"    {k!r}: {json.dumps(v, separators=(',', ':'))!r},\n" for k, v in sorted(programs.items())) + "}\n")
+    out.append("TOKENIZER_MODELS: dict[str, str] = {\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in models.items()) + "}\n")
+    out.append("BPE_PRE_TOKENIZERS: frozenset[str] = frozenset((\n" + _wrap(pres) + "))\n")
+    out.append(f"MERGES_OPTIONAL_PRE: str = {merges_optional!r}\n")
+    out.append(f"NAME_TOKENS: dict[str, tuple[str, ...]] = {{{', '.join(f'{k!r}: {tuple(v)!r}' for k, v in name_tokens.items())}}}\n\n")
+    out.append("TENSOR_BASE_NAMES: tuple[str, ...] = (\n" + _wrap(bases) + ")\n")
+    order = {"weight": 0, "bias": 1}
+    out.append("TENSOR_SUFFIXES: tuple[str, ...] = (" + ", ".join(f'"{x}"' for x in sorted(suffixes, key=lambda x: (order.get(x, 2), x))) + ")\n")
+    out.append("TENSOR_RAW_NAMES: frozenset[str] = frozenset({" + ", ".join(f'"{x}"' for x in raw) + "})\n")
+    out.append("SCALE_COMPANIONS: frozenset[str] = frozenset((\n" + _wrap(sorted({tens[e] for e, _ in companions if e in tens})) + "))\n")
+    out.append("TENSOR_NAMES: dict[str, str] = {\n")
+    for name in sorted(allowed):
+        out.append(f"    {name!r}: {allowed[name]!r},\n")
+    out.append("}\n")
+    return "".join(out), "".join(prog)
+
+
+def _lit(v: object) -> str:
+    """repr() that writes infinities as float("inf") (the module is imported, not literal-evaluated)."""
+    if isinstance(v, float) and v in (float("inf"), float("-inf")):
+        return 'float("inf")' if v > 0 else '-float("inf")'
+    if isinstance(v, tuple):
+        inner = ", ".join(_lit(x) for x in v)
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_lit(k)}: {_lit(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def _hp_names(hp: dict) -> set[str]:
+    return set(hp)
 
 
 _TN = re.compile(r'\btn\(\s*(LLM_TENSOR_\w+)\s*(?:,\s*"(\w+)")?')
@@ -134,166 +989,26 @@ def _tn_names(text: str, tens: dict[str, str]) -> set[str]:
     return {tens[e] + (f".{s}" if s else "") for e, s in _TN.findall(text) if e in tens}
 
 
-def generate(sdist: Path) -> str:
-    s = Sources(sdist)
-    arch_cpp = s.files["llama-arch.cpp"]
-    archs = dict(re.findall(r"\{\s*(LLM_ARCH_\w+),\s*\"([^\"]+)\"", _table(arch_cpp, "LLM_ARCH_NAMES")))
-    kvs = dict(re.findall(r"\{\s*(LLM_KV_\w+),\s*\"([^\"]+)\"", _table(arch_cpp, "LLM_KV_NAMES")))
-    tens = dict(re.findall(r"\{\s*(LLM_TENSOR_\w+),\s*\"([^\"]+)\"", _table(arch_cpp, "LLM_TENSOR_NAMES")))
-    ftypes = {n: t for t, n in re.findall(r"^\s+([\w:]+)\s+(\w+)\s*(?:=[^;]*)?;", s.files["llama-hparams.h"], re.M)}
-    model_cpp = s.files["llama-model.cpp"]
-    mapping = dict(re.findall(r"case (LLM_ARCH_\w+):\s*return new (llama_model_\w+)\(", model_cpp))
-    models = s.models()
-    cls_file: dict[str, str] = {}  # class -> the source of the file with its load_arch_hparams
-    cls_files: dict[str, list[str]] = {}  # class -> every file defining one of its methods
-    for fname, src in models.items():
-        for c in set(re.findall(r"void (llama_model_\w+)::load_arch_hparams", src)):
-            cls_file[c] = src
-        for c in set(re.findall(r"^[^\s#/].*?\b(llama_model_\w+)::", src, re.M)):  # definitions start a line
-            cls_files.setdefault(c, []).append(fname)
-    parent = dict(re.findall(r"^struct (llama_model_\w+)\s*:\s*public (llama_model_\w+)", s.files["models/models.h"], re.M))
-
-    rows = {}
-    for enum, cls in mapping.items():
-        name = archs.get(enum)
-        src = cls_file.get(cls)
-        if not name or src is None or name == "clip":
-            continue
-        rows[name] = _row(name, cls, src, kvs, tens, ftypes)
-
-    helpers = {h: _tn_names(_func_body(model_cpp, "llama_model_base", h) or "", tens) for h in ("create_tensor_qkv", "create_tensor_gate_up_exps")}
-    generic = model_cpp[model_cpp.index("bool llama_model_base::load_tensors("):]
-    generic = generic[generic.index("load_arch_tensors(ml);"):generic.index("ml.done_getting_tensors()")]
-    companions = _TN.findall(generic)  # (tensor, "scale" | "input_scale") created when the weight was
-    allowed: dict[str, str] = {}
-    for enum, cls in mapping.items():
-        name = archs.get(enum)
-        if not name or name == "clip":
-            continue
-        chain, c = [], cls
-        while c and c != "llama_model_base":
-            chain.append(c)
-            c = parent.get(c)
-        text = "\n".join(models[f] for c in chain for f in cls_files.get(c, ()))
-        names = _tn_names(text, tens)
-        for h, created in helpers.items():
-            if re.search(rf"\b{h}\(", text):
-                names |= created
-        names |= set(re.findall(r'get_tensor_meta\("([^"]+)"\)', text))
-        if names:
-            allowed[name] = " ".join(sorted(names))
-
-    suffixes = sorted({sfx for sfx in re.findall(r'\btn\(\s*LLM_TENSOR_\w+\s*,\s*"(\w+)"', "\n".join(models.values()) + model_cpp)})
-    raw = sorted(set(re.findall(r'get_tensor_meta\("([^"]+)"\)', "\n".join(models.values()))))
-    known = sorted(set(archs.values()) - {"(unknown)"})
-    bases = sorted(set(tens.values()))
-
-    out = [DOC.format(version=_version(sdist))]
-    out.append("# LLM_ARCH_NAMES: every architecture name llama.cpp accepts in general.architecture.\n")
-    out.append("KNOWN_ARCHITECTURES: frozenset[str] = frozenset((\n" + _wrap(known) + "))\n\n")
-    out.append("# LLM_TENSOR_NAMES: the base name of every tensor any architecture reads (\"%d\": a block or\n"
-               "# expert number). A tensor whose name matches none of them is never read, and llama.cpp\n"
-               "# refuses a file with tensors it did not read (\"wrong number of tensors; expected N, got M\").\n")
-    out.append("TENSOR_BASE_NAMES: tuple[str, ...] = (\n" + _wrap(bases) + ")\n")
-    out.append("# The suffixes llama.cpp appends to those base names (`tn(LLM_TENSOR_X, \"weight\", i)`), and\n"
-               "# names some loaders read directly (`get_tensor_meta(\"d2t\")`).\n")
-    order = {"weight": 0, "bias": 1}
-    out.append("TENSOR_SUFFIXES: tuple[str, ...] = (" + ", ".join(f'"{x}"' for x in sorted(suffixes, key=lambda x: (order.get(x, 2), x))) + ")\n")
-    out.append("TENSOR_RAW_NAMES: frozenset[str] = frozenset({" + ", ".join(f'"{x}"' for x in raw) + "})\n\n")
-    out.append("ARCHITECTURES: dict[str, Arch] = {\n")
-    for name in sorted(rows):
-        hp, glob, shapes, block, qkv, dense = rows[name]
-        out.append(f"    {name!r}: Arch(hparams={hp!r}, tensors={glob!r}, shapes={shapes!r}, block={block!r}, qkv={qkv!r}, dense={dense!r}),\n")
-    out.append("}\n\n")
-    out.append("# load_tensors' generic pass: for each of these weights the architecture created, an optional\n"
-               "# <name>.scale and <name>.input_scale (NVFP4 and similar scales).\n")
-    out.append("SCALE_COMPANIONS: frozenset[str] = frozenset((\n" + _wrap(sorted({tens[e] for e, _ in companions if e in tens})) + "))\n\n")
-    out.append("# Every tensor name each architecture's loader may create (see above): another one fails the load.\n")
-    out.append("TENSOR_NAMES: dict[str, str] = {\n")
-    for name in sorted(allowed):
-        out.append(f"    {name!r}: {allowed[name]!r},\n")
-    out.append("}\n")
-    return "".join(out)
+def _func_text(funcs: Functions, key: str) -> str:
+    d = funcs.get(key)
+    return d[2].replace(" ( ", "(").replace(" , ", ", ").replace("( ", "(") if d else ""
 
 
-def _row(name: str, cls: str, src: str, kvs: dict[str, str], tens: dict[str, str], ftypes: dict[str, str]) -> tuple:
-    """One architecture's required keys and tensors (see the module docstring for the rules)."""
-    hb = _func_body(src, cls, "load_arch_hparams") or ""
-    hp: dict[str, str] = {}
-    for line in hb.split("\n"):
-        if re.match(r"^    \S", line) and "return" in line:
-            break  # what follows an early return is conditional
-        m = re.match(r"^    ml\.get_key\((LLM_KV_\w+),\s*([\w.\[\]]+)\s*(?:,\s*true\s*)?\);", line)
-        if m:
-            t = TYPEMAP.get(ftypes.get(m[2].split(".")[-1], ""))
-            if t:
-                hp[kvs[m[1]].replace("%s.", "")] = t
-    shape_re = re.compile(r'create_tensor\(tn\((LLM_TENSOR_\w+),\s*"(\w+)"\),\s*\{([^}]*)\},\s*([^;]*)\);')
-    blk_re = re.compile(r'create_tensor\(tn\((LLM_TENSOR_\w+),\s*"(\w+)",\s*i\),\s*\{([^}]*)\},\s*0\);')
-    tb = (_func_body(src, cls, "load_arch_tensors") or "") + "\n"
-    glob: list[str] = []
-    shapes: dict[str, tuple[str, ...]] = {}
-    block: list[str] = []
-    dense: list[str] = []
-    qkv = False
-    seen_shapes: dict[str, object] = {}
-    lines = tb.split("\n")
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if re.match(r"^    \S", line) and "return" in line:
-            break
-        m = shape_re.search(line) if re.match(r"^    \S", line) else None
-        if m:
-            tname = tens[m[1]] + "." + m[2]
-            dims = tuple(d.strip() for d in m[3].split(","))
-            if m[4].strip() == "0":
-                glob.append(tname)
-            if all(d in ("n_embd", "n_vocab") for d in dims) and m[2] == "weight" and "." not in tens[m[1]]:
-                shapes.setdefault(tname, dims)
-        if line.startswith("    for (int i = 0; i < n_layer; ++i) {"):
-            j = i + 1
-            body = []
-            while j < len(lines) and not lines[j].startswith("    }"):
-                body.append(lines[j])
-                j += 1
-            text = "\n".join(body)
-            if "continue;" not in text and "break;" not in text and not re.search(r"^        \S.*return", text, re.M):
-                for b in body:
-                    if b.startswith("        ") and not b.startswith("         "):
-                        bm = blk_re.search(b)
-                        if bm:
-                            block.append(tens[bm[1]] + "." + bm[2])
-                        if re.search(r"create_tensor_qkv\(.*,\s*0\);", b):
-                            qkv = True
-                in_dense = False
-                for b in body:
-                    if b == "        if (n_expert == 0) {":
-                        in_dense = True
-                        continue
-                    if in_dense and b.startswith("        }"):
-                        in_dense = False
-                        continue
-                    if in_dense and b.startswith("            ") and not b.startswith("             "):
-                        bm = blk_re.search(b)
-                        if bm:
-                            dense.append(tens[bm[1]] + "." + bm[2])
-            for b in body:
-                sm = re.search(r'create_tensor\(tn\((LLM_TENSOR_\w+),\s*"weight",\s*i\),\s*\{([^}]*)\},', b)
-                if sm:
-                    dims = tuple(d.strip() for d in sm[2].split(","))
-                    key = tens[sm[1]] + ".weight"
-                    ok = all(d in ("n_embd", "n_ff") for d in dims)
-                    if key in seen_shapes and seen_shapes[key] != (dims if ok else None):
-                        seen_shapes[key] = "conflict"  # branches disagree: not a fixed shape
-                    else:
-                        seen_shapes.setdefault(key, dims if ok else None)
-            i = j
-        i += 1
-    for key, dims in seen_shapes.items():
-        if isinstance(dims, tuple):
-            shapes[key] = dims
-    return hp, tuple(glob), shapes, tuple(block), qkv, tuple(dense)
+def _calls(prog: object) -> set[str]:
+    out: set[str] = set()
+    if isinstance(prog, tuple) and prog:
+        if prog[0] == "call" and isinstance(prog[1], str):
+            out.add(prog[1])
+        for x in (prog[1:] if isinstance(prog[0], str) else prog):
+            out |= _calls(x)
+    return out
+
+
+def _count_opaque(prog: object) -> int:
+    if not isinstance(prog, tuple):
+        return 0
+    n = 1 if prog and prog[0] == "opaque" and prog[1] else 0  # not the unknown writes a pruned graph keeps
+    return n + sum(_count_opaque(x) for x in (prog[1:] if prog and isinstance(prog[0], str) else prog) if isinstance(x, tuple))
 
 
 def _wrap(items: list[str], width: int = 109) -> str:
@@ -319,17 +1034,23 @@ def main() -> int:
     ap.add_argument("sdist", nargs="?", type=Path, default=cache / f"llama_cpp_python-{VERSION}.tar.gz")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--check", action="store_true", help="exit 1 if --out differs from the generated text; write nothing")
+    ap.add_argument("--llama-build", type=int, default=None, help="the llama.cpp release number (bNNNN) of the vendored commit")
     args = ap.parse_args()
     if not args.sdist.is_file():
         print(f"{args.sdist}: not found (bash ops/oracle-llama.sh downloads it)", file=sys.stderr)
         return 2
-    text = generate(args.sdist)
+    texts = generate(args.sdist, args.llama_build)
+    outs = (args.out, args.out.with_name("gguf_programs.py"))
     if args.check:
-        same = args.out.is_file() and args.out.read_text() == text
-        print(f"{args.out}: {'up to date' if same else 'differs from ' + str(args.sdist)}")
+        same = True
+        for out, text in zip(outs, texts):
+            ok = out.is_file() and out.read_text() == text
+            same = same and ok
+            print(f"{out}: {'up to date' if ok else 'differs from ' + str(args.sdist)}")
         return 0 if same else 1
-    args.out.write_text(text)
-    print(f"wrote {args.out} ({len(text)} bytes) from {args.sdist}")
+    for out, text in zip(outs, texts):
+        out.write_text(text)
+        print(f"wrote {out} ({len(text)} bytes) from {args.sdist}")
     return 0
 
 

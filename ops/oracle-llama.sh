@@ -10,8 +10,8 @@
 # Cache folder: $PREFLIGHT_WHEEL_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/lane-preflight/wheels.
 #
 # The sdist also carries llama.cpp's own vocabulary GGUFs (vendor/llama.cpp/models/ggml-vocab-*.gguf,
-# written by its converter); two of them are kept beside the wheel for the tests: the 32k
-# llama-spm vocabulary (the mutation campaign's real file) and the 262k gemma-4 one.
+# written by its converter, 19 files, 75 MB): all are kept beside the wheel for the tests (one
+# pass over the archive, once; a stamp file marks the set complete).
 # `bash ops/oracle-llama.sh --print-vocab-dir` prints where they are.
 set -euo pipefail
 
@@ -34,13 +34,14 @@ sdist() {  # the source archive, downloaded once into the cache
     echo "$cache/llama_cpp_python-$version.tar.gz"
 }
 
-if [ ! -f "$vocab/ggml-vocab-llama-spm.gguf" ] || [ ! -f "$vocab/ggml-vocab-gemma-4.gguf" ]; then
+if [ ! -f "$vocab/.complete" ]; then
     src="$(sdist)"
     tmpv="$(mktemp -d "$cache/vocab.XXXXXX")"
-    tar -xzf "$src" -C "$tmpv" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-llama-spm.gguf' '*/vendor/llama.cpp/models/ggml-vocab-gemma-4.gguf'
+    tar -xzf "$src" -C "$tmpv" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*.gguf'
     mkdir -p "$vocab"
     mv "$tmpv"/*/vendor/llama.cpp/models/ggml-vocab-*.gguf "$vocab"/
     rm -rf "$tmpv"
+    ls "$vocab" > "$vocab/.complete"
 fi
 
 if "$python" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$version')" 2>/dev/null; then

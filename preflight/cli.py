@@ -37,7 +37,7 @@ _TRUE = ("1", "true", "t", "yes", "y", "on")  # click's spellings of a true flag
 
 
 def leave(command: str | None, out, code: int, reason: str, hint: str | None = None, *,
-          models_dir: str | None = None, started: float | None = None) -> int:
+          models_dir: str | None = None, started: float | None = None, errors: list[dict] | None = None) -> int:
     """Every early exit (an error, an interrupt, a usage error, a bug) of a reporting command
     leaves the report so far, with the exit code and the reason, on --json and --report;
     every command's reason reaches the termination log. Returns `code`."""
@@ -49,7 +49,7 @@ def leave(command: str | None, out, code: int, reason: str, hint: str | None = N
         return int(code)
     if report is None or report.command != command:
         report = Report(command, models_dir)
-    report.fail(int(code), reason, hint)
+    report.fail(int(code), reason, hint, errors)
     if started is not None:
         report.elapsed_s = time.monotonic() - started
     emit(report, out, human=False)  # the caller said why on stderr
@@ -95,14 +95,16 @@ def guarded(fn=None, *, report: str | None = None):
         track(None)
         started = time.monotonic()
 
-        def end(code: int, reason: str, hint: str | None = None) -> int:
-            return leave(report, out, code, reason, hint, models_dir=kwargs.get("models_dir") or kwargs.get("dest"), started=started)
+        def end(code: int, reason: str, hint: str | None = None, errors: list[dict] | None = None) -> int:
+            return leave(report, out, code, reason, hint, models_dir=kwargs.get("models_dir") or kwargs.get("dest"), started=started, errors=errors)
 
         try:
             code = fn(*args, **kwargs)
         except PreflightError as exc:
             _say(exc)
-            code = end(exc.exit_code, str(exc), exc.hint)
+            from .errors import ManifestError
+
+            code = end(exc.exit_code, str(exc), exc.hint, exc.to_list() if isinstance(exc, ManifestError) else None)
         except KeyboardInterrupt as exc:
             reason = f"{interrupt_reason(exc)}; partial downloads are kept and a rerun resumes them"
             click.echo(f"preflight: {reason}", err=True)
@@ -230,7 +232,9 @@ class LazyGroup(click.Group):
                 return getattr(importlib.import_module(module), attr)
             except ImportError as exc:
                 if name == "docker":
-                    raise click.ClickException(f"`preflight docker` needs the Docker SDK: pip install 'lane-preflight[docker]' ({exc})")
+                    from .errors import MissingExtra
+
+                    raise click.ClickException(str(MissingExtra("`preflight docker`", "docker", getattr(exc, "name", None))))
                 raise
         return super().get_command(ctx, name)
 
@@ -291,6 +295,27 @@ def check(**kw) -> int:
     return session.finish(session.check())
 
 
+SCHEMAS = ("manifest", "lock", "report")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(SCHEMAS))
+def schema(name: str) -> None:
+    """Print the JSON Schema of the manifest, the lock file or the JSON report.
+
+    Editors complete and check a manifest against it (the YAML language server reads a
+    first-line comment `# yaml-language-server: $schema=lanes.schema.json`).
+
+    \b
+    Examples:
+      preflight schema manifest > lanes.schema.json
+      preflight schema report | jq .properties.lanes
+    """
+    from importlib.resources import files
+
+    click.echo(files("preflight").joinpath("schemas", f"{name}.schema.json").read_text(), nl=False)
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=False))
 @opt("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
@@ -321,7 +346,9 @@ def inspect(path: str, as_json: bool, allow_pickle: bool, serve: str | None = No
 
         result["fit"] = inspect_fit(p, result, serve, accelerator)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        from .report import SCHEMA_VERSION
+
+        click.echo(json.dumps({"schema_version": SCHEMA_VERSION, **result}, indent=2))
     else:
         render_inspect(result, sys.stdout)
     return ExitCode.READY if not any(pr.get("severity", "error") == "error" for pr in result["problems"]) else ExitCode.NOT_READY

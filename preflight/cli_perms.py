@@ -11,7 +11,7 @@ from .cli import DEFAULT_MANIFEST, guarded, opt
 from .errors import ExitCode, UsageError
 from .manifest import load_manifest, split_lanes
 from .perms import find_denied, fix as fix_entries
-from .report import plural
+from .report import SCHEMA_VERSION, plural
 
 
 @click.command("perms")
@@ -52,7 +52,7 @@ def perms(manifest: str, models_dir: str | None, profile: str | None, lanes: tup
         denied = find_denied(root, selected, uid, gid)
         click.echo(f"preflight perms: changed {fixed - len(denied)} of {plural(fixed, 'entry')} for uid {uid} gid {gid}", err=True)
     if as_json:
-        click.echo(json.dumps({"uid": uid, "gid": gid, "denied": [
+        click.echo(json.dumps({"schema_version": SCHEMA_VERSION, "uid": uid, "gid": gid, "denied": [
             {"path": d.rel or ".", "kind": "dir" if d.is_dir else "file", "need": d.need, "mode": f"{d.mode & 0o7777:04o}", "owner": f"{d.uid}:{d.gid}"}
             for d in denied]}, indent=2))
     for d in denied:

@@ -14,7 +14,7 @@ from .errors import ExitCode, NotReadyError, UsageError
 
 @click.command()
 @click.argument("lane_names", metavar="LANE...", nargs=-1)
-@opt("--to", "dest", required=True, help="Where: oci://REGISTRY/REPO[:TAG] or s3://BUCKET/PREFIX.")
+@opt("--to", "dest", required=True, help="Where: oci://REGISTRY/REPO[:TAG], s3://BUCKET/PREFIX or gs://BUCKET/PREFIX.")
 @opt("--connect-timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for a connection.")
 @opt("--stall-timeout", type=float, default=60.0, show_default=True, help="Seconds without progress before an attempt fails.")
 @opt("--retries", type=click.IntRange(0, 20), default=3, show_default=True, help="Retries per request, with backoff.")
@@ -28,6 +28,7 @@ def push(lane_names, dest, connect_timeout, stall_timeout, retries, **kw) -> int
     Examples:
       preflight push coder --to oci://registry.internal:5000/models/coder:v1 -m lanes.yaml
       preflight push embed rerank --to s3://models/prod -m lanes.yaml
+      preflight push coder --to gs://models-prod/coder -m lanes.yaml
     """
     from .report import human_size
     from .session import Session

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -82,8 +83,12 @@ def network_options(fn):
 @opt("--deadline", type=float, default=None, help="Give up (exit 3) when the whole run takes longer than this many seconds.")
 @opt("--lease-wait", type=float, default=1800.0, show_default=True, help="Seconds to wait for another writer before exit 6.")
 @opt("--lease-stale", type=float, default=60.0, show_default=True, help="A lease whose heartbeat stopped this long ago is taken over.")
+@opt("--env-file", default=None, type=click.Path(dir_okay=False),
+     help="Once ready, write each lane's `env: NAME` path here as NAME='path' lines (what `preflight env` prints), for the "
+          "server's command to source; not written when not ready.")
 @guarded(report="sync")
-def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, connections, deadline, lease_wait, lease_stale, **kw) -> int:
+def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, workers, connections, deadline, lease_wait, lease_stale,
+         env_file=None, **kw) -> int:
     """Check, fetch what is missing or broken, verify, publish, report.
 
     Exits 0 only when every required lane is ready. New bytes are staged under
@@ -95,6 +100,7 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
       preflight sync -m lanes.yaml -d /models
       preflight sync -m lanes.yaml --profile minimal --token-file /run/secrets/hf-token
       HF_ENDPOINT=https://mirror.example preflight sync -m lanes.yaml --locked
+      preflight sync -m lanes.yaml --env-file /run/preflight/models.env   # the server sources it
     """
     from .session import Session
     from .sources.http import Timeouts
@@ -109,7 +115,23 @@ def sync(offline, locked, token_file, connect_timeout, stall_timeout, retries, w
         retries=retries, workers=workers, connections=connections, deadline=deadline, lease_wait=lease_wait, stale_after=lease_stale,
     )
     report = run_sync(session, opts)
-    return session.finish(report, ready_file=True)
+    if env_file:
+        _stale_env_file(env_file)  # a failed run leaves no paths behind for the server to start on
+    code = session.finish(report, ready_file=True)
+    if env_file and code == 0:
+        from .cli_env import lane_env, render_env
+        from .volume import write_file_atomic
+
+        write_file_atomic(Path(env_file), render_env(lane_env(session.manifest, kw.get("models_dir"), kw.get("profile"),
+                                                              tuple(l.name for l in session.lanes))).encode())
+    return code
+
+
+def _stale_env_file(path: str) -> None:
+    from .volume import write_file_atomic
+
+    if Path(path).exists():
+        write_file_atomic(Path(path), b"# not ready: see the init container's report\n")
 
 
 @click.command()

@@ -39,19 +39,22 @@ def status(keep, **kw) -> int:
     lanes = [pr.lane_status(session.ctx, lane, items) for lane in session.lanes]
     free = shutil.disk_usage(session.ctx.models_dir).free if session.ctx.models_dir.exists() else None
     report.extra.update({"volume": {"free_bytes": free, "prune_frees": sum(i.freed for i in items)},
-                         "status": [s.to_dict() for s in lanes]})
+                         "lane_status": [s.to_dict() for s in lanes]})
     by_name = {s.name: s for s in lanes}
     for res in report.lanes:
         s = by_name[res.name]
-        res.note = (f"{s.layout}" + (f" @{s.revision}" if s.revision else "") + f", {human_size(s.bytes_on_disk)} on disk"
+        res.note = (f"{s.layout}" + (f" @{s.revision}" if s.revision else f" (folder {s.revision_folder})" if s.revision_folder else "") + f", {human_size(s.bytes_on_disk)} on disk"
                     + (f", verified {s.last_verified}" if s.last_verified else "")
                     + (f", {len(s.kept_revisions)} older kept" if s.kept_revisions else "")
                     + (f", prune frees {human_size(s.prune_frees)}" if s.prune_frees else ""))
-    if not kw.get("quiet"):
+    if not kw.get("as_json"):  # the answer of a query goes to stdout (`preflight status | less`); --json puts the report there
         for res in report.lanes:
-            click.echo(f"  {res.name}: {res.note}", err=True)
-        click.echo(f"volume: {human_size(free) if free is not None else '?'} free; prune would free "
-                   f"{human_size(sum(i.freed for i in items))} (staging partials included)", err=True)
+            click.echo(f"{res.name}: {res.note}")
+        if session.ctx.models_dir.is_dir():
+            click.echo(f"volume: {human_size(free) if free is not None else '?'} free; prune would free "
+                       f"{human_size(sum(i.freed for i in items))} (staging partials included)")
+        else:
+            click.echo(f"volume: the models folder {session.ctx.models_dir} does not exist")
     return session.finish(report)
 
 

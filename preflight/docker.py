@@ -185,7 +185,9 @@ def _import_docker() -> Any:
     try:
         import docker
     except ImportError:
-        raise UsageError("`preflight docker` needs the Docker SDK", hint="pip install 'lane-preflight[docker]'") from None
+        from .errors import MissingExtra
+
+        raise MissingExtra("`preflight docker`", "docker", "docker") from None
     return docker
 
 

@@ -49,9 +49,11 @@ class ManifestError(UsageError):
         line: int | None = None,
         field: str | None = None,
         hint: str | None = None,
+        column: int | None = None,
     ) -> None:
         self.file = file
         self.line = line
+        self.column = column
         self.field = field
         where = ""
         if file:
@@ -60,6 +62,11 @@ class ManifestError(UsageError):
             where = f"{where}: {field}" if where else field
         super().__init__(f"{where}: {message}" if where else message, hint=hint)
         self.reason = message
+
+    def to_list(self) -> list[dict]:
+        """The error(s) as the JSON report lists them: one object each, located."""
+        return [{"file": self.file, "line": self.line, "column": self.column, "field": self.field, "message": self.reason,
+                 "hint": self.hint}]
 
 
 class ManifestErrors(ManifestError):
@@ -70,7 +77,7 @@ class ManifestErrors(ManifestError):
 
     def __init__(self, errors: list[ManifestError]) -> None:
         first, rest = errors[0], errors[1:]
-        super().__init__(first.reason, file=first.file, line=first.line, field=first.field)
+        super().__init__(first.reason, file=first.file, line=first.line, field=first.field, column=first.column)
         self.errors = list(errors)
         lines = [self.message] + ([f"  hint: {first.hint}"] if first.hint else [])
         lines.append(f"{len(rest)} more error{'s' if len(rest) > 1 else ''} in this manifest:")
@@ -78,6 +85,9 @@ class ManifestErrors(ManifestError):
         if len(rest) > self.SHOWN:
             lines.append(f"  … and {len(rest) - self.SHOWN} more")
         self.message = "\n".join(lines)
+
+    def to_list(self) -> list[dict]:
+        return [d for e in self.errors for d in e.to_list()]
 
 
 class FetchError(PreflightError):
@@ -90,6 +100,7 @@ class FetchError(PreflightError):
         self.url = url
         self.status = status
         self.retry_after: float | None = None  # seconds, from the server's Retry-After
+        self.permanent = False  # asking again gives the same answer (a local file unreadable to this uid): never retried
 
 
 class StalledError(FetchError):
@@ -152,3 +163,20 @@ class LeaseError(PreflightError):
 
 class NotReadyError(PreflightError):
     exit_code = ExitCode.NOT_READY
+
+
+IMAGE_EXTRAS = ("s3", "signing")  # what the Dockerfile's EXTRAS build argument installs by default
+
+
+class MissingExtra(UsageError):
+    """An optional dependency a lane or command needs is not installed: the message names
+    the extra that brings it (one wording for every extra)."""
+
+    def __init__(self, what: str, extra: str, module: str | None, *, alternative: str | None = None) -> None:
+        fix = f"pip install 'lane-preflight[{extra}]'"
+        missing = f" ({module} is not installed)" if module else ""
+        image = ("the lane-preflight image carries it" if extra in IMAGE_EXTRAS
+                 else f"the image carries {' and '.join(IMAGE_EXTRAS)} only: build it with --build-arg EXTRAS=\"{' '.join(IMAGE_EXTRAS)} {extra}\"")
+        super().__init__(f"{what} needs the {extra} extra{missing}: {fix}",
+                         hint=fix + (f", or {alternative}" if alternative else "") + f" ({image})")
+        self.extra = extra

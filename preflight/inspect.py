@@ -62,6 +62,7 @@ def _inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
         }
     if low.endswith(".gguf"):
         from .formats.gguf import check_gguf, check_gguf_split
+        from .formats.gguf_arch import ENGINE
 
         g = check_gguf(path, name=name)
         problems = list(g.problems)
@@ -81,6 +82,8 @@ def _inspect_path(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
             # the model-level facts the checks judged (formats/gguf_model.py)
             "blocks": getattr(g, "block_count", None), "vocabulary_size": getattr(g, "vocab_size", None),
             "tied_embeddings": getattr(g, "tied_embeddings", None), "vocabulary_only": getattr(g, "vocab_only", None) or None,
+            # the llama.cpp whose loader the checks follow (names it does not know are refused as it refuses them)
+            "checked_against": f"llama.cpp {ENGINE['llama.cpp']} (llama-cpp-python {ENGINE['llama-cpp-python']})",
             "problems": _problems(problems),
         }
     from .check import check_single_file
@@ -152,7 +155,7 @@ def render_inspect(result: dict[str, Any], out: IO[str]) -> None:
     keys = ("path", "format", "repo", "revision", "architecture", "model_type", "dtype", "quantization", "file_type", "context_length",
             "tensor_count", "parameter_count", "blocks", "vocabulary_size", "tied_embeddings", "vocabulary_only",
             "dtypes", "quant_types", "tokenizer", "serves_text", "weights", "rank", "target_modules",
-            "base_model", "files", "size", "split")
+            "base_model", "files", "size", "split", "checked_against")
     for key in keys:
         value = result.get(key)
         if value in (None, [], {}, ""):

@@ -50,7 +50,8 @@ class Lock:
     lanes: dict[str, LockedLane] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"version": LOCK_VERSION, "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
+        return json.dumps({"version": LOCK_VERSION, "schema_version": LOCK_VERSION,
+                           "lanes": {n: l.to_dict() for n, l in sorted(self.lanes.items())}}, indent=2, sort_keys=False) + "\n"
 
     def save(self) -> None:
         write_file_atomic(Path(self.path), self.to_json().encode())
@@ -83,13 +84,18 @@ def load_lock(path: str | os.PathLike) -> Lock:
             if norm is None or not isinstance(exp, dict):
                 raise ManifestError(f"bad file entry {rel!r}", file=str(p), field=f"lanes.{name}.files")
             size = exp.get("size")
-            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"))
+            generation = exp.get("generation")
+            if generation is not None and not (isinstance(generation, str) and generation.isdigit() and len(generation) <= 19):
+                raise ManifestError(f"bad generation {str(generation)[:40]!r} for {rel!r} (expected the object generation as a string of digits)",
+                                    file=str(p), field=f"lanes.{name}.files")
+            files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"), generation=generation,
+                                     origin=f"{p} (lanes.{name}.files)")
         archive = None
         if raw.get("archive") is not None:
             a = raw["archive"]
             if not isinstance(a, dict) or not isinstance(a.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", a["sha256"]):
                 raise ManifestError("malformed archive entry (expected {size, sha256})", file=str(p), field=f"lanes.{name}.archive")
-            archive = FileExpect(a.get("size") if isinstance(a.get("size"), int) else None, a["sha256"])
+            archive = FileExpect(a.get("size") if isinstance(a.get("size"), int) else None, a["sha256"], origin=f"{p} (lanes.{name}.archive)")
         lock.lanes[name] = LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files, archive)
     return lock
 
@@ -106,7 +112,7 @@ def parse_sha256sum(text: str, file: str) -> dict[str, FileExpect]:
         rel = normalise_rel(m["path"].removeprefix("./"))
         if rel is None:
             raise ManifestError(f"path {m['path']!r} escapes the lane folder", file=file, line=i)
-        out[rel] = FileExpect(None, m["hex"].lower(), None)
+        out[rel] = FileExpect(None, m["hex"].lower(), None, origin=f"{file}:{i}")
     return out
 
 

@@ -40,7 +40,8 @@ class Source:
 
     scheme: "hf" (repo, path_in_repo, revision), "https"/"http" (url), "local" (path),
     "oci" (host = registry, repo, revision = tag or sha256:digest, path_in_repo = //PATH),
-    "s3" (repo = bucket, path_in_repo = key or prefix).
+    "s3" (repo = bucket, path_in_repo = key or prefix), "gs" (repo = bucket, path_in_repo =
+    object name or prefix, revision = the object generation a `#N` pins).
     """
 
     scheme: str
@@ -66,7 +67,7 @@ def source_file_name(src: Source) -> str | None:
         name = posixpath.basename(urlsplit(src.url).path)
     elif src.scheme == "local" and src.local:
         name = posixpath.basename(src.local.rstrip("/"))
-    elif src.scheme in ("s3", "hf"):
+    elif src.scheme in ("s3", "gs", "hf"):
         name = posixpath.basename(src.path_in_repo or "")
     else:
         return None
@@ -98,8 +99,8 @@ def archive_kind(name: str) -> str | None:
     return None
 
 
-_SUPPORTED = "hf://, https://, http://, oci://, s3://, file:// or a path"
-_SCHEMES = ("hf", "https", "http", "file", "oci", "s3")
+_SUPPORTED = "hf://, https://, http://, oci://, s3://, gs://, file:// or a path"
+_SCHEMES = ("hf", "https", "http", "file", "oci", "s3", "gs")
 _FUTURE: tuple[str, ...] = ()  # planned sources: say so rather than read them as a folder name
 _SCHEME_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(://|:|//)(.*)", re.S)
 _WINDOWS = re.compile(r"[A-Za-z]:[\\/]")
@@ -124,6 +125,8 @@ def parse_source(raw: str, revision: str | None = None) -> Source:
         return _oci_source(raw, revision)
     if raw.startswith("s3://"):
         return _s3_source(raw)
+    if raw.startswith("gs://"):
+        return _gs_source(raw)
     if raw.startswith(("https://", "http://")):
         scheme, rest = raw.split("://", 1)
         host = rest.split("/", 1)[0].split("@")[-1]
@@ -257,6 +260,36 @@ def _s3_source(raw: str) -> Source:
     return Source("s3", raw, repo=bucket, path_in_repo=key.strip("/") or None)
 
 
+# Cloud Storage bucket names: 3-63 characters (up to 222 with dots), lowercase letters,
+# digits, '-', '_' and '.', starting and ending with a letter or digit.
+_GS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_GS_GENERATION = re.compile(r"^[0-9]{1,19}$")
+MAX_GS_NAME = 1024  # bytes of UTF-8, Cloud Storage's limit for an object name
+
+
+def _gs_source(raw: str) -> Source:
+    """gs://BUCKET/PREFIX (a folder lane) or gs://BUCKET/OBJECT[#GENERATION] (a file lane).
+
+    `#GENERATION` pins one object generation, as gsutil and gcloud write version-specific
+    URLs; `@` is an ordinary character of object names."""
+    rest = raw[len("gs://"):]
+    rest, sep, generation = rest.partition("#")
+    if sep and not _GS_GENERATION.match(generation):
+        raise ValueError(f"{_show(generation)} is not an object generation (digits after '#', e.g. gs://BUCKET/OBJECT#1712345678901234)")
+    bucket, _, name = rest.partition("/")
+    if not bucket or not _GS_BUCKET.match(bucket):
+        raise ValueError(f"{_show(bucket)} is not a Cloud Storage bucket name (lowercase letters, digits, '-', '_', '.'; "
+                         "expected gs://BUCKET/PREFIX or gs://BUCKET/OBJECT)")
+    if any(p in (".", "..") for p in name.split("/")):
+        raise ValueError("'.' and '..' are not allowed in an object name or prefix")
+    if len(name.encode()) > MAX_GS_NAME:
+        raise ValueError(f"an object name is at most {MAX_GS_NAME} bytes")
+    name = name.strip("/")
+    if sep and not name:
+        raise ValueError("a generation pins an object: gs://BUCKET/OBJECT#GENERATION")
+    return Source("gs", raw, repo=bucket, path_in_repo=name or None, revision=generation or None)
+
+
 @dataclass(frozen=True)
 class FileExpect:
     """What the manifest or lock says a file must be."""
@@ -265,11 +298,16 @@ class FileExpect:
     sha256: str | None = None
     sha1: str | None = None  # git blob sha1 (small files on the Hub)
     md5: str | None = None  # DVC-tracked files
+    crc32c: str | None = None  # 8 hex digits: a Cloud Storage object's CRC32C (a listing's, never a pin of the manifest or lock)
+    generation: str | None = field(default=None, compare=False)  # the object generation the lock pins (gs://), not a property of the bytes
+    origin: str | None = field(default=None, compare=False)  # where a pin was written ("lanes.yaml:12"), for messages
 
     def merge(self, other: FileExpect | None) -> FileExpect:
         if other is None:
             return self
-        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1, self.md5 or other.md5)
+        return FileExpect(self.size if self.size is not None else other.size, self.sha256 or other.sha256, self.sha1 or other.sha1,
+                          self.md5 or other.md5, crc32c=self.crc32c or other.crc32c, generation=self.generation or other.generation,
+                          origin=self.origin or other.origin)
 
 
 SIGNATURE_METHODS = ("key", "certificate", "sigstore")
@@ -336,6 +374,7 @@ class Lane:
     profiles: tuple[str, ...] = ()
     allow_pickle: bool | str = False  # True: state-dict pickles; "torchscript": TorchScript archives too
     serves_text: bool = True
+    vocab_only: bool = False  # gguf: the file is a vocabulary only (llama.cpp loads it with vocab_only; no weights)
     base: str | None = None  # adapter: name of the base lane
     checksums: str | None = None  # a `sha256sum -c` file (relative to the manifest or absolute)
     dvc: str | None = None  # a `.dvc` file pinning the content
@@ -403,8 +442,8 @@ class Manifest:
 _TOP_KEYS = {"version", "models_dir", "defaults", "profiles", "lanes", "endpoints", "lock", "accelerator"}
 _LANE_KEYS = {
     "name", "kind", "path", "source", "revision", "include", "exclude", "files", "sha256", "sha1", "size",
-    "required", "enabled", "profiles", "allow_pickle", "serves_text", "base", "checksums", "dvc", "endpoint", "env", "layout",
-    "signature", "serve",
+    "required", "enabled", "profiles", "allow_pickle", "serves_text", "vocab_only", "base", "checksums", "dvc", "endpoint", "env",
+    "layout", "signature", "serve",
 }
 _DEFAULT_KEYS = {"revision", "include", "exclude", "required", "allow_pickle", "serves_text", "layout", "signature", "serve"}
 LAYOUTS = ("revisions", "in-place")
@@ -559,7 +598,9 @@ def _expect(r: _Reader, obj: Any, key: tuple) -> FileExpect:
         sha1 = sha1.lower()
         if not _HEX40.match(sha1):
             raise r.doc.error(key + ("sha1",), f"expected 40 hex digits (git blob sha1), found {_show(sha1)}")
-    return FileExpect(size, sha256, sha1)
+    where = next((k for k in ("sha256", "sha1", "size") if obj.get(k) is not None), None)
+    line = r.doc.line(*key, where) if where else None
+    return FileExpect(size, sha256, sha1, origin=f"{r.doc.file}:{line}" if line else r.doc.file)
 
 
 def parse_manifest(doc: Located) -> Manifest:
@@ -777,6 +818,11 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
     for field_name in ("include", "exclude", "profiles"):
         with r.section():
             strings[field_name] = r.strings(raw, key, field_name, tuple(defaults.get(field_name) or ()))
+    vocab_only = False
+    with r.section():
+        vocab_only = r.get(raw, key, "vocab_only", bool, default=False)
+        if vocab_only and kind is not None and kind != "gguf":
+            raise doc.error(key + ("vocab_only",), f"'vocab_only' applies to gguf lanes, not {kind}")
     base = checksums = dvc = env = None
     with r.section():
         base = r.get(raw, key, "base", str)
@@ -820,13 +866,16 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
             raise doc.error(key + ("source",), "a URL source needs the archive's sha256 (plain URLs carry no digest to verify against)",
                             hint="add `sha256: <64 hex>` (the archive's) to the lane")
 
+    if source is not None and source.scheme == "gs" and source.revision and kind in DIR_KINDS:
+        raise doc.error(key + ("source",), f"a generation (#{source.revision}) pins one object, and a {kind} lane is a folder of objects",
+                        hint="drop the #GENERATION: `preflight lock` pins the generation of every object of the lane")
     if kind == "hf-cache" and (source is None or source.scheme != "hf"):
         raise doc.error(key + ("source",), "an hf-cache lane needs an hf:// source (the repo whose cache entry it is)")
     return Lane(
         name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
         required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
-        serves_text=flags["serves_text"], base=base, checksums=checksums, dvc=dvc, env=env, layout=layout, signature=signature,
-        serve=serve, archive=archive_pin, line=doc.line(*key),
+        serves_text=flags["serves_text"], vocab_only=vocab_only, base=base, checksums=checksums, dvc=dvc, env=env, layout=layout,
+        signature=signature, serve=serve, archive=archive_pin, line=doc.line(*key),
     )
 
 

@@ -64,7 +64,7 @@ ARCHIVE_BOMB = "archive-bomb"  # a model archive (.tar, .tar.gz, .zip, ...) past
 
 # Model-level GGUF checks: what llama.cpp's model loader needs beyond a readable file.
 ARCHITECTURE_MISSING = "architecture-missing"
-UNKNOWN_ARCHITECTURE = "unknown-architecture"  # a warning: a newer llama.cpp may know it
+UNKNOWN_ARCHITECTURE = "unknown-architecture"  # refused as llama.cpp refuses it; a warning when the lane runs a newer llama.cpp
 HPARAM_MISSING = "hparam-missing"
 HPARAM_INVALID = "hparam-invalid"
 KV_TYPE_MISMATCH = "kv-type-mismatch"
@@ -72,7 +72,7 @@ TENSOR_MISSING = "tensor-missing"
 TENSOR_UNEXPECTED = "tensor-unexpected"
 BLOCK_COUNT_MISMATCH = "block-count-mismatch"
 VOCAB_INVALID = "vocab-invalid"
-UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a warning: a ggml type newer than preflight's table
+UNKNOWN_TENSOR_TYPE = "unknown-tensor-type"  # a ggml type newer than the tables' llama.cpp: refused, a warning when the lane runs a newer one
 
 # Model folders as the loaders read them (config values, tensor shapes, tokenizer files); a
 # folder's missing or unexpected tensors are `tensor-missing` / `tensor-unexpected` too.

@@ -18,6 +18,7 @@ class _Item:
     total: int | None
     done: int = 0
     started: float = field(default_factory=time.monotonic)
+    paused: bool = False  # between attempts: nothing is moving, so no line is printed
 
 
 class Progress:
@@ -59,6 +60,13 @@ class Progress:
         if item is not None:
             item.done = 0
             item.started = time.monotonic()
+            item.paused = False
+
+    def pause(self, key: int) -> None:
+        """An attempt failed and the next waits: its figures would be stale."""
+        item = self._items.get(key)
+        if item is not None:
+            item.paused = True
 
     def finish(self, key: int) -> _Item | None:
         with self._lock:
@@ -66,6 +74,9 @@ class Progress:
 
     def _line(self, item: _Item) -> str:
         elapsed = max(time.monotonic() - item.started, 1e-6)
+        if item.done == 0:
+            size = f" of {human_size(item.total)}" if item.total else ""
+            return f"{item.label}: waiting for the first byte{size} ({elapsed:.0f}s)"
         rate = item.done / elapsed
         if item.total:
             pct = 100.0 * item.done / item.total
@@ -77,7 +88,7 @@ class Progress:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:
-                items = list(self._items.values())
+                items = [i for i in self._items.values() if not i.paused]
                 if not items:
                     continue
                 if self.tty:

@@ -218,12 +218,13 @@ class LaneStatus:
     name: str
     kind: str
     path: str
-    revision: str | None
+    revision: str | None  # the commit (digest, object version) it holds, when known; never a branch name
     layout: str  # revisions | in-place | cache | file | missing | outside
     bytes_on_disk: int = 0  # hard links counted once
     last_verified: str | None = None
-    kept_revisions: list[str] = field(default_factory=list)
+    kept_revisions: list[str] = field(default_factory=list)  # older revision folders' ids (12 characters of their commit)
     prune_frees: int = 0
+    revision_folder: str | None = None  # the current revision folder's id (revisions layout)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -239,19 +240,25 @@ def lane_status(ctx: Context, lane: Lane, items: list[Item]) -> LaneStatus:
 
 def _lane_status(ctx: Context, vol: Volume, lane: Lane, items: list[Item]) -> LaneStatus:
     cur = current(ctx.models_dir, lane)
+    folder = None
+    synced = ctx.receipts.synced_at(lane.name, lane.source.raw) if lane.source else None
     if lane.kind in ("hf-dir", "adapter"):
         layout = {"revision": "revisions", "folder": "in-place", "missing": "missing"}.get(cur.state, "other")
-        rev = cur.rid
+        folder = cur.rid
+        # the full commit when the receipts know it and it is the one the folder is named after
+        rev = synced if synced and (cur.state != "revision" or synced.removeprefix("sha256:").startswith(cur.rid or "")) else None
         kept = [r.rid for r in revisions(ctx.models_dir, lane) if not r.current]
     elif lane.kind == "hf-cache":
         layout, rev, kept = "cache", None, []
         if lane.source is not None and lane.source.repo:
             repo = f"{lane.path}/{repo_folder(lane.source.repo, lane.source.repo_type)}"
             data = vol.read_bytes(f"{repo}/refs/{lane.revision or 'main'}", 4096)
-            rev = data.decode("utf-8", "replace").strip()[:12] if data else None
-            kept = sorted(n[:12] for n, st in vol.entries(f"{repo}/snapshots") if stat.S_ISDIR(st.st_mode) and n[:12] != rev)
+            rev = data.decode("utf-8", "replace").strip() if data else None
+            if rev is None and lane.revision and vol.lstat(f"{repo}/snapshots/{lane.revision}") is not None:
+                rev = lane.revision  # pinned to a commit: no ref is written
+            kept = sorted(n[:12] for n, st in vol.entries(f"{repo}/snapshots") if stat.S_ISDIR(st.st_mode) and n != rev)
     else:
-        layout, rev, kept = ("file" if vol.lstat(lane.path) is not None else "missing"), None, []
+        layout, rev, kept = ("file" if vol.lstat(lane.path) is not None else "missing"), synced, []
     size = 0
     seen: set[tuple[int, int]] = set()
     if lane.is_dir:
@@ -274,4 +281,4 @@ def _lane_status(ctx: Context, vol: Volume, lane: Lane, items: list[Item]) -> La
         stamps = [ctx.receipts.verified_at(k) for k in keys]
         verified = max((s for s in stamps if s), default=None)
     frees = sum(i.freed for i in items if i.lane == lane.name)
-    return LaneStatus(lane.name, lane.kind, lane.path, rev, layout, size, verified, kept, frees)
+    return LaneStatus(lane.name, lane.kind, lane.path, rev, layout, size, verified, kept, frees, folder)

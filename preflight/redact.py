@@ -10,6 +10,20 @@ A secret is masked in the forms an error message may carry it: as is, URL-quoted
 JSON- or repr-escaped, inside base64 (basic auth), line by line when it spans lines
 (a token file with a second line), and cut short (a server's echo truncated in the
 middle of the token): any run of its first `PREFIX` characters or more.
+
+Every credential the program is given is masked, whatever its length. A secret of at
+least MIN_EXPLICIT characters (MIN_ENV for a variable that is a secret by its name only)
+is masked wherever it appears. A shorter one (a registry password of 3 characters) would
+be masked everywhere only by garbling ordinary words ("a", "abc"), so it is masked where
+it stands as a credential's value, as a whole token:
+  - after a credential word and `=`, `:` or spaces: `password=abc`, `"token": "abc"`,
+    `Authorization: abc`, `Bearer abc`, `Basic abc`, `X-Amz-Security-Token=abc`;
+  - as a URL's password: `//user:abc@host`;
+  - and in the longer forms it is sent in, registered with it where the credential is
+    read: `user:abc` and its base64 (a registry's basic auth), masked everywhere when they
+    are long enough, and a short `user:abc` as a whole token anywhere.
+A short secret elsewhere in a message, not as a value, is left: it cannot be told apart
+from the same word in the text.
 """
 
 from __future__ import annotations
@@ -35,19 +49,32 @@ ENV_NOT_SECRET = ("_PUBLIC_KEY", "GPG_KEY")  # public material some base images 
 _bases: set[str] = set()  # the secrets as given (and each line of a multi-line one)
 _forms: set[str] = set()  # every form to mask
 _pattern: re.Pattern[str] | None = None
+_short: set[str] = set()  # secrets shorter than their threshold: masked as a credential's value
+_short_pattern: re.Pattern[str] | None = None
+# What stands before a credential's value: a credential word then `=`, `:` or spaces
+# (quotes allowed around either), or a URL's `//user:`.
+_CREDENTIAL_WORDS = (r"pass(?:word|wd)?|pwd|secret(?:[-_ ]?(?:access[-_ ]?)?key)?|(?:access|session|security|identity|registry|"
+                     r"refresh|auth|api|bearer|id)?[-_ ]?token|api[-_ ]?key|apikey|access[-_ ]?key|auth(?:orization)?|"
+                     r"credentials?|bearer|basic")
+_BEFORE = (rf"(?:(?<![A-Za-z0-9])(?:{_CREDENTIAL_WORDS})(?:[\"']?\s*[:=]\s*[\"']?|\s+(?:(?:Bearer|Basic)\s+)?)"
+           r"|//[^/@\s:]*:)")
+_AFTER = r"(?![A-Za-z0-9_-])"  # a whole token: nothing that could continue the value follows
 
 
 def reset() -> None:
     """Forget every secret (one CLI run is one scope; tests run many in one process)."""
-    global _pattern
+    global _pattern, _short_pattern
     _bases.clear()
     _forms.clear()
     _pattern = None
+    _short.clear()
+    _short_pattern = None
 
 
 def register(value: str | bytes | None, *, min_len: int = MIN_EXPLICIT) -> None:
-    """Mask `value` in everything that leaves from now on."""
-    global _pattern
+    """Mask `value` in everything that leaves from now on: everywhere when it has `min_len`
+    characters or more, as a credential's value when it is shorter."""
+    global _pattern, _short_pattern
     if value is None:
         return
     if isinstance(value, bytes):
@@ -55,7 +82,12 @@ def register(value: str | bytes | None, *, min_len: int = MIN_EXPLICIT) -> None:
     pieces = {value, value.strip()} | {line.strip() for line in re.split(r"[\x00-\x1f\x7f]+", value)}
     added = False
     for piece in pieces:
-        if len(piece) < min_len or piece in _bases:
+        if not piece or piece in _bases:
+            continue
+        if len(piece) < min_len:
+            if piece not in _short:
+                _short.add(piece)
+                _short_pattern = _compile_short()
             continue
         _bases.add(piece)
         _forms.update(f for f in _encodings(piece) if len(f) >= min_len)
@@ -63,6 +95,17 @@ def register(value: str | bytes | None, *, min_len: int = MIN_EXPLICIT) -> None:
     if added:
         ordered = sorted(_forms, key=len, reverse=True)
         _pattern = re.compile("|".join(map(re.escape, ordered)))
+
+
+def _compile_short() -> re.Pattern[str]:
+    """Short secrets as a credential's value; a short `user:password` pair as a whole token
+    anywhere (a colon between two words is no common word)."""
+    values = sorted({f for s in _short for f in _encodings(s)}, key=len, reverse=True)
+    pairs = sorted({s for s in _short if ":" in s.strip(":")}, key=len, reverse=True)
+    alternatives = [f"({_BEFORE})(?:{'|'.join(map(re.escape, values))}){_AFTER}"]
+    if pairs:
+        alternatives.append(f"()(?<![A-Za-z0-9_-])(?:{'|'.join(map(re.escape, pairs))}){_AFTER}")
+    return re.compile("|".join(alternatives), re.IGNORECASE)
 
 
 def _encodings(secret: str) -> set[str]:
@@ -88,8 +131,9 @@ def _encodings(secret: str) -> set[str]:
 
 def register_environment(environ: Mapping[str, str] | None = None) -> None:
     """Credentials present at startup: the Hub token wherever huggingface_hub would find it,
-    cloud credentials, and variables named like a credential (values of 8+ characters that
-    are not paths, so a mask never hides a common word)."""
+    cloud credentials, variables named like a credential (not paths or booleans; masked
+    everywhere from 8 characters, as a value below), and the password of any URL with one
+    (an endpoint such as `https://user:pw@mirror`)."""
     env = os.environ if environ is None else environ
     for name, value in env.items():
         upper = name.upper()
@@ -98,12 +142,38 @@ def register_environment(environ: Mapping[str, str] | None = None) -> None:
         elif upper.endswith(ENV_SUFFIXES) and not upper.endswith(ENV_NOT_SECRET):
             if not value.startswith(("/", "./", "~")) and value.strip().lower() not in ("true", "false", "none", "null"):
                 register(value, min_len=MIN_ENV)
+        if "://" in value and "@" in value:
+            register_url_password(value)
     for path in _stored_token_paths(env):
         try:
             with open(path, "rb") as f:
                 register(f.read(4096))
         except OSError:
             pass
+
+
+def register_url_password(url: str) -> None:
+    """The password of a URL's `user:password@` (and `user:password`)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return
+    if parts.password:
+        register_login(unquote(parts.username or ""), unquote(parts.password))
+
+
+def register_login(user: str | None, password: str | None) -> None:
+    """A user and password: the password, `user:password` and its base64 (basic auth)."""
+    import base64
+
+    if not password:
+        return
+    register(password)
+    pair = f"{user or ''}:{password}"
+    register(pair)
+    register(base64.b64encode(pair.encode("utf-8", "surrogateescape")).decode())
 
 
 def _stored_token_paths(env: Mapping[str, str]) -> list[str]:
@@ -115,17 +185,21 @@ def _stored_token_paths(env: Mapping[str, str]) -> list[str]:
 
 
 def active() -> bool:
-    return _pattern is not None
+    return _pattern is not None or _short_pattern is not None
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret, in any known form or cut short, replaced by ***."""
-    if _pattern is None or not text:
+    """`text` with every registered secret, in any known form or cut short, replaced by ***
+    (a short one where it stands as a credential's value)."""
+    if not text:
         return text
-    text = _pattern.sub(MASK, text)
-    for secret in _bases:
-        if len(secret) > PREFIX:
-            text = _mask_prefix(text, secret)
+    if _pattern is not None:
+        text = _pattern.sub(MASK, text)
+        for secret in _bases:
+            if len(secret) > PREFIX:
+                text = _mask_prefix(text, secret)
+    if _short_pattern is not None:
+        text = _short_pattern.sub(lambda m: (m.group(1) or m.group(2) or "") + MASK, text)
     return text
 
 

@@ -22,6 +22,11 @@ ABSENT = frozenset({P.MISSING, P.SHARD_MISSING, P.SPLIT_MISSING, P.WEIGHTS_MISSI
 SAID_BY_SIZE = frozenset({P.TRUNCATED, P.TRAILING_DATA, P.TENSOR_OUT_OF_BOUNDS})
 
 
+# The version of every JSON document this program writes (the report, status, inspect,
+# env, perms, smoke, the lock): fields may be added within a version, never renamed or
+# retyped. JSON Schemas: `preflight schema NAME`, and schemas/ in the repository.
+SCHEMA_VERSION = 1
+
 @dataclass
 class LaneResult:
     name: str
@@ -39,6 +44,8 @@ class LaneResult:
     revision: str | None = None
     note: str | None = None
     fit: dict[str, Any] | None = None  # serving fit on this node (serving/fit.py): figures and verdict
+    serving: dict[str, Any] | None = None  # a folder lane whose new revision is not ready: what its path still serves
+    signature: dict[str, Any] | None = None  # a signed lane: the policy that held, the signer, verified now or from a receipt
 
     @property
     def errors(self) -> list[Problem]:
@@ -83,6 +90,10 @@ class LaneResult:
             d["note"] = self.note
         if self.fit is not None:
             d["fit"] = self.fit
+        if self.serving is not None:
+            d["serving"] = self.serving
+        if self.signature is not None and self.status == READY:
+            d["signature"] = self.signature
         return d
 
 
@@ -117,6 +128,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "status": self.status, "exit_code": int(self.exit_code), "command": self.command,
             "models_dir": self.models_dir, "lanes": [lane.to_dict() for lane in self.lanes],
             "elapsed_s": round(self.elapsed_s, 3),
@@ -134,13 +146,16 @@ class Report:
         """The report as it leaves the program: every registered secret masked."""
         return redact(json.dumps(self.to_dict(), indent=2))
 
-    def fail(self, exit_code: int, reason: str, hint: str | None = None) -> None:
-        """The run ended early (an error, an interrupt): keep the lanes known so far."""
+    def fail(self, exit_code: int, reason: str, hint: str | None = None, errors: list[dict] | None = None) -> None:
+        """The run ended early (an error, an interrupt): keep the lanes known so far.
+        `errors`: a manifest's errors, one located object each."""
         for lane in self.lanes:
             lane.settle()
         self.exit_code = exit_code
         self.reason = reason
         self.hint = hint
+        if errors:
+            self.extra["errors"] = errors
 
 
 def summarise(bad: list[LaneResult]) -> str:
@@ -170,7 +185,11 @@ _MARK = {READY: "ok  ", MISSING: "MISS", INVALID: "BAD ", SKIPPED: "skip"}
 
 
 def _state(lane: LaneResult) -> str:
-    return lane.status + ("" if lane.required else " (optional)")
+    state = lane.status
+    if lane.serving is not None:
+        old = lane.serving.get("revision") or "the in-place folder"
+        state = f"serves {old}, {lane.serving.get('wanted')} {lane.status}"
+    return state + ("" if lane.required else " (optional)")
 
 
 def render_human(report: Report, out: IO[str] | None = None) -> None:
@@ -187,10 +206,15 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
             extra += f", hashed {human_size(lane.hashed_bytes)}"
         if lane.status == SKIPPED:
             extra = lane.note or "skipped"
-        print(f"{_MARK.get(lane.status, '?   ')} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
+        mark = "OLD " if lane.serving is not None else _MARK.get(lane.status, "?   ")
+        print(f"{mark} {lane.name:<{width}}  {lane.kind:<8} {lane.path:<{path_width}}  {_state(lane):<{state_width}}  [{extra}]", file=out)
     for lane in report.lanes:
         if lane.fit:
             print(f"  {lane.name}: fit: {fit_line(lane.fit)}", file=out)
+        if lane.signature and lane.status == READY:
+            sig = lane.signature
+            when = "verified now" if sig.get("verified") == "now" else f"verified {sig.get('verified_at') or 'before'} (receipt)"
+            print(f"  {lane.name}: signed by {sig.get('signer') or '?'}: {sig.get('policy')} policy ({sig.get('trusted')}), {when}", file=out)
         for p in lane.problems:
             if lane.status == READY and p.is_error:
                 continue
@@ -202,6 +226,8 @@ def render_human(report: Report, out: IO[str] | None = None) -> None:
         print(f"preflight {report.command}: ready ({plural(len(report.lanes), 'lane')}, {report.elapsed_s:.2f}s)", file=out)
     else:
         print(f"preflight {report.command}: NOT READY (exit {int(report.exit_code)}): {report.reason or 'see above'}", file=out)
+        if report.hint:
+            print(f"  hint: {report.hint}", file=out)
 
 
 def fit_line(fit: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ def rev_id(version: str | None, expect: dict[str, FileExpect]) -> str:
     h = hashlib.sha256()
     for rel in sorted(expect):
         e = expect[rel]
-        h.update(repr((rel, e.size, e.sha256, e.sha1, e.md5)).encode())
+        h.update(repr((rel, e.size, e.sha256, e.sha1, e.md5) + ((e.crc32c,) if e.crc32c else ())).encode())
     return "x" + h.hexdigest()[:11]
 
 

@@ -44,7 +44,7 @@ class Session:
         lock_path = Path(lock) if lock else default_lock_path(m)
         if lock or (lock_path.exists() and not built):
             lock_obj = load_lock(lock_path)
-        if command == "check" and not root.is_dir():  # sync creates it
+        if command in ("check", "status") and not root.is_dir():  # sync creates it
             report.notes.append(f"models folder {root} " + ("is not a folder" if root.exists() else "does not exist"))
         sdir = Path(state_dir) if state_dir else root / STATE_DIR
         svol = None

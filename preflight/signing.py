@@ -45,9 +45,10 @@ from .problems import Problem
 if TYPE_CHECKING:
     from .check import Context, LanePlan
 
-MAX_BUNDLE = 64 * 2**20  # a statement of 100 000 files is ~20 MB of base64
+MAX_BUNDLE = 4 * 2**20  # a bundle whose statement lists 10 000 files is about 2.2 MB (215 bytes a file)
+MAX_RESOURCES = 10_000  # files (or shards) one signed statement may list
+MAX_BUNDLE_ITEMS = 400_000  # JSON members and items of a bundle or its statement (':' and ',', an upper bound)
 RECEIPT_PREFIX = "sig:"
-_EXTRA = "pip install 'lane-preflight[signing]' (the image needs the signing extra)"
 
 
 class SignatureError(Exception):
@@ -183,7 +184,9 @@ def _library():
     try:
         from model_signing._signing import signing as ms_signing
     except ImportError as exc:
-        raise UsageError(f"a lane requires a model signature, but the model_signing library is not installed ({exc.name})", hint=_EXTRA) from None
+        from .errors import MissingExtra
+
+        raise MissingExtra("a lane that requires a model signature", "signing", exc.name) from None
     return ms_signing
 
 
@@ -203,7 +206,9 @@ def make_verifier(trust: Trust, where: str):
             return sign_certificate.Verifier(list(trust.chain))
         return _sigstore_verifier(trust.root, policy.identity, policy.issuer)
     except ImportError as exc:
-        raise UsageError(f"cannot verify {policy.method} signatures: {exc.name} is not installed", hint=_EXTRA) from None
+        from .errors import MissingExtra
+
+        raise MissingExtra(f"verifying {policy.method} signatures", "signing", exc.name) from None
     except OSError as exc:
         raise ManifestError(f"cannot read the signature's {policy.method} trust file: {exc.strerror} ({exc.filename})", field=where) from None
     except Exception as exc:  # the library's parse errors have no common base
@@ -234,6 +239,7 @@ def verify_statement(trust: Trust, sig: Path, verifier=None, where: str = "signa
     import contextlib
     import io
 
+    _precheck(sig)
     _library()
     verifier = verifier or make_verifier(trust, where)
     method = trust.policy.method
@@ -257,6 +263,45 @@ def verify_statement(trust: Trust, sig: Path, verifier=None, where: str = "signa
     if method == "certificate":
         _not_expired(signature)
     return _statement(manifest, signer)
+
+
+def _bounded_json(raw: bytes, what: str) -> object:
+    from .formats.jsonfile import Limits, parse_json
+
+    value, err = parse_json(raw, Limits(max_bytes=MAX_BUNDLE, max_items=MAX_BUNDLE_ITEMS))
+    if err is not None:
+        raise SignatureError(f"{what} {err.message}")
+    return value
+
+
+def _precheck(sig: Path) -> None:
+    """The bundle read within bounds before the library parses it: model_signing holds a
+    bundle as JSON, then protobuf and pydantic objects (about 8 times its size, and a second
+    per 60 000 files) and parses the whole statement even when the signature over it does
+    not verify. Refused here: a bundle over MAX_BUNDLE bytes, JSON that does not read within
+    bounds, a statement listing more than MAX_RESOURCES files. Anything else odd is left to
+    the library to name."""
+    try:
+        with open(sig, "rb") as f:
+            raw = f.read(MAX_BUNDLE + 1)
+    except OSError as exc:
+        raise SignatureError(f"cannot read the signature: {exc.strerror}") from None
+    if len(raw) > MAX_BUNDLE:
+        raise SignatureError(f"more than {MAX_BUNDLE} bytes: not a signature")
+    bundle = _bounded_json(raw, "not a Sigstore bundle: it")
+    envelope = bundle.get("dsseEnvelope") if isinstance(bundle, dict) else None
+    payload = envelope.get("payload") if isinstance(envelope, dict) else None
+    if not isinstance(payload, str):
+        return
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+    except ValueError:
+        return
+    statement = _bounded_json(decoded, "the signed statement")
+    predicate = statement.get("predicate") if isinstance(statement, dict) else None
+    resources = predicate.get("resources") if isinstance(predicate, dict) else None
+    if isinstance(resources, list) and len(resources) > MAX_RESOURCES:
+        raise SignatureError(f"the statement lists {len(resources)} files (at most {MAX_RESOURCES}); not read further")
 
 
 def _statement(manifest, signer: str) -> Statement:
@@ -431,6 +476,9 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
     fp = fingerprint(ctx, plan, sig, trust) if ctx.verify != "full" else None
     key = RECEIPT_PREFIX + plan.lane.name
     if fp is not None and ctx.receipts.lane_ok(key, fp) is not None:
+        info, at = ctx.receipts.lane_info(key)
+        plan.result.signature = {"policy": policy.method, "trusted": _policy_words(policy), "signer": info.get("signer"),
+                                 "file": label, "verified": "receipt", "verified_at": at}
         return []
     try:
         statement = verify_statement(trust, sig, where=where)
@@ -450,8 +498,11 @@ def verify_lane(ctx: Context, plan: LanePlan) -> list[Problem]:
         plan.result.note = plan.result.note or (f"signed with {statement.method} serialization and {statement.hash_type}: "
                                                 "the files were read again to verify it (sha256 per file needs no second read)")
     found += compare(statement, seen.present, wanted=wanted, absent=seen.absent, single=single, skip=seen.skip)
+    if not any(p.is_error for p in found):
+        plan.result.signature = {"policy": policy.method, "trusted": _policy_words(policy), "signer": statement.signer,
+                                 "file": label, "verified": "now"}
     if not found and not plan.result.errors and fp is not None:
-        ctx.receipts.mark_lane(key, fp, [])
+        ctx.receipts.mark_lane(key, fp, [], {"signer": statement.signer})
     return found
 
 
@@ -575,10 +626,10 @@ def describe(sig: Path, files: Iterable[str] = (), single: str | None = None) ->
         st = sig.stat()
         if st.st_size > MAX_BUNDLE:
             return {"file": sig.name, "error": f"{st.st_size} bytes: too large for a signature"}
-        bundle = json.loads(sig.read_bytes())
+        bundle = _bounded_json(sig.read_bytes(), "it")
         envelope = bundle["dsseEnvelope"]
-        statement = json.loads(base64.b64decode(envelope["payload"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        statement = _bounded_json(base64.b64decode(envelope["payload"]), "its statement")
+    except (OSError, ValueError, KeyError, TypeError, SignatureError) as exc:
         return {"file": sig.name, "error": f"not a model signature bundle ({_reason(exc)})"}
     if not isinstance(statement, dict):
         return {"file": sig.name, "error": "the envelope's payload is not an in-toto statement"}

@@ -324,7 +324,10 @@ class SmokeReport:
         return "; ".join(parts) + (f" (+{len(bad) - 3} more endpoints)" if len(bad) > 3 else "")
 
     def to_dict(self) -> dict[str, Any]:
+        from .report import SCHEMA_VERSION
+
         d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "status": self.status, "exit_code": int(self.exit_code), "command": "smoke",
             "elapsed_s": round(self.elapsed_s, 3), "endpoints": [r.to_dict() for r in self.endpoints],
         }

@@ -462,9 +462,7 @@ class Fetcher:
 
     def _fetch(self, job: Job) -> None:
         partial = self.held.file(staging_name(job))
-        algos: tuple[str, ...] = ("sha256",) if (job.expect.sha256 or not job.expect.sha1) else ("sha1",)
-        if job.expect.sha1 and job.expect.size is None:
-            algos = ("sha256",)
+        algos = fetch_algos(job.expect)
         key = self.progress.start(job.label, job.size)
         transfer = Transfer(self.opts.timeouts, self.deadline, self.cancel, self.may_write, lambda n: self.progress.advance(key, n),
                             self.budget, self.progress.log)
@@ -479,6 +477,7 @@ class Fetcher:
                     delay = retry_delay(attempt, last, self.deadline)
                     if delay is None:
                         break
+                    self.progress.pause(key)
                     self.progress.log(f"{job.label}: retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
                     if self.cancel.wait(delay):
                         raise FetchError(f"{job.label}: cancelled")
@@ -486,7 +485,7 @@ class Fetcher:
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise FetchError(f"{job.label}: the run's deadline passed")
                 try:
-                    got = job.source.fetch(job.entry, partial, algos, transfer)
+                    got = job.source.fetch(self._planned(job), partial, algos, transfer)
                     digests, size = got.digests, got.size
                     self._verify(job, partial, size, digests)
                     if self.cancel.is_set():
@@ -516,23 +515,41 @@ class Fetcher:
                             "lane": job.lane.name, "file": job.rel, "reason": mask(str(exc))[:500],
                             "version": __version__, "allow_pickle": job.lane.allow_pickle})
                         break
+                    if job.source.deterministic:
+                        break  # a local copy gives the same bytes every time: asking again cannot help
                 except FetchError as exc:
                     last = exc
             assert last is not None
             msg = str(last)
-            raise type(last)(f"{job.label}: {msg}" if not msg.startswith(job.label) else msg, url=getattr(last, "url", None), status=getattr(last, "status", None))
+            err = type(last)(f"{job.label}: {msg}" if not msg.startswith(job.label) else msg, url=getattr(last, "url", None),
+                             status=getattr(last, "status", None), hint=last.hint)
+            err.permanent = last.permanent
+            raise err
         finally:
             if key is not None:
                 self.progress.finish(key)
 
+    def _planned(self, job: Job) -> Entry:
+        """The entry as the transfer should plan it: a size the source told before the body
+        (a URL's HEAD) makes a large file eligible for parallel ranges, as a size in the
+        manifest does. The size is then also required of the body; the manifest's own
+        expectations (`job.expect`) are what the bytes are verified against."""
+        if job.entry.expect.size is None and job.size_hint is not None:
+            return dataclasses.replace(job.entry, expect=dataclasses.replace(job.entry.expect, size=job.size_hint))
+        return job.entry
+
     def _verify(self, job: Job, partial: StagedFile, size: int, digests: dict[str, str]) -> None:
         exp = job.expect
+        what = job.source.fetched_as  # "the downloaded bytes", "the bytes copied from the mirror"
+        pinned = f" (pinned at {exp.origin})" if exp.origin else " (as the source lists it)"
         if exp.size is not None and size != exp.size:
-            raise IntegrityError(f"{job.label}: got {size} bytes, expected {exp.size}")
+            raise IntegrityError(f"{job.label}: {what} are {size} bytes long, expected {exp.size}{pinned}")
         if exp.sha256 and digests.get("sha256") != exp.sha256:
-            raise IntegrityError(f"{job.label}: downloaded sha256 is {digests.get('sha256')}, expected {exp.sha256}")
+            raise IntegrityError(f"{job.label}: {what} hash to sha256 {digests.get('sha256')}, expected {exp.sha256}{pinned}")
         if not exp.sha256 and exp.sha1 and digests.get("sha1") != exp.sha1:
-            raise IntegrityError(f"{job.label}: downloaded git blob sha1 is {digests.get('sha1')}, expected {exp.sha1}")
+            raise IntegrityError(f"{job.label}: {what} hash to git blob sha1 {digests.get('sha1')}, expected {exp.sha1}{pinned}")
+        if not exp.sha256 and not exp.sha1 and exp.crc32c and digests.get("crc32c") != exp.crc32c:
+            raise IntegrityError(f"{job.label}: {what} have crc32c {digests.get('crc32c')}, expected {exp.crc32c}{pinned}")
         from .check import check_single_file
 
         # read through the held staging descriptor (StagedFile.__fspath__)
@@ -557,6 +574,20 @@ class Fetcher:
         self.session.ctx.receipts.record(state_key(self.session.ctx.models_dir, job.link or job.target), st, digests)
 
 
+def fetch_algos(exp: FileExpect) -> tuple[str, ...]:
+    """What a download hashes while it writes: the digest it is held to. sha256 when pinned
+    (and when nothing else is known: receipts keep it); the git blob sha1 of a small Hub
+    file; a Cloud Storage object's CRC32C alone when that is all the source vouches for
+    (several GB/s, where sha256 would be the slowest step of a fast download)."""
+    if exp.sha256:
+        return ("sha256",)
+    if exp.sha1 and exp.size is not None:
+        return ("sha1",)
+    if exp.crc32c and not exp.sha1:
+        return ("crc32c",)
+    return ("sha256",)
+
+
 def settle_listings(session: Session, remote: Remote) -> None:
     """Once the volume agrees with the sources' listings (`session.report` holds the
     check just made): ready hf-cache lanes get refs/<revision> → commit (as
@@ -574,6 +605,13 @@ def settle_listings(session: Session, remote: Remote) -> None:
                 if key_under(base, key) not in listing:
                     receipts.forget(key)
     ready = {r.name for r in session.report.lanes if not r.errors}
+    for lane in session.lanes:  # what each ready lane now holds, for `check` and `status` to report as a commit
+        version = remote.expect.get(lane.name, ({}, None))[1]
+        if lane.name in ready and version and lane.source is not None:
+            receipts.mark_synced(lane.name, lane.source.raw, version)
+            for r in session.report.lanes:
+                if r.name == lane.name:
+                    r.revision = version
     for lane in session.lanes:
         if lane.kind != "hf-cache" or lane.name not in remote.expect or lane.name not in ready:
             continue  # refs/<revision> moves only to a complete, verified snapshot
@@ -690,20 +728,19 @@ def run_sync(session: Session, opts: Options) -> Report:
     progress = Progress(quiet=bool(session.opts.get("quiet")))
     deadline = time.monotonic() + opts.deadline if opts.deadline else None
     try:
-        if opts.offline:
-            session.check()
-            report.notes.append("offline: nothing was fetched")
-            return report
         remote = Remote(session, opts, progress, deadline)
+        offline_skipped = 0
         for lane in session.lanes:
+            if opts.offline and not (lane.source is not None and lane.source.scheme == "local"):
+                offline_skipped += lane.source is not None
+                continue  # offline means no network: local mirrors are still read
             remote.resolve(lane)
-        if remote.errors:
-            if any(l.required for l in session.lanes if l.name in remote.errors):
-                session.check(remote.expect)
-                _attach(report, remote.errors)
-                _fail_with(report, remote.errors)
-                return report
-        blocked: dict[str, PreflightError] = dict(remote.errors)  # lanes that fail without a fetch (optional ones here)
+        if opts.offline:
+            report.notes.append("offline: nothing was fetched over the network" + (
+                f" ({plural(offline_skipped, 'lane')} with a remote source checked as they stand)" if offline_skipped else ""))
+        # A lane whose source failed (a gated repo without a token, a server down) fails
+        # alone: every other lane is still fetched, and the exit code names the worst.
+        blocked: dict[str, PreflightError] = dict(remote.errors)
         results = session.check(remote.expect).lanes
         jobs = held_back(session, plan_jobs(session, remote, results), blocked)
         if not jobs:
@@ -770,10 +807,15 @@ def run_sync(session: Session, opts: Options) -> Report:
                 for r in results:
                     sw = switches.get(r.name)
                     if sw is not None and not sw.flipped:
-                        # The lane path still serves the revision before; why the new one is not ready is what matters.
-                        r.problems = list(staged_results[r.name].problems) + [P.warning(r.path, P.NOT_SWITCHED,
-                            f"{r.path} still serves {sw.old_rid and 'revision ' + sw.old_rid or 'the folder as it was'}: revision {sw.rid} "
-                            f"is assembled in {sw.staged.path} and becomes current once it is ready")]
+                        # Why the new revision is not ready is what matters; the lane path still serves
+                        # what stood there before, if anything did.
+                        r.problems = list(staged_results[r.name].problems)
+                        if sw.was != "missing":
+                            serves = f"revision {sw.old_rid}" if sw.old_rid else "the folder as it was (in place)"
+                            r.serving = {"revision": sw.old_rid, "layout": "revisions" if sw.old_rid else "in-place", "wanted": sw.rid}
+                            r.problems.append(P.warning(r.path, P.NOT_SWITCHED,
+                                f"{r.path} still serves {serves}: revision {sw.rid} is assembled in {sw.staged.path} "
+                                "and becomes current once it is ready"))
                         r.settle()
                 settle_listings(session, remote)
                 for r in results:
@@ -798,6 +840,7 @@ class Switch:
     staged: Lane
     rid: str
     old_rid: str | None
+    was: str = "missing"  # what stood at the lane path: "missing", "revision", "folder"
     flipped: bool = False
 
     def flip(self, session: Session) -> str | None:
@@ -843,7 +886,7 @@ def prepare_switches(session: Session, remote: Remote, progress: Progress) -> di
                 continue
             if linked:
                 progress.log(f"{lane.name}: revision {rid} assembled beside {cur.rid or 'the current folder'} ({plural(linked, 'unchanged file')} linked)")
-        out[lane.name] = Switch(lane, staged, rid, cur.rid)
+        out[lane.name] = Switch(lane, staged, rid, cur.rid, cur.state)
     return out
 
 
@@ -900,12 +943,17 @@ def _attach(report: Report, errors: dict[str, PreflightError]) -> None:
 def _fail_with(report: Report, errors: dict[str, PreflightError]) -> None:
     """The exit code of the most telling failure among required lanes: auth, then fetch."""
     required = {l.name for l in report.lanes if l.required}
-    relevant = [e for n, e in errors.items() if n in required]
+    relevant = [(n, e) for n, e in errors.items() if n in required]
     if not relevant:
         return
     lanes_ok = all(l.status in ("ready", "skipped") for l in report.lanes if l.required)
     if lanes_ok:
         return
-    ranked = sorted(relevant, key=lambda e: {ExitCode.AUTH: 0, ExitCode.DISK_SPACE: 1, ExitCode.FETCH: 2}.get(e.exit_code, 3))
-    report.exit_code = ranked[0].exit_code
-    report.reason = str(ranked[0])
+    ranked = sorted(relevant, key=lambda ne: {ExitCode.AUTH: 0, ExitCode.DISK_SPACE: 1, ExitCode.FETCH: 2}.get(ne[1].exit_code, 3))
+    name, first = ranked[0]
+    report.exit_code = first.exit_code
+    said = str(first)
+    report.reason = said if said.startswith(f"{name}/") or said.startswith(f"lane {name}") else f"lane {name}: {said}"
+    if len(ranked) > 1:
+        report.reason += f" (and {plural(len(ranked) - 1, 'more lane')})"
+    report.hint = getattr(first, "hint", None) or report.hint

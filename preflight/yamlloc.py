@@ -142,12 +142,55 @@ def load_yaml(text: str, file: str, env: Mapping[str, str] | None = None, *, exp
             # libyaml (PyYAML 6.0.4 on) has a nesting limit of its own, which its look-ahead
             # may reach before our MAX_DEPTH does: one message whichever layer refuses.
             raise ManifestError(f"nested more than {MAX_DEPTH} levels deep", file=file, line=line) from None
-        raise ManifestError(f"not valid YAML: {problem}", file=file, line=line) from None
+        column = mark.column + 1 if mark else None
+        raise ManifestError(f"not valid YAML: {problem}" + _caret(text, mark), file=file, line=line, column=column,
+                            hint=_syntax_hint(problem, exc.context or "", _char_at(text, mark))) from None
     except yaml.YAMLError as exc:
         raise ManifestError(f"not valid YAML: {exc}", file=file) from None
     except RecursionError:  # MAX_DEPTH keeps us far from it; a last line of defence
         raise ManifestError("nested too deeply", file=file) from None
     return doc
+
+
+def _caret(text: str, mark) -> str:
+    """The offending line with a caret under the column, for a syntax error."""
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    if not 0 <= mark.line < len(lines):
+        return f" (column {mark.column + 1})"
+    shown = lines[mark.line].replace("\t", " ")
+    if len(shown) > 160:
+        start = max(0, mark.column - 80)
+        shown, col = shown[start:start + 160], mark.column - start
+    else:
+        col = mark.column
+    return f" (column {mark.column + 1}):\n    {shown}\n    {' ' * col}^"
+
+
+def _char_at(text: str, mark) -> str:
+    lines = text.splitlines() if mark is not None else []
+    if mark is not None and 0 <= mark.line < len(lines) and 0 <= mark.column < len(lines[mark.line]):
+        return lines[mark.line][mark.column]
+    return ""
+
+
+def _syntax_hint(problem: str, context: str, char: str = "") -> str:
+    """What usually causes PyYAML's complaint, in the manifest's terms."""
+    p = f"{context} {problem}".lower()
+    if char == "\t" or "\\t" in problem or "tab" in p:
+        return "YAML indents with spaces, not tabs"
+    if "mapping values are not allowed" in p:
+        return "a value that holds ': ' must be quoted (\"...\"), or this line is indented deeper than its key"
+    if "block end" in p or "block mapping" in p or "block collection" in p or "indentation" in p:
+        return "check the indentation: the keys of one lane line up under its first key (`- name:`), with spaces"
+    if "found undefined alias" in p or "anchor" in p:
+        return "an alias (*name) needs an anchor (&name) above it"
+    if "flow" in p or "expected ','" in p or "expected ']'" in p or "expected '}'" in p:
+        return "a [list] or {mapping} written on one line is missing a comma or its closing bracket"
+    if "quoted scalar" in p or "end of stream" in p:
+        return "a quoted value is missing its closing quote"
+    return "check the indentation and quoting of that line (YAML indents with spaces; quote values that hold ': ' or '#')"
 
 
 def _size(n: int) -> str:

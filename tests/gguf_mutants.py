@@ -279,6 +279,8 @@ EXPECTED_CODES: dict[str, str] = {
     "scores-one-short": P.VOCAB_INVALID, "tokens-one-short": P.BAD_SHAPE, "bos-id-f32": P.KV_TYPE_MISMATCH,
     "token-repeated": P.VOCAB_INVALID, "unused-known-tensor": P.TENSOR_UNEXPECTED, "unused-bias": P.TENSOR_UNEXPECTED,
     "unused-expert-number": P.TENSOR_UNEXPECTED, "type-43-last-tensor": P.BAD_TENSOR_TYPE, "type-4-removed": P.BAD_TENSOR_TYPE,
+    "type-43-newer": P.UNKNOWN_TENSOR_TYPE, "unused-expert-router": P.TENSOR_UNEXPECTED, "architecture-unknown": P.UNKNOWN_ARCHITECTURE,
+    "tokenizer-model-unknown": P.VOCAB_INVALID,
 }
 
 

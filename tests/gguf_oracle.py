@@ -8,7 +8,8 @@ parent then records that file as refused ("abort") and starts a new worker after
 Per file the worker asks what the server would do: `gguf_init_from_file` (the parser, called
 through ctypes on libggml-base, as the bindings do not wrap it), then
 `llama_model_load_from_file` with the default parameters (mmap, CPU), `vocab_only` for
-vocabulary files.
+vocabulary files; in mode "decode" it then creates a context (which builds the model's graph)
+and decodes one token, the BOS token or 0, as a server's first request does.
 """
 
 from __future__ import annotations
@@ -48,19 +49,31 @@ class Verdict:
     parsed: bool  # gguf_init_from_file accepted the file
     loaded: bool  # llama_model_load_from_file returned a model
     reason: str  # llama.cpp's last error lines, or "abort: ..." when the process died
+    decoded: bool | None = None  # mode "decode": a context was created and one token decoded
 
     @property
     def ok(self) -> bool:
-        return self.parsed and self.loaded
+        return self.parsed and self.loaded and self.decoded is not False
+
+    @property
+    def stage(self) -> str:
+        """Where llama.cpp refused the file: "parse", "load", "decode" (a failure or an abort there), or "" when it did not."""
+        if self.ok:
+            return ""
+        if not self.parsed:
+            return "parse"
+        return "decode" if self.loaded else "load"
 
 
 def judge(requests: list[tuple[str, str]], timeout: float = 600) -> list[Verdict]:
-    """Verdicts for (path, mode) pairs; mode "model" loads the weights, "vocab" the vocabulary only."""
+    """Verdicts for (path, mode) pairs; mode "model" loads the weights, "vocab" the vocabulary only,
+    "decode" loads the weights, creates a context and decodes one token."""
     verdicts: list[Verdict | None] = [None] * len(requests)
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "requests.json"
         req.write_text(json.dumps(requests))
         start = 0
+        loaded_at: dict[int, bool] = {}
         while start < len(requests):
             err = Path(tmp) / f"stderr-{start}.txt"
             with open(err, "wb") as err_f:
@@ -72,15 +85,19 @@ def judge(requests: list[tuple[str, str]], timeout: float = 600) -> list[Verdict
                 msg = json.loads(line)
                 if "start" in msg:
                     current = msg["start"]
+                elif "loaded_only" in msg:
+                    loaded_at[msg["i"]] = True
                 else:
-                    verdicts[msg["i"]] = Verdict(msg["parsed"], msg["loaded"], msg["reason"])
+                    verdicts[msg["i"]] = Verdict(msg["parsed"], msg["loaded"], msg["reason"], msg.get("decoded"))
                     current = msg["i"] + 1
             if current >= len(requests):
                 break
             if verdicts[current] is None:
                 lines = err.read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
                 said = [ln for ln in lines if "GGML_ASSERT" in ln or "error" in ln.lower()] or lines
-                verdicts[current] = Verdict(True, False, "abort: " + (said[-1].strip() if said else f"exit {proc.returncode}"))
+                why = "abort: " + (said[-1].strip() if said else f"exit {proc.returncode}")
+                # an abort after the model loaded happened creating the context or decoding
+                verdicts[current] = Verdict(True, True, why, False) if loaded_at.get(current) else Verdict(True, False, why)
             start = current + 1
     return [v if v is not None else Verdict(False, False, "not judged") for v in verdicts]
 
@@ -123,15 +140,35 @@ def _worker(requests_file: str, start: int) -> None:
         if ctx:
             base.gguf_free(ctx)
         loaded = False
+        decoded = None
         if parsed:
             params = L.llama_model_default_params()
             params.vocab_only = mode == "vocab"
             params.n_gpu_layers = 0
             model = L.llama_model_load_from_file(path.encode(), params)
             loaded = bool(model)
+            if model and mode == "decode":
+                print(json.dumps({"i": i, "loaded_only": True}), file=out, flush=True)
+                decoded = _decode(L, model)
             if model:
                 L.llama_model_free(model)
-        print(json.dumps({"i": i, "parsed": parsed, "loaded": loaded, "reason": " | ".join(errors[-3:])}), file=out, flush=True)
+        print(json.dumps({"i": i, "parsed": parsed, "loaded": loaded, "decoded": decoded, "reason": " | ".join(errors[-3:])}), file=out, flush=True)
+
+
+def _decode(L: object, model: object) -> bool:
+    """A context as a server makes one (small here), and one token through it."""
+    cp = L.llama_context_default_params()  # type: ignore[attr-defined]
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_threads, cp.n_threads_batch = 64, 8, 8, 1, 1
+    ctx = L.llama_init_from_model(model, cp)  # type: ignore[attr-defined]
+    if not ctx:
+        return False
+    try:
+        vocab = L.llama_model_get_vocab(model)  # type: ignore[attr-defined]
+        bos = L.llama_vocab_bos(vocab)  # type: ignore[attr-defined]
+        token = (ctypes.c_int32 * 1)(bos if bos >= 0 else 0)
+        return L.llama_decode(ctx, L.llama_batch_get_one(token, 1)) == 0  # type: ignore[attr-defined]
+    finally:
+        L.llama_free(ctx)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -213,3 +213,69 @@ def zip_of(members: dict[str, bytes], compress: int = zipfile.ZIP_STORED) -> byt
         for name, data in members.items():
             z.writestr(name, data)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- how torch finds what it unpickles
+
+
+def probe(tag: str) -> bytes:
+    """A harmless payload that says it ran: protocol 2, GLOBAL lp_probe.ran, called with `tag`.
+    The torch oracle test provides lp_probe (it appends the tag to a log); preflight refuses it
+    as an import a state dict never needs."""
+    raw = tag.encode()
+    return b"\x80\x02clp_probe\nran\nX" + struct.pack("<I", len(raw)) + raw + b"\x85R."
+
+
+def probe_text(tag: str) -> bytes:
+    """The same in protocol 0, with no PROTO (what fits a tar header's name field)."""
+    return b"clp_probe\nran\n(S'" + tag.encode() + b"'\ntR."
+
+
+def zip_entries(entries: list[tuple[str, bytes]], compress: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip of exactly these entries, in this order, duplicates and all."""
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with zipfile.ZipFile(buf, "w", compress) as z:
+            for name, data in entries:
+                z.writestr(name, data)
+    return buf.getvalue()
+
+
+def tar_entries(entries: list[tuple[str, bytes]], fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def legacy_tar_after(junk: int, payload: bytes) -> bytes:
+    """torch's tar format with `junk` empty entries before its `storages` member, whose first
+    pickle (the storage count, read with plain pickle.load) is `payload`."""
+    return tar_entries([(f"junk{i}", b"") for i in range(junk)]
+                       + [("storages", payload), ("tensors", pickle.dumps(0, 2)), ("pickle", pickle.dumps({}, 2))])
+
+
+def tar_then_broken(first_name: bytes) -> bytes:
+    """A tar whose first entry is named `first_name`, then an extended header followed by a block
+    that is no header. tarfile reads the first entry, then raises while listing the rest, so
+    torch.load gives up on the tar format and unpickles the file from its first byte: the name."""
+    head = tarfile.TarInfo(first_name.decode("latin-1")).tobuf(tarfile.USTAR_FORMAT, "latin-1", "strict")
+    pax = tarfile.TarInfo._create_pax_generic_header({"comment": "x"}, tarfile.XHDTYPE, "utf-8")
+    return head + pax + b"\x01" * 512 + bytes(1024)
+
+
+def legacy_with(slot: int, payload: bytes) -> bytes:
+    """torch's legacy (non-zip) format with its pickle number `slot` (0: the magic number,
+    1: the protocol version, ...) replaced by `payload`."""
+    state, storages = tensors({"w": (2, 2)})
+    parts = [pickle.dumps(MAGIC_NUMBER, 2), pickle.dumps(PROTOCOL_VERSION, 2),
+             pickle.dumps({"protocol_version": PROTOCOL_VERSION, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}, 2),
+             dump(state, legacy=True), pickle.dumps(sorted(s.key for s in storages), 2)]
+    parts[slot] = payload
+    return b"".join(parts) + b"".join(struct.pack("<q", s.numel) + s.data for s in storages)

@@ -1,8 +1,15 @@
-"""A small HTTP proxy in front of the real S3 server: it logs every request (method, key,
-Range, status, body bytes sent) and injects faults into the responses of one object:
-stall after N bytes (until released), drop the connection after N bytes, or close a
-connection without answering. Signatures pass through untouched: the client signs for
-the proxy's host, which is the Host header the server sees.
+"""A small HTTP proxy in front of a real object store (the S3 server, the Cloud Storage
+server): it logs every request (method, path, query, headers, Range, status, body bytes
+sent) and injects faults into the responses of one object: stall after N bytes (until
+released), drop the connection after N bytes, close a connection without answering, or
+flip one byte of the body at offset N. `gate` may refuse a request before it is
+forwarded (an authorization check the server itself does not make). Signatures pass
+through untouched: the client signs for the proxy's host, which is the Host header the
+server sees.
+
+`listing` stands in for the server's ListObjectsV2 answers: a function of the request's
+query that returns the body (bytes, or an iterator of chunks sent without a length), for
+hostile listings a real server would not produce.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ import http.client
 import socket
 import socketserver
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 
 @dataclass
@@ -22,13 +30,16 @@ class Request:
     range: str | None
     status: int = 0
     bytes_sent: int = 0
+    query: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
 
 
 @dataclass
 class Fault:
     """What the next `times` GETs of one object get."""
 
-    kind: str  # "stall" (after `after` body bytes, until released), "drop" (after `after` bytes), "refuse" (no answer)
+    kind: str  # "stall" (after `after` body bytes, until released), "drop" (after `after` bytes), "refuse" (no answer),
+    # "corrupt" (the body byte at offset `after` flipped)
     after: int = 0
     times: int = 1
     release: threading.Event = field(default_factory=threading.Event)
@@ -39,6 +50,9 @@ class S3Proxy:
         self.upstream_port = upstream_port
         self.requests: list[Request] = []
         self.faults: dict[str, list[Fault]] = {}
+        self.gate: Callable[[Request], tuple[int, bytes] | None] | None = None  # (status, JSON body) refuses the request
+        self.listing: Callable[[dict[str, str]], bytes | Iterator[bytes]] | None = None
+        self.listings = 0  # listing requests answered by `listing`
         self._lock = threading.Lock()
         proxy = self
 
@@ -113,9 +127,19 @@ class S3Proxy:
             body = rfile.read(length) if length else None
             path = unquote(urlsplit(target).path)
             rng = next((v for k, v in headers if k.lower() == "range"), None)
-            req = Request(method, path, rng)
+            req = Request(method, path, rng, query=urlsplit(target).query, headers={k.lower(): v for k, v in headers})
             with self._lock:
                 self.requests.append(req)
+            refused = self.gate(req) if self.gate is not None else None
+            if refused is not None:
+                req.status = refused[0]
+                sock.sendall(f"HTTP/1.1 {refused[0]} Refused\r\nContent-Type: application/json\r\nContent-Length: {len(refused[1])}\r\n"
+                             "Connection: close\r\n\r\n".encode() + refused[1])
+                return
+            query = dict(parse_qsl(urlsplit(target).query, keep_blank_values=True))
+            if method == "GET" and query.get("list-type") == "2" and self.listing is not None:
+                self._list(sock, req, self.listing(query))
+                return
             fault = self._take_fault(method, path)
             if fault is not None and fault.kind == "refuse":
                 sock.shutdown(socket.SHUT_RDWR)
@@ -152,10 +176,26 @@ class S3Proxy:
             except OSError:
                 pass
 
+    def _list(self, sock: socket.socket, req: Request, body: bytes | Iterator[bytes]) -> None:
+        with self._lock:
+            self.listings += 1
+        req.status = 200
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+        chunks = iter([body]) if isinstance(body, bytes) else body
+        if isinstance(body, bytes):
+            head += f"Content-Length: {len(body)}\r\n"
+        sock.sendall((head + "\r\n").encode())
+        for chunk in chunks:
+            sock.sendall(chunk)
+            req.bytes_sent += len(chunk)
+
     def _stream(self, sock: socket.socket, resp: http.client.HTTPResponse, whole: bytes | None, req: Request, fault: Fault | None) -> None:
         chunks = iter([whole]) if whole is not None else iter(lambda: resp.read1(65536), b"")
         for chunk in chunks:
-            if fault is not None and req.bytes_sent + len(chunk) >= fault.after:
+            if fault is not None and fault.kind == "corrupt" and req.bytes_sent <= fault.after < req.bytes_sent + len(chunk):
+                at = fault.after - req.bytes_sent
+                chunk = chunk[:at] + bytes([chunk[at] ^ 0xFF]) + chunk[at + 1:]
+            elif fault is not None and fault.kind != "corrupt" and req.bytes_sent + len(chunk) >= fault.after:
                 cut = fault.after - req.bytes_sent
                 sock.sendall(chunk[:cut])
                 req.bytes_sent += cut

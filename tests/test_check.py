@@ -120,6 +120,23 @@ def test_missing_lane(vol: Volume) -> None:
 
 # ------------------------------------------------------------------------ one problem code each
 
+def test_a_gguf_that_is_only_a_vocabulary_is_ready_when_the_lane_says_so(vol: Volume, tmp_path: Path) -> None:
+    """A GGUF without tensors but with a model's hyper-parameters (llama.cpp's vocabulary files,
+    renamed) is a model without weights unless the lane declares `vocab_only: true`."""
+    from tests import gguf_mutants as M
+
+    data = M.write_structural("no-tensors", tmp_path / "v.gguf").read_bytes()
+    vol.put("gguf", {"tokenizer.gguf": data})
+    vol.lanes("- {name: vocab, kind: gguf, path: gguf/tokenizer.gguf}")
+    run = vol.check()
+    assert run.code == 1 and run.codes("vocab") == ["weights-missing"]
+    assert "set vocab_only: true on the lane" in run.lane("vocab")["problems"][0]["message"]
+    vol.lanes("- {name: vocab, kind: gguf, path: gguf/tokenizer.gguf, vocab_only: true}")
+    assert vol.check().code == 0
+    vol.lanes("- {name: vocab, kind: gguf, path: gguf/tokenizer.gguf}")  # the receipts do not keep the verdict of another setting
+    assert vol.check().code == 1
+
+
 def _hf(vol: Volume, **kw) -> Path:
     root = vol.put("vllm/tiny", hf_model(**kw))
     vol.lanes(HF)

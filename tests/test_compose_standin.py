@@ -179,7 +179,7 @@ def test_a_changed_mirror_byte_fails_the_sync(tmp_path: Path) -> None:
     lanes = {lane["name"]: lane for lane in json.loads(done.stdout)["lanes"]}
     assert lanes["tiny-llm"]["status"] == "ready"
     assert "fetch-failed" in {p["code"] for p in lanes["tiny-gguf"]["problems"]}
-    assert "downloaded sha256 is" in done.stderr
+    assert "the bytes copied from the mirror hash to sha256" in done.stderr and "pinned at" in done.stderr
     assert not (tmp_path / "models/gguf/tiny.gguf").exists()
 
 

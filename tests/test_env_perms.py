@@ -48,9 +48,20 @@ def test_env_lines_are_sourceable_by_a_real_shell(tmp_path: Path) -> None:
 
 def test_env_json_follows_models_dir_override_and_profile(tmp_path: Path) -> None:
     (tmp_path / "m.yaml").write_text(ENV_MANIFEST)
-    res = run(["env", "-m", str(tmp_path / "m.yaml"), "-d", "/srv/models", "--profile", "text", "--format", "json"])
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == {"EMBEDDING_MODEL_PATH": "/srv/models/embeddings/all-MiniLM-L6-v2"}
+    for how in (["--format", "json"], ["--json"]):
+        res = run(["env", "-m", str(tmp_path / "m.yaml"), "-d", "/srv/models", "--profile", "text", *how])
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == {"schema_version": 1, "env": {"EMBEDDING_MODEL_PATH": "/srv/models/embeddings/all-MiniLM-L6-v2"}}
+
+
+def test_env_lines_are_quoted_as_the_readme_shows_and_docker_gets_its_own_format(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(ENV_MANIFEST)
+    res = run(["env", "-m", str(tmp_path / "m.yaml"), "-d", "/srv/it's models", "--profile", "text"])
+    assert res.stdout == "EMBEDDING_MODEL_PATH='/srv/it'\"'\"'s models/embeddings/all-MiniLM-L6-v2'\n"
+    shell = subprocess.run(["sh", "-c", '. /dev/stdin && printf "%s" "$EMBEDDING_MODEL_PATH"'], input=res.stdout, capture_output=True, text=True, check=True)
+    assert shell.stdout == "/srv/it's models/embeddings/all-MiniLM-L6-v2"
+    docker = run(["env", "-m", str(tmp_path / "m.yaml"), "-d", "/srv/models", "--profile", "text", "--format", "docker"])
+    assert docker.stdout == "EMBEDDING_MODEL_PATH=/srv/models/embeddings/all-MiniLM-L6-v2\n"
 
 
 def test_env_rejects_a_name_two_lanes_claim(tmp_path: Path) -> None:

@@ -170,10 +170,10 @@ def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
     env = d.run("env", "-m", str(d.manifest))
     assert env.returncode == 0, env.stderr
     assert env.stdout.splitlines() == [
-        f"TEXT_MODEL_PATH={d.models}/llm/mistral-7b-instruct-v0.2.Q4_K_M.gguf",
-        f"EMBEDDING_MODEL_PATH={d.models}/embeddings/all-MiniLM-L6-v2",
-        f"CLIP_MODEL_PATH={d.models}/clip/ViT-B-32.pt",
-        f"WHISPER_MODEL_PATH={d.models}/whisper/small.pt",
+        f"TEXT_MODEL_PATH='{d.models}/llm/mistral-7b-instruct-v0.2.Q4_K_M.gguf'",
+        f"EMBEDDING_MODEL_PATH='{d.models}/embeddings/all-MiniLM-L6-v2'",
+        f"CLIP_MODEL_PATH='{d.models}/clip/ViT-B-32.pt'",
+        f"WHISPER_MODEL_PATH='{d.models}/whisper/small.pt'",
     ]
 
     # offline, the way the app's own variables say: nothing fetched, a missing file is named

@@ -77,6 +77,7 @@ def hub() -> HubServer:
     ("hf://org/model", "hf-dir"), ("hf://org/model@main", "hf-dir"), ("hf://org/model/sub", "hf-dir"),
     ("hf://org/model/model.Q4_K_M.gguf", "gguf"), ("hf://org/model/model.safetensors", "file"),
     ("s3://bucket/prefix/llama", "hf-dir"), ("s3://bucket/model.tar.gz", "hf-dir"), ("s3://bucket/x/model.gguf", "gguf"),
+    ("gs://bucket/prefix/llama", "hf-dir"), ("gs://bucket/model.zip", "hf-dir"), ("gs://bucket/x/model.gguf#1712345678901234", "gguf"),
     ("https://host/a/model.tar.gz", "hf-dir"), ("https://host/a/model.tgz?sig=1", "hf-dir"), ("https://host/a/model.zip", "hf-dir"),
     ("https://host/a/model.bin", "file"), ("https://host/download?id=3", "file"), ("file:///srv/mirror/coder", "hf-dir"),
     ("/srv/mirror/model.tar.zst", "hf-dir"), ("oci://reg:5000/models/coder:v1", "hf-dir"), ("oci://reg/m:v1//x/model.gguf", "gguf"),

@@ -140,7 +140,42 @@ def dims_overflow(path: Path) -> Path:
     return write(path, header(1, 0) + info, 4096)
 
 
+def _kv(key: str, value: int | str) -> bytes:
+    if isinstance(value, str):
+        return s(key) + struct.pack("<I", STRING) + s(value)
+    return s(key) + struct.pack("<II", U32, value)
+
+
+def deepest_load_path(path: Path) -> Path:
+    """A llama header at llama.cpp's limits: 512 blocks of 1024 experts, every tensor the loader
+    asks for present (infos only, data sparse), one dimension of the last block's last tensor off:
+    the whole load path runs before the refusal."""
+    n_layer, n_expert, e, ff = 512, 1024, 64, 64
+    kvs = [("general.architecture", "llama"), ("llama.context_length", 256), ("llama.embedding_length", e),
+           ("llama.block_count", n_layer), ("llama.feed_forward_length", ff), ("llama.attention.head_count", 4),
+           ("llama.expert_count", n_expert), ("llama.expert_used_count", 2), ("tokenizer.ggml.model", "llama")]
+    body = b"".join(_kv(k, v) for k, v in kvs) + s("tokenizer.ggml.tokens") + struct.pack("<IIQ", ARRAY, STRING, 4) + s("a") + s("b") + s("c") + s("d")
+    body += s("llama.attention.layer_norm_rms_epsilon") + struct.pack("<If", 6, 1e-5)
+    shapes = {"token_embd.weight": (e, 4), "output_norm.weight": (e,)}
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        shapes |= {b + "attn_norm.weight": (e,), b + "attn_q.weight": (e, e), b + "attn_k.weight": (e, e), b + "attn_v.weight": (e, e),
+                   b + "attn_output.weight": (e, e), b + "ffn_norm.weight": (e,), b + "ffn_gate_inp.weight": (e, n_expert),
+                   b + "ffn_gate_exps.weight": (e, ff, n_expert), b + "ffn_down_exps.weight": (ff, e, n_expert),
+                   b + "ffn_up_exps.weight": (e, ff, n_expert + (1 if i == n_layer - 1 else 0))}
+    infos, offset = b"", 0
+    for name, dims in shapes.items():
+        infos += s(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, 0, offset)
+        n = 4
+        for d in dims:
+            n *= d
+        offset += -(-n // 32) * 32
+    head = header(len(shapes), len(kvs) + 2) + body + infos
+    return write(path, head, -(-len(head) // 32) * 32 + offset)
+
+
 CASES = {
+    "load-path-512-blocks-1024-experts": (deepest_load_path, P.BAD_SHAPE),
     "nested-arrays-1.5GiB": (nested_arrays, P.BAD_VALUE_TYPE),
     "nested-arrays-200k": (nested_arrays_dense, P.BAD_VALUE_TYPE),
     "2M-tensors": (many_tensors, P.COUNT_TOO_LARGE),

@@ -21,8 +21,11 @@ def inspect(*args: str):
 
 
 def as_json(path: Path, *extra: str) -> tuple[int, dict]:
+    """The JSON of `inspect --json`, its schema_version checked and set aside."""
     r = inspect(path, "--json", *extra)
-    return r.exit_code, json.loads(r.stdout)
+    doc = json.loads(r.stdout)
+    assert doc.pop("schema_version") == 1
+    return r.exit_code, doc
 
 
 def fields(text: str) -> dict[str, str]:
@@ -234,3 +237,8 @@ def test_inspect_shows_the_gguf_model_facts_it_checked(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert (doc["architecture"], doc["blocks"], doc["vocabulary_size"]) == ("llama", 1, 32)
     assert doc["tied_embeddings"] is True  # no output.weight: llama.cpp reuses token_embd
+    from preflight.formats.gguf_arch import ENGINE
+
+    assert doc["checked_against"] == f"llama.cpp {ENGINE['llama.cpp']} (llama-cpp-python 0.3.36)"
+    text = CliRunner().invoke(main, ["inspect", str(path)]).output
+    assert f"checked against:  llama.cpp {ENGINE['llama.cpp']}" in text

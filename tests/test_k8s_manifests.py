@@ -164,15 +164,43 @@ def test_manifest_comes_from_the_configmap_and_parses(kind: str, tmp_path: Path)
     assert manifest.lanes
 
 
-def test_server_serves_a_folder_the_manifest_makes_ready(tmp_path: Path) -> None:
-    (server,) = _pod("Deployment")["containers"]
-    model = next(a.split("=", 1)[1] for a in server["args"] if a.startswith("--model="))
+def test_server_reads_its_model_path_from_the_lane_through_the_env_file(tmp_path: Path) -> None:
+    """No second copy of the path: the init container writes the lanes' `env:` paths once
+    ready, the server sources them; the variable it serves is a required lane's."""
+    import re
+    import subprocess
+    import sys
+
+    pod = _pod("Deployment")
+    (server,) = pod["containers"]
+    init = _preflight_container("Deployment")
+    env_file = _env(init)["PREFLIGHT_ENV_FILE"]
+    assert _mount(init, "models-env")["mountPath"] == _mount(server, "models-env")["mountPath"] == str(Path(env_file).parent)
+    assert _mount(server, "models-env").get("readOnly") is True
+    script = server["args"][0]
+    assert script.startswith(f". {env_file} &&") and server["command"] == ["/bin/sh", "-c"]
+    (var,) = re.findall(r'"\$([A-Z_]+)"', script)
     text = _one("ConfigMap")["data"]["manifest.yaml"]
     (tmp_path / "manifest.yaml").write_text(text)
     manifest = load_manifest(tmp_path / "manifest.yaml", env={})
-    required = {f"{manifest.models_dir}/{lane.path}" for lane in manifest.lanes if lane.required}
-    assert model in required
+    (lane,) = [l for l in manifest.lanes if l.env == var]
+    assert lane.required and lane.kind == "hf-dir"
+    # what the server's shell gets from `preflight env` (the same lines sync --env-file writes)
+    lines = subprocess.run([sys.executable, "-m", "preflight.cli", "env", "-m", str(tmp_path / "manifest.yaml")],
+                           capture_output=True, text=True, check=True).stdout
+    got = subprocess.run(["sh", "-c", f'. /dev/stdin && printf %s "${var}"'], input=lines, capture_output=True, text=True, check=True)
+    assert got.stdout == f"{manifest.models_dir}/{lane.path}"
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in server["env"]
+
+
+def test_the_server_is_hardened_has_shared_memory_and_the_run_a_deadline() -> None:
+    pod = _pod("Deployment")
+    (server,) = pod["containers"]
+    sc = server["securityContext"]
+    assert sc["runAsNonRoot"] and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert _volume(pod, _mount(server, "dshm")["name"])["emptyDir"]["medium"] == "Memory" and _mount(server, "dshm")["mountPath"] == "/dev/shm"
+    for kind in ("Deployment", "Job"):
+        assert float(_env(_preflight_container(kind))["PREFLIGHT_DEADLINE"]) > 0
 
 
 def test_prewarm_job_fails_fast_on_manifest_and_auth_errors() -> None:
@@ -186,10 +214,15 @@ def test_prewarm_job_fails_fast_on_manifest_and_auth_errors() -> None:
 
 
 def test_job_and_init_container_run_the_same_preflight() -> None:
+    """The same image, arguments, hardening and mounts; only what the server needs (the
+    env file and its folder) and the run's deadline differ."""
     init, job = _preflight_container("Deployment"), _preflight_container("Job")
-    for key in ("image", "args", "env", "securityContext", "volumeMounts"):
+    server_only = {"PREFLIGHT_ENV_FILE", "PREFLIGHT_DEADLINE", "models-env", "dshm", "server-tmp"}
+    for key in ("image", "args", "securityContext"):
         assert init[key] == job[key], key
-    assert _pod("Deployment")["volumes"] == _pod("Job")["volumes"]
+    for key in ("env", "volumeMounts"):
+        assert [e for e in init[key] if e["name"] not in server_only] == [e for e in job[key] if e["name"] not in server_only], key
+    assert [v for v in _pod("Deployment")["volumes"] if v["name"] not in server_only] == _pod("Job")["volumes"]
 
 
 def test_smoke_job_checks_the_served_model_after_deploy() -> None:
@@ -199,7 +232,9 @@ def test_smoke_job_checks_the_served_model_after_deploy() -> None:
     endpoint = _env(container)["PREFLIGHT_SMOKE_ENDPOINT"]
     service = _one("Service", "vllm")
     port = service["spec"]["ports"][0]["port"]
-    served = [a.split("=", 1)[1] for a in _pod("Deployment")["containers"][0]["args"] if a.startswith("--served-model-name=")]
+    import re
+
+    served = re.findall(r"--served-model-name=(\S+)", _pod("Deployment")["containers"][0]["args"][0])
     assert endpoint == f"{served[0]}=vllm@http://vllm:{port}#{served[0]}"
     from preflight.smoke import parse_endpoint_spec
 
@@ -207,3 +242,27 @@ def test_smoke_job_checks_the_served_model_after_deploy() -> None:
     # not-ready-yet (3) is retried; a wrong model or auth error fails at once
     (rule,) = job["spec"]["podFailurePolicy"]["rules"]
     assert 3 not in rule["onExitCodes"]["values"] and {1, 4} <= set(rule["onExitCodes"]["values"])
+
+
+def test_the_shipped_validation_script_checks_every_folder_offline(tmp_path: Path) -> None:
+    """ops/validate-k8s.py is how a user validates the manifests (README): it passes on
+    what ships, in a network namespace with no network at all, and fails naming a broken
+    resource."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "ops" / "validate-k8s.py"
+    isolate = ["unshare", "-n"] if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0 else []
+    ok = subprocess.run([*isolate, sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "0 invalid" in ok.stdout and "ops/k8s/deployment.yaml: Deployment/vllm" in ok.stdout
+    broken = tmp_path / "k8s"
+    shutil.copytree(K8S, broken, ignore=shutil.ignore_patterns("oci", "s3", "signing"))
+    text = (broken / "deployment.yaml").read_text().replace("containerPort: 8000", "containerPort: eight-thousand")
+    (broken / "deployment.yaml").write_text(text)
+    cm = (broken / "configmap.yaml").read_text().replace("kind: hf-dir", "kind: hf-dri", 1)
+    (broken / "configmap.yaml").write_text(cm)
+    bad = subprocess.run([*isolate, sys.executable, str(script), str(broken)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "INVALID" in bad.stdout and "Deployment/vllm" in bad.stdout and "unknown kind 'hf-dri'" in bad.stdout

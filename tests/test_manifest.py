@@ -62,6 +62,7 @@ lanes:
     source: hf://org/tiny-gguf/tiny.Q8_0.gguf@abc
     profiles: [extra]
     enabled: false
+    vocab_only: true
   - name: clip
     kind: file
     path: clip/ViT-B-32.pt
@@ -101,6 +102,7 @@ def test_every_field_is_read(tmp_path: Path) -> None:
     gg = m.lane("tiny-gguf")
     assert gg.path == "gguf/tiny.Q8_0.gguf" and gg.source.path_in_repo == "tiny.Q8_0.gguf" and gg.revision == "abc"
     assert gg.profiles == ("extra",) and gg.enabled is False and gg.required is False and gg.serves_text is False
+    assert gg.vocab_only is True and tiny.vocab_only is False
 
     clip = m.lane("clip")
     assert clip.source.scheme == "https" and clip.files == {"ViT-B-32.pt": FileExpect(353976522, SHA_B, None)}
@@ -209,6 +211,8 @@ BAD = {
     "adapter-base-unknown": ("lanes:\n  - name: l\n    kind: adapter\n    path: l\n    base: llama\n", 5, "lanes[0].base", "base lane 'llama' is not defined"),
     "adapter-own-base": ("lanes:\n  - name: l\n    kind: adapter\n    path: l\n    base: l\n", 5, "lanes[0].base", "its own base"),
     "base-on-non-adapter": ("lanes:\n" + LANE + "    base: a\n", 5, "lanes[0].base", "applies to adapter lanes"),
+    "vocab-only-on-non-gguf": ("lanes:\n" + LANE + "    vocab_only: true\n", 5, "lanes[0].vocab_only", "applies to gguf lanes"),
+    "vocab-only-not-bool": ("lanes:\n  - {name: g, kind: gguf, path: g.gguf, vocab_only: maybe}\n", 2, "lanes[0].vocab_only", "expected true or false"),
     "digest-on-folder": ("lanes:\n  - name: a\n    kind: hf-dir\n    path: d\n    sha256: " + SHA_A + "\n", 5, "lanes[0].sha256", "give digests per file"),
     "hf-cache-needs-hf": ("lanes:\n  - name: a\n    kind: hf-cache\n    path: c\n", 2, "lanes[0].source", "needs an hf:// source"),
     "overlap": ("lanes:\n  - {name: a, kind: hf-dir, path: m}\n  - {name: b, kind: file, path: m/x.bin}\n", 3, "lanes[1].path", "overlap"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.oci_servers import PASSWORD, USER, FaultProxy, Pusher, RegistryServer, free_port, tar_bytes
+from tests.oci_servers import PASSWORD, USER, FaultProxy, Pusher, RegistryServer, free_port, many_entries_tar, tar_bytes
 from tests.repos import gguf_file, gguf_split, hf_model, write_tree
 from tests.test_sync import STATE, Volume, kill, sha256
 
@@ -395,3 +395,88 @@ def test_chunked_upload_and_cross_repo_mount(tmp_path: Path, registry: RegistryS
     again = mid.run("push", "w", "--to", f"oci://{registry.host}/mounted/w:v1")
     assert again.code == 0, again.stderr
     assert "pushed 0 file(s)" in again.stderr and "1 already there" in again.stderr
+
+
+# --------------------------------------------------------------------------- hostile layers and manifests
+
+RUSAGE = r"""
+import json, resource, subprocess, sys
+p = subprocess.run(sys.argv[2:], capture_output=True, text=True)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"code": p.returncode, "out": p.stdout, "err": p.stderr, "cpu": u.ru_utime + u.ru_stime, "rss_mb": u.ru_maxrss / 1024}, open(sys.argv[1], "w"))
+"""
+MAX_CPU_S = 3.0  # the whole sync process, interpreter included; the largest case takes about 1 s alone
+
+
+def measured_sync(vol: Volume) -> tuple:
+    """`preflight sync` as the child of a fresh wrapper, which reports its CPU time and peak RSS."""
+    import subprocess
+    import sys
+
+    argv = vol.argv("sync")
+    out = vol.root / "rusage.json"
+    subprocess.run([sys.executable, "-c", RUSAGE, str(out), *argv], env=vol.env(), cwd=vol.root, timeout=600, check=True)
+    m = json.loads(out.read_text())
+    return vol._result(argv, m["code"], m["out"], m["err"], 0.0), m["cpu"], m["rss_mb"]
+
+
+def _with_config_tar(p: Pusher, repo: str, layer: bytes) -> None:
+    p.artifact(repo, "v1", [(WEIGHT_RAW, next(iter(gguf_file().values())), {"org.cncf.model.filepath": "m.gguf"}),
+                            ("application/vnd.cncf.model.weight.config.v1.tar+gzip", layer, {})], artifact_type=MODELPACK)
+
+
+@pytest.mark.parametrize("case", ["100,001 empty files", "100,001 directories", "99,999 directories",
+                                  "33 MiB of names", "a 2 MiB extended header"])
+def test_a_hostile_tar_layer_is_refused_early_and_cheaply(tmp_path: Path, registry: RegistryServer, case: str) -> None:
+    from preflight.sources.oci_tar import MAX_ENTRIES, MAX_META, MAX_NAMES
+
+    layer, says = {
+        "100,001 empty files": (lambda: many_entries_tar(MAX_ENTRIES + 1), f"more than {MAX_ENTRIES} entries"),
+        "100,001 directories": (lambda: many_entries_tar(MAX_ENTRIES + 1, "dir"), f"more than {MAX_ENTRIES} entries"),
+        "99,999 directories": (lambda: many_entries_tar(MAX_ENTRIES - 1, "dir"), None),
+        "33 MiB of names": (lambda: many_entries_tar(34, name_bytes=MAX_META - 4096), f"more than {MAX_NAMES} bytes of entry names"),
+        "a 2 MiB extended header": (lambda: many_entries_tar(1, name_bytes=2 * MAX_META), f"extended header (at most {MAX_META})"),
+    }[case]
+    repo = "hostile/" + case.split()[0].replace(",", "").replace(".", "")
+    _with_config_tar(Pusher(registry), repo, layer())
+    vol = _vol(tmp_path, registry).write([{"name": "g", "kind": "gguf", "path": "g/m.gguf", "source": f"oci://{registry.host}/{repo}:v1"}])
+    run, cpu, rss = measured_sync(vol)
+    if says is None:
+        assert run.code == 0, run.stderr
+    else:
+        assert run.code == 3, run.stderr
+        assert says in run.stderr and "refused" in run.stderr, run.stderr
+        assert not (vol.models / "g").exists()
+    assert "Traceback" not in run.output and "internal error" not in run.output
+    assert cpu < MAX_CPU_S and rss < 100, (case, cpu, rss)
+
+
+def test_manifests_and_indexes_are_bounded(tmp_path: Path, registry: RegistryServer) -> None:
+    from preflight.sources.oci import MAX_INDEX_ENTRIES, MAX_LAYERS
+
+    p = Pusher(registry)
+    gguf = p.blob("bounds/many", next(iter(gguf_file().values())))
+    cfg = p.blob("bounds/many", b"{}")
+    layer = {"mediaType": WEIGHT_RAW, **gguf, "annotations": {"org.cncf.model.filepath": "m.gguf"}}
+    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": MODELPACK,
+           "config": {"mediaType": MODELPACK_CONFIG, **cfg}, "layers": [layer] * (MAX_LAYERS + 1)}
+    p.manifest("bounds/many", "v1", doc)
+    deep: object = "x"
+    for _ in range(200):
+        deep = [deep]
+    p.manifest("bounds/many", "deep", {**doc, "layers": [layer], "annotations": {"x": "y"}, "subjectless": deep})
+    one = p.manifest("bounds/many", "one", {**doc, "layers": [layer]})
+    size = len(json.dumps({**doc, "layers": [layer]}).encode())
+    entry = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": one, "size": size,
+             "platform": {"os": "plan9", "architecture": "mips"}}
+    p.manifest("bounds/many", "index", {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                                        "manifests": [entry] * (MAX_INDEX_ENTRIES + 1)}, "application/vnd.oci.image.index.v1+json")
+    lanes = [{"name": n, "kind": "gguf", "path": f"{n}/m.gguf", "source": f"oci://{registry.host}/bounds/many:{t}"}
+             for n, t in (("layers", "v1"), ("nested", "deep"), ("index", "index"), ("fine", "one"))]
+    run = _vol(tmp_path, registry).write(lanes[:3]).run("sync")
+    assert run.code == 3, run.stderr
+    assert f"a manifest of {MAX_LAYERS + 1} layers (at most {MAX_LAYERS})" in run.stderr
+    assert "nests deeper than 64 levels" in run.stderr
+    assert f"an index of {MAX_INDEX_ENTRIES + 1} manifests (at most {MAX_INDEX_ENTRIES})" in run.stderr
+    assert "retry" not in run.stderr and "Traceback" not in run.output  # the same bytes give the same answer
+    assert _vol(tmp_path, registry, "fine").write(lanes[3:]).run("sync").code == 0

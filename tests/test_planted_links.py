@@ -148,7 +148,7 @@ def test_status_names_a_lane_that_leads_out_and_reads_nothing_there(vol: Volume,
     swap_for_link(vol.models / "vllm", out)
     r = vol.run("status", "--json")
     doc = json.loads(r.stdout)
-    lane = next(s for s in doc["status"] if s["name"] == "llm")
+    lane = next(s for s in doc["lane_status"] if s["name"] == "llm")
     assert lane["layout"] == "outside" and lane["bytes_on_disk"] == 0 and lane["kept_revisions"] == []
 
 

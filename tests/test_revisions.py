@@ -216,8 +216,8 @@ def test_status_says_what_each_lane_takes(vol: Volume, hub_server: HubServer) ->
     r = vol.run("status", "--json")
     assert r.code == 0, r.stderr
     doc = json.loads(r.stdout)
-    (lane,) = doc["status"]
-    assert lane["layout"] == "revisions" and lane["revision"] == shas[2][:12]
+    (lane,) = doc["lane_status"]
+    assert lane["layout"] == "revisions" and lane["revision"] == shas[2] and lane["revision_folder"] == shas[2][:12]
     assert sorted(lane["kept_revisions"]) == sorted(s[:12] for s in shas[:2])
     assert lane["last_verified"] and lane["bytes_on_disk"] > 0
     assert lane["prune_frees"] > 0  # the oldest revision, beyond --keep 2
@@ -307,3 +307,17 @@ def test_an_upgrade_needs_space_only_for_what_changed(small_vol: Volume, hub_ser
     r = small_vol.run()
     assert r.code == 0, r.stderr
     assert json.loads((small_vol.models / "vllm/llm/config.json").read_text())["rev"] == "B"
+
+
+def test_revisions_are_reported_as_commits_never_branch_names(vol: Volume, hub_server: HubServer) -> None:
+    sha = hub_server.add_repo("org/llm", model("A"))
+    hub_server.add_repo("org/emb", model("E", sharded=False))
+    vol.write([hf_lane("llm", "vllm/llm", "hf://org/llm@main"), hf_lane("emb", "hf-cache/hub", "hf://org/emb@main", kind="hf-cache")])
+    sync = vol.run("sync", "--json")
+    assert sync.code == 0, sync.stderr
+    check = vol.run("check", "--json")  # no lock, no network: the receipts remember the commit
+    for doc in (json.loads(sync.stdout), json.loads(check.stdout)):
+        revs = {l["name"]: l.get("revision") for l in doc["lanes"]}
+        assert revs["llm"] == sha and len(revs["emb"]) == 40 and "main" not in revs.values(), revs
+    status = json.loads(vol.run("status", "--json").stdout)["lane_status"]
+    assert {s["name"]: len(s["revision"]) for s in status} == {"llm": 40, "emb": 40}

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -103,7 +103,8 @@ def test_folder_lane_byte_identical_resync_moves_nothing_corruption_repaired(vol
     proxy.clear()
     again = vol.run("sync", env=env)
     assert again.code == 0, again.stderr
-    assert object_gets(proxy) == []  # HEADs and one listing, no bytes
+    assert object_gets(proxy) == []  # one listing, no bytes
+    assert [q.method for q in proxy.requests] == ["GET"]  # the listing gives sizes and ETags: no HEAD per object
 
     weights = next(rel for rel in files if rel.endswith(".safetensors"))
     target = vol.models / "vllm/llm" / weights
@@ -409,3 +410,114 @@ def test_check_imports_neither_the_s3_module_nor_botocore(vol: Volume, s3: S3Ser
     p = subprocess.run([sys.executable, "-c", probe, "check", "-m", str(vol.manifest), "--termination-log", ""],
                        env=env, capture_output=True, text=True, timeout=60)
     assert p.stdout.split()[-3:] == ["0", "False", "False"], p.stdout + p.stderr
+
+
+# --------------------------------------------------------------------------- hostile listings
+
+NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+
+
+def listing_page(keys: list[str], truncated: bool, token: str | None = None, prefix: str = "llm/") -> bytes:
+    contents = "".join(f"<Contents><Key>{prefix}{k}</Key><Size>1</Size><ETag>&quot;e{k}&quot;</ETag></Contents>" for k in keys)
+    tok = f"<NextContinuationToken>{token}</NextContinuationToken>" if token else ""
+    return (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {NS}><Name>b</Name><Prefix>{prefix}</Prefix>'
+            f"<IsTruncated>{str(truncated).lower()}</IsTruncated>{tok}{contents}</ListBucketResult>").encode()
+
+
+def _counter() -> Iterator[int]:
+    n = 0
+    while True:
+        n += 1
+        yield n
+
+
+def _forever() -> Callable[[dict], bytes]:
+    seq = _counter()
+    return lambda q: listing_page([f"k{next(seq)}"], True, f"t{next(seq)}")
+
+
+def _full_pages() -> Callable[[dict], bytes]:
+    seq = _counter()
+
+    def page(q: dict) -> bytes:
+        n = next(seq)
+        return listing_page([f"p{n}-{i}" for i in range(1000)], True, f"t{n}")
+    return page
+
+
+def _huge_body(q: dict) -> Iterator[bytes]:
+    yield f"<ListBucketResult {NS}><Name>".encode()
+    for _ in range(200):  # 200 MiB, sent without a length
+        yield b"x" * (1 << 20)
+    yield b"</Name></ListBucketResult>"
+
+
+def _nested(q: dict) -> bytes:
+    return f"<ListBucketResult {NS}>".encode() + b"<Contents>" * 100_000 + b"</Contents>" * 100_000 + b"</ListBucketResult>"
+
+
+LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
+          b"<ListBucketResult><Name>&lol2;</Name><IsTruncated>false</IsTruncated></ListBucketResult>")
+
+HOSTILE_LISTINGS: dict[str, tuple[Callable[[], Callable[[dict], object]], str, int | None]] = {
+    # name: (the listing, what the error says, how many listing requests at most)
+    "truncated forever": (_forever, "more than 200 listing pages", 200),
+    "one token again": (lambda: lambda q: listing_page(["a"], True, "again"), "same continuation token twice", 2),
+    "keys past the lane's bound": (_full_pages, "more than 20000 objects under this prefix", 21),
+    "100k keys in one page": (lambda: lambda q: iter([listing_page([f"k{i}" for i in range(100_000)], False)]),  # no length sent
+                              "more than the 1000 objects a page was asked for", 4),
+    "a 200 MiB body": (lambda: _huge_body, "a listing page larger than", 4),
+    "100k nested Contents": (lambda: _nested, "a <Contents> inside another element", 4),
+    "a Contents without a Key": (lambda: lambda q: f"<ListBucketResult {NS}><Contents><Size>1</Size></Contents></ListBucketResult>".encode(), "a <Contents> without a <Key>", 4),
+    "not XML": (lambda: lambda q: b"<ListBucketResult><Contents><Key>x</Key></Cont", "not well-formed XML", 4),
+    "entities": (lambda: lambda q: LAUGHS, "entities are not accepted", 4),
+}
+
+RUSAGE = r"""
+import json, resource, subprocess, sys
+p = subprocess.run(sys.argv[2:], capture_output=True, text=True)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"code": p.returncode, "out": p.stdout, "err": p.stderr, "cpu": u.ru_utime + u.ru_stime, "rss_mb": u.ru_maxrss / 1024}, open(sys.argv[1], "w"))
+"""
+MAX_CPU_S = 3.0  # the whole sync process, interpreter and botocore import included (about 0.5 to 1 s alone)
+
+
+def measured_sync(vol: Volume, env: dict[str, str], timeout: float = 300) -> tuple[Run, float, float]:
+    """`preflight sync` as the child of a fresh wrapper, which reports its CPU time and peak RSS."""
+    argv = vol.argv("sync")
+    out = vol.root / "rusage.json"
+    subprocess.run([sys.executable, "-c", RUSAGE, str(out), *argv], env=env, cwd=vol.root, timeout=timeout, check=True)
+    m = json.loads(out.read_text())
+    return vol._result(argv, m["code"], m["out"], m["err"], 0.0), m["cpu"], m["rss_mb"]
+
+
+@pytest.mark.parametrize("case", HOSTILE_LISTINGS)
+def test_a_hostile_listing_is_refused_in_bounded_cost(vol: Volume, s3: S3Server, proxy: S3Proxy, bucket: str, case: str) -> None:
+    make, says, most = HOSTILE_LISTINGS[case]
+    proxy.listing = make()
+    vol.write([lane("llm", "vllm/llm", f"s3://{bucket}/llm")])
+    r, cpu, rss = measured_sync(vol, s3_env(vol, proxy.endpoint))
+    assert r.code == 3, r.stderr
+    assert says in r.stderr and proxy.endpoint in r.stderr, r.stderr
+    assert "internal error" not in r.output and "Traceback" not in r.output
+    assert r.lane("llm")["status"] == "missing" and says in json.dumps(r.report)
+    assert proxy.listings <= (most or 1), proxy.listings
+    assert cpu < MAX_CPU_S and rss < 100, (cpu, rss)
+    assert not [q for q in proxy.requests if q.method == "HEAD"]  # no request per listed object
+
+
+def test_a_listing_that_never_ends_is_stopped_without_a_deadline(vol: Volume, s3: S3Server, proxy: S3Proxy, bucket: str) -> None:
+    """Pages that come slowly, each with a new token: the default bound on listing ends the run."""
+    seq = _counter()
+
+    def slow(q: dict) -> bytes:
+        time.sleep(0.3)
+        n = next(seq)
+        return listing_page([f"k{n}"], True, f"t{n}")
+
+    proxy.listing = slow
+    vol.write([lane("llm", "vllm/llm", f"s3://{bucket}/llm")])
+    started = time.monotonic()
+    r = vol.run("sync", env=s3_env(vol, proxy.endpoint, PREFLIGHT_S3_LIST_SECONDS="2"))
+    assert r.code == 3 and "did not end within 2s" in r.stderr, r.stderr
+    assert time.monotonic() - started < 30 and proxy.listings < 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import sys
 from urllib.parse import quote, quote_plus
 
@@ -106,3 +107,26 @@ def test_the_streams_mask_what_click_and_print_write() -> None:
         sys.stdout, sys.stderr = saved
     assert out.getvalue() == "to stdout ***\nabc"
     assert err.getvalue() == "to stderr Bearer ***\nprint ***\n"
+
+
+@pytest.mark.parametrize("secret", ["x", "k3y", "p4ss5"])
+def test_a_short_secret_is_masked_as_a_credentials_value_and_nowhere_else(secret: str) -> None:
+    """Below the length a secret is masked at everywhere, it is masked where it stands as a
+    credential's value (a whole token), and ordinary text keeps the same word."""
+    R.register(secret)
+    R.register_login("me", secret)
+    b64 = base64.b64encode(f"me:{secret}".encode()).decode()
+    for text in (f"password={secret}", f'{{"password": "{secret}"}}', f"Authorization: Bearer {secret}", f"Basic {b64}",
+                 f"https://me:{secret}@host/v2/", f"X-Amz-Security-Token={secret}&y=1", f"token {secret}.", f"login me:{secret}",
+                 f"'api_key': '{secret}'", f"PASSWORD: {secret}"):
+        masked = R.redact(text)
+        assert "***" in masked and b64 not in masked, (text, masked)
+        assert not re.search(rf"(?<![A-Za-z0-9_-]){re.escape(secret)}(?![A-Za-z0-9_-])", masked), (text, masked)
+    for text in (f"a tar archive with {secret} files", f"password={secret}{secret}z", f"{secret}-lane", "the token is valid"):
+        assert R.redact(text) == text, text
+
+
+def test_a_url_password_in_the_environment_is_a_secret() -> None:
+    R.register_environment({"HF_ENDPOINT": "https://mirror-user:pw9@mirror.internal/", "PATH": "/usr/bin"})
+    assert R.redact("GET https://mirror-user:pw9@mirror.internal/api failed") == "GET https://***@mirror.internal/api failed"
+    assert R.redact("pw9 left alone where it is no value") == "pw9 left alone where it is no value"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,118 @@ def test_smoke_report_file_masks_the_api_key(tmp_path: Path, echo: EchoAuthServe
                       env=bench.env(PREFLIGHT_SMOKE_API_KEY=SENTINEL))
     assert texts["exit"] == "4" and "report" in texts
     assert leaks(texts) == []
+
+
+# ---------------------------------------------------------------- short secrets
+
+SHORT = ["x", "k3y", "p4ss5"]  # 1, 3 and 5 characters: below the length a secret is masked at everywhere
+
+
+def short_leaks(texts: dict[str, str], secret: str, user: str = "me") -> list[str]:
+    """Where a short secret shows as a credential's value, or in a form it was sent in."""
+    end = r"(?![A-Za-z0-9_-])"
+    s = re.escape(secret)
+    patterns = {
+        "bearer": rf"Bearer {s}{end}", "password=": rf"password\s*[=:]\s*[\"']?{s}{end}", "url": rf"//{user}:{s}@",
+        "user:password": rf"(?<![A-Za-z0-9_-]){user}:{s}{end}",
+        "basic": re.escape(base64.b64encode(f"{user}:{secret}".encode()).decode()),
+    }
+    return [f"{name} in {where}" for where, text in texts.items() for name, p in patterns.items() if re.search(p, text)]
+
+
+def every_file(root: Path) -> dict[str, str]:
+    return {str(f.relative_to(root)): f.read_text("utf-8", "replace") for f in root.rglob("*")
+            if f.is_file() and not f.is_symlink() and f.stat().st_size < 4_000_000}
+
+
+class EchoRegistry:
+    """A registry that asks for basic auth and answers every authenticated request 401 with
+    the credentials it was sent, in every form, in its error message."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                if not auth.startswith("Basic "):
+                    body = b'{"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}'
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="echo"')
+                else:
+                    user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                    msg = f"{auth}; password={password}; login {user}:{password}; https://{user}:{password}@echo/; after {password} tries"
+                    body = json.dumps({"errors": [{"code": "DENIED", "message": msg}, {"code": "X", "message": f"token {password}"}]}).encode()
+                    self.send_response(401)
+                    self.send_header("X-Echo", f"Basic {auth[6:]}")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.host = f"127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> EchoRegistry:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.mark.parametrize("secret", SHORT, ids=[f"{len(s)}-char" for s in SHORT])
+def test_a_short_registry_password_is_masked_in_every_output(tmp_path: Path, secret: str) -> None:
+    """A Docker config.json with a short password; the registry echoes the credentials back
+    in every form. stdout (--json), stderr, --report, the termination log (a required lane:
+    exit 4) and report.json on the volume (an optional lane: the run is ready and leaves it)
+    show none of them; ordinary words survive."""
+    runs = {}
+    with EchoRegistry() as reg:
+        docker = tmp_path / "docker"
+        docker.mkdir()
+        (docker / "config.json").write_text(json.dumps({"auths": {reg.host: {"username": "me", "password": secret}}}))
+        for required in (True, False):
+            bench = Bench(tmp_path / f"required-{required}", EchoAuthServer(), locked=False)
+            bench.models.mkdir()
+            bench.manifest.write_text(f"version: 1\nmodels_dir: {bench.models}\nlanes:\n  - {{name: llm, kind: hf-dir, path: vllm/llm, "
+                                      f"source: 'oci://{reg.host}/m:v1', required: {str(required).lower()}}}\n")
+            runs[required] = bench.run("sync", "-m", str(bench.manifest), *FAST, env=bench.env(DOCKER_CONFIG=str(docker)))
+    assert runs[True]["exit"] == "4" and runs[False]["exit"] == "0", runs
+    for texts in runs.values():
+        assert "DENIED" in texts["stdout"] and "***" in texts["stdout"], texts["stdout"]  # the echo is there, masked
+    assert {"stdout", "stderr", "report", "termination log"} <= set(runs[True])
+    files = {**every_file(tmp_path / "required-True"), **every_file(tmp_path / "required-False")}
+    state = [name for name in files if name.endswith(".preflight/report.json")]
+    assert state and "DENIED" in files[state[0]], sorted(files)
+    found = short_leaks(runs[True], secret) + short_leaks(runs[False], secret) + short_leaks(files, secret)
+    assert found == [], found
+    assert not any(f'"password": "{secret}"' in text or f"password={secret};" in text for text in files.values())
+    # the same word where it is no credential's value is left: ordinary text is not garbled
+    assert f"after {secret} tries" in runs[True]["stderr"]
+
+
+@pytest.mark.parametrize("secret", SHORT, ids=[f"{len(s)}-char" for s in SHORT])
+def test_a_short_hub_token_and_api_key_are_masked_in_every_output(tmp_path: Path, echo: EchoAuthServer, secret: str) -> None:
+    """A short HF_TOKEN echoed by the Hub (`Bearer x`), and a short smoke API key echoed by an endpoint."""
+    echo.mode = "status:401"
+    bench = Bench(tmp_path, echo, locked=False)
+    runs = {"sync": bench.run("sync", "-m", str(bench.manifest), *FAST, env=bench.env(HF_TOKEN=secret)),
+            "smoke": bench.run("smoke", "--endpoint", f"svc=vllm@{echo.url}#m", "--deadline", "3", "--no-completion", "--json",
+                               "--termination-log", str(tmp_path / "smoke-termination.log"),
+                               env=bench.env(PREFLIGHT_SMOKE_API_KEY=secret), outputs=False)}
+    assert any(auth == f"Bearer {secret}" for _path, auth in echo.seen)
+    found = [f"{cmd}: {leak}" for cmd, texts in runs.items() for leak in short_leaks(texts, secret)]
+    found += short_leaks(every_file(tmp_path), secret)
+    assert found == [], found

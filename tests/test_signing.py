@@ -109,6 +109,26 @@ def flip_byte(path: Path, offset: int = -1) -> None:
 # ------------------------------------------------------------------------ key pairs
 
 
+def test_a_signed_ready_lane_says_which_policy_held_who_signed_and_when(signed: Signed) -> None:
+    """A signed lane does not look like an unsigned one: the report (and the summary)
+    carries the policy, the signer, and whether it was verified now or remembered."""
+    lane = signed.folder()
+    sign_with_key(lane, lane / "model.sig", signed.key)
+    signed.policy(KEY_POLICY)
+    first = signed.check()
+    sig = first.lane["signature"]
+    assert sig["policy"] == "key" and sig["verified"] == "now" and "publisher.pub" in sig["trusted"], sig
+    assert sig["signer"] and sig["signer"] != "?"
+    assert "signed by" in first.stderr and "verified now" in first.stderr
+    again = signed.check()
+    remembered = again.lane["signature"]
+    assert remembered["verified"] == "receipt" and remembered["signer"] == sig["signer"] and remembered["verified_at"]
+    assert "(receipt)" in again.stderr
+    signed.policy("")  # the same lane unsigned: no signature claim
+    assert "signature" not in signed.check().lane
+
+
+
 def test_key_signed_lane_is_ready_and_a_warm_recheck_reads_nothing(signed: Signed) -> None:
     lane = signed.folder()
     sign_with_key(lane, lane / "model.sig", signed.key)
@@ -529,3 +549,71 @@ def test_inspect_a_signed_single_file(signed: Signed) -> None:
     result = CliRunner().invoke(main, ["inspect", str(folder / "tiny.Q8_0.gguf"), "--json"])
     sig = json.loads(result.stdout)["signature"]
     assert sig["signer"].startswith("public key sha256:") and sig["covers"] == 1 and sig["unsigned"] == []
+
+
+# ---------------------------------------------------------------- bounded cost of hostile signatures
+
+MEASURE = r"""
+import json, resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"code": p.returncode, "out": p.stdout, "cpu": u.ru_utime + u.ru_stime, "rss_mb": u.ru_maxrss / 1024}))
+"""
+MAX_CPU_S = 3.0  # each case is refused in well under a second alone; margin for a loaded machine
+
+
+def _measured_check(signed: Signed) -> tuple[dict, float, float]:
+    """`preflight check` in a fresh process (the child of a wrapper that reports its CPU and peak RSS)."""
+    argv = [sys.executable, "-m", "preflight.cli", "check", "-m", str(signed.manifest), "-d", str(signed.models), "--json",
+            "--termination-log", ""]
+    out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True, cwd=REPO, timeout=300)
+    m = json.loads(out.stdout)
+    return json.loads(m["out"]), m["cpu"], m["rss_mb"]
+
+
+def _bundle_with(signed: Signed, lane: Path, resources: list) -> None:
+    """A real bundle whose statement is replaced (its signature then no longer verifies)."""
+    sig = sign_with_key(lane, lane / "model.sig", signed.key)
+    bundle = json.loads(sig.read_text())
+    statement = statement_of(sig)
+    statement["predicate"]["resources"] = resources
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement, separators=(",", ":")).encode()).decode()
+    sig.write_text(json.dumps(bundle))
+
+
+@pytest.mark.parametrize("case", ["a 60 MB model.sig", "an unsigned 400k-resource payload", "a statement of 10,001 files",
+                                  "a bundle nested 100,000 deep"])
+def test_hostile_signatures_are_refused_before_the_library_reads_them(signed: Signed, case: str) -> None:
+    from preflight.signing import MAX_BUNDLE, MAX_RESOURCES
+
+    lane = signed.folder()
+    sig = lane / "model.sig"
+    if case == "a 60 MB model.sig":
+        with open(sig, "wb") as f:
+            f.write(b'{"mediaType": "' + b"a" * (60 * 2**20) + b'"}')
+        says = f"at most {MAX_BUNDLE}"
+    elif case == "an unsigned 400k-resource payload":
+        _bundle_with(signed, lane, [{}] * 400_000)  # the smallest resources there are: under the size bound
+        assert sig.stat().st_size < MAX_BUNDLE
+        says = "members or items"
+    elif case == "a statement of 10,001 files":
+        _bundle_with(signed, lane, [{"name": f"f{i}", "algorithm": "sha256", "digest": "0" * 64} for i in range(MAX_RESOURCES + 1)])
+        says = f"lists {MAX_RESOURCES + 1} files (at most {MAX_RESOURCES})"
+    else:
+        sig.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+        says = "nests deeper than"
+    signed.policy(KEY_POLICY)
+    report, cpu, rss = _measured_check(signed)
+    problems = report["lanes"][0]["problems"]
+    assert report["exit_code"] == 1 and [p["code"] for p in problems] == ["signature-invalid"], problems
+    assert says in problems[0]["message"], problems[0]["message"]
+    assert cpu < MAX_CPU_S and rss < 100, (case, cpu, rss)
+
+
+def test_a_statement_of_many_files_within_the_bound_still_verifies(signed: Signed) -> None:
+    """A real signature over 2,000 files is read and verified (the bounds leave room for real models)."""
+    files = {f"shards/part-{i:04d}.bin": i.to_bytes(4, "little") for i in range(2000)}
+    lane = signed.folder({**hf_model(), **files})
+    sign_with_key(lane, lane / "model.sig", signed.key)
+    run = signed.policy(KEY_POLICY).check()
+    assert "signature-invalid" not in run.codes(), run.report

@@ -198,7 +198,7 @@ def test_unknown_repo_without_a_token_exits_4_and_says_a_token_may_be_needed(vol
     vol.write([hf_lane("llm", "vllm/llm", "hf://org/nope@main")])
     r = vol.run(token=False)
     assert r.code == 4, r.stderr
-    assert "org/nope not found, or private and no token was given" in lane_message(r, "llm")
+    assert "org/nope not found, or private or gated and no token was given" in lane_message(r, "llm")
 
 
 # --------------------------------------------------------------------------- auth and secrets
@@ -511,6 +511,7 @@ def test_a_416_to_a_resume_starts_over_from_byte_0_in_the_same_run(vol: Volume, 
     import hashlib
 
     url, digest = zeros_url(hub_server, tmp_path, "shrunk.bin", 3 * MiB)
+    hub_server.url_fault("/files/shrunk.bin").status(403, times=None, methods=("HEAD",))  # no size before the body
     vol.write([{"name": "blob", "kind": "file", "path": "shrunk.bin", "source": url, "sha256": digest}])
     staging = vol.models / STATE / "staging"
     staging.mkdir(parents=True)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from preflight import problems as P
+from preflight.formats.gguf_arch import ENGINE, NAME_TOKENS
 from preflight.formats.safetensors import Findings, PathOrFile, Source, os_problem
 from preflight.problems import Problem
 
@@ -57,8 +58,13 @@ MAX_STRING_ARRAY = 1 << 21
 MAX_KEY_BYTES = 1 << 16
 MAX_CHECKED_VOCAB = 1 << 19  # vocabularies up to this size are checked for repeated tokens
 MAX_KEPT_STRING = 1 << 20  # longer string values are skipped and summarised (chat templates are ~10 KB)
+MAX_SHORT_TOKENS = 1 << 12  # tokens of 1-2 bytes recorded (a byte-level BPE vocabulary has ~200)
 TENSOR_ALIGNMENT = 32  # ggml-impl.h; ggml_backend_cpu_buffer_from_ptr asserts it for mmap-backed buffers
 SMALL_ARRAY = 16  # arrays up to this length are kept in `metadata`; longer ones are summarised
+# Numeric arrays of up to one entry per layer (LLAMA_MAX_LAYERS) are kept too, while their total
+# stays under MAX_KEPT_NUMBERS (per-layer head counts and the like, which the model checks read).
+MAX_LAYER_ARRAY = 512
+MAX_KEPT_NUMBERS = 1 << 16
 
 # ggml type id -> (name, block size in elements, bytes per block).
 # Copied from gguf.constants.GGML_QUANT_SIZES (gguf 0.19) so the check needs no numpy;
@@ -175,6 +181,11 @@ _MIN_KV_BYTES = 8 + 4 + 1  # empty key, type, one-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # empty name, n_dims=0, type, offset
 _FIRST_READ = 256 * 1024
 
+_ENGINE = f"llama.cpp {ENGINE['llama.cpp']}"
+# Tokens llama_vocab::load looks up by text for some models (gguf_arch.NAME_TOKENS): the token
+# array walk records which of them it holds.
+_PROBES = {t: t.encode() for tokens in NAME_TOKENS.values() for t in tokens}
+
 _SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
@@ -215,6 +226,13 @@ class ArraySummary:
     length: int
     # tokenizer.ggml.tokens only: a token text that appears twice (llama.cpp aborts on it), if any
     duplicate: bytes | None = field(default=None, compare=False)
+    # tokenizer.ggml.tokens only: which of PROBE_TOKENS it holds (llama.cpp looks some up by text)
+    present: frozenset[str] | None = field(default=None, compare=False)
+    # tokenizer.ggml.tokens only: (index, text) of the non-empty tokens shorter than 3 bytes (a byte
+    # token's text is read as "<0xXX>": llama.cpp throws on a shorter one), at most MAX_SHORT_TOKENS
+    short: tuple[tuple[int, bytes], ...] | None = field(default=None, compare=False)
+    # tokenizer.ggml.token_type only (int32, a vocabulary's length at most): the raw little-endian values
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"array": self.item_type, "length": self.length}
@@ -299,6 +317,7 @@ class _Cursor:
         self.buf = bytearray()
         self.pos = 0
         self.chunk = _FIRST_READ
+        self.kept = 0  # numbers kept from arrays longer than SMALL_ARRAY
 
     def remaining(self) -> int:
         return self.size - self.pos
@@ -354,11 +373,8 @@ class _Cursor:
             raise _Stop(code, f"{what} is {raw} bytes, {too_long}")
         return raw
 
-    def skip_strings(self, count: int, what: str, find_repeat: bool = False) -> bytes | None:
-        """Walk `count` gguf strings reading only their lengths: the hot loop for vocabularies.
-
-        With `find_repeat`, return the first non-empty string that appears twice, if any."""
-        first = self.pos
+    def skip_strings(self, count: int, what: str) -> None:
+        """Walk `count` gguf strings reading only their lengths (merges and other string arrays)."""
         unpack = _U64.unpack_from
         buf, base = self.buf, self.base
         p = self.pos - base
@@ -378,7 +394,52 @@ class _Cursor:
         self.pos = base + p
         if self.pos > self.size:
             raise _overrun(f"{what}: last string claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
-        return _first_repeat(self._region(first, self.pos), count) if find_repeat else None
+
+    def _distinct_strings(self, count: int, what: str) -> tuple[bytes | None, frozenset[str], tuple[tuple[int, bytes], ...]]:
+        """skip_strings for the token list, in one pass that also hashes each string: the first
+        non-empty string seen twice (llama.cpp aborts on it), if any, which of PROBE_TOKENS it
+        holds, and its short tokens (see ArraySummary.short)."""
+        first = self.pos
+        unpack = _U64.unpack_from
+        seen: set[bytes] = set()
+        add = seen.add
+        short: list[tuple[int, bytes]] = []
+        data = bytes(self.buf)
+        base = self.base
+        p = self.pos - base
+        end = len(data)
+        ln = 0
+        for i in range(count):
+            if p + 8 > end:
+                data, p, end = self._extend(base + p, 8, f"{what} (string {i} of {count})", ln)
+                base = self.base
+            ln = unpack(data, p)[0]
+            q = p + 8
+            p = q + ln
+            if p > end:
+                if base + p > self.size:
+                    self.pos = base + p
+                    raise _overrun(f"{what}: string {i} of {count} claims {ln} bytes, ending {self.pos - self.size} bytes past the end of the file", ln)
+                data, q, end = self._extend(base + q, ln, f"{what} (string {i} of {count})", ln)
+                base = self.base
+                p = q + ln
+            if ln < 3 and ln and len(short) < MAX_SHORT_TOKENS:
+                short.append((i, data[q:p]))
+            add(data[q:p])
+        self.pos = base + p
+        present = frozenset(t for t, raw in _PROBES.items() if raw in seen)
+        if len(seen) == count or (len(seen) == count - 1 and b"" in seen) or count == 0:
+            return None, present, tuple(short)
+        return _first_repeat(self._region(first, self.pos), count), present, tuple(short)
+
+    def _extend(self, at: int, n: int, what: str, ln: int) -> tuple[bytes, int, int]:
+        """Make [at, at+n) readable; the window as bytes, `at` in it, and its end."""
+        if at > self.size:
+            self.pos = at
+            raise _overrun(f"{what}: the previous string claims {ln} bytes, ending {at - self.size} bytes past the end of the file", ln)
+        self.pos = at
+        off = self.need(n, what)
+        return bytes(self.buf), off, len(self.buf)
 
     def _region(self, start: int, end: int) -> bytes:
         if self.base <= start and end <= self.base + len(self.buf):
@@ -390,16 +451,6 @@ def _first_repeat(data: bytes, count: int) -> bytes | None:
     """The first non-empty string of a gguf string array (`data`, already bounds-checked) seen twice."""
     unpack = _U64.unpack_from
     seen: set[bytes] = set()
-    add = seen.add
-    p = 0
-    for _ in range(count):
-        ln = unpack(data, p)[0]
-        p += 8
-        add(data[p : p + ln])
-        p += ln
-    if len(seen) == count:  # every string distinct
-        return None
-    seen.clear()
     p = 0
     for _ in range(count):
         ln = unpack(data, p)[0]
@@ -412,12 +463,24 @@ def _first_repeat(data: bytes, count: int) -> bytes | None:
 
 
 
-def check_gguf(path: PathOrFile, *, name: str | None = None) -> GGUFInfo:
+class Options(NamedTuple):
+    """How a lane serves the file: `engine_newer`, the lane runs a llama.cpp newer than the one
+    the tables describe (gguf_arch.ENGINE), so names they do not know (architectures, tokenizers,
+    ggml types) are warnings instead of the refusals they are for that version; `vocab_only`,
+    the lane declares the file a vocabulary (loaded with vocab_only, no weights)."""
+
+    engine_newer: bool = False
+    vocab_only: bool = False
+
+
+def check_gguf(path: PathOrFile, *, name: str | None = None, engine_newer: bool = False, vocab_only: bool = False) -> GGUFInfo:
     """Validate a GGUF file from its header alone; every defect becomes a Problem.
 
     `path` may be an open binary file object (read, not closed). Reads the header
-    region only, whatever the size of the tensor data.
+    region only, whatever the size of the tensor data. `engine_newer` and `vocab_only`:
+    see `Options`.
     """
+    opts = Options(engine_newer, vocab_only)
     with Source(path, name) as src:
         info = GGUFInfo(src.name)
         if src.problem:
@@ -425,7 +488,7 @@ def check_gguf(path: PathOrFile, *, name: str | None = None) -> GGUFInfo:
             return info
         out = Findings(src.name)
         try:
-            _check(src, info, out)
+            _check(src, info, out, opts)
         except _Stop as stop:
             out.error(stop.code, stop.message)
         except OSError as e:
@@ -435,7 +498,7 @@ def check_gguf(path: PathOrFile, *, name: str | None = None) -> GGUFInfo:
         return info
 
 
-def _check(src: Source, info: GGUFInfo, out: Findings) -> None:
+def _check(src: Source, info: GGUFInfo, out: Findings, opts: Options) -> None:
     size = info.file_size = src.size
     if size == 0:
         out.error(P.EMPTY_FILE, "file is empty (0 bytes)")
@@ -475,11 +538,11 @@ def _check(src: Source, info: GGUFInfo, out: Findings) -> None:
     pad_to = alignment or DEFAULT_ALIGNMENT
     info.data_offset = data_start = -(-header_end // pad_to) * pad_to
     if n_tensors and alignment:
-        _check_layout(info, order, header_end, data_start, alignment, out)
-    _check_model(info, out)
+        _check_layout(info, order, header_end, data_start, alignment, out, opts)
+    _check_model(info, out, opts)
 
 
-def _check_model(info: GGUFInfo, out: Findings) -> None:
+def _check_model(info: GGUFInfo, out: Findings, opts: Options) -> None:
     from preflight.formats.gguf_model import check_model
 
     no = info.metadata.get("split.no")
@@ -488,7 +551,7 @@ def _check_model(info: GGUFInfo, out: Findings) -> None:
     if split and no != 0:
         return  # parts after the first hold tensors only; check_gguf_split judges the whole
     facts = check_model(info.name, info.metadata, info.kv_types, {n: t.dims for n, t in info.tensors.items()}, out,
-                        tensors_complete=not split)
+                        tensors_complete=not split, vocab_file=True if opts.vocab_only else None, engine_newer=opts.engine_newer)
     info.block_count, info.vocab_size = facts.block_count, facts.vocab_size
     info.tied_embeddings, info.vocab_only = facts.tied_embeddings, facts.vocab_only
 
@@ -551,11 +614,16 @@ def _array(cur: _Cursor, itype: int, what: str) -> object:
         item = _SCALAR[itype].size
         if count * item > left:
             raise _overrun(f"array {what} claims {count} x {value_type_name(itype)} ({count * item} bytes)", count, left)
-        if count <= SMALL_ARRAY:
+        if count <= SMALL_ARRAY or (count <= MAX_LAYER_ARRAY and cur.kept + count <= MAX_KEPT_NUMBERS and not what.startswith("tokenizer.")):
+            cur.kept += count
             st = struct.Struct(f"<{count}{SCALAR_TYPES[itype][1]}")
             off = cur.need(st.size, f"array {what}")
             cur.pos += st.size
             return list(st.unpack_from(cur.buf, off))
+        if what == "tokenizer.ggml.token_type" and itype == 5 and count <= MAX_CHECKED_VOCAB:
+            off = cur.need(count * 4, f"array {what}")
+            cur.pos += count * 4
+            return ArraySummary("int32", count, raw=bytes(cur.buf[off : off + count * 4]))
         cur.pos += count * item
         return ArraySummary(value_type_name(itype), count)
     if itype == STRING:
@@ -567,8 +635,11 @@ def _array(cur: _Cursor, itype: int, what: str) -> object:
             items = [cur.raw_string(f"array {what} string {i}", MAX_KEPT_STRING) for i in range(count)]
             return [str(StringSummary(s)) if isinstance(s, int) else s.decode("utf-8", "replace") for s in items]
         # llama_vocab::load asserts that every token text is distinct (it aborts the process otherwise).
-        dup = cur.skip_strings(count, f"array {what}", what == "tokenizer.ggml.tokens" and count <= MAX_CHECKED_VOCAB)
-        return ArraySummary("string", count, dup)
+        if what == "tokenizer.ggml.tokens" and count <= MAX_CHECKED_VOCAB:
+            dup, present, short = cur._distinct_strings(count, f"array {what}")
+            return ArraySummary("string", count, dup, present, short)
+        cur.skip_strings(count, f"array {what}")
+        return ArraySummary("string", count)
     if itype == ARRAY:
         raise _Stop(P.BAD_VALUE_TYPE, f"array {what} is an array of arrays, which llama.cpp refuses (\"invalid GGUF type 9\")")
     raise _Stop(P.BAD_VALUE_TYPE, f"array {what} has item type {itype}, expected 0..12 (uint8 .. float64)")
@@ -639,7 +710,7 @@ def _read_tensor_infos(cur: _Cursor, n_tensors: int, info: GGUFInfo, out: Findin
     return order
 
 
-def _check_layout(info: GGUFInfo, order: list[str], header_end: int, data_start: int, alignment: int, out: Findings) -> None:
+def _check_layout(info: GGUFInfo, order: list[str], header_end: int, data_start: int, alignment: int, out: Findings, opts: Options) -> None:
     size = info.file_size
     if data_start > size:
         out.error(P.TRUNCATED, f"header ends at {header_end} bytes, tensor data should start at {data_start}, file has {size} (truncated by {data_start - size} bytes)")
@@ -658,9 +729,13 @@ def _check_layout(info: GGUFInfo, order: list[str], header_end: int, data_start:
             if nxt is None or nxt.offset <= t.offset or t.offset % alignment or (expected >= 0 and t.offset != expected):
                 out.error(P.BAD_TENSOR_TYPE, f"tensor {tname!r} has ggml type {t.type_name[8:-1]}, unknown to preflight, and its size cannot be told from the layout")
                 expected = -1
+            elif opts.engine_newer:
+                out.warning(P.UNKNOWN_TENSOR_TYPE, f"tensor {tname!r} has ggml type {t.type_name[8:-1]}, newer than {_ENGINE} (its types end at "
+                            f"{max(GGML_TYPES)}); the lane declares a newer llama.cpp; its size is taken from the layout")
+                expected = nxt.offset
             else:
-                out.warning(P.UNKNOWN_TENSOR_TYPE, f"tensor {tname!r} has ggml type {t.type_name[8:-1]}, newer than preflight's table "
-                            f"(llama.cpp as of llama-cpp-python 0.3.36 knows types up to 42); its size is taken from the layout")
+                out.error(P.UNKNOWN_TENSOR_TYPE, f"tensor {tname!r} has ggml type {t.type_name[8:-1]}, unknown to {_ENGINE} (its types end at "
+                          f"{max(GGML_TYPES)}), which refuses the file (\"tensor '{tname}' has invalid ggml type {t.type_name[8:-1]}\")")
                 expected = nxt.offset
             continue
         if t.offset % alignment:
@@ -722,7 +797,8 @@ def split_sibling_names(file_name: str) -> list[str] | None:
     return [f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
-def check_gguf_split(paths: Sequence[str | os.PathLike[str]], *, infos: Mapping[str, GGUFInfo] | None = None) -> list[Problem]:
+def check_gguf_split(paths: Sequence[str | os.PathLike[str]], *, infos: Mapping[str, GGUFInfo] | None = None,
+                     engine_newer: bool = False) -> list[Problem]:
     """Split-level findings for the parts of one split GGUF: completeness and split.* metadata.
 
     `paths` are the part files as found (any subset; the names say how many there
@@ -756,16 +832,16 @@ def check_gguf_split(paths: Sequence[str | os.PathLike[str]], *, infos: Mapping[
             problems.append(P.error(n, P.SPLIT_MISSING, f"{n}: part missing; split has {count} parts, found {len(present)}"))
     parts: dict[str, GGUFInfo] = {}
     for n in present:
-        info = infos.get(n) or check_gguf(found[n], name=n)
+        info = infos.get(n) or check_gguf(found[n], name=n, engine_newer=engine_newer)
         if info.header_parsed:
             parts[n] = info
     problems.extend(_split_metadata_problems(expected, parts))
     if len(parts) == count and not problems:
-        problems.extend(_split_model_problems(expected, parts))
+        problems.extend(_split_model_problems(expected, parts, engine_newer))
     return problems
 
 
-def _split_model_problems(expected: list[str], parts: Mapping[str, GGUFInfo]) -> list[Problem]:
+def _split_model_problems(expected: list[str], parts: Mapping[str, GGUFInfo], engine_newer: bool) -> list[Problem]:
     """The tensor-level model checks over all parts (the first part holds the key/values and
     was judged for them by check_gguf); llama.cpp loads the parts as one model."""
     from preflight.formats.gguf_model import check_model
@@ -775,7 +851,7 @@ def _split_model_problems(expected: list[str], parts: Mapping[str, GGUFInfo]) ->
     for n in expected:
         tensors.update((t, parts[n].tensors[t].dims) for t in parts[n].tensors)
     out = Findings(first.name)
-    check_model(first.name, first.metadata, first.kv_types, tensors, out, tensors_only=True)
+    check_model(first.name, first.metadata, first.kv_types, tensors, out, tensors_only=True, engine_newer=engine_newer)
     return out.problems()
 
 

@@ -1,9 +1,18 @@
 """Model-level GGUF checks: what llama.cpp's model loader needs beyond a file `gguf_init_from_file` reads.
 
-One generic checker walks the key/values and tensor names of a parsed header against two
-tables: `KEY_TYPES` below (keys every llama.cpp model load reads, with the types it accepts)
-and `gguf_arch.ARCHITECTURES` (what each architecture requires). Each rule says which loader
-behaviour it mirrors; only what llama.cpp refuses is an error, so a model it loads passes.
+Three sources, each mirroring llama.cpp b-release of gguf_arch.ENGINE:
+- `KEY_TYPES` below: keys every llama.cpp load reads type-strictly, the vocabulary's included;
+- `llama_vocab::load`: the tokenizer model and pre-tokenizer names it accepts, the arrays it
+  indexes (gguf_arch.TOKENIZER_MODELS, BPE_PRE_TOKENIZERS, NAME_TOKENS: generated from
+  llama-vocab.cpp);
+- the architecture's own load path, run by gguf_eval over the key/values and tensor infos:
+  hyper-parameters derived as llama.cpp derives them, with its asserts and throws, every tensor
+  asked for with the shape llama.cpp asks for, the tensors no path creates, and the assertions
+  of the graph a context builds before its first decode.
+
+Only what llama.cpp refuses is an error, so a model it loads passes. Names llama.cpp's version
+of the tables does not know (an architecture, a tokenizer, a pre-tokenizer) are errors for that
+version and warnings when the lane declares a newer engine (`engine_newer`).
 
 Facts found on the way (architecture, block count, vocabulary size, tied embeddings) are
 returned for `GGUFInfo`.
@@ -18,7 +27,8 @@ from typing import NamedTuple
 
 from preflight import problems as P
 from preflight.formats.gguf_arch import (
-    ARCHITECTURES, KNOWN_ARCHITECTURES, SCALE_COMPANIONS, TENSOR_BASE_NAMES, TENSOR_NAMES, TENSOR_RAW_NAMES, TENSOR_SUFFIXES,
+    ARCH_CLASSES, BPE_PRE_TOKENIZERS, ENGINE, KNOWN_ARCHITECTURES, MERGES_OPTIONAL_PRE, NAME_TOKENS, SCALE_COMPANIONS,
+    TENSOR_BASE_NAMES, TENSOR_NAMES, TENSOR_RAW_NAMES, TENSOR_SUFFIXES, TOKENIZER_MODELS,
 )
 from preflight.formats.safetensors import Findings
 
@@ -28,7 +38,7 @@ TYPE_NAMES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", 
 _BY_NAME = {n: i for i, n in enumerate(TYPE_NAMES)}
 
 LLAMA_MAX_LAYERS = 512  # src/llama-hparams.h; load_hparams asserts 0 < block_count <= it (abort)
-LLAMA_MAX_EXPERTS = 512  # src/llama-hparams.h; load_hparams asserts expert_count <= it (abort)
+ENGINE_NAME = f"llama.cpp {ENGINE['llama.cpp']}"  # the version the tables describe, as messages say it
 
 # (vtype, item type or None). A scalar key is (type, None); an array (ARR, item type).
 KVType = tuple[int, "int | None"]
@@ -67,40 +77,16 @@ KEY_TYPES: dict[str, Key] = {
     "tokenizer.ggml.add_sep_token": Key(_s(BOOL), "always", "read as bool"),
     "tokenizer.ggml.add_space_prefix": Key(_s(BOOL), "always", "read as bool"),
     "tokenizer.ggml.remove_extra_whitespaces": Key(_s(BOOL), "always", "read as bool"),
+    "tokenizer.ggml.suppress_tokens": Key(_a(I32), "always", "llama_vocab::load: int32 array"),
     **{
         f"tokenizer.ggml.{name}_token_id": Key(_s(U32), "always", "special token ids are read as uint32")
         for name in ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "cls", "mask",
                      "prefix", "suffix", "middle", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")
     },
     "{arch}.vocab_size": Key(_s(U32), "always", "read as uint32 (the vocabulary size of no-vocab models)"),
-    "{arch}.context_length": Key(_s(U32), "model", "load_hparams: required uint32"),
-    "{arch}.embedding_length": Key(_s(U32), "model", "load_hparams: required uint32"),
-    "{arch}.block_count": Key(_s(U32), "model", "load_hparams: required uint32"),
-    "{arch}.feed_forward_length": Key(_s(U32) | _a(U32, I32, BOOL), "model", "get_key_or_arr: uint32 or one per block"),
-    "{arch}.attention.head_count": Key(_s(U32) | _a(U32, I32, BOOL), "model", "get_key_or_arr: uint32 or one per block"),
-    "{arch}.attention.head_count_kv": Key(_s(U32) | _a(U32, I32, BOOL), "model", "get_key_or_arr: uint32 or one per block"),
-    "{arch}.expert_count": Key(_s(U32), "model", "read as uint32"),
-    "{arch}.expert_used_count": Key(_s(U32) | _a(U32, I32, BOOL), "model", "get_key_or_arr: uint32 or one per block"),
-    "{arch}.attention.key_length": Key(_s(U32), "model", "read as uint32"),
-    "{arch}.attention.value_length": Key(_s(U32), "model", "read as uint32"),
-    "{arch}.rope.dimension_count": Key(_s(U32), "model", "read as uint32"),
-    "{arch}.rope.freq_base": Key(_s(F32), "model", "read as float32"),
-    "{arch}.rope.scaling.type": Key(_s(STR), "model", "read as string"),
-    "{arch}.rope.scaling.factor": Key(_s(F32), "model", "read as float32"),
-    "{arch}.rope.scaling.original_context_length": Key(_s(U32), "model", "read as uint32"),
-    "{arch}.attention.layer_norm_epsilon": Key(_s(F32), "model", "read as float32"),
-    "{arch}.attention.layer_norm_rms_epsilon": Key(_s(F32), "model", "read as float32"),
-    "{arch}.attention.causal": Key(_s(BOOL), "model", "read as bool"),
-    "{arch}.pooling_type": Key(_s(U32), "model", "read as uint32"),
 }
 
-# Architectures whose loader insists rope.dimension_count equals the head size
-# (load_hparams: "invalid n_rot: N, expected M").
-ROPE_IS_HEAD_SIZE = frozenset({"llama", "deci", "falcon", "llama-embed"})
-
-# tokenizer.ggml.model values llama_vocab::load knows ("unknown tokenizer" otherwise).
-TOKENIZER_MODELS = frozenset({"no_vocab", "none", "llama", "bert", "gpt2", "hybriddna", "whitespace", "t5", "rwkv", "test", "plamo2", "gemma4"})
-NO_VOCAB = frozenset({"no_vocab", "none"})
+NO_VOCAB = frozenset(m for m, t in TOKENIZER_MODELS.items() if t == "NONE")
 
 # What architecture and tokenizer names look like (llama.cpp's are lower-case words): another
 # one may be a newer llama.cpp's, a name outside this shape is corruption.
@@ -139,6 +125,30 @@ def _length(value: object) -> int | None:
     return n if isinstance(n, int) else None
 
 
+def engine_is_newer(version: str | None) -> bool:
+    """Whether a declared llama.cpp version is newer than the one the tables describe (ENGINE):
+    a release tag ("b6000", "6000") or a llama-cpp-python version ("0.3.40"). Anything else
+    (None, "latest", an image tag) cannot be told newer: False."""
+    if not version:
+        return False
+    v = version.strip().lower().removeprefix("v")
+    m = re.fullmatch(r"b?(\d{3,6})", v)
+    if m:
+        return int(m[1]) > int(ENGINE["llama.cpp"].removeprefix("b"))
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", v)
+    if m:
+        return tuple(map(int, m.groups())) > tuple(map(int, ENGINE["llama-cpp-python"].split(".")))
+    return False
+
+
+def _newer(out: Findings, engine_newer: bool, code: str, message: str) -> None:
+    """A name this llama.cpp does not know: its refusal, or a warning when the lane runs a newer one."""
+    if engine_newer:
+        out.warning(code, f"{message}; the lane declares a newer llama.cpp, which may know it")
+    else:
+        out.error(code, message)
+
+
 def check_model(
     name: str,
     meta: Mapping[str, object],
@@ -149,6 +159,7 @@ def check_model(
     tensors_complete: bool = True,
     tensors_only: bool = False,
     vocab_file: bool | None = None,
+    engine_newer: bool = False,
 ) -> ModelFacts:
     """Judge one model's metadata and tensor set; findings go to `out`.
 
@@ -156,7 +167,8 @@ def check_model(
     part of a split (the tensor checks then wait for check_gguf_split); `tensors_only`
     reports the tensor checks alone (the key/values were judged already). `vocab_file`: the
     file is a vocabulary file (no tensors), as llama.cpp's ggml-vocab-*.gguf; None decides
-    from the file.
+    from the file. `engine_newer`: the lane runs a llama.cpp newer than the tables' (names
+    they do not know are warnings, not errors).
     """
     arch_kv = kv_types.get("general.architecture")
     arch = meta.get("general.architecture") if arch_kv == (STR, None) else None
@@ -171,7 +183,7 @@ def check_model(
     facts = ModelFacts(arch, None, None, None, vocab_file)
     kv_out = Findings(out.name) if tensors_only else out
 
-    _check_key_types(meta, kv_types, arch, vocab_file, kv_out)
+    _check_key_types(meta, kv_types, arch, kv_out)
     if arch_kv is None:
         kv_out.error(P.ARCHITECTURE_MISSING, "has no general.architecture; llama.cpp cannot choose a model for it (\"unknown model architecture: ''\")")
     if arch is None or arch == "clip":  # clip: a multimodal projector, loaded beside a model, never as one
@@ -180,49 +192,101 @@ def check_model(
         kv_out.error(P.HPARAM_INVALID, f"general.architecture {arch!r} is not an architecture name (llama.cpp: \"unknown model architecture\")")
         return facts
     if arch not in KNOWN_ARCHITECTURES:
-        kv_out.warning(P.UNKNOWN_ARCHITECTURE, f"architecture {arch!r} is not known to preflight (nor to llama.cpp as of llama-cpp-python 0.3.36); only its generic parts were checked")
-    row = ARCHITECTURES.get(arch)
-    n_vocab = _vocabulary(meta, kv_types, arch, kv_out)
+        _newer(kv_out, engine_newer, P.UNKNOWN_ARCHITECTURE, f"architecture {arch!r} is unknown to {ENGINE_NAME} "
+               f"(\"unknown model architecture: '{arch}'\")")
+        if not engine_newer:
+            return facts  # llama.cpp stops there
+    n_vocab = _vocabulary(meta, kv_types, arch, kv_out, engine_newer)
     facts = facts._replace(vocab_size=n_vocab)
     if vocab_file:
         return facts
     if tensors_complete and not tensors:
-        out.error(P.WEIGHTS_MISSING, "has no tensors: a model file without its weights (a vocabulary-only file is named like ggml-vocab-*.gguf)")
-    n_embd, n_layer = _hparams(meta, kv_types, arch, row, kv_out)
-    facts = facts._replace(block_count=n_layer)
+        out.error(P.WEIGHTS_MISSING, "has no tensors: a model file without its weights (if this file is a vocabulary only, "
+                  "set vocab_only: true on the lane)")
+    if arch not in ARCH_CLASSES:
+        n_layer = _generic_hparams(meta, kv_types, arch, kv_out)
+        facts = facts._replace(block_count=n_layer)
+        if tensors_complete and tensors:
+            facts = _tensor_facts(facts, tensors)
+            _tensor_names(tensors, arch, out)
+            _blocks(tensors, arch, n_layer, out)
+        return facts
+    from preflight.formats import gguf_eval
+
+    n_token_types = meta.get("tokenizer.ggml.token_type_count")
+    run = gguf_eval.run(arch, meta, kv_types, tensors if tensors_complete and tensors else None,
+                        n_vocab if n_vocab is not None else gguf_eval.UNK,
+                        n_token_types if type(n_token_types) is int and kv_types.get("tokenizer.ggml.token_type_count") == (U32, None) else 0)
+    if run.hparams is not None and not (run.hparams.kind == "key-type" and run.hparams.key in KEY_TYPES):  # reported with the key types
+        _report(run.hparams, arch, kv_out, "hparams")
+    n_layer = run.values.get("n_layer_all")
+    facts = facts._replace(block_count=n_layer if type(n_layer) is int else _u32(meta, kv_types, f"{arch}.block_count"))
     if not tensors_complete or not tensors:
         return facts
-    if "token_embd.weight" in tensors or "output.weight" in tensors:
-        facts = facts._replace(tied_embeddings="output.weight" not in tensors)
-    _tensor_names(tensors, arch, row, out)
-    _blocks(tensors, meta, arch, row, n_layer, out)
-    if row is not None:
-        _required_tensors(tensors, row, out)
-        if n_layer is not None:
-            # The layer loop runs over block_count minus the next-token-prediction layers.
-            nextn = _u32(meta, kv_types, f"{arch}.nextn_predict_layers") or 0
-            dense = not _u32(meta, kv_types, f"{arch}.expert_count")
-            _block_requirements(tensors, row, max(0, n_layer - nextn), dense, out)
-        _shapes(tensors, meta, kv_types, arch, row, n_embd, n_vocab, n_layer, out)
+    facts = _tensor_facts(facts, tensors)
+    beyond = _blocks(tensors, arch, facts.block_count if run.followed else None, out)
+    if run.tensors is not None:
+        _report(run.tensors, arch, out, "tensors")
+    if run.complete:
+        unused = [t for t in run.unused if not (_block_of(t) is not None and _block_of(t) in beyond)]
+        for tname in unused[:_MAX_NAMED]:
+            out.error(P.TENSOR_UNEXPECTED, f"tensor {tname!r} is not one llama.cpp's {arch} loader creates for these hyper-parameters; "
+                      f"it refuses files with tensors it does not use (\"wrong number of tensors\")")
+        if len(unused) > _MAX_NAMED:
+            out.error(P.TENSOR_UNEXPECTED, f"and {len(unused) - _MAX_NAMED} more tensors llama.cpp's {arch} loader does not create")
+    else:
+        _tensor_names(tensors, arch, out)
+    if run.graph is not None:
+        _report(run.graph, arch, out, "graph")
     return facts
 
 
-def _check_key_types(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str | None, vocab_file: bool, out: Findings) -> None:
-    """Mirrors the type-strict reads: a known key of another type fails the load."""
+def _tensor_facts(facts: ModelFacts, tensors: Mapping[str, tuple[int, ...]]) -> ModelFacts:
+    if "token_embd.weight" in tensors or "output.weight" in tensors:
+        return facts._replace(tied_embeddings="output.weight" not in tensors)
+    return facts
+
+
+def _report(err: object, arch: str, out: Findings, stage: str) -> None:
+    """One failure of llama.cpp's load path, with its code and llama.cpp's own words."""
+    kind, message, key, tensor, detail = err.kind, err.message, err.key, err.tensor, err.detail  # type: ignore[attr-defined]
+    said = f"{message} ({detail})" if detail else message
+    if kind == "key-missing":
+        out.error(P.HPARAM_MISSING, f"has no {key}, which {ENGINE_NAME} requires for {arch} (\"{message}\")")
+    elif kind == "key-type":
+        out.error(P.KV_TYPE_MISMATCH, f"{key or 'a key'} has a type llama.cpp does not read (\"{message}\")")
+    elif kind == "tensor-missing":
+        name = message.split("'")[1] if "'" in message else message
+        out.error(P.TENSOR_MISSING, f"has no tensor {name!r}, which llama.cpp's {arch} loader requires with these hyper-parameters (\"{message}\")")
+    elif kind == "tensor-shape":
+        out.error(P.BAD_SHAPE, f"llama.cpp's {arch} loader refuses it (\"{message}\"): {detail}")
+    elif stage == "graph":
+        out.error(P.HPARAM_INVALID, f"{ENGINE_NAME} aborts when it builds this model's first graph (creating a context, before the "
+                  f"first decode): \"{said}\"")
+    elif kind == "assert" or kind == "abort":
+        out.error(P.HPARAM_INVALID, f"{ENGINE_NAME} aborts the process loading this model: \"{said}\"")
+    else:
+        out.error(P.HPARAM_INVALID, f"{ENGINE_NAME} refuses this model: \"{said}\"")
+
+
+def _check_key_types(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str | None, out: Findings) -> None:
+    """Mirrors the type-strict reads of the vocabulary (the architecture's keys are judged by its load path)."""
     prefix = f"{arch}." if arch else None
     for key, kt in kv_types.items():
         spec = KEY_TYPES.get(key)
         if spec is None and prefix and key.startswith(prefix):
             spec = KEY_TYPES.get("{arch}." + key[len(prefix):])
-        if spec is None or (vocab_file and spec.when == "model"):
+        if spec is None:
             continue
         if kt not in spec.types:
             out.error(P.KV_TYPE_MISMATCH, f"{key} is {_kv_type_name(kt)}, llama.cpp reads it as {_expected(spec.types)} ({spec.why}; \"key {key} has wrong type\")")
 
 
-def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str, out: Findings) -> int | None:
-    """llama_vocab::load: tokenizer.ggml.model is required; then the token list, and scores /
-    token types at least as long as it ("Index out of array bounds for scores (N < M)")."""
+def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str, out: Findings, engine_newer: bool) -> int | None:
+    """llama_vocab::load: tokenizer.ggml.model is required and known; BPE needs a known
+    pre-tokenizer and merges; then the token list, and scores / token types at least as long as
+    it ("Index out of array bounds for scores (N < M)"), no token twice, and the tokens it looks
+    up by text for some models."""
     model = meta.get("tokenizer.ggml.model")
     if "tokenizer.ggml.model" not in kv_types:
         out.error(P.TOKENIZER_MISSING, "has no tokenizer.ggml.model; llama.cpp needs the tokenizer even to list the vocabulary (\"key not found in model: tokenizer.ggml.model\")")
@@ -232,10 +296,26 @@ def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch
     if model in NO_VOCAB:
         size = meta.get(f"{arch}.vocab_size")
         return size if type(size) is int else 0
-    if model not in TOKENIZER_MODELS and not _NAME.match(model):
-        out.error(P.VOCAB_INVALID, f"tokenizer.ggml.model {model!r} is not a tokenizer name (llama.cpp: \"unknown tokenizer\")")
-    elif model not in TOKENIZER_MODELS:
-        out.warning(P.VOCAB_INVALID, f"tokenizer.ggml.model {model!r} is not known to preflight (llama.cpp as of llama-cpp-python 0.3.36 refuses it as an unknown tokenizer)")
+    vtype = TOKENIZER_MODELS.get(model)
+    if vtype is None:
+        if not _NAME.match(model):
+            out.error(P.VOCAB_INVALID, f"tokenizer.ggml.model {model!r} is not a tokenizer name (llama.cpp: \"unknown tokenizer\")")
+        else:
+            _newer(out, engine_newer, P.VOCAB_INVALID, f"tokenizer.ggml.model {model!r} is unknown to {ENGINE_NAME} (\"unknown tokenizer: '{model}'\")")
+    pre = meta.get("tokenizer.ggml.pre") if kv_types.get("tokenizer.ggml.pre") == (STR, None) else None
+    if vtype == "BPE" and model != "gemma4" and isinstance(pre, str) and pre and pre not in BPE_PRE_TOKENIZERS:
+        _newer(out, engine_newer, P.VOCAB_INVALID, f"tokenizer.ggml.pre {pre!r} is unknown to {ENGINE_NAME} for a BPE vocabulary "
+               f"(\"unknown pre-tokenizer type: '{pre}'\")")
+    if vtype == "BPE" and "tokenizer.ggml.merges" not in kv_types and (model == "gemma4" or pre != MERGES_OPTIONAL_PRE):
+        out.error(P.TOKENIZER_MISSING, f"is a BPE ({model}) tokenizer without tokenizer.ggml.merges (\"cannot find tokenizer merges in model file\")")
+    charsmap = kv_types.get("tokenizer.ggml.precompiled_charsmap")
+    if vtype == "UGM" and charsmap is not None:
+        n = _length(meta.get("tokenizer.ggml.precompiled_charsmap"))
+        if charsmap not in ((ARR, U8), (ARR, I8)):
+            out.error(P.KV_TYPE_MISMATCH, "tokenizer.ggml.precompiled_charsmap is not an array of int8/uint8 "
+                      "(\"invalid gguf type for tokenizer.ggml.precompiled_charsmap\")")
+        elif n is not None and n < 4:
+            out.error(P.VOCAB_INVALID, "tokenizer.ggml.precompiled_charsmap has fewer than 4 bytes (\"precompiled_charsmap too small for xcda_blob_size header!\")")
     if "tokenizer.ggml.tokens" not in kv_types:
         out.error(P.TOKENIZER_MISSING, "has no tokenizer.ggml.tokens (\"cannot find tokenizer vocab in model file\")")
         return None
@@ -244,11 +324,14 @@ def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch
     tokens = meta["tokenizer.ggml.tokens"]
     n_tokens = _length(tokens)
     assert n_tokens is not None
+    present: frozenset[str] | None
     if isinstance(tokens, list):
         texts = [t for t in tokens if t]
         dup = next((t for i, t in enumerate(texts) if t in texts[:i]), None)
+        present = frozenset(tokens)
     else:
         dup = getattr(tokens, "duplicate", None)
+        present = getattr(tokens, "present", None)
     if dup is not None:
         out.error(P.VOCAB_INVALID, f"tokenizer.ggml.tokens holds the token {dup!r} twice; llama.cpp aborts the process on it (GGML_ASSERT id_to_token.size() == token_to_id.size())")
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
@@ -256,12 +339,59 @@ def _vocabulary(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch
         if n is None:
             continue
         if n < n_tokens:
-            out.error(P.VOCAB_INVALID, f"{key} has {n} entries for {n_tokens} tokens; llama.cpp refuses it (index out of array bounds)")
+            what = "scores" if key.endswith("scores") else "toktypes"
+            out.error(P.VOCAB_INVALID, f"{key} has {n} entries for {n_tokens} tokens; llama.cpp refuses it (\"Index out of array bounds for {what} ({n} < {n_tokens})\")")
         elif n > n_tokens:
             out.warning(P.VOCAB_INVALID, f"{key} has {n} entries for {n_tokens} tokens; llama.cpp ignores the extra {n - n_tokens}")
-    if model == "gpt2" and "tokenizer.ggml.merges" not in kv_types and meta.get("tokenizer.ggml.pre") != "kimi-k2":
-        out.error(P.TOKENIZER_MISSING, "is a BPE (gpt2) tokenizer without tokenizer.ggml.merges (\"cannot find tokenizer merges in model file\")")
+    _name_tokens(meta, kv_types, present, out)
+    if vtype in ("SPM", "UGM", "BPE"):
+        _byte_tokens(tokens, meta.get("tokenizer.ggml.token_type") if kv_types.get("tokenizer.ggml.token_type") == (ARR, I32) else None, out)
     return n_tokens
+
+
+BYTE = 6  # LLAMA_TOKEN_TYPE_BYTE
+
+
+def _byte_tokens(tokens: object, types: object, out: Findings) -> None:
+    """llama_vocab::load builds every token's piece; a byte token's is read from its text as
+    "<0xXX>" (token_to_byte: text.substr(3, 2)), which throws for a text under 3 bytes."""
+    if isinstance(tokens, list):
+        short = [(i, t.encode()) for i, t in enumerate(tokens) if 0 < len(t.encode()) < 3]
+    else:
+        short = list(getattr(tokens, "short", None) or ())
+    if not short or types is None:
+        return
+    if isinstance(types, list):
+        def type_of(i: int) -> int | None:
+            return types[i] if i < len(types) else None
+    else:
+        raw = getattr(types, "raw", None)
+        if raw is None:
+            return
+
+        def type_of(i: int) -> int | None:
+            return int.from_bytes(raw[4 * i : 4 * i + 4], "little", signed=True) if 4 * i + 4 <= len(raw) else None
+    for i, text in short:
+        if type_of(i) == BYTE:
+            out.error(P.VOCAB_INVALID, f"tokenizer.ggml.token_type marks token {i} ({text.decode('utf-8', 'replace')!r}) as a byte token, "
+                      f"but a byte token's text is \"<0xXX>\"; llama.cpp's vocabulary load throws (\"basic_string::substr\")")
+            return
+
+
+def _name_tokens(meta: Mapping[str, object], kv_types: Mapping[str, KVType], present: frozenset[str] | None, out: Findings) -> None:
+    """llama_vocab::load sets attributes of some tokens by their text when general.name contains a
+    word (phi-3: "</s>", "<unk>", ...); `token_to_id.at(text)` throws when one is absent."""
+    name = meta.get("general.name")
+    if present is None or not isinstance(name, str) or kv_types.get("general.name") != (STR, None):
+        return
+    low = name.lower()
+    for word, needed in NAME_TOKENS.items():
+        if word in low:
+            missing = [t for t in needed if t not in present]
+            if missing:
+                out.error(P.VOCAB_INVALID, f"general.name {name!r} makes llama.cpp look up the token {missing[0]!r}, which "
+                          f"tokenizer.ggml.tokens lacks; the vocabulary load throws (token_to_id.at: \"unordered_map::at\")")
+            return
 
 
 def _u32(meta: Mapping[str, object], kv_types: Mapping[str, KVType], key: str) -> int | None:
@@ -269,69 +399,29 @@ def _u32(meta: Mapping[str, object], kv_types: Mapping[str, KVType], key: str) -
     return value if kv_types.get(key) == (U32, None) and type(value) is int else None
 
 
-def _hparams(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str, row: object, out: Findings) -> tuple[int | None, int | None]:
-    """llama_model_base::load_hparams and the architecture's load_arch_hparams."""
-    required: dict[str, str] = {"context_length": "uint32", "embedding_length": "uint32", "block_count": "uint32"}
-    if row is not None:
-        required |= row.hparams  # type: ignore[attr-defined]
-    for rel, type_name in required.items():
+def _generic_hparams(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str, out: Findings) -> int | None:
+    """For an architecture without a load path in the tables: what llama_model_base::load_hparams
+    requires of every model (context_length, embedding_length, block_count as uint32)."""
+    for rel in ("context_length", "embedding_length", "block_count"):
         key = f"{arch}.{rel}"
         kt = kv_types.get(key)
         if kt is None:
-            out.error(P.HPARAM_MISSING, f"has no {key} ({type_name}), which llama.cpp requires for {arch} (\"key not found in model: {key}\")")
-        elif kt != (_BY_NAME[type_name], None) and key not in _key_specs_for(arch):
-            out.error(P.KV_TYPE_MISMATCH, f"{key} is {_kv_type_name(kt)}, llama.cpp reads it as {type_name} (\"key {key} has wrong type\")")
-    n_embd = _u32(meta, kv_types, f"{arch}.embedding_length")
+            out.error(P.HPARAM_MISSING, f"has no {key}, which llama.cpp requires of every model (\"key not found in model: {key}\")")
+        elif kt != (U32, None):
+            out.error(P.KV_TYPE_MISMATCH, f"{key} is {_kv_type_name(kt)}, llama.cpp reads it as uint32 (\"key {key} has wrong type\")")
     n_layer = _u32(meta, kv_types, f"{arch}.block_count")
     if n_layer is not None and not 0 < n_layer <= LLAMA_MAX_LAYERS:
         out.error(P.HPARAM_INVALID, f"{arch}.block_count is {n_layer}, llama.cpp needs 1..{LLAMA_MAX_LAYERS} (it aborts the process otherwise)")
-        n_layer = None
-    n_expert = _u32(meta, kv_types, f"{arch}.expert_count") or 0
-    if n_expert > LLAMA_MAX_EXPERTS:
-        out.error(P.HPARAM_INVALID, f"{arch}.expert_count is {n_expert}, llama.cpp allows at most {LLAMA_MAX_EXPERTS} (it aborts the process otherwise)")
-    used = _u32(meta, kv_types, f"{arch}.expert_used_count")
-    if used is not None and used > n_expert:
-        out.error(P.HPARAM_INVALID, f"{arch}.expert_used_count is {used} with {n_expert} experts; llama.cpp aborts unless it is at most expert_count")
-    for key in (f"{arch}.feed_forward_length", f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv", f"{arch}.expert_used_count"):
-        # get_key_or_arr: an array must have one entry per block ("key ... has wrong array length").
-        if n_layer is not None and kv_types.get(key, (0, None))[0] == ARR:
-            n = _length(meta[key])
-            if n != n_layer:
-                out.error(P.HPARAM_INVALID, f"{key} has {n} entries, one per block was expected ({n_layer}); llama.cpp refuses it (\"wrong array length\")")
-    if row is not None and row.qkv and f"{arch}.attention.head_count" not in kv_types:  # type: ignore[attr-defined]
-        # Optional to load_hparams, but without it the model has 0 heads and the attention
-        # tensors' shapes cannot match ("tensor 'blk.0.attn_q.weight' has wrong shape").
-        out.error(P.HPARAM_MISSING, f"has no {arch}.attention.head_count; llama.cpp then takes 0 attention heads and refuses the attention tensors")
-    if arch in ROPE_IS_HEAD_SIZE:
-        _rope(meta, kv_types, arch, n_embd, out)
-    return n_embd, n_layer
+        return None
+    return n_layer
 
 
-def _key_specs_for(arch: str) -> frozenset[str]:
-    """Keys KEY_TYPES already judged (so a wrong type is reported once)."""
-    return frozenset(k.replace("{arch}", arch) for k in KEY_TYPES)
-
-
-def _rope(meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str, n_embd: int | None, out: Findings) -> None:
-    """load_hparams for llama/deci/falcon: rope.dimension_count must equal the head size
-    (attention.key_length, else embedding_length / head_count): "invalid n_rot"."""
-    n_rot = _u32(meta, kv_types, f"{arch}.rope.dimension_count")
-    if n_rot is None:
-        return
-    head = _u32(meta, kv_types, f"{arch}.attention.key_length")
-    n_head = _u32(meta, kv_types, f"{arch}.attention.head_count")
-    if head is None and n_embd and n_head:
-        head = n_embd // n_head
-    if head is not None and n_rot != head:
-        out.error(P.HPARAM_INVALID, f"{arch}.rope.dimension_count is {n_rot}, llama.cpp requires the head size {head} for {arch} (\"invalid n_rot\")")
-
-
-def _tensor_names(tensors: Mapping[str, tuple[int, ...]], arch: str, row: object, out: Findings) -> None:
-    """llama.cpp refuses a file with a tensor its model never reads: it counts the tensors the
-    architecture's loader created against the file's ("wrong number of tensors; expected N, got M").
-    The names each architecture's loader may create (required or optional) come from
-    gguf_arch.TENSOR_NAMES; a known architecture without such a list is held to the names any
-    architecture reads. Judged for architectures llama.cpp knows only: a newer one may read new names."""
+def _tensor_names(tensors: Mapping[str, tuple[int, ...]], arch: str, out: Findings) -> None:
+    """For a load path that could not be followed to the end: llama.cpp refuses a file with a
+    tensor its model never reads ("wrong number of tensors"). The names each architecture's
+    loader may create under any condition come from gguf_arch.TENSOR_NAMES (a superset); a known
+    architecture without such a list is held to the names any architecture reads. Judged for
+    architectures llama.cpp knows only: a newer one may read new names."""
     if arch not in KNOWN_ARCHITECTURES:
         return
     allowed = _allowed_names(arch)
@@ -363,16 +453,21 @@ def _allowed_names(arch: str) -> frozenset[str] | None:
     return base | extra
 
 
-def _blocks(tensors: Mapping[str, tuple[int, ...]], meta: Mapping[str, object], arch: str, row: object, n_layer: int | None, out: Findings) -> None:
+def _block_of(tname: str) -> int | None:
+    m = _BLOCK.match(tname)
+    return int(m[1]) if m else None
+
+
+def _blocks(tensors: Mapping[str, tuple[int, ...]], arch: str, n_layer: int | None, out: Findings) -> set[int]:
     """block_count against the blk.N tensors: a block past the count is never read (llama.cpp
-    refuses the file), a block below it without tensors misses every layer tensor."""
+    refuses the file), a block below it without tensors misses every layer tensor. Returns the
+    blocks past the count."""
     if n_layer is None:
-        return
+        return set()
     present: dict[int, int] = {}
     for tname in tensors:
-        m = _BLOCK.match(tname)
-        if m:
-            n = int(m[1])
+        n = _block_of(tname)
+        if n is not None:
             present[n] = present.get(n, 0) + 1
     beyond = sorted(n for n in present if n >= n_layer)
     if beyond:
@@ -382,46 +477,4 @@ def _blocks(tensors: Mapping[str, tuple[int, ...]], meta: Mapping[str, object], 
     if empty and present:
         out.error(P.BLOCK_COUNT_MISMATCH, f"{arch}.block_count is {n_layer} but block{'s' if len(empty) > 1 else ''} "
                   f"{P.number_ranges(empty)} {'have' if len(empty) > 1 else 'has'} no tensors")
-
-
-def _required_tensors(tensors: Mapping[str, tuple[int, ...]], row: object, out: Findings) -> None:
-    """create_tensor(..., 0) fails with "missing tensor '<name>'" (src/llama-model-loader.cpp)."""
-    for tname in row.tensors:  # type: ignore[attr-defined]
-        if tname not in tensors:
-            out.error(P.TENSOR_MISSING, f"has no tensor {tname!r}, which llama.cpp requires (\"missing tensor '{tname}'\")")
-
-
-def _block_requirements(tensors: Mapping[str, tuple[int, ...]], row: object, n_layer: int, dense: bool, out: Findings) -> None:
-    patterns = [*row.block, *(row.dense if dense else ())]  # type: ignore[attr-defined]
-    for i in range(n_layer):
-        for pattern in patterns:
-            tname = pattern.replace("%d", str(i))
-            if tname not in tensors:
-                out.error(P.TENSOR_MISSING, f"has no tensor {tname!r}, which llama.cpp requires in every block (\"missing tensor '{tname}'\")")
-        if row.qkv:  # type: ignore[attr-defined]
-            fused = f"blk.{i}.attn_qkv.weight"
-            split = [f"blk.{i}.attn_{x}.weight" for x in "qkv"]
-            if fused not in tensors and any(s not in tensors for s in split):
-                missing = next(s for s in split if s not in tensors)
-                out.error(P.TENSOR_MISSING, f"has no tensor {missing!r} (nor a fused {fused!r}), which llama.cpp requires (\"missing tensor '{missing}'\")")
-
-
-def _shapes(tensors: Mapping[str, tuple[int, ...]], meta: Mapping[str, object], kv_types: Mapping[str, KVType], arch: str,
-            row: object, n_embd: int | None, n_vocab: int | None, n_layer: int | None, out: Findings) -> None:
-    """create_tensor checks every shape: "tensor 'token_embd.weight' has wrong shape"."""
-    ff_key = f"{arch}.feed_forward_length"
-    # feed_forward_length is optional to load_hparams: absent, n_ff is 0 and the shapes say so.
-    sizes = {"n_embd": n_embd, "n_vocab": n_vocab, "n_ff": _u32(meta, kv_types, ff_key) if ff_key in kv_types else 0}
-    for pattern, symbols in row.shapes.items():  # type: ignore[attr-defined]
-        want = [sizes[s] for s in symbols]
-        if any(w is None for w in want):
-            continue
-        names = [pattern.replace("%d", str(i)) for i in range(n_layer or 0)] if "%d" in pattern else [pattern]
-        for tname in names:
-            dims = tensors.get(tname)
-            if dims is None:
-                continue
-            got = tuple(dims) + (1,) * (len(want) - len(dims))
-            if got[: len(want)] != tuple(want) or any(d != 1 for d in got[len(want):]):
-                desc = ", ".join(f"{s}={sizes[s]}" for s in dict.fromkeys(symbols))
-                out.error(P.BAD_SHAPE, f"tensor {tname!r} has shape {list(dims)}, llama.cpp expects {want} ({desc}; \"wrong shape\")")
+    return set(beyond)

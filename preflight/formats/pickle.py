@@ -1,25 +1,42 @@
-"""Pickle-bearing weights: what a file holds, judged by its bytes, never its name.
+"""Pickle-bearing weights: what a file holds, judged by what its loaders read, never its name.
 
-`classify` reads a few bytes (and, for an archive, its member list) and says what a
-file is: a pickle, a PyTorch checkpoint (zip, legacy or tar), a TorchScript archive,
-a NumPy array, safetensors, GGUF/GGML, another archive or plain data. A file holds a
-pickle when a loader would unpickle something in it: a stream that begins with the
-PROTO opcode, or one that reaches STOP or an opcode that calls something before it
-fails (bytes that fail first cannot run anything under `pickle.load`, so they are
-data, whatever the file is called).
+`classify` says what a file is (a pickle, a PyTorch checkpoint in the zip, legacy or tar
+format, a TorchScript archive, a NumPy array, safetensors, GGUF/GGML, another archive or
+plain data) and plans every pickle stream a loader would unpickle from it, found the way
+that loader finds it:
+
+- a zip (its first bytes `PK\\x03\\x04`, which is how torch.load tells): the records
+  torch's zip reader returns (`archive.py`: the prefix taken from the first entry's folder,
+  names matched case-insensitively, of several matching entries the one miniz returns;
+  `data.pkl`, `constants.pkl` and every `*.pkl`/`*.debug_pkl` entry), and what Python's
+  zipfile lists (np.load reads any member that begins with the `.npy` magic; a member
+  named like a pickle file, or itself a zip, is judged as a file of its own, so a checkpoint
+  inside an archive is judged by torch's rules too). Two entries torch would take for one record
+  are refused, naming the one it reads;
+- anything else: torch.load first tries the legacy tar format (`storages`, `tensors`,
+  `pickle` members, every one unpickled with full imports: refused, not judged), and
+  when tarfile cannot read it, unpickles the file from its first byte (the legacy stream:
+  five pickles, the first a magic number read with plain `pickle.load`). So a file that
+  is also GGUF, safetensors, .npy or a tar, whose first bytes import something when read
+  as a pickle, is a pickle (a polyglot), whatever else it is.
+
+A stream that neither declares itself a pickle (PROTO) nor reaches STOP or an import
+before it fails cannot run anything under `pickle.load`: such bytes are data.
 
 A pickle is refused unless the lane allows pickles. An allowed pickle must still have
-the shape of a state dict: its opcodes are walked without being run, and every global
-it imports must be on the allowlist of what `torch.load(weights_only=True)` accepts
-plus the NumPy array reconstructors; calls, attribute writes and persistent ids must
-have torch's shapes; extension codes, globals named by computed strings and pickles
-that do not parse to their end are refused. A TorchScript archive is a program as well
-as weights (torch.jit.load compiles and runs its code/), so `allow_pickle: true` does
-not accept it; `allow_pickle: torchscript` does, after the same walk of its pickles.
+the shape of a state dict: its opcodes are walked without being run (`pickle_walk.py`),
+and every global it imports must be on the allowlist of what
+`torch.load(weights_only=True)` accepts plus the NumPy array reconstructors; calls,
+attribute writes and persistent ids must have torch's shapes; extension codes, globals
+named by computed strings and pickles that do not parse to their end are refused. A
+TorchScript archive is a program as well as weights (torch.jit.load compiles and runs its
+code/), so `allow_pickle: true` does not accept it; `allow_pickle: torchscript` does, after
+the same walk of its pickles.
 
-Reads are bounded whatever the input: only the pickle streams are read (never a torch
-zip's storages, never what follows a legacy checkpoint's pickles), with caps on
-opcodes, memo, stack, archive members and inflated bytes.
+Reads are bounded whatever the input: only pickle streams and member headers are read
+(never a torch zip's storages, never what follows a legacy checkpoint's pickles), with caps
+on opcodes, memo, stack, archive members (all archives of a file together), nesting,
+streams and inflated bytes; a bound that is reached makes the file unjudgeable (refused).
 """
 
 from __future__ import annotations
@@ -31,28 +48,26 @@ from pathlib import Path
 
 from .. import problems as P
 from ..problems import Problem
+from . import archive as A
+from .pickle_walk import MAX_INFLATE, MAX_MEMO, MAX_OPS, Budget, Reader, Rules, Unjudgeable, Walk, walk
+
+__all__ = ["MAX_INFLATE", "MAX_MEMO", "MAX_OPS", "Found", "classify", "judge", "pickle_policy", "scan_pickle", "check_by_content"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 ACCEPT_ON_LANE = "set `allow_pickle: true` on the lane to accept it"  # `inspect` names its flag instead
 TORCHSCRIPT_ON_LANE = "set `allow_pickle: torchscript` on the lane to accept TorchScript"
 
-MAX_OPS = 2_000_000           # opcodes per file (a state dict needs about 20 a tensor)
-MAX_MEMO = 300_000            # memo entries per pickle (about 6 a tensor)
-MAX_STACK = 1_000_000         # stack items, marks included
-MAX_MARKS = 100_000
-KEEP_STR = 256                # strings longer than this are not kept (a global's name never is)
-KEEP_BUDGET = 8 << 20         # characters of strings kept per file
 MAX_PICKLES = 16              # pickles read back to back from one stream
-MAX_ZIP_MEMBERS = 100_000
-MAX_ZIP_DIRECTORY = 32 << 20
-MAX_PICKLE_MEMBERS = 4096
-MAX_INFLATE = 64 << 20        # bytes inflated from compressed pickle members, per file
-MAX_TAR_MEMBERS = 10_000
+MAX_STREAMS = 4096            # pickle streams judged in one file
+MAX_NESTING = 3               # archives inside archives
 MAX_NPY_HEADER = 1 << 16
 
 TORCH_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 LEGACY_PICKLES = 5  # magic, protocol version, sys info, the object, storage keys; storages follow
 GGML_MAGICS = {b"lmgg": "ggml", b"fmgg": "ggmf", b"tjgg": "ggjt", b"algg": "ggla"}
+TORCH_TAR_NAMES = {"sys_info", "pickle", "storages", "tensors"}  # torch.serialization's legacy_load
+TORCH_RECORDS = ("data.pkl", "constants.pkl")
+TORCH_TAR_LABEL = "a PyTorch checkpoint in the tar format of torch before 0.4"
 
 
 def is_pickle_name(name: str) -> bool:
@@ -60,7 +75,26 @@ def is_pickle_name(name: str) -> bool:
     return name.lower().endswith(PICKLE_SUFFIXES)
 
 
+def _pickle_record(name: bytes) -> bool:
+    low = A.lower(name)
+    return low.endswith((b".pkl", b".debug_pkl")) or low.rsplit(b"/", 1)[-1] == b"pickle"
+
+
 # ----------------------------------------------------------------------------- what a file is
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One pickle stream a loader reads from the file.
+
+    how: "pickle" (pickles back to back, as pickle.load and torch's legacy fallback read),
+    "legacy" (torch's five), "main" (a torch zip's data.pkl: storages allowed, must be a
+    pickle), "torch" (another pickle of a torch zip), "member" (one pickle), "npy" (an .npy
+    header, then one pickle)."""
+
+    where: str
+    span: A.Span
+    how: str
 
 
 @dataclass(frozen=True)
@@ -70,43 +104,109 @@ class Found:
     kind: str  # pickle torch-zip torchscript torch-legacy torch-tar numpy numpy-pickle zip tar gguf ggml safetensors data empty
     label: str
     pickled: bool = False
-    members: tuple[str, ...] = ()  # the pickle members of an archive
+    members: tuple[str, ...] = ()  # where the pickle streams are, inside the file
     declared: bool = True  # False: opcodes that happen to run into an import or a call, with no PROTO and no STOP
+    streams: tuple[Stream, ...] = ()
+    refusals: tuple[str, ...] = ()  # refused whatever the streams hold (entries torch confuses, a nested legacy tar)
+    unjudged: tuple[str, ...] = ()  # what could not be read within the bounds
+    programs: tuple[str, ...] = ()  # TorchScript archives inside an archive
+    records: tuple[tuple[str, str], ...] = ()  # (record, member): what torch's zip reader returns for data.pkl, constants.pkl
+
+
+@dataclass
+class _Plan:
+    streams: list[Stream] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    unjudged: list[str] = field(default_factory=list)
+    programs: list[str] = field(default_factory=list)
+    records: list[tuple[str, str]] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+    entries: int = 0
+    budget: Budget = field(default_factory=Budget)
+
+    def add(self, where: str, span: A.Span, how: str) -> None:
+        if span.start in self.seen:
+            return
+        if len(self.streams) >= MAX_STREAMS:
+            if not self.unjudged or "pickle streams" not in self.unjudged[-1]:
+                self.unjudged.append(f"more than {MAX_STREAMS} pickle streams")
+            return
+        self.seen.add(span.start)
+        self.streams.append(Stream(where, span, how))
+
+    def count(self, n: int) -> None:
+        self.entries += n
+        if self.entries > A.MAX_ZIP_MEMBERS:
+            raise A.ArchiveTooLarge(f"more than {A.MAX_ZIP_MEMBERS} archive members in all")
 
 
 def classify(path: str | os.PathLike) -> Found:
-    """What the file holds, from its first bytes (and an archive's member list). Raises OSError."""
+    """What the file holds, and the pickle streams its loaders read. Raises OSError."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(4096)
-        return _classify(f, head, size)
+        plan = _Plan()
+        win = A.Window(f, 0, size)
+        head = win.read(4096)
+        kind, label, declared = _look(f, win, head, size, "", 0, plan)
+    pickled = bool(plan.streams or plan.refusals or plan.unjudged or plan.programs) or kind in ("torch-tar", "torchscript")
+    members = tuple(s.where for s in plan.streams if s.where)
+    if kind in ("zip", "tar") and label in (None, "a tar archive"):
+        shown = ", ".join(members[:4]) + (f" and {len(members) - 4} more" if len(members) > 4 else "")
+        label = f"a {kind} archive holding pickles ({shown})" if members else (
+            f"a {kind} archive that cannot be judged" if pickled else f"a {kind} archive (no pickles in it)")
+    return Found(kind, label, pickled, members, declared, tuple(plan.streams), tuple(plan.refusals),
+                 tuple(plan.unjudged), tuple(plan.programs), tuple(plan.records))
 
 
-def _classify(f, head: bytes, size: int) -> Found:
+def _within(where: str, name: str) -> str:
+    return f"{where} > {name}" if where else name
+
+
+def _look(f, win: A.Window, head: bytes, size: int, where: str, depth: int, plan: _Plan) -> tuple[str, str | None, bool]:
+    """Plan the streams of the file (or stored member) `win`; returns its kind and label."""
     if not head:
-        return Found("empty", "an empty file")
+        return "empty", "an empty file", True
     if head[:4] == b"PK\x03\x04":
-        return _classify_zip(f, size)
+        return _look_zip(f, win, size, where, depth, plan)
+    whole = A.Span(win.start, size, size)
+    shape = _magic(win, head, size)
+    tar = _look_tar(f, win, size, where, depth, plan)
+    if shape is None and tar is None:
+        if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+            if _starts_legacy(head):
+                plan.add(where, whole, "legacy")
+                return "torch-legacy", "a PyTorch checkpoint in the legacy format (torch.save without zip)", True
+            plan.add(where, whole, "pickle")
+            return "pickle", f"a pickle (protocol {head[1]})", True
+        w = walk(Reader(win, 0, size), Rules(), Budget())
+        if w.is_pickle:
+            plan.add(where, whole, "pickle")
+            return "pickle", f"a pickle (protocol {w.proto})", w.began or w.complete
+        return "data", "plain data (neither a pickle nor a known weights format)", True
+    kind, label = shape or tar
+    if kind == "numpy-pickle":
+        plan.add(where, whole, "npy")
+    # torch.load reads anything that is not a zip from its first byte once tarfile gives up
+    # on it: bytes that import something there make the file a pickle, whatever else it is.
+    w = walk(Reader(win, 0, size), Rules(), Budget())
+    if w.imports:
+        plan.add(where, whole, "pickle")
+        return "pickle", f"{label}, whose first bytes are also a pickle that torch.load would run", True
+    return kind, label, True
+
+
+def _magic(win: A.Window, head: bytes, size: int) -> tuple[str, str] | None:
     if head[:4] == b"GGUF":
-        return Found("gguf", "a GGUF file")
+        return "gguf", "a GGUF file"
     if head[:4] in GGML_MAGICS:
-        return Found("ggml", f"a GGML file (the format llama.cpp used before GGUF, magic '{GGML_MAGICS[head[:4]]}')")
+        return "ggml", f"a GGML file (the format llama.cpp used before GGUF, magic '{GGML_MAGICS[head[:4]]}')"
     if head[:6] == b"\x93NUMPY":
-        if _npy_holds_objects(f, 0):
-            return Found("numpy-pickle", "a NumPy array of Python objects (.npy; its data is a pickle)", True)
-        return Found("numpy", "a NumPy array (.npy)")
-    if _is_tar_header(head):
-        return _classify_tar(f)
+        if _npy_holds_objects(win, 0):
+            return "numpy-pickle", "a NumPy array of Python objects (.npy; its data is a pickle)"
+        return "numpy", "a NumPy array (.npy)"
     if _looks_safetensors(head, size):
-        return Found("safetensors", "a safetensors file")
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
-        if _starts_legacy(head):
-            return Found("torch-legacy", "a PyTorch checkpoint in the legacy format (torch.save without zip)", True)
-        return Found("pickle", f"a pickle (protocol {head[1]})", True)
-    walk = _walk(_Reader(f, 0, size), _Rules(), _Budget())
-    if walk.is_pickle:
-        return Found("pickle", f"a pickle (protocol {walk.proto})", True, declared=walk.began or walk.complete)
-    return Found("data", "plain data (neither a pickle nor a known weights format)")
+        return "safetensors", "a safetensors file"
+    return None
 
 
 def _looks_safetensors(head: bytes, size: int) -> bool:
@@ -124,138 +224,201 @@ def _starts_legacy(head: bytes) -> bool:
 
 
 def _is_tar_header(head: bytes) -> bool:
-    """A tar header block, checked the way tarfile (and so torch.load) checks it: by its checksum."""
+    """A tar header block by its checksum (tarfile's test), for bytes that cannot be opened as a file."""
     if len(head) < 512 or head[:512] == bytes(512):
         return False
-    field_ = head[148:156].replace(b"\x00", b" ").strip()
+    field_ = head[148:156].split(b"\x00", 1)[0].strip()
     try:
-        want = int(field_, 8)
+        want = int(field_ or b"0", 8)
     except ValueError:
         return False
     block = head[:148] + b" " * 8 + head[156:512]
     return want in (sum(block), sum(struct.unpack("148b8x356b", head[:512])) + 256)
 
 
-def _classify_tar(f) -> Found:
-    import tarfile
-
-    f.seek(0)
-    names: set[str] = set()
+def _look_tar(f, win: A.Window, size: int, where: str, depth: int, plan: _Plan) -> tuple[str, str] | None:
+    """A tar as torch's legacy loader (tarfile) reads it; None when tarfile cannot read it."""
     try:
-        with tarfile.open(fileobj=f, mode="r:") as tar:
-            for i, member in enumerate(tar):
-                if i >= MAX_TAR_MEMBERS:
-                    break
-                names.add(member.name)
-    except Exception:  # tarfile raises assorted errors on hostile headers; what was listed stands
-        pass
-    if {"sys_info", "pickle", "storages", "tensors"} & names:
-        return Found("torch-tar", "a PyTorch checkpoint in the tar format of torch before 0.4", True, ("pickle", "storages", "tensors"))
-    return Found("tar", "a tar archive")
+        members = A.tar_members(win, size)
+        plan.count(len(members))
+    except A.ArchiveUnreadable:
+        return None
+    except A.ArchiveTooLarge as exc:
+        plan.unjudged.append(f"{_within(where, 'the tar')}: {exc}")
+        return "tar", "a tar archive too large to judge"
+    if not members:
+        return None  # tarfile reads bytes that begin with a zero block as an empty tar; nothing in it
+    if TORCH_TAR_NAMES & {m.name for m in members}:
+        if depth:
+            plan.refusals.append(f"{where} is {TORCH_TAR_LABEL}, whose pickles torch unpickles with any import; "
+                                 "they are not judged here")
+        return "torch-tar", TORCH_TAR_LABEL
+    for m in members:
+        inside = is_pickle_name(m.name) or m.head[:4] == b"PK\x03\x04"
+        if m.is_file and (inside or m.head[:6] == b"\x93NUMPY"):
+            _look_member(f, A.Span(win.start + m.span.start, m.span.comp_size, m.span.size), _within(where, m.name),
+                         inside, depth, plan)
+    return "tar", "a tar archive"
 
 
-# ----------------------------------------------------------------------------- zip archives
-
-
-class _Unjudgeable(Exception):
-    """The input exceeds what is read to judge it, or is malformed past reading."""
-
-
-def _zip_directory_bounds(f, size: int) -> None:
-    """Refuse a zip whose central directory is too large before zipfile reads all of it."""
-    tail_len = min(size, 22 + 65535)
-    f.seek(size - tail_len)
-    tail = f.read(tail_len)
-    i = tail.rfind(b"PK\x05\x06")
-    if i < 0 or len(tail) - i < 22:
-        raise _Unjudgeable("no end-of-directory record (not a readable zip)")
-    entries, cd_size = struct.unpack_from("<H", tail, i + 10)[0], struct.unpack_from("<I", tail, i + 12)[0]
-    if entries == 0xFFFF or cd_size == 0xFFFFFFFF:
-        loc = tail.rfind(b"PK\x06\x07", 0, i)
-        if loc >= 0 and len(tail) - loc >= 20:
-            off = struct.unpack_from("<Q", tail, loc + 8)[0]
-            if off + 56 <= size:
-                f.seek(off)
-                rec = f.read(56)
-                if rec[:4] == b"PK\x06\x06":
-                    entries, cd_size = struct.unpack_from("<QQ", rec, 32)
-    if entries > MAX_ZIP_MEMBERS:
-        raise _Unjudgeable(f"{entries} members (more than {MAX_ZIP_MEMBERS})")
-    if cd_size > MAX_ZIP_DIRECTORY:
-        raise _Unjudgeable(f"a {cd_size}-byte member directory (more than {MAX_ZIP_DIRECTORY})")
-
-
-def _open_zip(f, size: int):
-    import zipfile
-
-    _zip_directory_bounds(f, size)
-    f.seek(0)
+def _look_zip(f, win: A.Window, size: int, where: str, depth: int, plan: _Plan) -> tuple[str, str | None, bool]:
+    """A zip as torch's reader (miniz) and Python's zipfile (np.load) each read it."""
+    miniz = zipv = None
+    why = ""
     try:
-        zf = zipfile.ZipFile(f)
-        infos = zf.infolist()
-    except Exception as exc:  # zipfile raises assorted errors on hostile directories
-        raise _Unjudgeable(f"its member directory does not read ({type(exc).__name__}: {exc})") from None
-    if len(infos) > MAX_ZIP_MEMBERS:
-        raise _Unjudgeable(f"{len(infos)} members (more than {MAX_ZIP_MEMBERS})")
-    return zf, infos
+        try:
+            miniz, directory = A.miniz_directory(win, size)
+            if A.same_for_zipfile(win, size, miniz, directory):
+                zipv = miniz
+        except A.ArchiveUnreadable as exc:
+            why = str(exc)
+        if zipv is None:
+            try:
+                A.zip_bounds(win, size)
+                zipv = A.zipfile_directory(win, size)
+            except A.ArchiveUnreadable as exc:
+                why = why or str(exc)
+        if miniz is None and zipv is None:
+            plan.unjudged.append(f"{_within(where, 'the zip')}: its member directory does not read ({why})")
+            return "zip", f"a zip archive that cannot be judged: its member directory does not read ({why})", True
+        plan.count(max(len(miniz or ()), len(zipv or ())))
+    except A.ArchiveTooLarge as exc:
+        plan.unjudged.append(f"{_within(where, 'the zip')}: {exc}")
+        return "zip", f"a zip archive that cannot be judged: {exc}", True
+
+    def absolute(span: A.Span) -> A.Span:
+        return A.Span(win.start + span.start, span.comp_size, span.size, span.method)
+
+    def span_of(e: A.Entry) -> A.Span | None:
+        try:
+            return absolute(A.local_span(win, size, e))
+        except A.ArchiveUnreadable as exc:
+            plan.unjudged.append(_within(where, str(exc)))
+            return None
+
+    kind, label = "zip", None
+    torch_like = False
+    if miniz:
+        prefix = A.torch_prefix(miniz)
+        found = {r: A.lookup(miniz, A.record_key(prefix, r)) if prefix is not None else [] for r in TORCH_RECORDS}
+        for record, matches in found.items():
+            if len(matches) > 1:
+                plan.refusals.append(_within(where, _confusion(miniz, prefix, record, matches)))
+            if matches and not depth:
+                pick = A.miniz_pick(miniz, A.record_key(prefix, record))
+                plan.records.append((record, pick.shown if pick is not None else "?"))
+        data, const = found["data.pkl"], found["constants.pkl"]
+        main = {e.index for e in data}
+        if const:
+            kind = "torchscript"
+            code_dir = A.lower(prefix) + b"/code/"
+            code = sum(1 for e in miniz if A.lower(e.name).startswith(code_dir) and e.name.endswith(b".py"))
+            label = f"a TorchScript archive ({code} code file{'s' if code != 1 else ''} under code/)"
+            if depth:
+                plan.programs.append(where)
+        elif data:
+            kind = "torch-zip"
+            canonical = A.record_key(prefix, "data.pkl")
+            read = A.miniz_pick(miniz, canonical) or data[0]
+            label = ("a PyTorch checkpoint (zip, data.pkl)" if read.name == canonical
+                     else f"a PyTorch checkpoint (zip; torch reads {read.shown!r} as its data.pkl)")
+        torch_like = kind != "zip"
+        for e in miniz:
+            if _pickle_record(e.name) and (torch_like or not is_pickle_name(e.shown)):
+                span = span_of(e)
+                if span is not None:
+                    plan.add(_within(where, e.shown), span, "main" if e.index in main else "torch" if torch_like else "member")
+    if zipv is not None and zipv is not miniz:
+        counts: dict[bytes, int] = {}
+        for e in zipv:
+            if _pickle_record(e.name) or is_pickle_name(e.shown):
+                counts[e.name] = counts.get(e.name, 0) + 1
+        for name, n in counts.items():
+            shown = name.decode("utf-8", "replace")
+            if n > 1 and not any(repr(shown) in r for r in plan.refusals):
+                plan.refusals.append(_within(where, f"two members named {shown!r}, and zip readers disagree on which one is loaded"))
+    for e in zipv if zipv is not None else miniz:
+        if e.is_dir():
+            continue
+        named = is_pickle_name(e.shown) or (not torch_like and _pickle_record(e.name))
+        if named:
+            span = span_of(e)
+            if span is not None and span.start not in plan.seen:
+                _look_member(f, span, _within(where, e.shown), True, depth, plan)
+            continue
+        try:
+            rel, head = A.peek(win, size, e, 6)
+        except A.ArchiveUnreadable:
+            continue  # neither loader reads a member whose local header is not there
+        if head[:6] == b"\x93NUMPY" or head[:4] == b"PK\x03\x04" or (rel.method not in (A.STORED, A.DEFLATED) and rel.size):
+            _look_member(f, absolute(rel), _within(where, e.shown), head[:4] == b"PK\x03\x04", depth, plan)
+    return kind, label, True
 
 
-def _torch_records(infos) -> tuple[str | None, dict[str, str]]:
-    """torch's reader finds records under the first member's top folder: {record: member name}."""
-    if not infos:
-        return None, {}
-    first = infos[0].filename
-    prefix = first.split("/", 1)[0] if "/" in first else ""
-    records = {}
-    for info in infos:
-        if prefix and info.filename.startswith(prefix + "/"):
-            records[info.filename[len(prefix) + 1:]] = info.filename
-    return prefix, records
+def _zipfile_view(win: A.Window, size: int) -> list[A.Entry]:
+    A.zip_bounds(win, size)
+    return A.zipfile_directory(win, size)
 
 
-def _duplicate(names: tuple[str, ...] | list[str]) -> str | None:
-    seen: set[str] = set()
-    for n in names:
-        if n in seen:
-            return n
-        seen.add(n)
-    return None
+def _confusion(entries: list[A.Entry], prefix: bytes, record: str, matches: list[A.Entry]) -> str:
+    pick = A.miniz_pick(entries, A.record_key(prefix, record))
+    reads = f"it reads {pick.shown!r}" if pick is not None else "which one it reads depends on its sort of the names"
+    names = [m.shown for m in matches]
+    if len(set(names)) == 1:
+        ordinal = ""
+        if pick is not None:
+            nth = [m.index for m in matches].index(pick.index) + 1
+            ordinal = f" (torch's zip reader reads number {nth} of {len(matches)})"
+        return f"two members named {names[0]!r}, and zip readers disagree on which one is loaded{ordinal}"
+    shown = ", ".join(repr(n) for n in names[:4])
+    return (f"{len(matches)} members that torch's zip reader takes for {record} ({shown}: it matches names "
+            f"case-insensitively, and {reads}), and other zip readers may load another")
 
 
-def _pickle_member(name: str) -> bool:
-    return name.endswith((".pkl", ".debug_pkl")) or name.rsplit("/", 1)[-1] == "pickle"
-
-
-def _classify_zip(f, size: int) -> Found:
+def _look_member(f, span: A.Span, where: str, named: bool, depth: int, plan: _Plan) -> None:
+    """One archive member: an .npy array of objects (np.load reads members by content), or,
+    when named like a pickle file or itself a zip (`named`), a file of its own."""
+    if span.method not in (A.STORED, A.DEFLATED):
+        plan.unjudged.append(f"{where}: compressed with method {span.method}, which is not read here")
+        return
+    head = A.head_of(f, span, 4096 if named else 6)
+    if head[:6] == b"\x93NUMPY":
+        if _member_npy_objects(f, span):
+            plan.add(where, span, "npy")
+        return
+    if not named or not head:
+        return
+    if depth + 1 > MAX_NESTING:
+        plan.unjudged.append(f"{where}: nested more than {MAX_NESTING} archives deep")
+        return
+    if span.method == A.STORED:
+        _look(f, A.Window(f, span.start, span.size), head, span.size, where, depth + 1, plan)
+        return
+    if head[:4] == b"PK\x03\x04" or _is_tar_header(head):
+        plan.unjudged.append(f"{where}: a compressed archive inside an archive, which is not read here")
+        return
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        plan.add(where, span, "legacy" if _starts_legacy(head) else "pickle")
+        return
     try:
-        zf, infos = _open_zip(f, size)
-    except _Unjudgeable as exc:
-        return Found("zip", f"a zip archive that cannot be judged: {exc}", True)
-    names = [i.filename for i in infos]
-    _prefix, records = _torch_records(infos)
-    pickles = tuple(n for n in names if _pickle_member(n))
-    dup = _duplicate(pickles)
-    if dup is not None:
-        return Found("zip", f"a zip archive with two pickle members named {dup!r}", True, pickles)
-    if "constants.pkl" in records:
-        code = sum(1 for n in records if n.startswith("code/") and n.endswith(".py"))
-        return Found("torchscript", f"a TorchScript archive ({code} code file{'s' if code != 1 else ''} under code/)", True, pickles)
-    if "data.pkl" in records:
-        return Found("torch-zip", "a PyTorch checkpoint (zip, data.pkl)", True, pickles)
-    npy = [i for i in infos if i.filename.endswith(".npy")]
-    objects = tuple(i.filename for i in npy[:MAX_PICKLE_MEMBERS] if _member_npy_objects(zf, i))
-    if pickles or objects:
-        shown = ", ".join((pickles + objects)[:4])
-        return Found("zip", f"a zip archive holding pickles ({shown})", True, pickles + objects)
-    return Found("zip", "a zip archive (no pickles in it)")
+        w = walk(Reader(A.Inflated(f, span, MAX_INFLATE), 0, span.size, seekable=False, budget=plan.budget.inflate), Rules(), Budget())
+    except Unjudgeable as exc:
+        plan.unjudged.append(f"{where}: {exc}")
+        return
+    except Exception as exc:  # zlib's errors on a hostile deflate stream
+        plan.unjudged.append(f"{where}: cannot be inflated ({type(exc).__name__}: {exc})")
+        return
+    if w.is_pickle:
+        plan.add(where, span, "pickle")
 
 
-def _member_npy_objects(zf, info) -> bool:
+def _member_npy_objects(f, span: A.Span) -> bool:
     try:
-        with zf.open(info) as m:
-            return _npy_holds_objects(m, None)
-    except Exception:
-        return False
+        if span.method == A.STORED:
+            return _npy_holds_objects(A.Window(f, span.start, span.size), 0)
+        return _npy_holds_objects(A.Inflated(f, span, MAX_NPY_HEADER + 16), None)
+    except Exception:  # zlib and file read errors on hostile members
+        return True
 
 
 # ----------------------------------------------------------------------------- numpy .npy
@@ -305,591 +468,6 @@ def _descr_has_object(descr: object, depth: int) -> bool:
     return False
 
 
-# ----------------------------------------------------------------------------- the allowlist
-
-
-def _pairs(*specs: str) -> set[tuple[str, str]]:
-    out = set()
-    for spec in specs:
-        module, names = spec.split(":")
-        out.update((module, n) for n in names.split())
-    return out
-
-
-_DTYPES = (
-    "float32 float float64 double float16 half bfloat16 complex32 chalf complex64 cfloat complex128 cdouble "
-    "uint8 uint16 uint32 uint64 int8 int16 short int32 int int64 long bool quint8 qint8 qint32 quint4x2 quint2x4 "
-    "float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz float8_e8m0fnu float4_e2m1fn_x2 "
-    "bits1x8 bits2x4 bits4x2 bits8 bits16 uint1 uint2 uint3 uint4 uint5 uint6 uint7 int1 int2 int3 int4 int5 int6 int7"
-)
-_KINDS = "Float Double Half BFloat16 Long Int Short Char Byte Bool ComplexFloat ComplexDouble"
-_STORAGES = " ".join(f"{k}Storage" for k in (_KINDS + " QUInt8 QInt8 QInt32 QUInt4x2 QUInt2x4").split())
-_TENSORS = " ".join(f"{k}Tensor" for k in _KINDS.split())
-_REBUILD = (
-    "_rebuild_tensor _rebuild_tensor_v2 _rebuild_tensor_v3 _rebuild_parameter _rebuild_parameter_with_state "
-    "_rebuild_qtensor _rebuild_sparse_tensor _rebuild_meta_tensor_no_storage _rebuild_wrapper_subclass "
-    "_rebuild_device_tensor_from_numpy _rebuild_device_tensor_from_cpu_tensor"
-)
-
-# What torch.load(weights_only=True) resolves, and what NumPy arrays and scalars need.
-STATE_DICT_GLOBALS = frozenset(_pairs(
-    "collections:OrderedDict Counter",
-    "builtins:set frozenset bytearray bytes complex",
-    "_codecs:encode",
-    f"torch:Size Tensor device UntypedStorage TypedStorage {_DTYPES} {_STORAGES} {_TENSORS} "
-    "per_tensor_affine per_tensor_symmetric per_channel_affine per_channel_symmetric per_channel_affine_float_qparams",
-    f"torch.cuda:{_STORAGES} {_TENSORS}",
-    "torch.storage:UntypedStorage TypedStorage",
-    "torch.nn.parameter:Parameter",
-    "torch.serialization:_get_layout",
-    f"torch._utils:{_REBUILD}",
-    "torch._tensor:_rebuild_from_type_v2",
-    "numpy:ndarray dtype",
-    "numpy.core.multiarray:_reconstruct scalar",
-    "numpy._core.multiarray:_reconstruct scalar",
-    "numpy.core.numeric:_frombuffer",
-    "numpy._core.numeric:_frombuffer",
-))
-# What a TorchScript archive's pickles add: its own classes and list builders.
-TORCHSCRIPT_GLOBALS = frozenset(_pairs(
-    "torch.jit._pickle:build_intlist build_tensorlist build_doublelist build_boollist build_tensor_from_id restore_type_tag",
-))
-
-
-@dataclass
-class _Rules:
-    """What one pickle stream may hold."""
-
-    persistent: str | None = None  # "zip" or "legacy": torch storage references allowed
-    torchscript: bool = False
-
-    def allowed(self, module: str, name: str) -> bool:
-        if (module, name) in STATE_DICT_GLOBALS:
-            return True
-        if self.torchscript:
-            return (module, name) in TORCHSCRIPT_GLOBALS or module == "__torch__" or module.startswith("__torch__.")
-        return False
-
-
-def _resolve(module: str, name: str, proto: int) -> tuple[str, str]:
-    """The name the loader looks up: Python 2 spellings below protocol 3, torch's one rename."""
-    if proto < 3:
-        import _compat_pickle
-
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-    if module == "torch.tensor":
-        module = "torch._tensor"
-    return module, name
-
-
-# ----------------------------------------------------------------------------- reading a stream
-
-
-class _Bad(Exception):
-    """The stream is not a pickle from here on (the loader fails at this point too)."""
-
-
-class _Truncated(_Bad):
-    pass
-
-
-class _Reader:
-    """Bytes [start, end) of a binary file, buffered; large arguments are skipped, not read."""
-
-    CHUNK = 1 << 20
-
-    def __init__(self, f, start: int, end: int, *, seekable: bool = True, budget: list[int] | None = None) -> None:
-        self.f, self.end, self.seekable = f, end, seekable
-        self.base, self.buf, self.pos = start, b"", 0
-        self.inflate = budget  # [bytes left] shared by a file's compressed members
-        self.line_len, self.line_last = 0, b""
-        if seekable:
-            f.seek(start)
-
-    def tell(self) -> int:
-        return self.base + self.pos
-
-    def at_end(self) -> bool:
-        return self.tell() >= self.end
-
-    def _more(self, want: int) -> bool:
-        """Append at least `want` bytes to the buffer, or all that is left."""
-        left = self.end - (self.base + len(self.buf))
-        n = min(max(want, self.CHUNK), left)
-        if n <= 0:
-            return False
-        if self.inflate is not None:
-            if self.inflate[0] < n:
-                raise _Unjudgeable(f"more than {MAX_INFLATE} bytes of compressed pickle")
-            self.inflate[0] -= n
-        data = self.f.read(n)
-        if not data:
-            return False
-        self.base += self.pos
-        self.buf = self.buf[self.pos:] + data
-        self.pos = 0
-        return True
-
-    def refill(self, pos: int, n: int) -> bytes:
-        """The buffer with at least `n` bytes from `pos` on (`self.pos` is then where `pos` went)."""
-        self.pos = pos
-        while len(self.buf) - self.pos < n:
-            if not self._more(n - (len(self.buf) - self.pos)):
-                raise _Truncated("the stream ends before its STOP opcode" if n == 1 else f"an argument of {n} bytes runs past the end")
-        return self.buf
-
-    def skip(self, n: int) -> None:
-        have = len(self.buf) - self.pos
-        if n <= have:
-            self.pos += n
-            return
-        target = self.base + self.pos + n
-        if target > self.end:
-            raise _Truncated(f"an argument of {n} bytes runs past the end")
-        if self.seekable:
-            self.f.seek(target)
-            self.base, self.buf, self.pos = target, b"", 0
-            return
-        n -= have
-        self.base, self.buf, self.pos = self.base + len(self.buf), b"", 0
-        while n > 0:
-            step = min(n, 1 << 20)
-            if self.inflate is not None:
-                if self.inflate[0] < step:
-                    raise _Unjudgeable(f"more than {MAX_INFLATE} bytes of compressed pickle")
-                self.inflate[0] -= step
-            data = self.f.read(step)
-            if not data:
-                raise _Truncated("an argument runs past the end")
-            self.base += len(data)
-            n -= len(data)
-
-    def readline(self, keep: int = 4096) -> bytes:
-        """A newline-ended argument (without the newline); only its first `keep` bytes are kept.
-        `line_len` and `line_last` are the whole line's length and last byte."""
-        out, total = b"", 0
-        while True:
-            i = self.buf.find(b"\n", self.pos)
-            piece = self.buf[self.pos:i] if i >= 0 else self.buf[self.pos:]
-            out += piece[: max(0, keep - len(out))]
-            total += len(piece)
-            if piece:
-                self.line_last = piece[-1:]
-            if i >= 0:
-                self.pos = i + 1
-                self.line_len = total
-                if not total:
-                    self.line_last = b""
-                return out
-            self.pos = len(self.buf)
-            if not self._more(1):
-                raise _Truncated("a text argument has no newline before the end")
-
-
-# ----------------------------------------------------------------------------- the opcode walk
-
-
-class _Global:
-    __slots__ = ("module", "name", "shown", "ok")
-
-    def __init__(self, module: str, name: str, shown: str, ok: bool) -> None:
-        self.module, self.name, self.shown, self.ok = module, name, shown, ok
-
-
-class _Made:
-    """An object made by calling an imported global."""
-
-    __slots__ = ("by",)
-
-    def __init__(self, by: _Global) -> None:
-        self.by = by
-
-
-_STORAGE = _Made(_Global("torch", "storage", "a torch storage", True))
-
-
-@dataclass
-class _Budget:
-    ops: int = 0
-    kept: int = 0
-    inflate: list[int] = field(default_factory=lambda: [MAX_INFLATE])
-
-
-@dataclass
-class _Walk:
-    start: int
-    end: int | None = None           # offset after STOP
-    proto: int = 0
-    called: bool = False             # reached an opcode that calls or writes into an imported object
-    error: str | None = None         # why the walk stopped before STOP
-    unjudged: str | None = None      # a bound was exceeded
-    began: bool = False              # the first opcode is PROTO: a pickle by its own declaration
-    denied: dict[str, None] = field(default_factory=dict)
-    refusals: dict[str, None] = field(default_factory=dict)
-
-    @property
-    def is_pickle(self) -> bool:
-        return self.began or self.end is not None or self.called or self.unjudged is not None
-
-    @property
-    def complete(self) -> bool:
-        return self.end is not None and self.unjudged is None
-
-
-def _memo_put(memo: dict, i: int, value: object) -> None:
-    memo[i] = value
-    if len(memo) > MAX_MEMO:
-        raise _Unjudgeable(f"more than {MAX_MEMO} memo entries")
-
-
-def _memo_get(memo: dict, i: int) -> object:
-    if i not in memo:
-        raise _Bad(f"memo {i} is read before it is written")
-    return memo[i]
-
-
-def _walk(r: _Reader, rules: _Rules, budget: _Budget) -> _Walk:
-    """Follow one pickle's opcodes as the C unpickler would, running nothing."""
-    w = _Walk(r.tell())
-    try:
-        _run(r, rules, budget, w)
-    except _Unjudgeable as exc:
-        w.unjudged = str(exc)
-    except _Bad as exc:
-        w.error = f"{exc} (byte {r.tell() - w.start})"
-    except IndexError:
-        w.error = f"stack underflow (byte {r.tell() - w.start})"
-    except (OSError, EOFError, ValueError, OverflowError, MemoryError) as exc:  # zip/zlib/file read errors
-        w.error = f"{type(exc).__name__}: {exc} (byte {r.tell() - w.start})"
-    return w
-
-
-def _run(r: _Reader, rules: _Rules, budget: _Budget, w: _Walk) -> None:  # noqa: C901 - one branch per opcode
-    st: list = []
-    marks: list[list] = []
-    saved = 0  # values held in the frames below the marks
-    memo: dict[int, object] = {}
-    ops = budget.ops
-    buf, pos = r.buf, r.pos
-    blen = len(buf)
-    unpack_from = struct.unpack_from
-
-    def keep(data: bytes, how: str) -> str | None:
-        if budget.kept > KEEP_BUDGET:
-            return None
-        budget.kept += len(data)
-        try:
-            if how == "utf8":
-                return data.decode("utf-8", "surrogatepass")
-            if how == "escape":
-                import codecs
-
-                return codecs.escape_decode(data)[0].decode("latin-1")
-            if how == "raw":
-                return data.decode("raw-unicode-escape")
-            return data.decode("latin-1")
-        except (UnicodeDecodeError, ValueError):
-            return None
-
-    def make_global(module: str, name: str) -> _Global:
-        shown = f"{module}.{name}"
-        mod, nm = _resolve(module, name, w.proto)
-        ok = rules.allowed(mod, nm)
-        if not ok:
-            alias = f"{mod}.{nm}"
-            w.denied[shown if alias == shown else f"{shown} ({alias})"] = None
-        return _Global(mod, nm, shown, ok)
-
-    def into(target: object, what: str) -> None:
-        """A container opcode on `target`: on anything but plain data it calls the target's methods."""
-        if target is None or isinstance(target, (str, tuple)):
-            return
-        w.called = True
-        if isinstance(target, _Global):
-            w.refusals[f"{what} writes into {target.shown} itself"] = None
-
-    def call(func: object, args: object, what: str) -> object:
-        if func is None or isinstance(func, (str, tuple)):
-            raise _Bad(f"{what} on a value that is not callable")
-        w.called = True
-        if not isinstance(func, _Global):
-            w.refusals[f"{what} calls an object that is not an imported global"] = None
-            return _Made(_Global("?", "?", "?", False))
-        if (func.module, func.name) == ("_codecs", "encode"):
-            enc = args[1] if isinstance(args, tuple) and len(args) == 2 else None
-            if not isinstance(enc, str) or enc.lower().replace("-", "") != "latin1":
-                w.refusals[f"_codecs.encode is called with an encoding that is not latin1 ({enc!r})"] = None
-        return _Made(func)
-
-    def persistent(pid: object) -> None:
-        w.called = True
-        if rules.persistent is None:
-            w.refusals["a persistent id, which only a torch checkpoint's main pickle holds"] = None
-            return
-        want = 5 if rules.persistent == "zip" else 6
-        if isinstance(pid, tuple) and pid and pid[0] == "module":
-            w.refusals["a persistent id that restores a whole nn.Module class with its source"] = None
-        elif not (isinstance(pid, tuple) and len(pid) == want and pid[0] == "storage"
-                  and isinstance(pid[1], _Global) and pid[1].ok and pid[1].name.endswith("Storage")):
-            w.refusals["a persistent id that is not a torch storage reference"] = None
-
-    try:
-        while True:
-            if pos >= blen:
-                buf = r.refill(pos, 1)
-                pos, blen = r.pos, len(buf)
-            op = buf[pos]
-            pos += 1
-            ops += 1
-            if not ops & 0xFFF:
-                budget.ops = ops
-                if ops > MAX_OPS:
-                    raise _Unjudgeable(f"more than {MAX_OPS} opcodes in the file")
-                if len(st) + saved > MAX_STACK:
-                    raise _Unjudgeable(f"more than {MAX_STACK} values on the stack")
-            # fixed-size arguments: make sure the longest (8 bytes) is in the buffer
-            if pos + 8 > blen and op in _FIXED:
-                buf = r.refill(pos, _FIXED[op])
-                pos, blen = r.pos, len(buf)
-
-            if op == 0x71:  # BINPUT
-                memo[buf[pos]] = st[-1]
-                pos += 1
-            elif op == 0x68:  # BINGET
-                st.append(_memo_get(memo, buf[pos]))
-                pos += 1
-            elif op in _STRINGS:  # BINUNICODE SHORT_BINUNICODE BINUNICODE8 BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 BINSTRING SHORT_BINSTRING
-                width, fmt, how = _STRINGS[op]
-                n = unpack_from(fmt, buf, pos)[0]
-                pos += width
-                if n < 0:
-                    raise _Bad("a negative string length")
-                if n <= KEEP_STR:
-                    if pos + n > blen:
-                        buf = r.refill(pos, n)
-                        pos, blen = r.pos, len(buf)
-                    value = keep(buf[pos:pos + n], how) if how else None
-                    pos += n
-                else:
-                    r.pos = pos
-                    r.skip(n)
-                    buf, pos = r.buf, r.pos
-                    blen = len(buf)
-                    value = None
-                st.append(value)
-            elif op == 0x28:  # MARK
-                if len(marks) >= MAX_MARKS:
-                    raise _Unjudgeable(f"more than {MAX_MARKS} nested marks")
-                marks.append(st)
-                saved += len(st)
-                st = []
-            elif op in _PLAIN:  # NONE NEWTRUE NEWFALSE EMPTY_DICT EMPTY_LIST EMPTY_SET NEXT_BUFFER, BININT BININT1 BININT2 BINFLOAT
-                pos += _PLAIN[op]
-                st.append(None)
-            elif op == 0x74:  # TUPLE
-                if not marks:
-                    raise _Bad("TUPLE without a MARK")
-                items, st = st, marks.pop()
-                saved -= len(st)
-                st.append(tuple(items) if len(items) <= 8 else None)
-            elif op in (0x85, 0x86, 0x87):  # TUPLE1 TUPLE2 TUPLE3
-                n = op - 0x84
-                if len(st) < n:
-                    raise _Bad("stack underflow")
-                t = tuple(st[-n:])
-                del st[-n:]
-                st.append(t)
-            elif op == 0x29:  # EMPTY_TUPLE
-                st.append(())
-            elif op == 0x52:  # REDUCE
-                args = st.pop()
-                st[-1] = call(st[-1], args, "REDUCE")
-            elif op == 0x51:  # BINPERSID
-                persistent(st.pop())
-                st.append(_STORAGE)
-            elif op in (0x75, 0x65, 0x90):  # SETITEMS APPENDS ADDITEMS
-                if not marks:
-                    raise _Bad("a MARK is missing")
-                items, st = st, marks.pop()
-                saved -= len(st)
-                target = st[-1]
-                if items:
-                    into(target, {0x65: "APPENDS", 0x75: "SETITEMS", 0x90: "ADDITEMS"}[op])
-            elif op == 0x73:  # SETITEM
-                st.pop()
-                st.pop()
-                into(st[-1], "SETITEM")
-            elif op == 0x61:  # APPEND
-                st.pop()
-                into(st[-1], "APPEND")
-            elif op in (0x72, 0x6A):  # LONG_BINPUT LONG_BINGET
-                i = unpack_from("<I", buf, pos)[0]
-                pos += 4
-                if op == 0x72:
-                    _memo_put(memo, i, st[-1])
-                else:
-                    st.append(_memo_get(memo, i))
-            elif op == 0x94:  # MEMOIZE
-                _memo_put(memo, len(memo), st[-1])
-            elif op == 0x2E:  # STOP
-                st.pop()
-                pos_end = pos
-                w.end = r.base + pos_end
-                return
-            elif op == 0x62:  # BUILD
-                st.pop()
-                inst = st[-1]
-                if isinstance(inst, _Global):
-                    w.called = True
-                    w.refusals[f"BUILD sets attributes of {inst.shown} itself"] = None
-                elif isinstance(inst, _Made):
-                    w.called = True
-            elif op == 0x81:  # NEWOBJ
-                args = st.pop()
-                st[-1] = call(st[-1], args, "NEWOBJ")
-            elif op == 0x92:  # NEWOBJ_EX
-                st.pop()
-                args = st.pop()
-                st[-1] = call(st[-1], args, "NEWOBJ_EX")
-            elif op in (0x8A, 0x8B):  # LONG1 LONG4
-                if op == 0x8A:
-                    n = buf[pos]
-                    pos += 1
-                else:
-                    n = unpack_from("<i", buf, pos)[0]
-                    pos += 4
-                    if n < 0:
-                        raise _Bad("a negative LONG4 length")
-                r.pos = pos
-                r.skip(n)
-                buf, pos = r.buf, r.pos
-                blen = len(buf)
-                st.append(None)
-            elif op == 0x93:  # STACK_GLOBAL
-                name = st.pop()
-                module = st.pop()
-                if isinstance(module, str) and isinstance(name, str):
-                    st.append(make_global(module, name))
-                else:
-                    w.refusals["STACK_GLOBAL imports a name that is not a plain string in the pickle"] = None
-                    st.append(_Global("?", "?", "?", False))
-            elif op == 0x80:  # PROTO
-                p = buf[pos]
-                pos += 1
-                if p > 5:
-                    raise _Bad(f"unsupported pickle protocol {p}")
-                w.proto = p
-                if r.base + pos - w.start == 2:
-                    w.began = True
-            elif op == 0x95:  # FRAME (a buffering hint)
-                pos += 8
-            elif op in _LINES:  # opcodes whose arguments are newline-ended lines
-                r.pos = pos
-                if op in (0x63, 0x69):  # GLOBAL INST
-                    if op == 0x69 and not marks:
-                        raise _Bad("INST without a MARK")
-                    module = r.readline(KEEP_STR).decode("utf-8", "replace")
-                    name = r.readline(KEEP_STR).decode("utf-8", "replace")
-                    g = make_global(module, name)
-                    if op == 0x63:
-                        st.append(g)
-                    else:
-                        items, st = st, marks.pop()
-                        saved -= len(st)
-                        st.append(call(g, tuple(items) if len(items) <= 8 else None, "INST"))
-                elif op in (0x70, 0x67):  # PUT GET
-                    try:
-                        i = int(r.readline(64))
-                    except ValueError:
-                        raise _Bad("a memo index that is not a number") from None
-                    if op == 0x70:
-                        if i < 0:
-                            raise _Bad("a negative memo index")
-                        _memo_put(memo, i, st[-1])
-                    else:
-                        st.append(_memo_get(memo, i))
-                elif op == 0x53:  # STRING
-                    line = r.readline(KEEP_STR + 2)
-                    if r.line_len < 2 or line[:1] != r.line_last or line[:1] not in (b"'", b'"'):
-                        raise _Bad("a STRING argument that is not quoted")
-                    st.append(keep(line[1:-1], "escape") if r.line_len <= KEEP_STR + 2 else None)
-                elif op == 0x56:  # UNICODE
-                    line = r.readline(KEEP_STR)
-                    st.append(keep(line, "raw") if r.line_len <= KEEP_STR else None)
-                elif op == 0x50:  # PERSID
-                    r.readline(KEEP_STR)
-                    w.called = True
-                    w.refusals["a text persistent id (PERSID), which torch never writes"] = None
-                    st.append(_STORAGE)
-                else:  # INT LONG FLOAT
-                    r.readline(64)
-                    st.append(None)
-                buf, pos = r.buf, r.pos
-                blen = len(buf)
-            elif op in (0x6C, 0x64, 0x91):  # LIST DICT FROZENSET
-                if not marks:
-                    raise _Bad("a collection without a MARK")
-                st = marks.pop()
-                saved -= len(st)
-                st.append(None)
-            elif op == 0x6F:  # OBJ
-                if not marks:
-                    raise _Bad("OBJ without a MARK")
-                items, st = st, marks.pop()
-                saved -= len(st)
-                if not items:
-                    raise _Bad("OBJ without a class")
-                st.append(call(items[0], tuple(items[1:]) if len(items) <= 9 else None, "OBJ"))
-            elif op in (0x82, 0x83, 0x84):  # EXT1 EXT2 EXT4
-                width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-                code = int.from_bytes(buf[pos:pos + width], "little")
-                pos += width
-                w.refusals[f"EXT{width} {code}, an import through copyreg's extension registry"] = None
-                st.append(_Global("?", "?", f"extension {code}", False))
-            elif op == 0x30:  # POP
-                if st:
-                    st.pop()
-                elif marks:
-                    st = marks.pop()
-                    saved -= len(st)
-                else:
-                    raise _Bad("stack underflow")
-            elif op == 0x31:  # POP_MARK
-                if not marks:
-                    raise _Bad("POP_MARK without a MARK")
-                st = marks.pop()
-                saved -= len(st)
-            elif op == 0x32:  # DUP
-                st.append(st[-1])
-            elif op == 0x98:  # READONLY_BUFFER
-                st[-1]
-            else:
-                pos -= 1
-                raise _Bad(f"unknown opcode 0x{op:02x}")
-    finally:
-        r.pos = pos if r.buf is buf else r.pos
-        budget.ops = ops
-
-
-# Argument widths: fixed-size ones (checked against the buffer before the opcode runs).
-_FIXED = {
-    0x71: 1, 0x68: 1, 0x72: 4, 0x6A: 4, 0x4A: 4, 0x4B: 1, 0x4D: 2, 0x47: 8, 0x80: 1, 0x95: 8, 0x8A: 1, 0x8B: 4,
-    0x82: 1, 0x83: 2, 0x84: 4, 0x58: 4, 0x8C: 1, 0x8D: 8, 0x42: 4, 0x43: 1, 0x8E: 8, 0x96: 8, 0x54: 4, 0x55: 1,
-}
-# Strings: (width of the length, its format, how the value is kept; "" = not kept).
-_STRINGS = {
-    0x58: (4, "<I", "utf8"), 0x8C: (1, "<B", "utf8"), 0x8D: (8, "<Q", "utf8"),
-    0x42: (4, "<I", "latin1"), 0x43: (1, "<B", "latin1"), 0x8E: (8, "<Q", "latin1"), 0x96: (8, "<Q", ""),
-    0x54: (4, "<i", "latin1"), 0x55: (1, "<B", "latin1"),
-}
-# Plain values and the width of their argument.
-_PLAIN = {0x4E: 0, 0x88: 0, 0x89: 0, 0x7D: 0, 0x5D: 0, 0x8F: 0, 0x97: 0, 0x4A: 4, 0x4B: 1, 0x4D: 2, 0x47: 8}
-_LINES = {0x63, 0x69, 0x70, 0x67, 0x53, 0x56, 0x50, 0x49, 0x4C, 0x46}
-
-
 # ----------------------------------------------------------------------------- judging a file
 
 
@@ -901,8 +479,8 @@ class _Verdict:
     invalid: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def take(self, w: _Walk, where: str) -> None:
-        self.denied.update(w.denied)
+    def take(self, w: Walk, where: str) -> None:
+        self.denied.update({f"{d} (in {where})" if where else d: None for d in w.denied})
         self.refusals.update({f"{where}: {r}" if where else r: None for r in w.refusals})
         if w.unjudged:
             self.broken.append(f"{where + ': ' if where else ''}too large to judge ({w.unjudged})")
@@ -910,11 +488,11 @@ class _Verdict:
             self.broken.append(f"{where + ': ' if where else ''}{w.error}")
 
 
-def _walk_stream(r: _Reader, rules: _Rules, budget: _Budget, verdict: _Verdict, where: str, *, count: int | None = None) -> list[_Walk]:
+def _walk_stream(r: Reader, rules: Rules, budget: Budget, verdict: _Verdict, where: str, *, count: int | None = None) -> list[Walk]:
     """The pickles of one stream back to back: `count` of them, or as many as follow one another."""
-    walks: list[_Walk] = []
+    walks: list[Walk] = []
     while True:
-        w = _walk(r, rules, budget)
+        w = walk(r, rules, budget)
         if walks and not w.is_pickle and count is None:
             verdict.warnings.append(f"{where or 'the file'}: {r.end - w.start} bytes after the pickle's STOP are not a pickle (loaders ignore them)")
             break
@@ -929,83 +507,68 @@ def _walk_stream(r: _Reader, rules: _Rules, budget: _Budget, verdict: _Verdict, 
     return walks
 
 
+def _reader(f, span: A.Span, budget: Budget, skip: int = 0) -> Reader:
+    if span.method == A.STORED:
+        return Reader(f, span.start + skip, span.start + span.size)
+    stream = A.Inflated(f, span, MAX_INFLATE)
+    if skip:
+        stream.read(skip)
+    return Reader(stream, skip, span.size, seekable=False, budget=budget.inflate)
+
+
 def _judge(path: str | os.PathLike, found: Found, torchscript: bool) -> _Verdict:
     verdict = _Verdict()
-    budget = _Budget()
+    budget = Budget()
+    verdict.refusals.update(dict.fromkeys(found.refusals))
+    verdict.broken.extend(f"{u}, so it cannot be judged" for u in found.unjudged)
+    if found.programs and not torchscript:
+        for where in found.programs:
+            verdict.refusals[f"{where}: a TorchScript archive, whose program torch.jit.load runs ({TORCHSCRIPT_ON_LANE})"] = None
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if found.kind == "pickle":
-            _walk_stream(_Reader(f, 0, size), _Rules(), budget, verdict, "")
-        elif found.kind == "torch-legacy":
-            r = _Reader(f, 0, size)
-            for i in range(LEGACY_PICKLES):  # the storages that follow are raw bytes: never read
-                if r.at_end():
-                    verdict.broken.append(f"the file ends after {i} of the {LEGACY_PICKLES} pickles of the legacy format")
-                    break
-                w = _walk(r, _Rules(persistent="legacy" if i == 3 else None), budget)
-                verdict.take(w, "")
-                if not w.complete:
-                    break
-        elif found.kind == "numpy-pickle":
-            parsed = _npy_header(f, 0)
-            start = parsed[1] if parsed else size
-            _walk_stream(_Reader(f, start, size), _Rules(), budget, verdict, "", count=1)
-        elif found.kind in ("torch-zip", "torchscript", "zip"):
-            _judge_zip(f, size, found, torchscript, budget, verdict)
+        for s in found.streams:
+            try:
+                _judge_stream(f, s, torchscript, budget, verdict)
+            except Unjudgeable as exc:
+                verdict.broken.append(f"{_shown(s.where)}too large to judge ({exc})")
+            except Exception as exc:  # zlib and file read errors on hostile members
+                verdict.broken.append(f"{_shown(s.where)}cannot be read ({type(exc).__name__}: {exc})")
     return verdict
 
 
-def _judge_zip(f, size: int, found: Found, torchscript: bool, budget: _Budget, verdict: _Verdict) -> None:
-    import zipfile
+def _shown(where: str) -> str:
+    return f"{where}: " if where else ""
 
-    try:
-        zf, infos = _open_zip(f, size)
-    except _Unjudgeable as exc:
-        verdict.broken.append(f"the zip cannot be judged: {exc}")
-        return
-    dup = _duplicate([i.filename for i in infos if i.filename in found.members])
-    if dup is not None:
-        verdict.refusals[f"two members named {dup!r}, and zip readers disagree on which one is loaded"] = None
-    torch_like = found.kind in ("torch-zip", "torchscript")
-    rules = _Rules(persistent="zip" if torch_like else None, torchscript=torchscript)
-    wanted = [i for i in infos if i.filename in found.members]
-    if len(wanted) > MAX_PICKLE_MEMBERS:
-        verdict.broken.append(f"more than {MAX_PICKLE_MEMBERS} pickle members")
-        return
-    _prefix, records = _torch_records(infos)
-    main = records.get("data.pkl")
-    for info in wanted:
-        where = info.filename
-        try:
-            if info.filename.endswith(".npy"):
-                with zf.open(info) as m:
-                    parsed = _npy_header(m, None)
-                    start = parsed[1] if parsed else info.file_size
-                    r = _Reader(m, start, info.file_size, seekable=False, budget=budget.inflate)
-                    _walk_stream(r, rules, budget, verdict, where, count=1)
-                continue
-            if info.compress_type == zipfile.ZIP_STORED:
-                f.seek(info.header_offset)
-                local = f.read(30)
-                if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                    raise _Bad("its local header is missing")
-                n, m = struct.unpack_from("<HH", local, 26)
-                start = info.header_offset + 30 + n + m
-                r = _Reader(f, start, start + info.compress_size)
-                walks = _walk_stream(r, rules, budget, verdict, where, count=1)
-            else:
-                with zf.open(info) as stream:
-                    r = _Reader(stream, 0, info.file_size, seekable=False, budget=budget.inflate)
-                    walks = _walk_stream(r, rules, budget, verdict, where, count=1)
-        except _Unjudgeable as exc:
-            verdict.broken.append(f"{where}: too large to judge ({exc})")
-            continue
-        except Exception as exc:  # zipfile, zlib and lzma raise assorted errors on hostile members
-            verdict.broken.append(f"{where}: cannot be read ({type(exc).__name__}: {exc})")
-            continue
-        if info.filename == main and walks and not walks[0].is_pickle:
-            verdict.invalid.append(f"{where} is not a pickle ({walks[0].error}), so torch.load cannot read this checkpoint")
-            verdict.broken = [b for b in verdict.broken if not b.startswith(f"{where}: ")]
+
+def _judge_stream(f, s: Stream, torchscript: bool, budget: Budget, verdict: _Verdict) -> None:
+    if s.how == "pickle":
+        _walk_stream(_reader(f, s.span, budget), Rules(torchscript=torchscript and bool(s.where)), budget, verdict, s.where)
+    elif s.how == "legacy":
+        r = _reader(f, s.span, budget)
+        for i in range(LEGACY_PICKLES):  # the storages that follow are raw bytes: never read
+            if r.at_end():
+                verdict.broken.append(f"{_shown(s.where)}the file ends after {i} of the {LEGACY_PICKLES} pickles of the legacy format")
+                break
+            w = walk(r, Rules(persistent="legacy" if i == 3 else None), budget)
+            verdict.take(w, s.where)
+            if not w.complete:
+                break
+    elif s.how == "npy":
+        if s.span.method == A.STORED:
+            parsed = _npy_header(A.Window(f, s.span.start, s.span.size), 0)
+            r = _reader(f, s.span, budget, parsed[1] if parsed else s.span.size)
+        else:
+            stream = A.Inflated(f, s.span, MAX_INFLATE)
+            parsed = _npy_header(stream, None)
+            start = parsed[1] if parsed else s.span.size
+            r = Reader(stream, start, s.span.size, seekable=False, budget=budget.inflate)
+        _walk_stream(r, Rules(), budget, verdict, s.where, count=1)
+    else:
+        torch_like = s.how in ("main", "torch")
+        rules = Rules(persistent="zip" if torch_like else None, torchscript=torchscript)
+        walks = _walk_stream(_reader(f, s.span, budget), rules, budget, verdict, s.where, count=1)
+        if s.how == "main" and walks and not walks[0].is_pickle:
+            verdict.invalid.append(f"{s.where} is not a pickle ({walks[0].error}), so torch.load cannot read this checkpoint")
+            verdict.broken = [b for b in verdict.broken if not b.startswith(f"{s.where}: ")]
 
 
 # ----------------------------------------------------------------------------- findings
@@ -1063,7 +626,7 @@ def judge(path: str | os.PathLike, name: str, found: Found, allow_pickle: bool |
         out.append(P.error(name, P.ARCHIVE_INVALID, f"{name} is {found.label}, but {why}"))
     for why in verdict.warnings:
         out.append(P.warning(name, P.TRAILING_DATA, f"{name}: {why}"))
-    if found.kind == "torchscript" and not reasons:
+    if (found.kind == "torchscript" or found.programs) and not reasons:
         out.append(P.warning(name, P.TORCHSCRIPT, f"{name} is {found.label}: its pickles hold only weights and TorchScript "
                              "classes, but the program torch.jit.load runs is not judged here; pin its sha256"))
     return out

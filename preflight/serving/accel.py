@@ -237,7 +237,7 @@ def detect_nvidia(import_name: str = "pynvml") -> tuple[tuple[Device, ...], str 
 
         nvml = importlib.import_module(import_name)
     except ImportError:
-        return (), "NVML binding not installed (pip install nvidia-ml-py): NVIDIA GPUs not looked for"
+        return (), "NVML binding not installed (pip install 'lane-preflight[nvml]'): NVIDIA GPUs not looked for"
     try:
         return parse_nvml(query_nvml(nvml)), None
     except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, ...

@@ -12,6 +12,7 @@ verified there before anything is published.
     local.py  file://… or a path               (a mirror folder or file)
     oci.py    oci://REGISTRY/REPO[:TAG|@DIGEST][//PATH]  (ModelPack, Docker Model Runner, KitOps, modelcar images)
     s3.py     s3://BUCKET/PREFIX or KEY        (S3-compatible object storage)
+    gcs.py    gs://BUCKET/PREFIX or OBJECT[#GENERATION]  (Google Cloud Storage)
 
     archive.py  a folder lane whose source (any of the above but oci://) names a .tar,
                 .tar.gz, .tgz, .tar.zst or .zip file: a wrapper around that source's bytes
@@ -144,6 +145,9 @@ class Context:
 class Source(abc.ABC):
     """One lane's source."""
 
+    deterministic = False  # the same bytes on every attempt (a local mirror): a verification failure is final
+    fetched_as = "the downloaded bytes"  # how messages name what fetch delivered
+
     def __init__(self, lane: Lane, ctx: Context) -> None:
         assert lane.source is not None
         self.lane = lane
@@ -208,6 +212,10 @@ def open_source(lane: Lane, ctx: Context) -> Source:
         from .s3 import S3Source
 
         return S3Source(lane, ctx)
+    if scheme == "gs":
+        from .gcs import GcsSource
+
+        return GcsSource(lane, ctx)
     raise UsageError(f"lane {lane.name}: no source handles {scheme}:// yet")
 
 
@@ -236,7 +244,7 @@ class Pushed:
     """What a push did for one lane: where it is now, and what moved."""
 
     lane: str
-    ref: str  # the pullable reference (oci://…@sha256:…, s3://bucket/prefix)
+    ref: str  # the pullable reference (oci://…@sha256:…, s3://bucket/prefix, gs://bucket/prefix)
     uploaded_files: int = 0
     uploaded_bytes: int = 0
     skipped_files: int = 0  # already there (same digest): not sent again
@@ -272,4 +280,8 @@ def open_destination(url: str, ctx: Context) -> Destination:
         from .s3 import S3Destination
 
         return S3Destination(url, ctx)
-    raise UsageError(f"--to {url}: push goes to oci:// or s3://")
+    if scheme == "gs":
+        from .gcs import GcsDestination
+
+        return GcsDestination(url, ctx)
+    raise UsageError(f"--to {url}: push goes to oci://, s3:// or gs://")

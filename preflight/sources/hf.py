@@ -53,6 +53,11 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
+TOKEN_HINT = ("give a token that can read it: --token-file FILE (a mounted secret; PREFLIGHT_TOKEN_FILE), the HF_TOKEN "
+              "variable, or the file `hf auth login` writes (HF_TOKEN_PATH, default $HF_HOME/token); for a gated model, "
+              "accept its licence on the model's page on the Hub first, with the account the token belongs to")
+
+
 def read_token(token_file: str | None) -> str | None:
     """--token-file first (a mounted secret, re-read each run), then HF_TOKEN, then
     HF_TOKEN_PATH (huggingface_hub's own lookup). Read strictly: the first line, stripped;
@@ -136,13 +141,13 @@ def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> RepoListing
     except GatedRepoError:
         raise AuthError(
             f"{src.repo} is gated: " + ("the token has no access to it" if token else "a token is needed and none was given"),
-            hint="accept the model's terms on the Hub, then pass a token (HF_TOKEN, HF_TOKEN_PATH or --token-file)",
+            hint=TOKEN_HINT,
         ) from None
     except RevisionNotFoundError:
         raise FetchError(f"revision {src.revision!r} not found in {src.repo}") from None
     except RepositoryNotFoundError:
         if not token:
-            raise AuthError(f"{src.repo} not found, or private and no token was given", hint="pass a token (HF_TOKEN or --token-file) if the repo is private") from None
+            raise AuthError(f"{src.repo} not found, or private or gated and no token was given", hint=TOKEN_HINT) from None
         raise FetchError(f"repository {src.repo} not found (or the token cannot see it)") from None
     except EntryNotFoundError:
         raise FetchError(f"{where}: not found") from None
@@ -150,7 +155,7 @@ def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> RepoListing
         response = getattr(exc, "response", None)
         status = response.status_code if response is not None else None
         if status in (401, 403):
-            raise AuthError(f"{where}: HTTP {status} (token rejected)") from None
+            raise AuthError(f"{where}: HTTP {status} (the token was rejected, or has no access to this repo)", hint=TOKEN_HINT) from None
         err = FetchError(f"{where}: HTTP {status}: {str(exc).splitlines()[0][:200]}", status=status)
         if response is not None:
             from .http import parse_retry_after
@@ -239,7 +244,7 @@ class HubSource(Source):
             if listing.gated and not token:
                 raise AuthError(
                     f"{src.repo} is gated: a token is needed and none was given",
-                    hint="accept the model's terms on the Hub, then pass a token (HF_TOKEN, HF_TOKEN_PATH or --token-file)",
+                    hint=TOKEN_HINT,
                 )
             commit = listing.commit
             files = {rel: (f.path_in_repo, f.expect) for rel, f in listing.files.items()}
@@ -255,5 +260,9 @@ class HubSource(Source):
     def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
         from .http import fetch_to
 
-        return fetch_to(entry.locator, partial, headers=auth_headers(self.ctx.token()), expected_size=entry.expect.size,
-                        algos=algos, etag=entry.etag, **transfer.http())
+        try:
+            return fetch_to(entry.locator, partial, headers=auth_headers(self.ctx.token()), expected_size=entry.expect.size,
+                            algos=algos, etag=entry.etag, **transfer.http())
+        except AuthError as exc:
+            exc.hint = TOKEN_HINT
+            raise

@@ -269,7 +269,7 @@ def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
     msg = resp.getheader("X-Error-Message") or body.decode("utf-8", "replace").strip()[:200]
     text = f"HTTP {resp.status} for {url}" + (f" ({code}: {msg})" if code else (f": {msg}" if msg else ""))
     if resp.status in (401, 403):
-        return AuthError(text, url=url, status=resp.status, hint="check the token (HF_TOKEN, HF_TOKEN_PATH or --token-file) and that it has access to the repo")
+        return AuthError(text, url=url, status=resp.status, hint="the server refused this client: check the credentials the source needs")
     err = FetchError(text, url=url, status=resp.status)
     err.retry_after = parse_retry_after(resp.getheader("Retry-After"))
     return err
@@ -302,7 +302,7 @@ def retry_delay(attempt: int, exc: FetchError, deadline: float | None) -> float 
     added to the error's message."""
     from ..errors import UnsafeSourceError
 
-    if isinstance(exc, (AuthError, UnsafeSourceError)) or exc.status in NO_RETRY:
+    if isinstance(exc, (AuthError, UnsafeSourceError)) or exc.status in NO_RETRY or exc.permanent:
         return None
     delay = float(min(2 ** (attempt - 1), 8))
     asked = getattr(exc, "retry_after", None)

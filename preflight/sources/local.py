@@ -3,6 +3,7 @@ filesystem can, hashing as the bytes pass."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Callable
@@ -75,7 +76,10 @@ def copy_to(src: Path, partial: StagedFile | Path, algos: tuple[str, ...], progr
     try:
         s = open(src, "rb", buffering=0)
     except OSError as exc:
-        raise FetchError(f"cannot read mirror file {src}: {exc.strerror}") from None
+        err = FetchError(f"cannot read mirror file {src}: {exc.strerror}{_why(src, exc)}",
+                         hint="make the mirror readable by this uid (mode, owner or group), or run as a uid that can read it")
+        err.permanent = exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ELOOP)
+        raise err from None
     partial.size()  # clears a symlink or folder standing at the staging name
     if may_write is not None and not may_write():  # not even create the file: it may be another writer's name now
         s.close()
@@ -118,6 +122,20 @@ def _stream(s, d, src: Path, algos: tuple[str, ...], progress: Callable[[int], N
     return hasher.hexdigests()
 
 
+def _why(path: Path, exc: OSError) -> str:
+    """For a permission error: who this process is and what the file allows."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    try:
+        st = os.stat(path)
+        import stat as _stat
+
+        return (f" (this process runs as uid {os.getuid()} gid {os.getgid()}; the file is owned by uid {st.st_uid} "
+                f"gid {st.st_gid} with mode {_stat.filemode(st.st_mode)})")
+    except OSError:
+        return f" (this process runs as uid {os.getuid()} gid {os.getgid()}; a folder on the way is not searchable)"
+
+
 def _stamp(path: Path) -> str | None:
     try:
         st = os.stat(path)
@@ -128,6 +146,9 @@ def _stamp(path: Path) -> str | None:
 
 class MirrorSource(Source):
     """file://… or a path: a folder (folder lanes) or a file (single-file lanes) on a mounted share."""
+
+    deterministic = True
+    fetched_as = "the bytes copied from the mirror"
 
     def resolve(self, locked: LockedLane | None) -> Listing:
         files = listing(self.lane, self.ctx.manifest_file)

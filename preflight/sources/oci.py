@@ -103,6 +103,8 @@ ANN_ORAS_UNPACK = "io.deis.oras.content.unpack"
 MODELCAR_ROOT = "models"  # where KServe's modelcar images keep the model
 ATTESTATION = "attestation-manifest"
 FINAL = 400  # FetchError.status of an answer that asking again cannot change (sources.http.NO_RETRY): not retried
+MAX_LAYERS = 4096  # layers of one manifest (an image has at most 127; a ModelPack artifact one per weight file)
+MAX_INDEX_ENTRIES = 4096  # manifests one index lists
 
 
 # --------------------------------------------------------------------------- what the artifact holds
@@ -157,7 +159,11 @@ def _host_arch() -> str:
 def pick_from_index(index: Manifest, what: str) -> str:
     """The manifest an index leads to: a model artifact first, else this machine's
     platform (linux), else linux/amd64, else the only candidate."""
-    entries = [e for e in index.data.get("manifests") or [] if isinstance(e, dict)]
+    listed = index.data.get("manifests") or []
+    if not isinstance(listed, list) or len(listed) > MAX_INDEX_ENTRIES:
+        raise IntegrityError(f"{what}: an index of {len(listed) if isinstance(listed, list) else 'no list of'} manifests "
+                             f"(at most {MAX_INDEX_ENTRIES})", status=FINAL)
+    entries = [e for e in listed if isinstance(e, dict)]
     cands = []
     for e in entries:
         ann = e.get("annotations") if isinstance(e.get("annotations"), dict) else {}
@@ -233,8 +239,10 @@ def _one_file_tar(ann: dict) -> tuple[str, int] | None:
     path, meta = ann.get(ANN_FILEPATH), ann.get(ANN_FILE_METADATA)
     if not isinstance(path, str) or not isinstance(meta, str):
         return None
+    from .oci_registry import loads
+
     try:
-        data = json.loads(meta)
+        data = loads(meta)
     except ValueError:
         return None
     if not isinstance(data, dict) or data.get("typeflag") not in (0, 48, "0") or not isinstance(data.get("size"), int) or data["size"] < 0:
@@ -296,10 +304,12 @@ class OciSource(Source):
         layers = m.data.get("layers")
         if not isinstance(layers, list):
             raise IntegrityError(f"{what}: a manifest without layers")
+        if len(layers) > MAX_LAYERS:
+            raise IntegrityError(f"{what}: a manifest of {len(layers)} layers (at most {MAX_LAYERS}); nothing was written", status=FINAL)
         kind = artifact_kind(m, config)
         plan = Plan(m.digest, kind)
         typed = []
-        for raw in layers[:10_000]:
+        for raw in layers:
             blob = _descriptor(raw, what)
             ann = raw.get("annotations") if isinstance(raw.get("annotations"), dict) else {}
             typed.append((blob, ann, _layer_type(kind, blob, ann, what)))

@@ -42,6 +42,19 @@ INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 MAX_MANIFEST = 4 * 2**20  # the distribution registry's own limit
 MAX_SMALL_BODY = 16 * 2**20  # a config blob, a token answer, an error body
+MAX_JSON_ITEMS = 200_000  # members and items of one manifest, index or answer (a 4096-layer manifest has about 40 000)
+
+
+def loads(raw: bytes | str) -> object:
+    """JSON from a registry or an auth file, within bounds (size, members, 64 levels of
+    nesting: `formats.jsonfile`); ValueError for anything else, RecursionError included."""
+    from ..formats.jsonfile import Limits, parse_json
+
+    data = raw.encode() if isinstance(raw, str) else raw
+    value, err = parse_json(data, Limits(max_bytes=max(MAX_SMALL_BODY, len(data)), max_items=MAX_JSON_ITEMS))
+    if err is not None:
+        raise ValueError(err.message)
+    return value
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 AUTH_FILE_ENV = "PREFLIGHT_REGISTRY_AUTH"
 INSECURE_ENV = "PREFLIGHT_INSECURE_REGISTRY"
@@ -104,7 +117,7 @@ def _auth_key(key: str) -> str:
 def load_credentials(host: str) -> Credentials | None:
     """The first config file with an entry for `host`. Every secret read is registered for
     masking at once; a malformed file is a usage error naming the file, never a value."""
-    from ..redact import register
+    from ..redact import register, register_login
 
     want = host.lower()
     for path, explicit in _config_files():
@@ -119,7 +132,7 @@ def load_credentials(host: str) -> Credentials | None:
                 raise UsageError(f"cannot read the registry auth file {path}: {exc.strerror}") from None
             continue
         try:
-            data = json.loads(raw)
+            data = loads(raw)
         except ValueError:
             raise UsageError(f"{path} is not JSON (expected a Docker config.json: {{\"auths\": {{\"HOST\": {{\"auth\": \"…\"}}}}}}); its content is not shown") from None
         if not isinstance(data, dict):
@@ -145,6 +158,7 @@ def load_credentials(host: str) -> Credentials | None:
             rtoken = entry.get("registrytoken") if isinstance(entry.get("registrytoken"), str) else None
             for secret in (password, identity, rtoken):
                 register(secret)
+            register_login(user, password)
             if user or identity or rtoken:
                 return Credentials(user or None, password, identity or None, rtoken or None, str(path))
     return None
@@ -184,7 +198,7 @@ def registry_error(resp: Response, what: str) -> FetchError:
     """The registry's error JSON (`{"errors": [{"code", "message"}]}`) as one message."""
     detail = ""
     try:
-        errs = json.loads(resp.body or b"{}").get("errors") or []
+        errs = loads(resp.body or b"{}").get("errors") or []
         detail = "; ".join(f"{e.get('code', '?')}: {str(e.get('message', ''))[:200]}" for e in errs[:3] if isinstance(e, dict))
     except (ValueError, AttributeError):
         detail = resp.body[:200].decode("utf-8", "replace").strip()
@@ -280,7 +294,7 @@ class Registry:
         if resp.status != 200:
             raise registry_error(resp, f"token from {urlsplit(realm).netloc}")
         try:
-            data = json.loads(resp.body)
+            data = loads(resp.body)
             value = data.get("token") or data.get("access_token")
             ttl = float(data.get("expires_in") or 60)
         except (ValueError, AttributeError, TypeError):
@@ -418,7 +432,7 @@ class Repository:
         if resp.status in (401, 403):
             detail = ""
             try:
-                errs = json.loads(resp.body or b"{}").get("errors") or []
+                errs = loads(resp.body or b"{}").get("errors") or []
                 detail = "; ".join(f"{e.get('code')}: {str(e.get('message'))[:120]}" for e in errs[:2] if isinstance(e, dict))
             except (ValueError, AttributeError):
                 pass
@@ -439,9 +453,9 @@ class Repository:
         if reference.startswith("sha256:") and digest != reference:
             raise IntegrityError(f"{what}: the registry served a manifest whose sha256 is {digest}; nothing was written")
         try:
-            data = json.loads(resp.body)
-        except ValueError:
-            raise IntegrityError(f"{what}: the manifest is not JSON") from None
+            data = loads(resp.body)
+        except ValueError as exc:  # the same bytes give the same answer: not retried (status 400)
+            raise IntegrityError(f"{what}: the manifest is not JSON that can be read: it {exc}", status=400) from None
         if not isinstance(data, dict):
             raise IntegrityError(f"{what}: the manifest is not a JSON object")
         media = data.get("mediaType") or (resp.header("Content-Type") or "").split(";")[0].strip()

@@ -19,9 +19,10 @@ digests.
 from __future__ import annotations
 
 import base64
+import os
 import re
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,12 @@ if TYPE_CHECKING:
     from .http import Fetched
     from .s3_client import S3Client
 
-HEADS_IN_PARALLEL = 8
 CHANGED = 410  # FetchError.status of an object that no longer holds the locked bytes: asking again cannot help
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_KEYS = 20_000           # objects listed under one lane's prefix
+MAX_PAGES = 200             # listing pages for one lane (S3 gives 1000 objects a page)
+MAX_LIST_BYTES = 64 << 20   # listing bodies for one lane (a page is capped in s3_listing)
+LIST_SECONDS = 600.0        # one lane's listing, when the run has no sooner --deadline (PREFLIGHT_S3_LIST_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,22 @@ def full_object_sha256(head: dict[str, Any]) -> str | None:
     return None
 
 
+_said_lock = threading.Lock()
+
+
+def list_seconds() -> float:
+    raw = os.environ.get("PREFLIGHT_S3_LIST_SECONDS", "").strip()
+    if not raw:
+        return LIST_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise UsageError(f"PREFLIGHT_S3_LIST_SECONDS={raw[:40]!r}: expected seconds, more than 0 and at most 86400")
+    return value
+
+
 def s3_url(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
@@ -109,6 +129,7 @@ class S3Source(Source):
         self.key = src.path_in_repo or ""
         self.from_lock = False
         self._client: S3Client | None = None
+        self._said: set[str] = set()
 
     @property
     def client(self) -> S3Client:
@@ -136,12 +157,22 @@ class S3Source(Source):
                 exp = exp.merge(locked.files[names[rel]])
             exp = exp.merge(FileExpect(info.size, info.sha256))
             files[rel] = Entry(exp, _locator(info.key, info.etag), info.etag or None, info.stamp)
-        bare = sum(1 for e in files.values() if not e.expect.sha256)
-        if bare:
-            self.ctx.log(f"{self.lane.name}: {bare} of {len(files)} object(s) under {self.where} have no content digest "
-                         "(no sha256 in the manifest or lock, no full-object x-amz-checksum-sha256): checked by size, ETag "
-                         "and format only; `preflight lock` pins their sha256")
+        if not self.lane.is_dir:
+            bare = sum(1 for e in files.values() if not e.expect.sha256)
+            if bare:
+                self._say_bare()
         return Listing(None, files)
+
+    def _say_bare(self) -> None:
+        """Said once per lane: objects that vouch for no content digest are checked by size,
+        ETag and format only."""
+        with _said_lock:
+            if self.lane.name in self._said:
+                return
+            self._said.add(self.lane.name)
+        self.ctx.log(f"{self.lane.name}: objects under {self.where} have no content digest (no sha256 in the manifest or "
+                     "lock, no full-object x-amz-checksum-sha256, no sha256 from push): checked by size, ETag and format "
+                     "only; `preflight lock` pins their sha256")
 
     def _lane_names(self, rels: list[str]) -> dict[str, str]:
         """Source name → the name sync gives it on the volume (a single-file lane's own name)."""
@@ -215,38 +246,65 @@ class S3Source(Source):
                           hint="name the object's key, or make the lane a folder kind (hf-dir, …)", status=404)
 
     def _list_folder(self) -> dict[str, ObjectInfo]:
+        """Every object under the prefix, page by page, within bounds: MAX_KEYS objects,
+        MAX_PAGES pages, MAX_LIST_BYTES of listing bodies, LIST_SECONDS (or the run's deadline,
+        when sooner); a continuation token the server hands out twice ends the listing with an
+        error (it would never end). Size and ETag come from the listing: no request per object."""
+        import time
+
         from ..check import selected
 
         prefix = f"{self.key}/" if self.key else ""
-        found: dict[str, tuple[str, int]] = {}
+        found: dict[str, ObjectInfo] = {}
         token: str | None = None
+        tokens: set[str] = set()
+        pages = keys = body = 0
+        limit = list_seconds()
+        until = time.monotonic() + limit
+        if self.ctx.deadline is not None:
+            until = min(until, self.ctx.deadline)
         while True:
-            page, token = self._retrying(lambda token=token: self.client.list_objects(self.bucket, prefix, token))
-            for key, size in page:
-                rel = key[len(prefix):]
+            if time.monotonic() > until:
+                raise self._too_big(f"the listing did not end within {limit:g}s (or the run's deadline): {pages} pages, {keys} objects so far")
+            page = self._retrying(lambda token=token: self.client.list_objects(self.bucket, prefix, token))
+            pages, keys, body = pages + 1, keys + len(page.objects), body + page.bytes
+            if keys > MAX_KEYS:
+                raise self._too_big(f"more than {MAX_KEYS} objects under this prefix")
+            if body > MAX_LIST_BYTES:
+                raise self._too_big(f"more than {MAX_LIST_BYTES >> 20} MiB of listing")
+            for obj in page.objects:
+                if not obj.key.startswith(prefix):
+                    raise FetchError(f"{self.where}: the listing of this prefix holds {obj.key[:200]!r}, which is not under it",
+                                     status=400, hint="the server does not filter its listing by prefix")
+                rel = obj.key[len(prefix):]
                 if not rel or rel.endswith("/"):
                     continue  # a "folder marker" object some tools write
                 if selected(rel, self.lane):
-                    found[rel] = (key, size)
+                    found[rel] = ObjectInfo(obj.key, obj.size, obj.etag, obj.modified, None)
+            token = page.next_token
             if not token:
                 break
+            if token in tokens:
+                raise FetchError(f"{self.where}: {self.client.where} handed out the same continuation token twice ({pages} pages "
+                                 "in): its listing would never end", status=400, hint="the S3 server is broken; the listing was stopped")
+            tokens.add(token)
+            if pages >= MAX_PAGES:
+                raise self._too_big(f"more than {MAX_PAGES} listing pages ({keys} objects)")
         if not found:
             what = "match the lane's include/exclude" if (self.lane.include or self.lane.exclude) else "exist"
             raise FetchError(f"{self.where}: no objects under this prefix {what} in bucket {self.bucket}; nothing to fetch",
                              hint="check the prefix (s3://BUCKET/PREFIX lists the objects under PREFIX/)", status=404)
-        return self._heads({rel: key for rel, (key, _size) in found.items()})
+        return found
 
-    def _heads(self, keys: dict[str, str]) -> dict[str, ObjectInfo]:
-        def one(rel: str) -> tuple[str, ObjectInfo]:
-            head = self._retrying(lambda: self.client.head(self.bucket, keys[rel]))
-            if head is None:  # deleted between the listing and now
-                raise FetchError(f"{s3_url(self.bucket, keys[rel])} disappeared while the prefix was listed", status=404)
-            return rel, object_info(keys[rel], head)
+    def _too_big(self, what: str) -> FetchError:
+        return FetchError(f"{self.where}: {what} from {self.client.where}; the listing was stopped", status=400,
+                          hint="a lane's prefix should hold one model: point the source at a narrower prefix")
 
-        if len(keys) == 1:
-            return dict([one(next(iter(keys)))])
-        with ThreadPoolExecutor(min(HEADS_IN_PARALLEL, len(keys)), thread_name_prefix="s3-head") as pool:
-            return dict(pool.map(one, sorted(keys)))
+    def _head_info(self, key: str) -> ObjectInfo:
+        head = self._retrying(lambda: self.client.head(self.bucket, key))
+        if head is None:  # deleted between the listing and now
+            raise FetchError(f"{s3_url(self.bucket, key)} disappeared after the prefix was listed", status=404)
+        return object_info(key, head)
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         return self.ctx.retrying(self.lane.name, call)
@@ -271,11 +329,26 @@ class S3Source(Source):
             if exp.sha256 and info.sha256 and info.sha256 != exp.sha256:
                 raise self._changed(where, f"its sha256 is {info.sha256}, the lock pins {exp.sha256}")
             etag = info.etag or None
+        vouched = None
+        if not exp.sha256 and not self.from_lock:
+            # Listed by size and ETag alone: the object's HEAD says whether it vouches for a
+            # digest (its checksum, push's metadata), and that it is still what was listed.
+            info = self._head_info(key)
+            if etag and info.etag and info.etag != etag:
+                raise FetchError(f"{where} changed on the server while the lane was synced (ETag {etag} when listed, "
+                                 f"{info.etag} now); run again", status=CHANGED)
+            vouched = info.sha256
+            if vouched is None:
+                self._say_bare()
         url = self.client.presign_get(self.bucket, key)
         try:
             got = fetch_to(url, partial, expected_size=exp.size, algos=algos, etag=etag, **transfer.http())
         except FetchError as exc:
             raise self.client.rewrite(exc, url, where) from None
+        if vouched and got.digests.get("sha256") not in (None, vouched):
+            partial.remove()  # whole and wrong: nothing in it is worth resuming
+            raise FetchError(f"{where}: its bytes hash to sha256 {got.digests['sha256']}, the object's own checksum says {vouched}; "
+                             "nothing of it was published", status=CHANGED)
         if self.from_lock and exp.sha256 and got.resumed_from == 0 and got.digests.get("sha256") not in (None, exp.sha256):
             partial.remove()  # whole and wrong: nothing in it is worth resuming
             raise self._changed(where, f"its bytes hash to sha256 {got.digests['sha256']}, the lock pins {exp.sha256}")
@@ -292,10 +365,14 @@ class S3Source(Source):
         todo = {rel: e for rel, e in listing.files.items() if not e.expect.sha256}
         if todo:
             total = sum(e.expect.size or 0 for e in todo.values())
-            self.ctx.log(f"{self.lane.name}: reading {len(todo)} object(s) ({total} bytes) to pin their sha256")
+            self.ctx.log(f"{self.lane.name}: reading the objects of {len(todo)} file(s) ({total} bytes) that vouch for no sha256, to pin it")
         for rel, entry in sorted(listing.files.items()):
             if rel in todo:
                 key, _etag = _split_locator(entry.locator)
+                vouched = self._head_info(key) if self.lane.is_dir else None
+                if vouched is not None and vouched.sha256 and vouched.size == entry.expect.size:
+                    out[rel] = FileExpect(vouched.size, vouched.sha256)  # the object vouches for it: no need to read it
+                    continue
                 size, sha = self._retrying(lambda key=key: self.client.measure(self.bucket, key, self.ctx.timeouts))
                 if entry.expect.size is not None and size != entry.expect.size:
                     raise FetchError(f"{s3_url(self.bucket, key)} changed while it was locked: listed with {entry.expect.size} bytes, read {size}")

@@ -28,6 +28,7 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ from ..redact import register
 if TYPE_CHECKING:
     from . import Context, Transfer
     from .http import Timeouts
+    from .s3_listing import Listed
 
 PRESIGN_SECONDS = 3600  # a GET URL is checked when the request starts; a retry presigns anew
 PART_MIB = 64  # files larger than this go up in parts of (at least) this size; PREFLIGHT_S3_PART_MIB changes it (5 at least)
@@ -50,6 +52,16 @@ _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "E
                "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidIdentityToken",
                "ExpiredTokenException", "AuthorizationHeaderMalformed", "403", "401"}
 _XML_CODE = re.compile(r"<Code>([^<]{1,80})</Code>")
+
+
+@dataclass(frozen=True)
+class ListedPage:
+    """One listing page: its objects, the token of the next (None at the end), its body's size."""
+
+    objects: list[Listed]
+    next_token: str | None
+    truncated: bool
+    bytes: int
 
 
 def check_environment(env: dict[str, str] | os._Environ) -> None:
@@ -147,8 +159,9 @@ class S3Client:
             from botocore.config import Config
             from botocore.exceptions import BotoCoreError
         except ImportError:
-            raise UsageError("s3:// sources need botocore, which is not installed",
-                             hint="pip install 'lane-preflight[s3]'") from None
+            from ..errors import MissingExtra
+
+            raise MissingExtra("an s3:// source", "s3", "botocore") from None
         session = botocore.session.get_session()
         try:
             scoped = session.get_scoped_config()
@@ -246,18 +259,66 @@ class S3Client:
         """A HEAD's 404 has no body: a listing tells a missing bucket from a missing key."""
         self.list_page(bucket, "", max_keys=1)
 
-    def list_page(self, bucket: str, prefix: str, max_keys: int = 1000) -> list[tuple[str, int]]:
-        page, _token = self.list_objects(bucket, prefix, None, max_keys)
-        return page
+    def list_page(self, bucket: str, prefix: str, max_keys: int = 1000) -> list[Listed]:
+        return self.list_objects(bucket, prefix, None, max_keys).objects
 
-    def list_objects(self, bucket: str, prefix: str, token: str | None, max_keys: int = 1000) -> tuple[list[tuple[str, int]], str | None]:
-        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+    def list_objects(self, bucket: str, prefix: str, token: str | None, max_keys: int = 1000) -> ListedPage:
+        """One ListObjectsV2 page, fetched from a presigned URL and parsed as it streams in
+        (s3_listing: a byte cap, no entities, a clear error for anything that is not a
+        listing). botocore signs the request and reads nothing: its parser holds a whole
+        body of any size in memory, and turns malformed listings into internal errors."""
+        what = f"s3://{bucket}/{prefix}"
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys, "EncodingType": "url"}
         if token:
             params["ContinuationToken"] = token
-        resp = self._call(f"s3://{bucket}/{prefix}", "list_objects_v2", **params)
-        items = [(str(o["Key"]), int(o.get("Size") or 0)) for o in resp.get("Contents") or []]
-        nxt = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
-        return items, nxt
+        self._frozen()
+        try:
+            url = self.client.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=PRESIGN_SECONDS)
+        except Exception as exc:
+            raise self._map(exc, what) from None
+        return self._get_listing(url, what, max_keys)
+
+    def _get_listing(self, url: str, what: str, max_keys: int) -> ListedPage:
+        import http.client
+        import socket
+
+        from .s3_listing import MAX_PAGE_BYTES, ListingError, PageParser
+
+        conn = _connection(url, self.timeouts)
+        parts = urlsplit(url)
+        seen = 0
+        try:
+            conn.connect()
+            conn.sock.settimeout(self.timeouts.stall)
+            conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers={"Accept-Encoding": "identity"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                body = resp.read(64 * 1024).decode("utf-8", "replace")
+                code, message = _xml_field(body, "Code"), _xml_field(body, "Message")
+                raise self._from_error(code or str(resp.status), resp.status, message, what, {"retry-after": resp.getheader("Retry-After")})
+            length = resp.getheader("Content-Length")
+            if length and length.isdigit() and int(length) > MAX_PAGE_BYTES:
+                raise ListingError(f"a listing page of {int(length)} bytes (at most {MAX_PAGE_BYTES})")
+            parser = PageParser(max_keys=max_keys)
+            while True:
+                data = resp.read1(64 * 1024)
+                if not data:
+                    break
+                seen += len(data)
+                parser.feed(data)
+            if length and length.isdigit() and seen != int(length):
+                raise FetchError(f"{what}: the listing from {self.where} was cut at byte {seen} of {length}", url=what)
+            page = parser.close()
+        except ListingError as exc:
+            raise FetchError(f"{what}: {self.where} answered the listing with something that cannot be used: {exc}",
+                             url=what, status=400, hint="the server is not an S3 ListObjectsV2 endpoint, or is broken") from None
+        except (socket.timeout, TimeoutError):
+            raise FetchError(f"{what}: the listing from {self.where} sent nothing for {self.timeouts.stall:g}s", url=what) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise FetchError(f"{what}: the listing from {self.where} failed ({type(exc).__name__})", url=what) from None
+        finally:
+            conn.close()
+        return ListedPage(page.objects, page.next_token if page.truncated else None, page.truncated, seen)
 
     def presign_get(self, bucket: str, key: str) -> str:
         self._frozen()
@@ -290,13 +351,7 @@ class S3Client:
         url = self.presign_get(bucket, key)
         where = f"s3://{bucket}/{key}"
         parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-        if parts.scheme == "https":
-            from .http import tls_context
-
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeouts.connect, context=tls_context(host, port or 443))
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeouts.connect)
+        conn = _connection(url, timeouts)
         size = 0
         try:
             conn.connect()
@@ -386,29 +441,35 @@ class S3Client:
                  "config-file": "the AWS config file", "assume-role-with-web-identity": "the web identity (AWS_ROLE_ARN)"}.get(method, method)
         return f"the credentials from {where or 'the AWS credential chain'} were refused; S3 reads " + CREDENTIALS
 
+    def _from_error(self, code: str, status: int | None, message: str, what: str, headers: dict, *, auth: bool = False,
+                    bucket: str | None = None) -> FetchError:
+        """An S3 error answer (from botocore, or read from a response body) as ours."""
+        from .http import parse_retry_after
+
+        msg = message.strip()[:200]
+        text = f"{what}: {code}" + (f" ({msg})" if msg and msg != code and not msg.isdigit() else "") + f" from {self.where}"
+        if auth or code in _AUTH_CODES or status in (401, 403):
+            return AuthError(f"{text}: {self._who()}", url=what, status=status or 403, hint=AUTH_HINT)
+        if code == "NoSuchBucket":
+            bucket = bucket or what.removeprefix("s3://").split("/", 1)[0]
+            return FetchError(f"bucket {bucket} does not exist at {self.where}", url=what, status=404)
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return FetchError(f"{what}: no such object at {self.where}", url=what, status=404)
+        err = FetchError(text, url=what, status=status)
+        err.retry_after = parse_retry_after((headers or {}).get("retry-after"))
+        return err
+
     def _map(self, exc: BaseException, what: str) -> FetchError | UsageError:
         from botocore import exceptions as bx
 
         if isinstance(exc, FetchError):
             return exc
         if isinstance(exc, bx.ClientError):
-            code, status = _code(exc), _status(exc)
-            msg = str((exc.response.get("Error") or {}).get("Message") or "").strip()[:200]
-            op = getattr(exc, "operation_name", "") or ""
-            text = f"{what}: {code}" + (f" ({msg})" if msg and msg != code and not msg.isdigit() else "") + f" from {self.where}"
-            if op in ("AssumeRoleWithWebIdentity",) or code in _AUTH_CODES or status in (401, 403):
-                return AuthError(f"{text}: {self._who()}", url=what, status=status or 403, hint=AUTH_HINT)
-            if code == "NoSuchBucket":
-                bucket = (exc.response.get("Error") or {}).get("BucketName") or what.removeprefix("s3://").split("/", 1)[0]
-                return FetchError(f"bucket {bucket} does not exist at {self.where}", url=what, status=404)
-            if code in ("NoSuchKey", "404", "NotFound"):
-                return FetchError(f"{what}: no such object at {self.where}", url=what, status=404)
-            err = FetchError(text, url=what, status=status)
-            from .http import parse_retry_after
-
+            msg = str((exc.response.get("Error") or {}).get("Message") or "")
             headers = (exc.response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
-            err.retry_after = parse_retry_after(headers.get("retry-after"))
-            return err
+            auth = (getattr(exc, "operation_name", "") or "") == "AssumeRoleWithWebIdentity"
+            return self._from_error(_code(exc), _status(exc), msg, what, headers, auth=auth,
+                                    bucket=(exc.response.get("Error") or {}).get("BucketName"))
         if isinstance(exc, bx.NoCredentialsError):
             return AuthError(f"{what}: no S3 credentials", url=what, hint=AUTH_HINT)
         if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
@@ -424,6 +485,23 @@ class S3Client:
         if isinstance(exc, OSError):
             return FetchError(f"{what}: {exc.strerror or exc}", url=what)
         return FetchError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}", url=what)
+
+
+def _connection(url: str, timeouts: Timeouts):
+    import http.client
+
+    from .pool import tls_context
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(host, port, timeout=timeouts.connect, context=tls_context(host, port or 443))
+    return http.client.HTTPConnection(host, port, timeout=timeouts.connect)
+
+
+def _xml_field(body: str, name: str) -> str:
+    m = re.search(f"<{name}>([^<]{{0,400}})</{name}>", body)
+    return m.group(1).strip() if m else ""
 
 
 def part_size() -> int:
