@@ -1,7 +1,8 @@
 """Model archives (.tar, .tar.gz, .tar.zst, .zip) read as a stream: every entry checked,
 each wanted member's bytes handed to a writer the caller owns, hashed on the way.
 
-The standard library reads the formats (`tarfile` in stream mode, `zipfile`; zstd through
+The standard library reads the formats (`tarfile` in stream mode through
+`formats/tarread.py`, which bounds what tarfile leaves unbounded; `zipfile`; zstd through
 the optional `zstandard` package); nothing here parses a header by hand, and nothing here
 writes a file: the caller's writer is a staging file of the volume's door. Each entry is
 judged before a byte of it is written:
@@ -13,7 +14,9 @@ judged before a byte of it is written:
   through at most MAX_LINK_HOPS links); it becomes a copy of that file. A link out (an
   absolute target, `..` past the root) or to nothing is refused;
 - devices, FIFOs and sockets are refused;
-- bounds against bombs: at most MAX_MEMBERS entries, at most `max_bytes` extracted in all,
+- GNU sparse members are refused (a tar of a model has no holes);
+- bounds against bombs: at most MAX_MEMBERS entries (every header counts, long-name and
+  PAX ones too), MAX_NAMES bytes of names, at most `max_bytes` extracted in all,
   and at most MAX_RATIO times the archive's own size (plus RATIO_SLACK: small archives of
   JSON compress well); a PAX or GNU long-name record of at most MAX_META bytes; a zip's
   central directory of at most MAX_ZIP_DIRECTORY bytes, and each member's declared size at
@@ -47,6 +50,7 @@ MAX_MEMBERS = 20_000  # a model archive holds tens of files; a count past this i
 MAX_RATIO = 200  # extracted bytes per archive byte (deflate tops out near 1032x)
 RATIO_SLACK = 64 * 2**20
 MAX_META = 2**20  # one PAX or GNU long-name record
+MAX_NAMES = 32 * 2**20  # bytes of entry names and link targets in one archive
 MAX_ZIP_DIRECTORY = 16 * 2**20  # one read of a zip's central directory
 MAX_LINK_HOPS = 40
 MAX_LINK_TARGET = 4096
@@ -209,16 +213,6 @@ class _Budget:
         if self.size_known and self.out + n > self.ratio_limit:
             raise ArchiveBombError(f"{self.what}: {name} announces {n} bytes, past {MAX_RATIO}x the archive's {self.archive_size} "
                                    "bytes; refused as a compression bomb, nothing was published")
-
-
-class _BoundedInfo(tarfile.TarInfo):
-    """Refuses a PAX or GNU long-name record larger than MAX_META before tarfile reads it."""
-
-    def _proc_member(self, tf):  # type: ignore[override]
-        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_META:
-            raise tarfile.HeaderError(f"a {self.size}-byte extended header (at most {MAX_META})")
-        return super()._proc_member(tf)
 
 
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, KeyError, RuntimeError, NotImplementedError)
@@ -405,6 +399,8 @@ def _decompressed(raw: io.BufferedReader, head: bytes, what: str) -> io.Buffered
 
 def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
               close_member: Callable[[str, Writer], None], hashing: bool, progress: Callable[[int], None] | None) -> None:
+    from ..formats.tarread import TarError, TarLimit, TarReader
+
     counting = _Counting(f)
     budget.read = lambda: counting.count
     raw = io.BufferedReader(counting, READ)
@@ -412,24 +408,17 @@ def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
     stream = _decompressed(raw, head, budget.what)
     if stream is not raw:
         stream = _Ahead(_Expanding(stream, budget))
-    tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedInfo, bufsize=READ)  # type: ignore[arg-type]
+    reader = TarReader(stream, max_entries=MAX_MEMBERS, max_names=MAX_NAMES, max_meta=MAX_META, bufsize=READ)
     seen: set[str] = set()
-    with tf, stream:
-        while True:
-            info = tf.next()
-            if info is None:
-                break
-            tf.members.clear()  # tarfile keeps every header it read; a stream needs none of them
-            budget.entry()
+    try:
+        for info in reader:
             name = member_name(info.name, budget.what)
             if name is None and not info.isdir():
                 raise UnsafeSourceError(f"{budget.what}: an entry named {info.name[:80]!r} is not a folder; refused, nothing was published")
             if name is None or info.isdir():
                 continue
             if info.isreg():
-                fobj = tf.extractfile(info)
-                assert fobj is not None
-                _file(name, info.size, fobj.read, scan, seen, budget, open_member, close_member, hashing, progress)
+                _file(name, info.size, reader.read, scan, seen, budget, open_member, close_member, hashing, progress)
             elif info.issym() or info.islnk():
                 if name in seen:
                     raise UnsafeSourceError(f"{budget.what} holds {name!r} twice; refused, nothing was published")
@@ -441,9 +430,18 @@ def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
                                             hint="the archive is damaged or hostile; links must name files inside it")
                 scan.members.append(Member(name, link=target))
             else:
-                what_kind = "a device file" if (info.ischr() or info.isblk()) else "a FIFO" if info.isfifo() else "a special file"
-                raise UnsafeSourceError(f"{budget.what}: {name} is {what_kind}; refused, nothing was published",
+                kind = {tarfile.CHRTYPE: "a device file", tarfile.BLKTYPE: "a device file", tarfile.FIFOTYPE: "a FIFO"}.get(info.type, "a special file")
+                raise UnsafeSourceError(f"{budget.what}: {name} is {kind}; refused, nothing was published",
                                         hint="a model archive holds regular files and folders")
+    except TarLimit as exc:
+        if "sparse" in str(exc):
+            raise UnsafeSourceError(f"{budget.what} holds {exc}; refused, nothing was published") from None
+        raise ArchiveBombError(f"{budget.what} holds {exc}; refused, nothing was published") from None
+    except TarError as exc:
+        raise _invalid(budget.what, exc) from None
+    finally:
+        if isinstance(stream, _Ahead):
+            stream.close()
 
 
 def _hard_target(linkname: str, what: str) -> str | None:
