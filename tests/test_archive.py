@@ -236,7 +236,11 @@ def test_lock_pins_the_archive_and_its_members_and_a_locked_sync_asks_nothing_fi
         scratch = set(Path(tempfile.gettempdir()).glob("preflight-scratch-*"))
         locked = run("lock", "-m", m, "--termination-log", "")
         assert locked.returncode == 0, locked.stderr
-        lock = json.loads((tmp_path / "lanes.lock.json").read_text())["lanes"]["tiny"]
+        from tests.test_schemas import validator
+
+        lock_doc = json.loads((tmp_path / "lanes.lock.json").read_text())
+        assert not list(validator("lock").iter_errors(lock_doc))
+        lock = lock_doc["lanes"]["tiny"]
         assert lock["archive"] == {"size": archive.stat().st_size, "sha256": sha256(archive)}
         assert lock["files"] == {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()}
         assert set(Path(tempfile.gettempdir()).glob("preflight-scratch-*")) == scratch  # the measuring copy is gone

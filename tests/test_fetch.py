@@ -119,6 +119,9 @@ def test_a_uri_as_first_argument_fetches_a_hub_folder_into_dest(tmp_path: Path, 
     assert done.code == 0, done.stderr
     assert tree(dest) == {k: v for k, v in files.items()}
     assert done.report["command"] == "fetch" and done.report["lanes"][0]["kind"] == "hf-dir"
+    from tests.test_schemas import validator
+
+    assert not list(validator("report").iter_errors(done.report))
     assert json.loads((dest / ".preflight" / "ready.json").read_text())["status"] == "ready"
     # a restart of the init container: nothing fetched, nothing changed
     before = {p: p.stat().st_ino for p in dest.iterdir() if p.is_file()}
