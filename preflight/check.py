@@ -285,8 +285,8 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         obs.st = st
         result.files += 1
         result.bytes += st.st_size
-        if exp is None or not (exp.sha256 or exp.sha1 or exp.crc32c):
-            # no digest pinned by manifest, lock or source (a size at most): hold the file to
+        if exp is None or not (exp.sha256 or exp.sha1 or exp.crc32c or exp.md5):
+            # no digest pinned by manifest, lock, DVC or source (a size at most): hold the file to
             # what was verified when it was published, while its size is still the one pinned
             past = ctx.receipts.verified(plan.state_key(rel))
             if past is not None and ("sha256" in past[1] or "sha1" in past[1]) and (exp is None or exp.size in (None, past[0])):

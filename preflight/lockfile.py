@@ -41,7 +41,7 @@ class LockedLane:
 
 
 def _expect_dict(e: FileExpect) -> dict[str, Any]:
-    return {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1)) if v is not None}
+    return {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1), ("generation", e.generation)) if v is not None}
 
 
 @dataclass

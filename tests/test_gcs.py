@@ -16,7 +16,6 @@ import base64
 import http.server
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -593,19 +592,17 @@ def test_hostile_listings_are_refused_within_bounds(vol: Volume) -> None:
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     vol.write([lane("llm", "vllm/llm", "gs://hostile/m")])
     cases = [("same-token", 3, "page token 'again' a second time"), ("endless", 3, "past 1000 pages"),
-             ("huge-page", 3, "larger than 16 MiB"), ("too-many", 3, "more than 200000 objects"),
+             ("huge-page", 3, "larger than 16 MiB"), ("too-many", 3, "more than 20000 objects"),
              ("escape", 1, "would leave the lane"), ("bad-size", 3, "no valid size"), ("outside", 3, "not under the prefix")]
     try:
         for mode, code, words in cases:
             _Hostile.mode, _Hostile.pages = mode, 0
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            r = vol.run("sync", "--retries", "2", env=gs_env(vol, endpoint), timeout=120)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            r, cpu, rss_mb = vol.run_measured("sync", "--retries", "2", env=gs_env(vol, endpoint), timeout=120)
             assert r.code == code, (mode, r.stderr)
             assert words in r.stderr, (mode, r.stderr)
             assert not (vol.models / "vllm").exists() and not list(vol.root.rglob("cron.d"))
-            assert after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime < 30, mode  # CPU seconds, not wall time
-            assert after.ru_maxrss < 400 * 1024, (mode, after.ru_maxrss)  # KiB: bounded memory, whatever was sent
+            assert cpu < 30, (mode, cpu)  # CPU seconds, not wall time
+            assert rss_mb < 100, (mode, rss_mb)  # the sync process's own peak: bounded, whatever was sent
             if mode != "endless":
                 assert _Hostile.pages <= 5, (mode, _Hostile.pages)  # refused once, not retried
     finally:

@@ -399,25 +399,11 @@ def test_chunked_upload_and_cross_repo_mount(tmp_path: Path, registry: RegistryS
 
 # --------------------------------------------------------------------------- hostile layers and manifests
 
-RUSAGE = r"""
-import json, resource, subprocess, sys
-p = subprocess.run(sys.argv[2:], capture_output=True, text=True)
-u = resource.getrusage(resource.RUSAGE_CHILDREN)
-json.dump({"code": p.returncode, "out": p.stdout, "err": p.stderr, "cpu": u.ru_utime + u.ru_stime, "rss_mb": u.ru_maxrss / 1024}, open(sys.argv[1], "w"))
-"""
 MAX_CPU_S = 3.0  # the whole sync process, interpreter included; the largest case takes about 1 s alone
 
 
 def measured_sync(vol: Volume) -> tuple:
-    """`preflight sync` as the child of a fresh wrapper, which reports its CPU time and peak RSS."""
-    import subprocess
-    import sys
-
-    argv = vol.argv("sync")
-    out = vol.root / "rusage.json"
-    subprocess.run([sys.executable, "-c", RUSAGE, str(out), *argv], env=vol.env(), cwd=vol.root, timeout=600, check=True)
-    m = json.loads(out.read_text())
-    return vol._result(argv, m["code"], m["out"], m["err"], 0.0), m["cpu"], m["rss_mb"]
+    return vol.run_measured("sync")
 
 
 def _with_config_tar(p: Pusher, repo: str, layer: bytes) -> None:

@@ -473,22 +473,11 @@ HOSTILE_LISTINGS: dict[str, tuple[Callable[[], Callable[[dict], object]], str, i
     "entities": (lambda: lambda q: LAUGHS, "entities are not accepted", 4),
 }
 
-RUSAGE = r"""
-import json, resource, subprocess, sys
-p = subprocess.run(sys.argv[2:], capture_output=True, text=True)
-u = resource.getrusage(resource.RUSAGE_CHILDREN)
-json.dump({"code": p.returncode, "out": p.stdout, "err": p.stderr, "cpu": u.ru_utime + u.ru_stime, "rss_mb": u.ru_maxrss / 1024}, open(sys.argv[1], "w"))
-"""
 MAX_CPU_S = 3.0  # the whole sync process, interpreter and botocore import included (about 0.5 to 1 s alone)
 
 
 def measured_sync(vol: Volume, env: dict[str, str], timeout: float = 300) -> tuple[Run, float, float]:
-    """`preflight sync` as the child of a fresh wrapper, which reports its CPU time and peak RSS."""
-    argv = vol.argv("sync")
-    out = vol.root / "rusage.json"
-    subprocess.run([sys.executable, "-c", RUSAGE, str(out), *argv], env=env, cwd=vol.root, timeout=timeout, check=True)
-    m = json.loads(out.read_text())
-    return vol._result(argv, m["code"], m["out"], m["err"], 0.0), m["cpu"], m["rss_mb"]
+    return vol.run_measured("sync", env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("case", HOSTILE_LISTINGS)

@@ -50,6 +50,14 @@ class Run:
         return self.stdout + self.stderr
 
 
+_RUSAGE = r"""
+import json, resource, subprocess, sys
+p = subprocess.run(sys.argv[2:], capture_output=True, text=True)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+json.dump({"code": p.returncode, "out": p.stdout, "err": p.stderr, "cpu": u.ru_utime + u.ru_stime, "rss_mb": u.ru_maxrss / 1024}, open(sys.argv[1], "w"))
+"""
+
+
 class Volume:
     """A manifest and a models folder in a fresh temporary directory, and a way to run preflight on them."""
 
@@ -108,6 +116,18 @@ class Volume:
         tlog = Path(argv[argv.index("--termination-log") + 1])
         report = json.loads(report_path.read_text()) if report_path.exists() else None
         return Run(code, out, err, report, tlog.read_text() if tlog.exists() else None, seconds)
+
+    def run_measured(self, command: str = "sync", *args: str, env: Mapping[str, str] | None = None,
+                     timeout: float = 600) -> tuple[Run, float, float]:
+        """`preflight COMMAND` as the only child of a fresh wrapper process, which reports the
+        child's CPU seconds and peak RSS in MB (RUSAGE_CHILDREN of a process that had no
+        other child: the test process's own size and other children do not count)."""
+        argv = self.argv(command, *args)
+        out = self.root / "rusage.json"
+        subprocess.run([sys.executable, "-c", _RUSAGE, str(out), *argv], env=dict(env) if env is not None else self.env(),
+                       cwd=self.root, timeout=timeout, check=True)
+        m = json.loads(out.read_text())
+        return self._result(argv, m["code"], m["out"], m["err"], 0.0), m["cpu"], m["rss_mb"]
 
     def tree(self, lane_path: str) -> dict[str, bytes]:
         root = self.models / lane_path

@@ -185,7 +185,8 @@ class ArchiveSource(Source):
                                       "against a trusted copy")
 
     def _download(self, archive: Entry, work: StagedFile, transfer: Transfer, what: str) -> Fetched:
-        got = self.inner.fetch(archive, work, ("sha256",), dataclasses.replace(transfer, connections=1))
+        """The whole archive first (a zip): ranged over several connections where the source can."""
+        got = self.inner.fetch(archive, work, ("sha256",), transfer)
         self._verify_archive(got, what)
         return got
 

@@ -56,8 +56,8 @@ PAGE_SIZE = 1000
 # A listing is bounded whatever the server sends: bytes per page and in all, pages, objects.
 MAX_PAGE_BYTES = 16 * 2**20
 MAX_LIST_BYTES = 256 * 2**20
-MAX_PAGES = 1_000  # a full page holds PAGE_SIZE objects: MAX_OBJECTS needs 200
-MAX_OBJECTS = 200_000
+MAX_PAGES = 1_000  # a full page holds PAGE_SIZE objects: MAX_OBJECTS needs 20
+MAX_OBJECTS = 20_000  # as many as an s3:// lane may list
 MAX_META_BYTES = 1 * 2**20  # one object's metadata, an upload's answer, an error body
 SIMPLE_UPLOAD_MAX = 8 * 2**20  # up to this, one multipart request (held in memory); above, a resumable upload
 CHUNK_MIB = 16  # a resumable upload's request size (a multiple of 256 KiB); PREFLIGHT_GCS_CHUNK_MIB changes it
