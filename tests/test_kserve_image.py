@@ -3,8 +3,9 @@ image's ENTRYPOINT (`preflight`), /mnt/models an empty folder anyone may write (
 uid 65532, a read-only root filesystem with no /tmp of its own, no capabilities, the
 variables KServe's webhook adds (HF_HUB_ENABLE_HF_TRANSFER, …, and per scheme the
 credentials and endpoints), and /dev/termination-log. Sources: the Hub stand-in (hf://),
-s3s-fs (s3://), the distribution registry (oci://) and an HTTPS server whose CA comes from
-KServe's global CA bundle (https://…/model.tar.gz), all on 127.0.0.1 (host network)."""
+s3s-fs (s3://), fake-gcs-server (gs://, a prefix and a model.tar.gz), the distribution
+registry (oci://) and an HTTPS server whose CA comes from KServe's global CA bundle
+(https://…/model.tar.gz), all on 127.0.0.1 (host network)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def empty_dir(root: Path) -> Path:
 
 
 def run_as_kserve(client: Any, image: str, tmp: Path, uri: str, env: dict[str, str], volumes: dict | None = None) -> tuple[int, str, str, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
     models = tmp / "models"
     if not models.exists():
         empty_dir(models)
@@ -119,6 +121,28 @@ def test_s3_prefix_with_kserve_s3_variables(docker_client: Any, preflight_image:
         assert code == 0, logs
         assert_ready(models, files)
         assert SECRET_KEY not in logs
+    finally:
+        server.stop()
+
+
+def test_gs_prefix_and_a_model_archive_in_a_bucket(docker_client: Any, preflight_image: str, tmp_path: Path) -> None:
+    from tests.gcs_server import GcsServer, binary
+
+    if binary() is None:
+        pytest.skip("the Cloud Storage test server is not built (bash ops/gcs-server.sh)")
+    server = GcsServer(tmp_path / "gcs").start()
+    try:
+        bucket = server.bucket("models")
+        files = hf_model()
+        server.put_tree(bucket, "llama/v1", files)
+        server.put(bucket, "releases/model.tar.gz", tar_gz(files))
+        env = {"STORAGE_EMULATOR_HOST": server.endpoint, "NO_GCE_CHECK": "True"}
+        code, logs, _reason, models = run_as_kserve(docker_client, preflight_image, tmp_path / "prefix", f"gs://{bucket}/llama/v1", env)
+        assert code == 0, logs
+        assert_ready(models, files)
+        code, logs, _reason, models = run_as_kserve(docker_client, preflight_image, tmp_path / "archive", f"gs://{bucket}/releases/model.tar.gz", env)
+        assert code == 0, logs
+        assert_ready(models, files)
     finally:
         server.stop()
 
