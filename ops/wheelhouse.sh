@@ -13,7 +13,7 @@ dir="${1:-$repo/wheelhouse}"
 python="${PYTHON:-python3}"
 mkdir -p "$dir"
 
-"$python" - "$repo/pyproject.toml" "${EXTRAS-s3 signing}" >"$dir/requirements.txt" <<'PY'
+"$python" - "$repo/pyproject.toml" "${EXTRAS-s3 gcs signing}" >"$dir/requirements.txt" <<'PY'
 import sys
 import tomllib
 

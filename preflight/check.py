@@ -80,6 +80,11 @@ def real_key_root(folder: Path, models_dir: Path) -> str:
     return os.path.relpath(os.path.realpath(folder), os.path.realpath(models_dir)).replace(os.sep, "/")
 
 
+def key_under(base: str, key: str) -> str:
+    """A receipt key (models-relative) as a path under folder `base` ("." is the models folder)."""
+    return key if base in ("", ".") else key[len(base.rstrip("/")) + 1:]
+
+
 def state_key(models_dir: Path, path: Path) -> str:
     """The receipt key of the file at `path` (its folder resolved, the file itself not)."""
     return posixpath.normpath(posixpath.join(real_key_root(path.parent, models_dir), path.name))
@@ -245,7 +250,7 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
             # template) is missing, not silently absent.
             base = plan.state_key("")
             for key in ctx.receipts.under(base):
-                rel = key[len(base.rstrip("/")) + 1:]
+                rel = key_under(base, key)
                 if rel not in expected and selected(rel, lane) and ctx.receipts.verified(key) is not None:
                     expected[rel] = None
                     plan.remembered.add(rel)

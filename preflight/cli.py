@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -30,7 +31,8 @@ def opt(*decls: str, **kw):
     return click.option(*decls, **kw)
 
 
-REPORTING = ("check", "sync", "lock")  # every exit of these leaves a JSON report (--json, --report)
+REPORTING = ("check", "sync", "lock", "fetch")  # every exit of these leaves a JSON report (--json, --report)
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # `preflight SRC DEST`: a first argument that is a URI means fetch
 _TRUE = ("1", "true", "t", "yes", "y", "on")  # click's spellings of a true flag
 
 
@@ -94,7 +96,7 @@ def guarded(fn=None, *, report: str | None = None):
         started = time.monotonic()
 
         def end(code: int, reason: str, hint: str | None = None, errors: list[dict] | None = None) -> int:
-            return leave(report, out, code, reason, hint, models_dir=kwargs.get("models_dir"), started=started, errors=errors)
+            return leave(report, out, code, reason, hint, models_dir=kwargs.get("models_dir") or kwargs.get("dest"), started=started, errors=errors)
 
         try:
             code = fn(*args, **kwargs)
@@ -165,6 +167,8 @@ class LazyGroup(click.Group):
 
     lazy = {
         "sync": ("preflight.cli_sync", "sync"),
+        "fetch": ("preflight.cli_sync", "fetch"),
+        "init": ("preflight.cli_init", "init_command"),
         "lock": ("preflight.cli_sync", "lock"),
         "push": ("preflight.cli_push", "push"),
         "status": ("preflight.cli_volume", "status"),
@@ -190,6 +194,8 @@ class LazyGroup(click.Group):
             with redacting_streams():
                 return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         argv = list(sys.argv[1:] if args is None else args)
+        if argv and _URI.match(argv[0]):
+            argv = ["fetch", *argv]  # KServe and Seldon run their storage initializer with [SRC, DEST]
         command = argv[0] if argv and argv[0] in REPORTING else None
         with redacting_streams():
             from .report import track

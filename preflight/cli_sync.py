@@ -196,3 +196,100 @@ def _lock_report(manifest: str, lanes: tuple[str, ...], lock_text: str | None, p
                                        source=lane.source.display() if lane.source else None,
                                        revision=entry.get("commit") or (lane.source.revision if lane.source else None)))
     return report
+
+
+def _apply_kserve_environment(uri: str) -> None:
+    """KServe's storage-config entry (STORAGE_CONFIG, STORAGE_OVERRIDE_CONFIG) becomes the
+    variables KServe's own initializer sets from it (its secret masked from then on), and
+    its OCI fetch settings become preflight's registry settings."""
+    from .kserve import oci_settings, storage_config
+    from .redact import register
+
+    for var, value in {**storage_config(os.environ), **oci_settings(os.environ, uri)}.items():
+        os.environ[var] = value
+        if var == "AWS_SECRET_ACCESS_KEY":
+            register(value)
+
+
+def _patterns(given: tuple[str, ...], kserve_var: str) -> tuple[str, ...]:
+    from .kserve import patterns
+
+    out: list[str] = []
+    for item in given:
+        out.extend(p.strip() for p in item.split(",") if p.strip())
+    return tuple(out) or patterns(os.environ, kserve_var)
+
+
+@click.command()
+@click.argument("src")
+@click.argument("dest", type=click.Path(file_okay=False))
+@opt("--kind", type=click.Choice(["hf-dir", "adapter", "gguf", "file"]), default=None,
+     help="What SRC holds (default: from its name: an archive or a folder → hf-dir, *.gguf → gguf, another file → file).")
+@opt("--sha256", default=None, help="The sha256 of the file or archive SRC names (also a #sha256=<hex> fragment on SRC).")
+@click.option("--include", multiple=True, envvar="PREFLIGHT_INCLUDE", show_envvar=True,
+              help="Only files matching these globs (repeatable or comma-separated; else STORAGE_ALLOW_PATTERNS).")
+@click.option("--exclude", multiple=True, envvar="PREFLIGHT_EXCLUDE", show_envvar=True,
+              help="Leave out files matching these globs (repeatable or comma-separated; else STORAGE_IGNORE_PATTERNS).")
+@opt("--allow-pickle", type=click.Choice(["false", "true", "torchscript"]), default="false", show_default=True,
+     help="Pickles: refused (false), state dicts allowed (true), TorchScript archives too.")
+@opt("--state-dir", default=None, type=click.Path(file_okay=False), help="Where receipts live (default <DEST>/.preflight).")
+@opt("--verify", type=click.Choice(["auto", "full"]), default="auto", show_default=True, help="auto trusts receipts whose stat matches; full re-hashes.")
+@opt("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+@opt("--report", default=None, type=click.Path(dir_okay=False), help="Also write the JSON report to this file.")
+@opt("--termination-log", default=None, help="Write a short reason here on failure (default /dev/termination-log when it exists; '' disables).")
+@opt("--quiet", "-q", is_flag=True, help="No human summary on stderr.")
+@network_options
+@opt("--offline", is_flag=True, help="Fetch nothing; check DEST against what was fetched before.")
+@opt("--workers", type=click.IntRange(1, 64), default=16, show_default=True, help="Files fetched at once.")
+@opt("--connections", type=click.IntRange(1, 256), default=16, show_default=True, help="Connections open at once in the run.")
+@opt("--deadline", type=float, default=None, help="Give up (exit 3) when the whole run takes longer than this many seconds.")
+@opt("--lease-wait", type=float, default=1800.0, show_default=True, help="Seconds to wait for another writer before exit 6.")
+@opt("--lease-stale", type=float, default=60.0, show_default=True, help="A lease whose heartbeat stopped this long ago is taken over.")
+@guarded(report="fetch")
+def fetch(src, dest, kind, sha256, include, exclude, allow_pickle, offline, token_file, connect_timeout, stall_timeout, retries,
+          workers, connections, deadline, lease_wait, lease_stale, **kw) -> int:
+    """Fetch one source into a folder, with everything sync does; no manifest.
+
+    The storage-initializer contract of KServe and Seldon: `preflight SRC DEST`
+    (a first argument that is a URI means fetch). A folder source, or an archive
+    (.tar, .tar.gz, .tgz, .tar.zst, .zip), fills DEST itself; a single file lands
+    as DEST/<its name>. Verified before it is published, resumable, with the lease,
+    the report, the termination log and the exit codes of sync.
+
+    \b
+    Examples:
+      preflight fetch hf://Qwen/Qwen2.5-0.5B-Instruct /mnt/models
+      preflight s3://models/llama/ /mnt/models
+      preflight 'https://host/model.tar.gz#sha256=<64 hex>' /mnt/models
+      preflight fetch oci://registry:5000/models/coder:v1 /mnt/models
+    """
+    from .fetchlane import build
+    from .kserve import storage_uri
+    from .session import Session
+    from .sources.http import Timeouts
+    from .sync import Options, run_sync
+
+    uri, pinned = storage_uri(src)
+    _apply_kserve_environment(uri)
+    if sha256 and pinned and sha256.lower() != pinned:
+        from .errors import UsageError
+
+        raise UsageError(f"--sha256 {sha256} and the URI's #sha256={pinned} disagree")
+    digest = (sha256 or pinned or "").lower().removeprefix("sha256:") or None
+    if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        from .errors import UsageError
+
+        raise UsageError(f"--sha256 {sha256!r} is not 64 hex digits")
+    pickle = {"false": False, "true": True, "torchscript": "torchscript"}[allow_pickle]
+    manifest = build(uri, dest, kind=kind, sha256=digest, include=_patterns(include, "STORAGE_ALLOW_PATTERNS"),
+                     exclude=_patterns(exclude, "STORAGE_IGNORE_PATTERNS"), allow_pickle=pickle)
+    offline = offline or _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+    if token_file and not offline:
+        _readable(token_file)
+    session = Session.open(command="fetch", manifest=manifest, models_dir=dest, profile=None, lanes=(), lock=None, **kw)
+    opts = Options(
+        offline=offline, locked=False, token_file=token_file, timeouts=Timeouts(connect_timeout, stall_timeout),
+        retries=retries, workers=workers, connections=connections, deadline=deadline, lease_wait=lease_wait, stale_after=lease_stale,
+    )
+    report = run_sync(session, opts)
+    return session.finish(report, ready_file=True)

@@ -127,6 +127,20 @@ class UnsafeSourceError(IntegrityError):
     problem_code = "path-escape"
 
 
+class ArchiveBombError(UnsafeSourceError):
+    """An archive that would expand past a bound (members, total bytes, expansion ratio).
+    The same bytes give the same answer: not retried; the lane is not ready."""
+
+    problem_code = "archive-bomb"
+
+
+class ArchiveInvalidError(IntegrityError):
+    """An archive its reader cannot read (truncated, not the format its name says). Bytes
+    that fail verification: exit 3, like a digest that does not match."""
+
+    problem_code = "archive-invalid"
+
+
 class AuthError(FetchError):
     """401/403, or a gated/private repo without a token."""
 

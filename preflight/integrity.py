@@ -211,23 +211,27 @@ class Receipts:
         self._refused: dict[str, dict] = {}  # refusal key -> why fetched bytes were not published
         self._variants: dict[str, dict] = {}  # lane name -> the variant chosen on a node (serving/variants.py)
         self._commits: dict[str, dict] = {}  # lane name -> {"source", "commit"}: the version it was last synced at
+        self._groups: dict[str, dict] = {}  # group key (an archive's digest) -> the files it held, as unpacked here
         self._dropped: set[str] = set()  # files forgotten here, not to come back from disk on save
         self._dirty = False
         if state_dir is not None:
-            try:
-                data = json.loads((state_dir / self.FILE).read_bytes())
-                if isinstance(data, dict) and isinstance(data.get("files"), dict):
-                    self._files = data["files"]
-                if isinstance(data, dict) and isinstance(data.get("lanes"), dict):
-                    self._lanes = data["lanes"]
-                if isinstance(data, dict) and isinstance(data.get("refused"), dict):
-                    self._refused = data["refused"]
-                if isinstance(data, dict) and isinstance(data.get("variants"), dict):
-                    self._variants = data["variants"]
-                if isinstance(data, dict) and isinstance(data.get("commits"), dict):
-                    self._commits = data["commits"]
-            except (OSError, ValueError):
-                pass
+            data = self._on_disk()
+            for section in self.SECTIONS:
+                setattr(self, f"_{section}", data[section])
+
+    # The sections of receipts.json: each a mapping held as self._<section>, merged key by
+    # key with what another process wrote when saved (this process's entries win).
+    SECTIONS = ("files", "lanes", "refused", "variants", "commits", "groups")
+
+    def _on_disk(self) -> dict[str, dict]:
+        try:
+            assert self.state_dir is not None
+            data = json.loads((self.state_dir / self.FILE).read_bytes())
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        return {s: data[s] if isinstance(data.get(s), dict) else {} for s in self.SECTIONS}
 
     def lookup(self, rel: str, st: os.stat_result) -> dict[str, str] | None:
         rec = self._files.get(rel)
@@ -327,7 +331,10 @@ class Receipts:
         return rec.get("verified_at") if isinstance(rec, dict) else None
 
     def under(self, prefix: str) -> list[str]:
-        """Keys of files verified under folder `prefix` (relative to the models folder)."""
+        """Keys of files verified under folder `prefix` (relative to the models folder; "."
+        or "" for the models folder itself)."""
+        if prefix in ("", "."):
+            return list(self._files)
         head = prefix.rstrip("/") + "/"
         return [k for k in self._files if k.startswith(head)]
 
@@ -352,29 +359,35 @@ class Receipts:
         self._refused[key] = {**record, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self._dirty = True
 
+    def group_files(self, key: str) -> dict[str, tuple[int, str]] | None:
+        """The files (size, sha256) a group (an archive, by its key) held when it was
+        unpacked here; None when it never was, or the record is damaged."""
+        rec = self._groups.get(key)
+        files = rec.get("files") if isinstance(rec, dict) else None
+        if not isinstance(files, dict) or not files:
+            return None
+        out = {}
+        for rel, f in files.items():
+            if not (isinstance(rel, str) and isinstance(f, dict) and isinstance(f.get("size"), int) and isinstance(f.get("sha256"), str)):
+                return None
+            out[rel] = (f["size"], f["sha256"])
+        return out
+
+    def remember_group(self, key: str, files: dict[str, tuple[int, str]]) -> None:
+        self._groups[key] = {"files": {rel: {"size": size, "sha256": sha} for rel, (size, sha) in sorted(files.items())},
+                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._dirty = True
+
     def save(self) -> bool:
         """Merge with what is on disk (another process may have written) and replace atomically."""
         if self.state_dir is None or not self._dirty:
             return False
-        path = self.state_dir / self.FILE
         try:
-            try:
-                data = json.loads(path.read_bytes())
-                on_disk, lanes_on_disk, refused_on_disk = data.get("files", {}), data.get("lanes", {}), data.get("refused", {})
-                variants_on_disk = data.get("variants", {})
-                commits_on_disk = data.get("commits", {})
-            except (OSError, ValueError, AttributeError):
-                on_disk, lanes_on_disk, refused_on_disk, variants_on_disk, commits_on_disk = {}, {}, {}, {}, {}
-            merged = {**on_disk, **self._files} if isinstance(on_disk, dict) else dict(self._files)
+            merged = {s: {**on_disk, **getattr(self, f"_{s}")} for s, on_disk in self._on_disk().items()}
             for rel in self._dropped:
-                merged.pop(rel, None)
-            lanes = {**lanes_on_disk, **self._lanes} if isinstance(lanes_on_disk, dict) else self._lanes
-            refused = {**refused_on_disk, **self._refused} if isinstance(refused_on_disk, dict) else self._refused
-            variants = {**variants_on_disk, **self._variants} if isinstance(variants_on_disk, dict) else self._variants
-            commits = {**commits_on_disk, **self._commits} if isinstance(commits_on_disk, dict) else self._commits
+                merged["files"].pop(rel, None)
             vol = self.volume if self.volume is not None and self.volume.path == self.state_dir else Volume(self.state_dir)
-            vol.write_atomic(self.FILE, json.dumps({"version": 1, "files": merged, "lanes": lanes, "refused": refused, "commits": commits,
-                                                    "variants": variants}, indent=0, sort_keys=True).encode())
+            vol.write_atomic(self.FILE, json.dumps({"version": 1, **merged}, indent=0, sort_keys=True).encode())
         except OSError:
             return False
         self._dirty = False

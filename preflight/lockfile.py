@@ -30,21 +30,24 @@ class LockedLane:
     files: dict[str, FileExpect] = field(default_factory=dict)
     fit: dict[str, Any] | None = None  # what fit needs (serving/inputs.py): sync --locked judges fit before a download, offline
     variants: dict[str, LockedLane] = field(default_factory=dict)  # the lane's variants, by name
+    archive: FileExpect | None = None  # a lane filled from an archive: the archive's size and sha256 (files: its members)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "source": self.source, "revision": self.revision, "commit": self.commit,
-            "files": {
-                rel: {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1), ("generation", e.generation))
-                      if v is not None}
-                for rel, e in sorted(self.files.items())
-            },
+            "files": {rel: _expect_dict(e) for rel, e in sorted(self.files.items())},
         }
         if self.fit is not None:
             d["fit"] = self.fit
         if self.variants:
             d["variants"] = {n: v.to_dict() for n, v in sorted(self.variants.items())}
+        if self.archive is not None:
+            d["archive"] = _expect_dict(self.archive)
         return d
+
+
+def _expect_dict(e: FileExpect) -> dict[str, Any]:
+    return {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1), ("generation", e.generation)) if v is not None}
 
 
 @dataclass
@@ -104,7 +107,13 @@ def _locked_lane(name: str, raw: Any, file: str, where: str) -> LockedLane:
         files[norm] = FileExpect(size if isinstance(size, int) else None, exp.get("sha256"), exp.get("sha1"), generation=generation,
                                  origin=f"{file} ({where}.files)")
     fit = raw.get("fit") if isinstance(raw.get("fit"), dict) else None
-    return LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files, fit)
+    archive = None
+    if raw.get("archive") is not None:
+        a = raw["archive"]
+        if not isinstance(a, dict) or not isinstance(a.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", a["sha256"]):
+            raise ManifestError("malformed archive entry (expected {size, sha256})", file=file, field=f"{where}.archive")
+        archive = FileExpect(a.get("size") if isinstance(a.get("size"), int) else None, a["sha256"], origin=f"{file} ({where}.archive)")
+    return LockedLane(name, raw.get("source"), raw.get("revision"), raw.get("commit"), files, fit, archive=archive)
 
 
 def lock_entry(lock: Lock | None, lane) -> LockedLane | None:

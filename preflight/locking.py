@@ -33,9 +33,11 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
     def lock_one(lane) -> LockedLane:
         src = lane.source
         source = open_source(lane, ctx)
-        files, version = checked_listing(lane, source.resolve(None))  # refused as sync refuses it (path-escape)
+        listing = source.resolve(None)
+        files, version = checked_listing(lane, listing)  # refused as sync refuses it (path-escape)
         # sha256 for the Hub's LFS files, its git blob sha1 for the rest; a mirror's files hashed now
-        entry = LockedLane(lane.name, src.raw, src.revision if version else None, version, source.lock_files(Listing(version, files)))
+        locked_files = source.lock_files(Listing(version, files, unlisted=listing.unlisted))
+        entry = LockedLane(lane.name, src.raw, src.revision if version else None, version, locked_files, archive=source.archive_pin())
         if lane.serve is not None:  # what fit needs, so `sync --locked` judges it before a download without the network
             from .serving.before import source_inputs
 

@@ -59,6 +59,47 @@ class Source:
         return self.raw
 
 
+def source_file_name(src: Source) -> str | None:
+    """The file name a source's reference ends with (a URL's path without its query, a
+    key, a path), or None when it names a repository or a bare bucket."""
+    if src.scheme in ("https", "http") and src.url:
+        from urllib.parse import urlsplit
+
+        name = posixpath.basename(urlsplit(src.url).path)
+    elif src.scheme == "local" and src.local:
+        name = posixpath.basename(src.local.rstrip("/"))
+    elif src.scheme in ("s3", "gs", "hf"):
+        name = posixpath.basename(src.path_in_repo or "")
+    else:
+        return None
+    return name or None
+
+
+def archive_name(src: Source) -> str | None:
+    """The archive's file name when the source names a model archive (.tar, .tar.gz, .tgz,
+    .tar.zst, .zip), else None. oci:// artifacts carry their own layers and are never this."""
+    if src.scheme == "oci":
+        return None
+    name = source_file_name(src)
+    return name if name is not None and archive_kind(name) else None
+
+
+# What a file's name ends with → the archive format (its compression is read from its bytes).
+ARCHIVE_SUFFIXES = (
+    (".tar.gz", "tar"), (".tgz", "tar"), (".tar.zst", "tar"), (".tar.zstd", "tar"), (".tzst", "tar"),
+    (".tar", "tar"), (".zip", "zip"),
+)
+
+
+def archive_kind(name: str) -> str | None:
+    """"tar" or "zip" when a file name is a model archive's, else None."""
+    low = name.lower()
+    for suffix, kind in ARCHIVE_SUFFIXES:
+        if low.endswith(suffix) and len(low) > len(suffix):
+            return kind
+    return None
+
+
 _SUPPORTED = "hf://, https://, http://, oci://, s3://, gs://, file:// or a path"
 _SCHEMES = ("hf", "https", "http", "file", "oci", "s3", "gs")
 _FUTURE: tuple[str, ...] = ()  # planned sources: say so rather than read them as a folder name
@@ -344,6 +385,7 @@ class Lane:
     serve: ServeSpec | None = None  # how the lane is served: fit is checked against this node
     variants: tuple[Lane, ...] = ()  # alternatives in order, each a whole lane of the same name (the first that fits is served)
     variant: str | None = None  # this lane's variant name; None for the lane as written (the primary)
+    archive: FileExpect | None = None  # a folder lane filled from an archive: the archive's own size and sha256
     line: int | None = None
 
     @property
@@ -762,11 +804,19 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
                     raise doc.error(key + ("files", rel), f"file path {_show(rel)} must be relative and stay inside the lane: {problem}")
                 files[posixpath.normpath(rel)] = _expect(r, exp if exp is not None else {}, key + ("files", rel))
     direct = {k: raw[k] for k in ("sha256", "sha1", "size") if k in raw}
+    archive_pin = None
+    unpacks = source is not None and kind in ("hf-dir", "adapter") and archive_name(source) is not None
     if direct and kind is not None and path is not None:
         with r.section():
-            if kind in DIR_KINDS:
-                raise doc.error(key + (next(iter(direct)),), f"a {kind} lane is a folder: give digests per file under 'files:'")
-            files[posixpath.basename(path)] = _expect(r, direct, key).merge(files.get(posixpath.basename(path)))
+            if unpacks:
+                if "sha1" in direct:
+                    raise doc.error(key + ("sha1",), "an archive is pinned by its sha256 (and size), not a git blob sha1")
+                archive_pin = _expect(r, direct, key)
+            elif kind in DIR_KINDS:
+                raise doc.error(key + (next(iter(direct)),), f"a {kind} lane is a folder: give digests per file under 'files:' "
+                                "(or name an archive as its source: sha256 then pins the archive)")
+            else:
+                files[posixpath.basename(path)] = _expect(r, direct, key).merge(files.get(posixpath.basename(path)))
     flags: dict[str, Any] = {}
     for flag in _FLAGS:
         with r.section():
@@ -818,6 +868,14 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
                 "a URL source needs the file's sha256 (plain URLs carry no digest to verify against)",
                 hint="add `sha256: <64 hex>` to the lane, or run `preflight lock` against a trusted copy",
             )
+    if source is not None and source.scheme in ("https", "http") and kind in DIR_KINDS:
+        if not unpacks:
+            raise doc.error(key + ("source",), f"a URL names one file, and a {kind} lane is a folder: name an archive "
+                            "(.tar, .tar.gz, .tgz, .tar.zst, .zip) to fill it from, or make the lane a file kind")
+        if not (archive_pin and archive_pin.sha256):
+            raise doc.error(key + ("source",), "a URL source needs the archive's sha256 (plain URLs carry no digest to verify against)",
+                            hint="add `sha256: <64 hex>` (the archive's) to the lane")
+
     if source is not None and source.scheme == "gs" and source.revision and kind in DIR_KINDS:
         raise doc.error(key + ("source",), f"a generation (#{source.revision}) pins one object, and a {kind} lane is a folder of objects",
                         hint="drop the #GENERATION: `preflight lock` pins the generation of every object of the lane")
@@ -827,7 +885,7 @@ def _parse_lane(r: _Reader, raw: dict, key: tuple, defaults: Mapping, models_dir
         name=name, kind=kind, path=path, source=source, include=strings["include"], exclude=strings["exclude"], files=files,
         required=flags["required"], enabled=flags["enabled"], profiles=strings["profiles"], allow_pickle=flags["allow_pickle"],
         serves_text=flags["serves_text"], vocab_only=vocab_only, base=base, checksums=checksums, dvc=dvc, env=env, layout=layout,
-        signature=signature, serve=serve, line=doc.line(*key),
+        signature=signature, serve=serve, archive=archive_pin, line=doc.line(*key),
     )
     if raw.get("variants") is not None:
         variants = _variants(r, raw, key, lane, defaults, models_dir)

@@ -60,6 +60,7 @@ CONFIG_MISMATCH = "config-mismatch"
 # Pickle-bearing files.
 ARCHIVE_INVALID = "archive-invalid"  # an archive its loader cannot read (a torch zip whose data.pkl is no pickle)
 TORCHSCRIPT = "torchscript"  # a TorchScript archive: a program as well as weights
+ARCHIVE_BOMB = "archive-bomb"  # a model archive (.tar, .tar.gz, .zip, ...) past a member, size or expansion bound
 
 # Model-level GGUF checks: what llama.cpp's model loader needs beyond a readable file.
 ARCHITECTURE_MISSING = "architecture-missing"

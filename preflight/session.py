@@ -29,10 +29,12 @@ class Session:
     started: float
 
     @classmethod
-    def open(cls, *, command: str, manifest: str, models_dir: str | None, profile: str | None, lanes: tuple[str, ...],
+    def open(cls, *, command: str, manifest: str | Manifest, models_dir: str | None, profile: str | None, lanes: tuple[str, ...],
              lock: str | None, state_dir: str | None, verify: str, **opts) -> Session:
+        """`manifest`: a file, or a Manifest built in memory (`preflight fetch`: no lock unless named)."""
         started = time.monotonic()
-        m = load_manifest(manifest)
+        built = isinstance(manifest, Manifest)
+        m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         root = Path(models_dir or m.models_dir)
         report = track(Report(command, str(root)))
         selected = m.select(profile, split_lanes(lanes))
@@ -40,7 +42,7 @@ class Session:
             raise UsageError("no lanes selected (every lane is disabled, or the profile/lane filter matched none)")
         lock_obj: Lock | None = None
         lock_path = Path(lock) if lock else default_lock_path(m)
-        if lock or lock_path.exists():
+        if lock or (lock_path.exists() and not built):
             lock_obj = load_lock(lock_path)
         if command in ("check", "status") and not root.is_dir():  # sync creates it
             report.notes.append(f"models folder {root} " + ("is not a folder" if root.exists() else "does not exist"))

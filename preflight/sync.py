@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import problems as P
-from .check import lock_drift, real_key_root, repo_folder, state_key
+from .check import key_under, lock_drift, real_key_root, repo_folder, state_key
 from .errors import (
     AuthError,
     DiskSpaceError,
@@ -42,7 +42,7 @@ from .report import LaneResult, Report, human_size, plural
 from .session import Session
 from .redact import redact as mask
 from .sources import Context as SourceContext
-from .sources import Entry, Listing, Source, Transfer, open_source
+from .sources import Entry, GroupStaging, Listing, Source, Transfer, open_source
 from .sources.http import Cancel, Timeouts, retry_delay
 from .volume import PathEscape, StagedFile, Staging, UnsafeName, Volume, is_hex_digest, safe_rel, state_volume, why_unwritable
 
@@ -85,6 +85,7 @@ class Job:
     link: Path | None = None  # hf-cache: snapshot symlink → target (the blob)
     size_hint: int | None = None  # a file's size from the source when the manifest gives none: planning only
     fetched: int | None = None  # bytes of the published file, once published
+    files: int = 1  # files it published (an unpacked group's members)
 
     @property
     def label(self) -> str:
@@ -109,8 +110,25 @@ class Remote:
         self.fetchable: dict[str, dict[str, Entry]] = {}
         self.sources: dict[str, Source] = {}
         self.errors: dict[str, PreflightError] = {}
-        self._resolved: dict[tuple[str, str | None], tuple[Source, dict[str, Entry], str | None]] = {}
-        self.ctx = SourceContext(session.manifest.file, opts.timeouts, self.get_token, opts.retries, deadline, progress.log)
+        self._resolved: dict[tuple[str, str | None], tuple[Source, dict[str, Entry], str | None, Entry | None]] = {}
+        self.unlisted: dict[str, Entry] = {}  # lanes whose files come out of a group not unpacked here yet
+        self.ctx = SourceContext(session.manifest.file, opts.timeouts, self.get_token, opts.retries, deadline, progress.log,
+                                 recall=self.recall)
+
+    def recall(self, key: str) -> dict[str, FileExpect] | None:
+        """An archive's member list as this volume unpacked it before (by the archive's key)."""
+        files = self.session.ctx.receipts.group_files(key)
+        return None if files is None else {rel: FileExpect(size, sha) for rel, (size, sha) in files.items()}
+
+    def learn(self, lane: Lane, group: str, listing: dict[str, FileExpect]) -> None:
+        """A group was unpacked: its files are the lane's listing from now on (and next run)."""
+        version = self.expect.get(lane.name, ({}, None))[1]
+        files = {rel: Entry(exp, rel, group=group) for rel, exp in listing.items()}
+        pins = self._pinned(lane, files)
+        self.expect[lane.name] = ({rel: e.expect for rel, e in pins.items()}, version)
+        self.fetchable[lane.name] = pins
+        self.unlisted.pop(lane.name, None)
+        self.session.ctx.receipts.remember_group(group, {rel: (e.size or 0, e.sha256 or "") for rel, e in listing.items()})
 
     @property
     def requests(self) -> int:
@@ -144,12 +162,17 @@ class Remote:
         if done is None:
             try:
                 source = open_source(lane, self.ctx)
-                files, version = checked_listing(lane, source.resolve(locked))
-                done = self._resolved[(lane.name, lane.variant)] = (source, self._pinned(lane, files), version)
+                listing = source.resolve(locked)
+                files, version = checked_listing(lane, listing)
+                done = self._resolved[(lane.name, lane.variant)] = (source, self._pinned(lane, files), version, listing.unlisted)
             except PreflightError as exc:
                 self.errors[lane.name] = exc
                 return
-        source, files, version = done
+        source, files, version, unlisted = done
+        if unlisted is not None:
+            self.unlisted[lane.name] = unlisted
+        else:
+            self.unlisted.pop(lane.name, None)
         self.sources[lane.name] = source
         self.expect[lane.name] = ({rel: e.expect for rel, e in files.items()}, version)
         self.fetchable[lane.name] = files
@@ -208,11 +231,19 @@ def place_names(lane: Lane, fetchable: dict[str, T]) -> dict[str, T]:
     return {w: fetchable[h] for h, w in zip(have, want)}
 
 
+UNLISTED = "*"  # the job that unpacks a group whose files are not known yet (an archive new to this volume)
+
+
 def plan_jobs(session: Session, remote: Remote, results: list[LaneResult]) -> list[Job]:
     jobs: list[Job] = []
     by_name = {r.name: r for r in results}
     for lane in session.lanes:
         res = by_name[lane.name]
+        pending = remote.unlisted.get(lane.name)
+        if pending is not None:
+            # Nothing vouches that what stands there came out of this archive: unpack it.
+            jobs.append(Job(lane, UNLISTED, session.ctx.models_dir / lane.path / UNLISTED, pending.expect, pending, remote.sources[lane.name]))
+            continue
         fetchable = remote.fetchable.get(lane.name) or {}
         if not fetchable:
             continue
@@ -251,6 +282,30 @@ def staging_name(job: Job) -> str:
 MAX_LEASE_ROUNDS = 3  # lose the lease, wait, check again: at most this many times
 
 
+class _GroupPlaces(GroupStaging):
+    """Staging names of one group for one lane: the group's own bytes by the group's key
+    (a later process resumes the archive's download), each member by a digest of its name."""
+
+    def __init__(self, held: Staging, group: str, lane_root: str) -> None:
+        self.held = held
+        self.key = hashlib.sha256(group.encode()).hexdigest()[:32]
+        self.lane = hashlib.sha256(lane_root.encode()).hexdigest()[:12]
+        self.members: dict[str, StagedFile] = {}
+
+    def work(self) -> StagedFile:
+        return self.held.file(f"{self.key}-{self.lane}.group.part")
+
+    def file(self, rel: str) -> StagedFile:
+        if rel not in self.members:
+            name = hashlib.sha256(f"{self.lane}|{rel}".encode()).hexdigest()[:32]
+            self.members[rel] = self.held.file(f"{self.key[:16]}-{name}.member.part")
+        return self.members[rel]
+
+    def drop_members(self) -> None:
+        for partial in self.members.values():
+            partial.remove()
+
+
 class Fetcher:
     def __init__(self, session: Session, remote: Remote, opts: Options, progress: Progress, deadline: float | None) -> None:
         self.session = session
@@ -277,18 +332,40 @@ class Fetcher:
 
     def _run(self, jobs: list[Job]) -> dict[str, list[tuple[Job, PreflightError]]]:
         failures: dict[str, list[tuple[Job, PreflightError]]] = {}
-        workers = max(1, min(self.opts.workers, len(jobs)))
+        tasks: list[list[Job]] = []
+        groups: dict[tuple[str, str], list[Job]] = {}
+        for job in jobs:
+            if job.entry.group is None:
+                tasks.append([job])
+            else:  # one pass fills every file of the group (an archive's members)
+                key = (job.lane.name, job.entry.group)
+                if key not in groups:
+                    groups[key] = []
+                    tasks.append(groups[key])
+                groups[key].append(job)
+        workers = max(1, min(self.opts.workers, len(tasks)))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
         try:
-            for job, err in zip(jobs, pool.map(self._one, jobs)):
+            for task, err in zip(tasks, pool.map(self._task, tasks)):
                 if err is not None:
-                    failures.setdefault(job.lane.name, []).append((job, err))
+                    failures.setdefault(task[0].lane.name, []).append((task[0], err))
         except BaseException:
             self.cancel.trip()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return failures
+
+    def _task(self, task: list[Job]) -> PreflightError | None:
+        if task[0].entry.group is None:
+            return self._one(task[0])
+        try:
+            self._group(task)
+            return None
+        except PreflightError as exc:
+            return exc
+        except OSError as exc:
+            return FetchError(f"{task[0].lane.name}: {exc.strerror or exc}")
 
     def _one(self, job: Job) -> PreflightError | None:
         try:
@@ -298,6 +375,100 @@ class Fetcher:
             return exc
         except OSError as exc:
             return FetchError(f"{job.label}: {exc.strerror or exc}")
+
+    def _group(self, jobs: list[Job]) -> None:
+        """One group (an archive): fetched and unpacked in one pass into staging, every
+        member verified like a downloaded file, then all of them published (none when one
+        fails). Retried as single files are; a download resumes from the staged archive."""
+        first = jobs[0]
+        lane, group, source = first.lane, first.entry.group, first.source
+        assert group is not None
+        wanted = None if any(j.rel == UNLISTED for j in jobs) else {j.rel for j in jobs}
+        by_rel = {j.rel: j for j in jobs if j.rel != UNLISTED}
+        places = _GroupPlaces(self.held, group, str(self.session.ctx.models_dir / lane.path))
+        archive_label = f"{lane.name}/{lane.source.raw.rsplit('/', 1)[-1] if lane.source else group}"
+        key = self.progress.start(archive_label, first.size if first.rel == UNLISTED else None)
+        transfer = Transfer(self.opts.timeouts, self.deadline, self.cancel, self.may_write, lambda n: self.progress.advance(key, n),
+                            self.budget, self.progress.log)
+        started = time.monotonic()
+        last: PreflightError | None = None
+        try:
+            for attempt in range(self.opts.retries + 1):
+                if self.cancel.is_set():
+                    raise FetchError(f"{lane.name}: cancelled")
+                if attempt:
+                    assert last is not None
+                    delay = retry_delay(attempt, last, self.deadline)
+                    if delay is None:
+                        break
+                    self.progress.log(f"{archive_label}: retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
+                    if self.cancel.wait(delay):
+                        raise FetchError(f"{lane.name}: cancelled")
+                    self.progress.reset(key)
+                try:
+                    got = source.fetch_group(group, wanted, places, transfer)
+                    members = [(self._member_job(lane, rel, got.listing[rel], by_rel.get(rel)), fetched) for rel, fetched in sorted(got.files.items())]
+                    for job, fetched in members:  # every member verified before any is published
+                        self._verify(job, places.file(job.rel), fetched.size, fetched.digests)
+                    if self.cancel.is_set():
+                        raise FetchError(f"{lane.name}: cancelled before publishing")
+                    total = published = 0
+                    for job, fetched in members:
+                        if wanted is None or job.rel in wanted:
+                            self._publish(job, places.file(job.rel), fetched.size, fetched.digests)
+                            total += fetched.size
+                            published += 1
+                            job.fetched = fetched.size
+                        else:
+                            places.file(job.rel).remove()
+                    for j in jobs:
+                        if j.rel == UNLISTED:
+                            j.fetched, j.files = total, published
+                    places.work().remove()
+                    self.remote.learn(lane, group, got.listing)
+                    self.progress.finish(key)
+                    key = None
+                    secs = time.monotonic() - started
+                    self.progress.log(f"{archive_label}: {plural(published, 'file')}, {human_size(total)} published in {secs:.1f}s")
+                    return
+                except AuthError:
+                    raise
+                except OSError as exc:
+                    places.drop_members()
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    places.work().remove()
+                    raise DiskSpaceError(f"{lane.name}: the volume filled up while the archive was fetched or unpacked; "
+                                         "its staging files were removed") from None
+                except IntegrityError as exc:
+                    last = exc
+                    places.drop_members()
+                    places.work().remove()
+                except FetchError as exc:
+                    last = exc
+                    places.drop_members()
+            assert last is not None
+            raise last
+        finally:
+            if key is not None:
+                self.progress.finish(key)
+
+    def _member_job(self, lane: Lane, rel: str, measured: FileExpect, planned: Job | None) -> Job:
+        """The job of one member: what the manifest, lock or checksum files pin for it wins
+        over what the pass measured (a pinned digest the member does not have is refused)."""
+        from .check import expected_files
+
+        if planned is not None:
+            return planned
+        pins = expected_files(self.session.ctx, lane)
+        pin = pins.get(rel)
+        expect = pin.merge(FileExpect(measured.size)) if pin is not None else FileExpect(measured.size)
+        try:
+            safe_rel(rel)
+        except UnsafeName as exc:
+            raise UnsafeSourceError(f"{lane.name}: the archive names {exc}; nothing was published") from None
+        root = self.session.ctx.models_dir / lane.path
+        return Job(lane, rel, root / rel, expect, Entry(expect, rel), self.remote.sources[lane.name])
 
     def _fetch(self, job: Job) -> None:
         partial = self.held.file(staging_name(job))
@@ -441,7 +612,7 @@ def settle_listings(session: Session, remote: Remote) -> None:
             listing, commit = remote.expect[lane.name]
             base = real_key_root(files_root(session.ctx, lane, commit), session.ctx.models_dir)
             for key in receipts.under(base):
-                if key[len(base) + 1:] not in listing:
+                if key_under(base, key) not in listing:
                     receipts.forget(key)
     ready = {r.name for r in session.report.lanes if not r.errors}
     for lane in session.lanes:  # what each ready lane now holds, for `check` and `status` to report as a commit
@@ -630,7 +801,7 @@ def run_sync(session: Session, opts: Options) -> Report:
                         for j in jobs:
                             if j.fetched is not None and not any(j is fj for fj, _e in failures.get(j.lane.name, [])):
                                 f = fetched.setdefault(j.lane.name, [0, 0])
-                                f[0] += 1
+                                f[0] += j.files
                                 f[1] += j.fetched
                     elif not blocked and not switches:
                         progress.log("another writer already fetched everything; verified")
@@ -723,7 +894,7 @@ def prepare_switches(session: Session, remote: Remote, progress: Progress) -> di
             continue  # repairs happen inside the current revision: the same bytes, no mix
         if cur.state == "other":
             continue  # a file or a foreign link stands there: observe reports it
-        if cur.state == "folder" and _lane_ready(session, remote, lane):
+        if cur.state == "folder" and lane.name not in remote.unlisted and _lane_ready(session, remote, lane):
             continue  # in place and already this revision: nothing to switch
         staged = dataclasses.replace(lane, path=rev_path(lane, rid))
         vol = Volume(ctx.models_dir)

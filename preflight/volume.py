@@ -711,6 +711,21 @@ def private_copy(data: bytes, name: str, mode: int = 0o444) -> tuple[Path, Calla
     return path, lambda: shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def scratch_staging() -> Iterator[Staging]:
+    """A private 0700 temporary folder as a Staging (for bytes that are measured and never
+    published: `preflight lock` reading an archive), removed with everything in it after."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="preflight-scratch-"))
+    held = Staging(Volume(folder), create=False)
+    try:
+        yield held
+    finally:
+        held.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def why_unwritable(path: Path, exc: OSError | None) -> str:
     """The real cause: a read-only mount, another owner, or what the OS said."""
     try:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from preflight.cli import LazyGroup, main
 from tests.repos import hf_model, write_tree
 
-COMMANDS = ["check", "sync", "lock", "inspect", "smoke"]
+COMMANDS = ["check", "sync", "lock", "inspect", "smoke", "fetch", "init"]
 
 
 def cli(args: list[str], env: dict[str, str] | None = None):

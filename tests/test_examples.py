@@ -69,7 +69,8 @@ def hub():
 # ----------------------------------------------------------------------------- 1. per-model folders
 
 
-def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
+def build_per_model_folders(hub: HubServer, tmp_path: Path) -> tuple[Deployment, dict, dict]:
+    """The deployment's volume, synced as a user would (also tests/test_init.py's starting point)."""
     llama = ex.llama_like(sharded=True)
     bge = ex.encoder(ex.XLMR_CONFIG)
     hub.add_repo("meta-llama/Llama-3.1-8B-Instruct", {**llama, "original/consolidated.00.pth": b"not fetched", "LICENSE": b"terms"}, gated=True)
@@ -89,6 +90,11 @@ def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
     made = subprocess.run("sha256sum *.json *.safetensors", shell=True, cwd=trusted, capture_output=True, text=True, check=True)
     (d.dir / "checksums/bge-m3.sha256").write_text(made.stdout)
 
+    return d, llama, bge
+
+
+def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
+    d, llama, bge = build_per_model_folders(hub, tmp_path)
     no_token = d.run("sync", "-m", str(d.manifest), "-q", "--lane", "llama-3.1-8b-instruct", env={"HF_TOKEN": ""})
     assert no_token.returncode == 4, no_token.stderr
 
@@ -135,7 +141,7 @@ def test_per_model_folders(hub: HubServer, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 2. RAG backend
 
 
-def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
+def build_rag_backend(hub: HubServer, tmp_path: Path) -> Deployment:
     gguf = ex.gguf_q4_k_m("mistral-7b-instruct-v0.2.Q4_K_M.gguf")
     clip, whisper = ex.clip_checkpoint(), ex.whisper_checkpoint()
     hub.add_repo("sentence-transformers/all-MiniLM-L6-v2", {**ex.sentence_transformer(), "onnx/model.onnx": b"excluded"})
@@ -145,9 +151,12 @@ def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
         "WHISPER_URL": hub.add_url("whisper/small.pt", whisper),
     }
     sums = {"MISTRAL_GGUF_SHA256": gguf, "CLIP_SHA256": clip, "WHISPER_SHA256": whisper}
-    d = Deployment("rag-backend", tmp_path, hub, MODELS_DIR=str(tmp_path / "volume"), **urls,
-                   **{k: hashlib.sha256(v).hexdigest() for k, v in sums.items()})
+    return Deployment("rag-backend", tmp_path, hub, MODELS_DIR=str(tmp_path / "volume"), **urls,
+                      **{k: hashlib.sha256(v).hexdigest() for k, v in sums.items()})
 
+
+def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
+    d = build_rag_backend(hub, tmp_path)
     code, report = d.report("sync")
     assert code == 0, json.dumps(report, indent=1)
     assert (d.models / "embeddings/all-MiniLM-L6-v2/1_Pooling/config.json").is_file()
@@ -188,9 +197,7 @@ def test_rag_backend(hub: HubServer, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 3. model lanes
 
 
-def test_model_lanes(hub: HubServer, tmp_path: Path) -> None:
-    from preflight.smoke import endpoints_from_manifest
-
+def build_model_lanes(hub: HubServer, tmp_path: Path) -> tuple[Deployment, str]:
     for repo in ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", "Qwen/Qwen2.5-Coder-32B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"):
         hub.add_repo(repo, ex.distinct(ex.llama_like(sharded=repo.startswith("deepseek")), repo))
     nemotron = "Llama-3.1-Nemotron-8B-UltraLong-4M-Instruct-q4_k_m.gguf"
@@ -199,7 +206,13 @@ def test_model_lanes(hub: HubServer, tmp_path: Path) -> None:
     hub.add_repo("TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF", {"tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf": ex.gguf_q4_k_m("tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf")})
     embed_commit = hub.add_repo("BAAI/bge-m3", ex.encoder(ex.XLMR_CONFIG))
     d = Deployment("model-lanes", tmp_path, hub, MODELS_PATH=str(tmp_path / "volume"), SUPER_READER_REPO="org/nemotron-gguf", ENABLE_CODER="false")
+    return d, embed_commit
 
+
+def test_model_lanes(hub: HubServer, tmp_path: Path) -> None:
+    from preflight.smoke import endpoints_from_manifest
+
+    d, embed_commit = build_model_lanes(hub, tmp_path)
     code, report = d.report("sync")
     assert code == 0, json.dumps(report, indent=1)
     assert [l["name"] for l in report["lanes"]] == ["orchestrator", "fast_rag", "super_reader", "governance", "embeddings"]
@@ -234,12 +247,15 @@ def test_model_lanes(hub: HubServer, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 4. base + LoRA adapters
 
 
-def test_lora_adapters(hub: HubServer, tmp_path: Path) -> None:
+def build_lora_adapters(hub: HubServer, tmp_path: Path) -> Deployment:
     hub.add_repo("meta-llama/Llama-3.1-8B-Instruct", ex.distinct(ex.llama_like(sharded=False), "base"), gated=True)
     hub.add_repo("acme-ml/support-lora", repos.adapter(rank=4), private=True)
     hub.add_repo("acme-ml/globex-claims-lora", ex.distinct(repos.adapter(rank=8, modules=("q_proj", "k_proj", "v_proj")), "globex"), private=True)
-    d = Deployment("lora-adapters", tmp_path, hub, MODELS_PATH=str(tmp_path / "volume"))
+    return Deployment("lora-adapters", tmp_path, hub, MODELS_PATH=str(tmp_path / "volume"))
 
+
+def test_lora_adapters(hub: HubServer, tmp_path: Path) -> None:
+    d = build_lora_adapters(hub, tmp_path)
     code, report = d.report("sync")
     assert code == 0, json.dumps(report, indent=1)
     assert sorted(p.name for p in (d.models / "trained/acme/support-lora").iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]
@@ -261,7 +277,7 @@ def test_lora_adapters(hub: HubServer, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 5. DVC-tracked folders
 
 
-def test_dvc_tracked(hub: HubServer, tmp_path: Path) -> None:
+def build_dvc_tracked(hub: HubServer, tmp_path: Path) -> Deployment:
     from tests.test_dvc import dvc_track_dir
 
     d = Deployment("dvc-tracked", tmp_path, hub, MODELS_PATH=str(tmp_path / "volume"), DVC_WORKSPACE=str(tmp_path / "checkout"))
@@ -272,7 +288,11 @@ def test_dvc_tracked(hub: HubServer, tmp_path: Path) -> None:
     repos.write_tree(tmp_path / "checkout/models", {"ranker.Q4_K_M.gguf": gguf})
     (d.dir / "models/ranker.Q4_K_M.gguf.dvc").write_text(
         f"outs:\n- md5: {hashlib.md5(gguf).hexdigest()}\n  size: {len(gguf)}\n  hash: md5\n  path: ranker.Q4_K_M.gguf\n")
+    return d
 
+
+def test_dvc_tracked(hub: HubServer, tmp_path: Path) -> None:
+    d = build_dvc_tracked(hub, tmp_path)
     code, report = d.report("sync")
     assert code == 0, json.dumps(report, indent=1)
     assert (d.models / "intent-classifier/vocab.txt").read_bytes() == b"a\nb\n"

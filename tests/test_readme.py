@@ -26,7 +26,7 @@ def test_the_manifest_reference_loads_as_printed(tmp_path: Path) -> None:
     m = load_manifest(manifest, env={"MODELS_PATH": str(tmp_path / "models")})
     names = [lane.name for lane in m.lanes]
     assert names == ["orchestrator", "coder", "super_reader", "reader-vocab", "embeddings", "support-lora", "clip", "reader-config",
-                     "fleet-coder", "bucket-embed", "gcs-reader"]
+                     "fleet-coder", "bucket-embed", "gcs-reader", "release-classifier"]
     assert set(m.profiles["minimal"]) <= set(names)
     # and the CLI accepts it: offline, every lane is simply missing (exit 1), never a usage error (2)
     env = {"MODELS_PATH": str(tmp_path / "models"), "PATH": "/usr/bin:/bin"}

@@ -100,8 +100,9 @@ class TarReader:
     """Iterate over the members of a tar on `stream` (anything with read(n)); `read(n)` reads
     the current member's data."""
 
-    def __init__(self, stream, *, max_entries: int, max_names: int, max_meta: int) -> None:
+    def __init__(self, stream, *, max_entries: int, max_names: int, max_meta: int, bufsize: int = tarfile.RECORDSIZE) -> None:
         self.max_names = max_names
+        self.bufsize = bufsize  # tarfile's read size from `stream` (larger: fewer copies of a large member)
         self.names = 0
         self._counter = _Counter(max_entries, max_meta)
         self._stream = stream
@@ -120,7 +121,7 @@ class TarReader:
 
     def __iter__(self) -> Iterator[TarEntry]:
         try:
-            self._tf = tarfile.open(fileobj=self._stream, mode="r|", tarinfo=_bounded_info(self._counter))
+            self._tf = tarfile.open(fileobj=self._stream, mode="r|", tarinfo=_bounded_info(self._counter), bufsize=self.bufsize)
         except tarfile.ReadError as exc:
             raise TarError(str(exc) or "not a tar", first=True) from None
         tf = self._tf

@@ -13,6 +13,12 @@ verified there before anything is published.
     oci.py    oci://REGISTRY/REPO[:TAG|@DIGEST][//PATH]  (ModelPack, Docker Model Runner, KitOps, modelcar images)
     s3.py     s3://BUCKET/PREFIX or KEY        (S3-compatible object storage)
     gcs.py    gs://BUCKET/PREFIX or OBJECT[#GENERATION]  (Google Cloud Storage)
+
+    archive.py  a folder lane whose source (any of the above but oci://) names a .tar,
+                .tar.gz, .tgz, .tar.zst or .zip file: a wrapper around that source's bytes
+
+Files that come out of one pass (an archive's members) share `Entry.group`; sync hands
+the whole group to `Source.fetch_group`, which fills one staging file per member.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Entry:
     locator: str  # the source's own address of it: a URL, a mirror path, an object key
     etag: str | None = None  # a content id guarding a resume (If-Range); the cache layout's blob name
     stamp: str | None = None  # what tells this version of the file apart when no digest does (a mirror file's size and mtime)
+    group: str | None = None  # files fetched together in one pass (an archive's members): the group's key
 
 
 @dataclass
@@ -52,6 +59,29 @@ class Listing:
 
     version: str | None  # a commit, a manifest digest, … (None: the source has no versions)
     files: dict[str, Entry]
+    # The lane's files are known only once this entry is fetched (an archive seen for the first
+    # time): sync then fetches its group (`Source.fetch_group` with every file wanted).
+    unlisted: Entry | None = None
+
+
+class GroupStaging(abc.ABC):
+    """Where one group's bytes go, named by sync: `work()` for the group's own bytes (the
+    archive, kept across attempts so a download resumes), `file(rel)` for each member."""
+
+    @abc.abstractmethod
+    def work(self) -> StagedFile: ...
+
+    @abc.abstractmethod
+    def file(self, rel: str) -> StagedFile: ...
+
+
+@dataclass
+class GroupFetched:
+    """What one pass over a group wrote (by name in the lane), and every file the group
+    holds with its size and sha256 (what a later resolve may recall instead of reading it)."""
+
+    files: dict[str, Fetched]
+    listing: dict[str, FileExpect]
 
 
 @dataclass
@@ -65,11 +95,12 @@ class Transfer:
     progress: Callable[[int], None] | None = None
     budget: Budget | None = None  # the run's connection budget (None: the process's, PREFLIGHT_CONNECTIONS or 16)
     log: Callable[[str], None] | None = None  # one-time notes of a download (a server without ranges)
+    connections: int | None = None  # connections this file may use (1: one stream, front to back)
 
     def http(self) -> dict:
         """This attempt's limits as `sources.http.fetch_to` takes them (one place, every source)."""
         return {"timeouts": self.timeouts, "progress": self.progress, "deadline": self.deadline, "cancel": self.cancel,
-                "may_write": self.may_write, "budget": self.budget, "log": self.log}
+                "may_write": self.may_write, "budget": self.budget, "log": self.log, "connections": self.connections}
 
 
 @dataclass
@@ -83,6 +114,8 @@ class Context:
     deadline: float | None = None
     log: Callable[[str], None] = lambda _msg: None
     requests: list[int] = field(default_factory=lambda: [0])
+    # What this volume learned about a group before (an archive's member list, by its key).
+    recall: Callable[[str], dict[str, FileExpect] | None] = lambda _key: None
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """A listing request, retried as downloads are (--retries, backoff, Retry-After
@@ -145,10 +178,26 @@ class Source(abc.ABC):
         """What `preflight lock` pins for each file (size and digest)."""
         return {rel: e.expect for rel, e in listing.files.items()}
 
+    def fetch_group(self, group: str, wanted: set[str] | None, staging: GroupStaging, transfer: Transfer) -> GroupFetched:
+        """One attempt at a group (entries sharing `Entry.group`): every file of it that the
+        lane selects into `staging.file(rel)` (`wanted`: what sync needs, None for all).
+        FetchError when it fails; nothing is published here."""
+        raise FetchError(f"lane {self.lane.name}: this source fetches files one by one")
+
+    def archive_pin(self) -> FileExpect | None:
+        """The size and sha256 of the bytes a lane's files come out of (an archive), for the lock."""
+        return None
+
 
 def open_source(lane: Lane, ctx: Context) -> Source:
-    """The source of `lane`, by its scheme."""
+    """The source of `lane`, by its scheme; a folder lane whose source names an archive
+    file gets that source wrapped (sources/archive.py)."""
     assert lane.source is not None
+    if lane.is_dir and lane.kind != "hf-cache":
+        from .archive import ArchiveSource, is_archive_source
+
+        if is_archive_source(lane.source):
+            return ArchiveSource(lane, ctx)
     scheme = lane.source.scheme
     if scheme == "hf":
         from .hf import HubSource

@@ -22,13 +22,14 @@ from . import Entry, Listing, Source, Transfer
 from ..integrity import READ_CHUNK, Hasher, WriteBehind
 from ..volume import StagedFile, as_staged
 from ..report import human_size
-from .pool import POOL, Budget, Pool, default_budget
+from .pool import POOL, Budget, Pool, default_budget, tls_context, trust_host  # noqa: F401 (trust_host: the s3 client's)
 
 if TYPE_CHECKING:
     from ..lockfile import LockedLane
 
 MAX_REDIRECTS = 10
 DNS_FAILURE = -1  # FetchError.status of a name that does not resolve: not retried (it will not heal in seconds)
+TLS_UNTRUSTED = -2  # FetchError.status of a certificate this machine does not trust: not retried either
 # The receiving thread's read size: whatever the socket holds, up to this (4 MiB reads
 # were slower here; bench/bench_sync.py --chunk-kib sizes a change).
 RECV_CHUNK = 2**20
@@ -108,7 +109,7 @@ def connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, s
     """A new (unpooled) connection to `url`'s host and the request target; nothing sent yet."""
     key, target = _target(url)
     if key[0] == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(key[1], key[2], timeout=timeouts.connect, context=ssl.create_default_context())
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(key[1], key[2], timeout=timeouts.connect, context=tls_context(key[1], key[2]))
     else:
         conn = http.client.HTTPConnection(key[1], key[2], timeout=timeouts.connect)
     return conn, target
@@ -178,6 +179,10 @@ def request(url: str, headers: Mapping[str, str], timeouts: Timeouts, method: st
                 _close(conn, cancel)
                 if cancel is not None and cancel.is_set():
                     raise FetchError("cancelled", url=url) from exc
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    raise FetchError(f"{host}: its TLS certificate is not trusted here ({exc.verify_message or exc})", url=url,
+                                     status=TLS_UNTRUSTED, hint="trust its CA: SSL_CERT_FILE, or KServe's global CA bundle "
+                                     "(CA_BUNDLE_CONFIGMAP_NAME, mounted at CA_BUNDLE_VOLUME_MOUNT_POINT/cabundle.crt)") from exc
                 if isinstance(exc, socket.gaierror):
                     raise FetchError(f"cannot resolve host {urlsplit(url).hostname}: {exc.strerror or exc}", url=url, status=DNS_FAILURE) from exc
                 raise FetchError(f"cannot connect to {host}: {exc.strerror or exc}", url=url) from exc
@@ -317,7 +322,7 @@ def _http_error(resp: http.client.HTTPResponse, url: str) -> FetchError:
     return err
 
 
-NO_RETRY = {400, 404, 410, 416, DNS_FAILURE}  # asking again gives the same answer
+NO_RETRY = {400, 404, 410, 416, DNS_FAILURE, TLS_UNTRUSTED}  # asking again gives the same answer
 MAX_RETRY_AFTER = 300.0  # the longest wait a server's Retry-After gets when the run has no deadline
 
 
@@ -668,10 +673,23 @@ class UrlSource(Source):
         return Listing(None, {name: Entry(exp, lane.source.url, exp.sha256)})
 
     def fetch(self, entry: Entry, partial: StagedFile, algos: tuple[str, ...], transfer: Transfer) -> Fetched:
-        return fetch_to(entry.locator, partial, expected_size=entry.expect.size, algos=algos, etag=entry.etag, **transfer.http())
+        return fetch_to(entry.locator, partial, headers=self.headers(entry.locator), expected_size=entry.expect.size, algos=algos,
+                        etag=entry.etag, **transfer.http())
 
     def size_hint(self, entry: Entry) -> int | None:
-        return content_length(entry.locator, timeouts=self.ctx.timeouts)
+        return content_length(entry.locator, self.headers(entry.locator), timeouts=self.ctx.timeouts)
+
+    @staticmethod
+    def headers(url: str) -> dict[str, str]:
+        """KServe's https secret: `<host>-headers` holds a JSON object of headers for that
+        host (masked in every output, as a token is). Dropped on a redirect to another host."""
+        from ..kserve import url_headers
+        from ..redact import register
+
+        found = url_headers(os.environ, urlsplit(url).hostname or "")
+        for value in found.values():
+            register(value)
+        return found
 
     def read_range(self, entry: Entry, start: int, length: int) -> bytes | None:
         return self.ctx.retrying(self.lane.name, lambda: read_range(entry.locator, None, start, length, self.ctx.timeouts))

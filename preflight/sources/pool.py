@@ -11,11 +11,48 @@ so a token sent to the Hub never rides on a connection to the CDN, pooled or not
 from __future__ import annotations
 
 import http.client
+import os
 import select
 import ssl
 import threading
 
+from ..errors import UsageError
+
 IDLE_PER_HOST = 32
+
+_TLS: dict[tuple[str, int], ssl.SSLContext] = {}  # hosts whose certificates are checked otherwise (an S3 endpoint's CA bundle)
+
+
+def trust_host(host: str, port: int, context: ssl.SSLContext) -> None:
+    """Speak TLS to `host:port` with `context` (a custom CA bundle, or no verification where
+    the operator asked for none) instead of the system trust store."""
+    _TLS[(host.lower(), port)] = context
+
+
+_DEFAULT_TLS: list[ssl.SSLContext] = []
+
+
+def tls_context(host: str, port: int) -> ssl.SSLContext:
+    """The context a connection to `host:port` checks certificates with: one trusted for
+    that host, else the system store plus KServe's global CA bundle when the webhook mounted
+    one (CA_BUNDLE_CONFIGMAP_NAME set: <CA_BUNDLE_VOLUME_MOUNT_POINT>/cabundle.crt, default
+    /etc/ssl/custom-certs), as KServe's own initializer extends its trust store."""
+    own = _TLS.get((host.lower(), port))
+    if own is not None:
+        return own
+    if not _DEFAULT_TLS:
+        context = ssl.create_default_context()
+        if os.environ.get("CA_BUNDLE_CONFIGMAP_NAME"):
+            bundle = os.path.join(os.environ.get("CA_BUNDLE_VOLUME_MOUNT_POINT") or "/etc/ssl/custom-certs", "cabundle.crt")
+            if os.path.isfile(bundle):
+                try:
+                    context.load_verify_locations(cafile=bundle)
+                except (OSError, ssl.SSLError) as exc:
+                    raise UsageError(f"KServe's CA bundle {bundle} cannot be read as PEM certificates ({exc})") from None
+        _DEFAULT_TLS.append(context)
+    return _DEFAULT_TLS[0]
+
+
 
 
 class Pool:
@@ -23,15 +60,8 @@ class Pool:
         self.per_host = per_host
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._ssl: ssl.SSLContext | None = None
         self.opened = 0  # connections made (for tests and benchmarks)
         self.reused = 0
-
-    def ssl_context(self) -> ssl.SSLContext:
-        with self._lock:
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            return self._ssl
 
     def get(self, key: tuple[str, str, int], connect_timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         """An idle connection to `key` that still looks alive, else a new (unconnected) one;
@@ -46,7 +76,7 @@ class Pool:
                 conn.close()
         scheme, host, port = key
         if scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=connect_timeout, context=self.ssl_context())
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=connect_timeout, context=tls_context(host, port))
         else:
             conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
         with self._lock:

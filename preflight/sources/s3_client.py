@@ -12,6 +12,12 @@ Configuration, all from the conventions S3 users already have:
                A custom endpoint is addressed path-style (http://host/bucket/key) unless
                the profile's `s3 = addressing_style` says otherwise.
   region       AWS_REGION, else AWS_DEFAULT_REGION, else the profile's, else us-east-1.
+  KServe's     S3_ENDPOINT (+ S3_USE_HTTPS=0 for http) when no AWS_ENDPOINT_URL* is set;
+  variables    awsAnonymousCredential=true (unsigned requests, whatever credentials are set);
+               S3_VERIFY_SSL=0 (no certificate check); AWS_CA_BUNDLE (a CA file, for the GETs
+               as for botocore); S3_USER_VIRTUAL_BUCKET=true (virtual-hosted addressing);
+               S3_USE_ACCELERATE=true (the accelerate endpoint). As KServe's storage
+               initializer reads them (python/storage/kserve_storage/kserve_storage.py).
 """
 
 from __future__ import annotations
@@ -107,7 +113,37 @@ def open_client(ctx: Context) -> S3Client:
 
 _CONFIG_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                "AWS_DEFAULT_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
+                "AWS_DEFAULT_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CA_BUNDLE", "S3_ENDPOINT", "S3_USE_HTTPS",
+                "S3_VERIFY_SSL", "awsAnonymousCredential", "S3_USER_VIRTUAL_BUCKET", "S3_USE_ACCELERATE")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def kserve_endpoint() -> str | None:
+    """KServe's S3_ENDPOINT (a host[:port], or a URL), http when S3_USE_HTTPS=0."""
+    raw = os.environ.get("S3_ENDPOINT", "").strip()
+    if not raw:
+        return None
+    if raw.lower().startswith(("http://", "https://")):
+        return raw
+    return ("http://" if os.environ.get("S3_USE_HTTPS", "").strip() == "0" else "https://") + raw
+
+
+def tls_verify() -> bool | str:
+    """False when S3_VERIFY_SSL says 0/false; a CA bundle's path (AWS_CA_BUNDLE); else True."""
+    raw = os.environ.get("S3_VERIFY_SSL", "").strip().lower()
+    if raw in ("0", "false"):
+        return False
+    bundle = os.environ.get("AWS_CA_BUNDLE", "").strip()
+    if bundle:
+        if not os.path.isfile(bundle):
+            raise UsageError(f"AWS_CA_BUNDLE names {bundle}, which is not a readable file",
+                             hint="mount the CA bundle there (KServe: the s3-cabundle annotation), or unset the variable")
+        return bundle
+    return True
 
 
 class S3Client:
@@ -133,21 +169,24 @@ class S3Client:
         except BotoCoreError as exc:  # a profile that does not exist, a config file that does not parse
             raise UsageError(f"the AWS configuration cannot be used: {exc}",
                              hint="check AWS_PROFILE, AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE") from None
-        self.anonymous = creds is None
-        self.creds = creds
+        self.anonymous = creds is None or _flag("awsAnonymousCredential")
+        self.creds = None if self.anonymous else creds
         endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "").strip() or None
         if endpoint is None:
-            endpoint = _profile_endpoint(scoped)
+            endpoint = kserve_endpoint() or _profile_endpoint(scoped)
         self.endpoint = endpoint
+        self.verify = tls_verify()
         self.region = ((os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "").strip()
                        or scoped.get("region") or "us-east-1")
         style = (scoped.get("s3") or {}).get("addressing_style") if isinstance(scoped.get("s3"), dict) else None
+        if _flag("S3_USER_VIRTUAL_BUCKET"):
+            style = "virtual"
         style = style or ("auto" if _is_aws(endpoint) else "path")
         from .. import __version__
 
         config = Config(
             signature_version=UNSIGNED if self.anonymous else "s3v4",
-            s3={"addressing_style": style},
+            s3={"addressing_style": style, **({"use_accelerate_endpoint": True} if _flag("S3_USE_ACCELERATE") else {})},
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.stall,
             retries={"max_attempts": 1, "mode": "standard"},  # retries are ours: --retries, backoff, the deadline
@@ -157,8 +196,27 @@ class S3Client:
             user_agent_extra=f"lane-preflight/{__version__}",
         )
         self.timeouts = timeouts
-        self.client = session.create_client("s3", region_name=self.region, endpoint_url=endpoint, config=config)
+        self.client = session.create_client("s3", region_name=self.region, endpoint_url=endpoint, config=config, verify=self.verify)
         self.where = endpoint or f"AWS S3 ({self.region})"
+        if self.verify is not True and endpoint:
+            self._trust(endpoint)
+
+    def _trust(self, endpoint: str) -> None:
+        """The presigned GETs (preflight's own client) check the endpoint's certificate as botocore does."""
+        import ssl
+
+        from .http import trust_host
+
+        parts = urlsplit(endpoint)
+        if parts.scheme != "https" or not parts.hostname:
+            return
+        if self.verify is False:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cafile=str(self.verify))
+        trust_host(parts.hostname, parts.port or 443, context)
 
     # ------------------------------------------------------------------ credentials
 
@@ -431,12 +489,13 @@ class S3Client:
 
 def _connection(url: str, timeouts: Timeouts):
     import http.client
-    import ssl
+
+    from .pool import tls_context
 
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port
     if parts.scheme == "https":
-        return http.client.HTTPSConnection(host, port, timeout=timeouts.connect, context=ssl.create_default_context())
+        return http.client.HTTPSConnection(host, port, timeout=timeouts.connect, context=tls_context(host, port or 443))
     return http.client.HTTPConnection(host, port, timeout=timeouts.connect)
 
 
