@@ -561,3 +561,16 @@ def test_a_state_folder_on_another_filesystem_is_named_before_any_download(small
     r = small_vol.run("sync", "--state-dir", str(tmp_path / "state"))
     assert r.code == 1, r.stderr
     assert "another filesystem" in r.stderr and hub_downloads(hub_server, "org/llm") == 0
+
+
+@pytest.mark.parametrize("what", ["revision", "repo", "file"])
+def test_answers_that_will_not_change_are_not_retried(vol: Volume, hub_server: HubServer, what: str) -> None:
+    """A revision, repository or file that is not there is said at once: asking again in
+    1+2+4 seconds gives the same answer (the listing is asked once)."""
+    hub_server.add_repo("org/gguf", {"other.gguf": b"GGUF"})
+    source = {"revision": "hf://org/gguf/other.gguf@nope", "repo": "hf://org/absent/x.gguf@main", "file": "hf://org/gguf/tiny.gguf@main"}[what]
+    vol.write([hf_lane("tiny", "gguf/tiny.gguf", source, kind="gguf")])
+    r = vol.run()
+    assert r.code in (3, 4), r.stderr
+    assert "retry" not in r.stderr
+    assert sum(1 for q in hub_server.requests if q.kind == "api") == 1

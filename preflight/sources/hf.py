@@ -144,13 +144,13 @@ def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> RepoListing
             hint=TOKEN_HINT,
         ) from None
     except RevisionNotFoundError:
-        raise FetchError(f"revision {src.revision!r} not found in {src.repo}") from None
+        raise FetchError(f"revision {src.revision!r} not found in {src.repo}", status=404) from None
     except RepositoryNotFoundError:
         if not token:
             raise AuthError(f"{src.repo} not found, or private or gated and no token was given", hint=TOKEN_HINT) from None
-        raise FetchError(f"repository {src.repo} not found (or the token cannot see it)") from None
+        raise FetchError(f"repository {src.repo} not found (or the token cannot see it)", status=404) from None
     except EntryNotFoundError:
-        raise FetchError(f"{where}: not found") from None
+        raise FetchError(f"{where}: not found", status=404) from None
     except HfHubHTTPError as exc:
         response = getattr(exc, "response", None)
         status = response.status_code if response is not None else None
@@ -197,9 +197,9 @@ def resolve(lane: Lane, token: str | None, timeout: float = 30.0) -> RepoListing
             sha256 = lfs.get("sha256")
         files[rel] = RemoteFile(rel, path, s.size, sha256, s.blob_id)
     if single and not files:
-        raise FetchError(f"{prefix or '(no file)'} is not in {where}", hint="the hf:// source of a single-file lane must name the file: hf://org/repo/path/file@rev")
+        raise FetchError(f"{prefix or '(no file)'} is not in {where}", status=404, hint="the hf:// source of a single-file lane must name the file: hf://org/repo/path/file@rev")
     if not files:
-        raise FetchError(f"{where}: no files match the lane's include/exclude")
+        raise FetchError(f"{where}: no files match the lane's include/exclude", status=404)
     return RepoListing(commit, files, bool(getattr(info, "gated", False)))
 
 
