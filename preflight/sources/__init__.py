@@ -14,6 +14,9 @@ verified there before anything is published.
     s3.py     s3://BUCKET/PREFIX or KEY        (S3-compatible object storage)
     gcs.py    gs://BUCKET/PREFIX or OBJECT[#GENERATION]  (Google Cloud Storage)
 
+    objectstore.py  what s3.py and gcs.py do alike (listing a prefix or an object and its
+                    split parts, a lane pinned whole by the lock, changed objects, push)
+
     archive.py  a folder lane whose source (any of the above but oci://) names a .tar,
                 .tar.gz, .tgz, .tar.zst or .zip file: a wrapper around that source's bytes
 
