@@ -19,6 +19,8 @@ verified there before anything is published.
 
     archive.py  a folder lane whose source (any of the above but oci://) names a .tar,
                 .tar.gz, .tgz, .tar.zst or .zip file: a wrapper around that source's bytes
+    unpack.py   what reading an archive (archive_reader.py) and an OCI layer (oci_tar.py)
+                share: gzip/zstd by magic bytes, a bounded expansion, links kept inside
 
 Files that come out of one pass (an archive's members) share `Entry.group`; sync hands
 the whole group to `Source.fetch_group`, which fills one staging file per member.

@@ -44,6 +44,7 @@ from typing import BinaryIO, Protocol
 from ..errors import ArchiveBombError, ArchiveInvalidError, FetchError, UnsafeSourceError, UsageError
 from ..manifest import archive_kind  # noqa: F401  (the suffix table lives with the manifest, which reads it)
 from ..volume import UnsafeName, safe_rel
+from .unpack import GZIP_MAGIC, ZSTD_MAGIC, LimitedExpansion, resolve_inside, zstd_reader
 
 READ = 2**20
 MAX_MEMBERS = 20_000  # a model archive holds tens of files; a count past this is a bomb, not a model
@@ -57,8 +58,6 @@ MAX_LINK_TARGET = 4096
 DEFAULT_MAX_BYTES = 4 * 2**40  # 4 TiB; PREFLIGHT_ARCHIVE_MAX_BYTES lowers it
 FINAL = 400  # FetchError.status retry_delay does not retry: the same bytes give the same answer
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 def max_bytes() -> int:
     """The bound on what one archive may extract to: PREFLIGHT_ARCHIVE_MAX_BYTES or 4 TiB."""
@@ -125,17 +124,7 @@ def link_target(path: str, target: str) -> str | None:
     """The member a symlink at `path` with `target` names, or None when it leaves the archive."""
     if not target or target.startswith("/") or "\x00" in target:
         return None
-    parts: list[str] = []
-    for p in (posixpath.dirname(path) + "/" + target).split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if not parts:
-                return None
-            parts.pop()
-        else:
-            parts.append(p)
-    return "/".join(parts) or None
+    return resolve_inside(posixpath.dirname(path) + "/" + target) or None
 
 
 class _Counting(io.RawIOBase):
@@ -151,28 +140,6 @@ class _Counting(io.RawIOBase):
         n = self._f.readinto(b)
         self.count += n or 0
         return n or 0
-
-
-class _Expanding(io.RawIOBase):
-    """A decompressed stream that may not expand past the ratio bound: headers and padding
-    count too, not only the members' bytes."""
-
-    def __init__(self, inner, budget: "_Budget") -> None:
-        self._inner, self._budget, self.count = inner, budget, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self._inner.read(len(b))
-        n = len(data)
-        self.count += n
-        if self.count > self._budget.ratio_limit:
-            raise ArchiveBombError(f"{self._budget.what} expands past {MAX_RATIO}x its "
-                                   f"{max(self._budget.archive_size, self._budget.read())} bytes; refused as a compression bomb, "
-                                   "nothing was published")
-        b[:n] = data
-        return n
 
 
 class _Budget:
@@ -201,8 +168,11 @@ class _Budget:
         if self.out > self.limit:
             raise ArchiveBombError(f"{self.what} expands past {self.limit} bytes (PREFLIGHT_ARCHIVE_MAX_BYTES); refused, nothing was published")
         if self.out > self.ratio_limit:
-            raise ArchiveBombError(f"{self.what} expands past {MAX_RATIO}x its {max(self.archive_size, self.read())} bytes; refused "
-                                   "as a compression bomb, nothing was published")
+            raise self.bomb()
+
+    def bomb(self) -> ArchiveBombError:
+        return ArchiveBombError(f"{self.what} expands past {MAX_RATIO}x its {max(self.archive_size, self.read())} bytes; refused "
+                                "as a compression bomb, nothing was published")
 
     def declare(self, n: int, name: str) -> None:
         """A member's announced size, before a byte of it is read (against the archive's
@@ -269,9 +239,7 @@ def _copy(read: Callable[[int], bytes], writer: Writer | None, budget: _Budget, 
 def _file(name: str, declared: int, read: Callable[[int], bytes], scan: Scan, seen: set[str], budget: _Budget,
           open_member: OpenMember, close_member: Callable[[str, Writer], None], hashing: bool,
           progress: Callable[[int], None] | None) -> None:
-    if name in seen:
-        raise UnsafeSourceError(f"{budget.what} holds {name!r} twice; refused (which one would be served?), nothing was published")
-    seen.add(name)
+    _once(name, seen, budget.what)
     budget.declare(declared, name)
     writer = open_member(name, declared)
     try:
@@ -388,12 +356,7 @@ def _decompressed(raw: io.BufferedReader, head: bytes, what: str) -> io.Buffered
     if head.startswith(GZIP_MAGIC):
         return _Gunzip(raw)
     if head.startswith(ZSTD_MAGIC):
-        try:
-            import zstandard
-        except ImportError:
-            raise UsageError(f"{what} is compressed with zstd, and the zstandard package is not installed",
-                             hint="pip install 'lane-preflight[zstd]', or repack the archive with gzip or no compression") from None
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ)
+        return zstd_reader(raw, READ, what, alternative="repack the archive with gzip or no compression")
     return raw
 
 
@@ -407,7 +370,7 @@ def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
     head = raw.peek(4)[:4]
     stream = _decompressed(raw, head, budget.what)
     if stream is not raw:
-        stream = _Ahead(_Expanding(stream, budget))
+        stream = _Ahead(LimitedExpansion(stream, lambda: budget.ratio_limit, budget.bomb))
     reader = TarReader(stream, max_entries=MAX_MEMBERS, max_names=MAX_NAMES, max_meta=MAX_META, bufsize=READ)
     seen: set[str] = set()
     try:
@@ -420,15 +383,9 @@ def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
             if info.isreg():
                 _file(name, info.size, reader.read, scan, seen, budget, open_member, close_member, hashing, progress)
             elif info.issym() or info.islnk():
-                if name in seen:
-                    raise UnsafeSourceError(f"{budget.what} holds {name!r} twice; refused, nothing was published")
-                seen.add(name)
+                _once(name, seen, budget.what)
                 target = link_target(name, info.linkname) if info.issym() else _hard_target(info.linkname, budget.what)
-                if target is None:
-                    raise UnsafeSourceError(f"{budget.what}: {name} links to {info.linkname[:200]!r}, outside the archive; "
-                                            "refused, nothing was published",
-                                            hint="the archive is damaged or hostile; links must name files inside it")
-                scan.members.append(Member(name, link=target))
+                _link(name, info.linkname, target, scan, budget.what)
             else:
                 kind = {tarfile.CHRTYPE: "a device file", tarfile.BLKTYPE: "a device file", tarfile.FIFOTYPE: "a FIFO"}.get(info.type, "a special file")
                 raise UnsafeSourceError(f"{budget.what}: {name} is {kind}; refused, nothing was published",
@@ -442,6 +399,21 @@ def _read_tar(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
     finally:
         if isinstance(stream, _Ahead):
             stream.close()
+
+
+def _once(name: str, seen: set[str], what: str) -> None:
+    if name in seen:
+        raise UnsafeSourceError(f"{what} holds {name!r} twice; refused (which one would be served?), nothing was published")
+    seen.add(name)
+
+
+def _link(name: str, raw_target: str, target: str | None, scan: Scan, what: str) -> None:
+    """A link member, kept with the member it names (followed once the archive is read);
+    a link out of the archive (`target` None) is refused."""
+    if target is None:
+        raise UnsafeSourceError(f"{what}: {name} links to {raw_target[:200]!r}, outside the archive; refused, nothing was published",
+                                hint="the archive is damaged or hostile; links must name files inside it")
+    scan.members.append(Member(name, link=target))
 
 
 def _hard_target(linkname: str, what: str) -> str | None:
@@ -512,18 +484,11 @@ def _read_zip(f: BinaryIO, budget: _Budget, scan: Scan, open_member: OpenMember,
             if info.is_dir() or name is None or stat.S_ISDIR(mode):
                 continue
             if stat.S_ISLNK(mode):
-                if name in seen:
-                    raise UnsafeSourceError(f"{budget.what} holds {name!r} twice; refused, nothing was published")
-                seen.add(name)
+                _once(name, seen, budget.what)
                 if info.file_size > MAX_LINK_TARGET:
                     raise UnsafeSourceError(f"{budget.what}: {name} is a link with a {info.file_size}-byte target; refused")
                 raw_target = zf.read(info).decode("utf-8", "replace")
-                target = link_target(name, raw_target)
-                if target is None:
-                    raise UnsafeSourceError(f"{budget.what}: {name} links to {raw_target[:200]!r}, outside the archive; "
-                                            "refused, nothing was published",
-                                            hint="the archive is damaged or hostile; links must name files inside it")
-                scan.members.append(Member(name, link=target))
+                _link(name, raw_target, link_target(name, raw_target), scan, budget.what)
                 continue
             if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # type bits set (many writers leave them 0): a special file
                 raise UnsafeSourceError(f"{budget.what}: {name} is a special file (mode {stat.filemode(mode)}); refused, nothing was published",

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from ..errors import FetchError, IntegrityError, StalledError, UnsafeSourceError, UsageError
 from ..formats.tarread import TarEntry, TarError, TarLimit, TarReader
+from .unpack import GZIP_MAGIC, ZSTD_MAGIC, LimitedExpansion, resolve_inside, zstd_reader
 
 MAX_ENTRIES = 40_000  # entries of every kind in one layer (tarfile reads one in about 20 us)
 MAX_NAMES = 32 * 2**20  # bytes of entry names and link targets in one layer
@@ -37,8 +38,6 @@ EXPANSION_SLACK = 64 * 2**20
 READ = 2**20
 
 FINAL = 400  # FetchError.status that sources.http.retry_delay does not retry: the same bytes give the same answer
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -69,17 +68,7 @@ def normalise(name: str, layer: str) -> str:
 def symlink_target(path: str, target: str) -> str | None:
     """Where a symlink at `path` points, inside the artifact; None when it leaves it."""
     base = "" if target.startswith("/") else posixpath.dirname(path)
-    parts: list[str] = []
-    for p in (base + "/" + target).split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if not parts:
-                return None
-            parts.pop()
-        else:
-            parts.append(p)
-    return "/".join(parts)
+    return resolve_inside(base + "/" + target)
 
 
 class BlobReader(io.RawIOBase):
@@ -122,43 +111,22 @@ class BlobReader(io.RawIOBase):
                                  f"expected {self.size} bytes, {self.digest[7:19]}…); nothing from it was published")
 
 
-class _Limited(io.RawIOBase):
-    """A decompressed stream that may not expand past a bound (a compression bomb)."""
-
-    def __init__(self, inner, limit: int, what: str) -> None:
-        self._inner, self._limit, self._what, self.count = inner, limit, what, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self._inner.read(len(b))
-        n = len(data)
-        self.count += n
-        if self.count > self._limit:
-            raise IntegrityError(f"{self._what}: expands past {self._limit} bytes ({MAX_EXPANSION}x its size); refused")
-        b[:n] = data
-        return n
-
-
 def open_tar(raw: BlobReader, head: bytes) -> TarReader:
     """The layer's tar entries over the blob, decompressed by its magic bytes (not its media
     type: a registry or packer that mislabels compression still reads right)."""
     limit = raw.size * MAX_EXPANSION + EXPANSION_SLACK
+
+    def bomb() -> Exception:
+        return IntegrityError(f"{raw.what}: expands past {limit} bytes ({MAX_EXPANSION}x its size); refused")
+
     stream: io.RawIOBase | io.BufferedIOBase
     if head.startswith(GZIP_MAGIC):
         import gzip
 
-        stream = _Limited(gzip.GzipFile(fileobj=io.BufferedReader(raw, READ), mode="rb"), limit, raw.what)
+        stream = LimitedExpansion(gzip.GzipFile(fileobj=io.BufferedReader(raw, READ), mode="rb"), lambda: limit, bomb)
     elif head.startswith(ZSTD_MAGIC):
-        try:
-            import zstandard
-        except ImportError:
-            from ..errors import MissingExtra
-
-            raise MissingExtra(f"{raw.what}, compressed with zstd,", "zstd", "zstandard",
-                               alternative="repack the artifact with gzip or no compression") from None
-        stream = _Limited(zstandard.ZstdDecompressor().stream_reader(io.BufferedReader(raw, READ), read_size=READ), limit, raw.what)
+        zstd = zstd_reader(io.BufferedReader(raw, READ), READ, raw.what, alternative="repack the artifact with gzip or no compression")
+        stream = LimitedExpansion(zstd, lambda: limit, bomb)
     else:
         stream = raw
     return TarReader(io.BufferedReader(stream, READ), max_entries=MAX_ENTRIES, max_names=MAX_NAMES, max_meta=MAX_META)  # type: ignore[arg-type]
