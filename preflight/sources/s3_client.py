@@ -37,6 +37,8 @@ from ..errors import AuthError, FetchError, UsageError
 from ..redact import register
 
 if TYPE_CHECKING:
+    import http.client
+
     from . import Context, Transfer
     from .http import Timeouts
     from .s3_listing import Listed
@@ -285,13 +287,9 @@ class S3Client:
         from .s3_listing import MAX_PAGE_BYTES, ListingError, PageParser
 
         conn = _connection(url, self.timeouts)
-        parts = urlsplit(url)
         seen = 0
         try:
-            conn.connect()
-            conn.sock.settimeout(self.timeouts.stall)
-            conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers={"Accept-Encoding": "identity"})
-            resp = conn.getresponse()
+            resp = _get(conn, url, self.timeouts.stall)
             if resp.status != 200:
                 body = resp.read(64 * 1024).decode("utf-8", "replace")
                 code, message = _xml_field(body, "Code"), _xml_field(body, "Message")
@@ -350,14 +348,10 @@ class S3Client:
 
         url = self.presign_get(bucket, key)
         where = f"s3://{bucket}/{key}"
-        parts = urlsplit(url)
         conn = _connection(url, timeouts)
         size = 0
         try:
-            conn.connect()
-            conn.sock.settimeout(timeouts.stall)
-            conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers={"Accept-Encoding": "identity"})
-            resp = conn.getresponse()
+            resp = _get(conn, url, timeouts.stall)
             if resp.status != 200:
                 body = resp.read(2000).decode("utf-8", "replace")
                 m = _XML_CODE.search(body)
@@ -497,6 +491,15 @@ def _connection(url: str, timeouts: Timeouts):
     if parts.scheme == "https":
         return http.client.HTTPSConnection(host, port, timeout=timeouts.connect, context=tls_context(host, port or 443))
     return http.client.HTTPConnection(host, port, timeout=timeouts.connect)
+
+
+def _get(conn: http.client.HTTPConnection, url: str, stall: float) -> http.client.HTTPResponse:
+    """GET a presigned `url` on `conn` (closed by the caller), every read bounded by `stall`."""
+    parts = urlsplit(url)
+    conn.connect()
+    conn.sock.settimeout(stall)
+    conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers={"Accept-Encoding": "identity"})
+    return conn.getresponse()
 
 
 def _xml_field(body: str, name: str) -> str:
