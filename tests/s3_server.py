@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-from tests.procs import terminate
+from tests.procs import installed, required, start_listening, terminate
 
-REPO = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "PREFLIGHTTESTKEY0001"
 SECRET_KEY = "s3-test-secret-7f3a9c2e5b1d8f04a6"  # masked like any secret: outputs must never show it
 VERSION = "0.14.1"
@@ -28,46 +23,11 @@ VERSION = "0.14.1"
 
 def binary() -> Path | None:
     """Where ops/s3-server.sh keeps s3s-fs (same lookup), when it is there."""
-    if os.environ.get("PREFLIGHT_S3_SERVER_DIR"):
-        candidates = [Path(os.environ["PREFLIGHT_S3_SERVER_DIR"])]
-    else:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        candidates = [REPO / "build" / f"s3s-fs-{VERSION}", cache / "lane-preflight" / f"s3s-fs-{VERSION}"]
-    for folder in candidates:
-        exe = folder / "bin" / "s3s-fs"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return exe
-    return None
+    return installed("s3s-fs", VERSION, "PREFLIGHT_S3_SERVER_DIR")
 
 
 def require_binary() -> Path:
-    exe = binary()
-    if exe is None:
-        msg = "s3s-fs is not built: run `bash ops/s3-server.sh` (about ten minutes, once)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> bool:
-    """True once the port accepts connections; False when the process exited first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"s3s-fs did not listen on {port} within {timeout:g}s")
+    return required(binary(), "s3s-fs is not built: run `bash ops/s3-server.sh` (about ten minutes, once)")
 
 
 class S3Server:
@@ -84,16 +44,10 @@ class S3Server:
     def start(self) -> S3Server:
         exe = require_binary()
         self.root.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(5):  # a port taken between picking and binding: pick another
-            self.port = free_port()
-            args = [str(exe), "--host", "127.0.0.1", "--port", str(self.port)]
-            if self.auth:
-                args += ["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY]
-            with open(self.log, "ab") as log:
-                self.proc = subprocess.Popen([*args, str(self.root)], stdout=log, stderr=subprocess.STDOUT)
-            if wait_listening(self.port, self.proc):
-                return self
-        raise RuntimeError(f"s3s-fs would not start; see {self.log}")
+        keys = ["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY] if self.auth else []
+        self.proc, self.port = start_listening(lambda port: [str(exe), "--host", "127.0.0.1", "--port", str(port), *keys, str(self.root)],
+                                               self.log, "s3s-fs")
+        return self
 
     def stop(self) -> None:
         terminate(self.proc)
