@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,41 +28,26 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from tests.gcs_server import GcsServer
+from tests.objectstores import bucket_name, each_fails, killed_mid_object_then_rerun, lane, served, store_env, vol  # noqa: F401
 from tests.repos import gguf_split, hf_model, write_tree
 from tests.s3_proxy import Request, S3Proxy
-from tests.test_sync import Run, Volume, kill, sha256
+from tests.test_sync import Run, Volume, sha256
 from tests.test_sync_faults import WEIGHTS, big_model
 
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
-    server = GcsServer(tmp_path_factory.mktemp("gcs") / "root").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from served(GcsServer(tmp_path_factory.mktemp("gcs") / "root"))
 
 
 @pytest.fixture
 def proxy(gcs: GcsServer) -> Iterator[S3Proxy]:
-    p = S3Proxy(gcs.port).start()
-    try:
-        yield p
-    finally:
-        p.stop()
-
-
-@pytest.fixture
-def vol(tmp_path: Path) -> Volume:
-    return Volume(tmp_path, None)
-
-
-_bucket_seq = iter(range(10**6))
+    yield from served(S3Proxy(gcs.port))
 
 
 @pytest.fixture
 def bucket(gcs: GcsServer) -> str:
-    return gcs.bucket(f"models-{os.getpid()}-{next(_bucket_seq)}")
+    return gcs.bucket(bucket_name())
 
 
 _GOOGLE = ("GOOGLE_", "GS_", "CLOUDSDK_", "GCE_", "STORAGE_EMULATOR_HOST", "NO_GCE_CHECK", "AWS_")
@@ -72,14 +56,7 @@ _GOOGLE = ("GOOGLE_", "GS_", "CLOUDSDK_", "GCE_", "STORAGE_EMULATOR_HOST", "NO_G
 def gs_env(vol: Volume, endpoint: str, **extra: str) -> dict[str, str]:
     """A user's environment: none of the caller's Google settings, no ~/.config/gcloud, and
     no metadata server probe (NO_GCE_CHECK: google-auth's switch) unless a test sets one."""
-    env = {k: v for k, v in vol.env(token=False).items() if not k.startswith(_GOOGLE)}
-    env.update(HOME=str(vol.root), STORAGE_EMULATOR_HOST=endpoint, NO_GCE_CHECK="True")
-    env.update(extra)
-    return {k: v for k, v in env.items() if v != ""}
-
-
-def lane(name: str, path: str, source: str, kind: str = "hf-dir", **extra: object) -> dict:
-    return {"name": name, "kind": kind, "path": path, "source": source, **extra}
+    return store_env(vol, _GOOGLE, {"STORAGE_EMULATOR_HOST": endpoint, "NO_GCE_CHECK": "True"}, extra)
 
 
 def media_gets(proxy: S3Proxy) -> list[Request]:
@@ -158,7 +135,7 @@ def test_folder_lane_byte_identical_by_generation_resync_moves_nothing_corruptio
 
 def test_gguf_object_finds_its_split_parts_and_a_generation_pin_holds_after_an_overwrite(
         vol: Volume, gcs: GcsServer, proxy: S3Proxy) -> None:
-    bucket = gcs.bucket(f"versioned-{os.getpid()}-{next(_bucket_seq)}", versioning=True)
+    bucket = gcs.bucket(bucket_name("versioned"), versioning=True)
     parts = gguf_split("big", 3)
     gcs.put_tree(bucket, "gguf", parts)
     old = gcs.put(bucket, "gguf/readme.md", b"the first notes\n")
@@ -188,21 +165,14 @@ def test_missing_bucket_object_generation_empty_prefix_and_a_folder_exit_3_namin
     gen = made["config.json"]["generation"]
     env = gs_env(vol, gcs.endpoint)
     pid = os.getpid()
-    cases = [
+    each_fails(vol, env, [
         (lane("a", "a", f"gs://no-such-bucket-{pid}/m"), f"bucket no-such-bucket-{pid} does not exist"),
         (lane("a", "a", f"gs://{bucket}/nothing-here"), "no objects under this prefix"),
         (lane("a", "a/x.gguf", f"gs://{bucket}/m/absent.gguf", kind="gguf"), f"gs://{bucket}/m/absent.gguf: no such object"),
         (lane("a", "a/x.gguf", f"gs://no-such-bucket-{pid}/m/absent.gguf", kind="gguf"), "does not exist"),
         (lane("a", "a/m", f"gs://{bucket}/m", kind="file"), f"gs://{bucket}/m is a folder"),
         (lane("a", "a/c.json", f"gs://{bucket}/m/config.json#{int(gen) - 1}", kind="file"), f"live object is generation {gen}"),
-    ]
-    for spec, words in cases:
-        vol.write([spec])
-        r = vol.run("sync", "--retries", "0", env=env)
-        assert r.code == 3, (spec, r.stderr)
-        assert words in r.stderr and words in r.report["reason"], (words, r.stderr)
-        assert r.lane("a")["status"] != "ready"
-        assert not (vol.models / spec["path"]).exists()
+    ])
 
 
 def test_gzip_encoded_object_is_refused_not_transcoded(vol: Volume, gcs: GcsServer, bucket: str) -> None:
@@ -248,19 +218,7 @@ def test_killed_mid_object_then_rerun_resumes_the_same_generation_with_range(
     vol.write([lane("big", "vllm/big", f"gs://{bucket}/big")])
     env = gs_env(vol, proxy.endpoint)
     path = f"/storage/v1/b/{bucket}/o/big/{WEIGHTS}"
-    stall = proxy.fault(path, "stall", after=300_000)
-    proc, _argv = vol.spawn("sync", "--lease-stale", "1", env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and 300_000 not in vol.partial_sizes():
-            time.sleep(0.05)
-        assert 300_000 in vol.partial_sizes()
-    finally:
-        kill(proc)
-        stall.release.set()
-    assert not (vol.models / "vllm/big" / WEIGHTS).exists()
-    proxy.clear()
-    r = vol.run("sync", "--lease-stale", "1", env=env)
+    r = killed_mid_object_then_rerun(vol, proxy, env, path, vol.models / "vllm/big" / WEIGHTS)
     assert r.code == 0, r.stderr
     assert vol.tree("vllm/big") == files
     final = [g for g in media_gets(proxy) if g.path == path]
@@ -291,8 +249,8 @@ def test_dropped_and_refused_connections_are_retried_within_the_deadline(vol: Vo
 def test_lock_pins_generations_a_versioned_bucket_still_serves_them_an_overwritten_one_is_refused(
         vol: Volume, gcs: GcsServer, proxy: S3Proxy) -> None:
     files = hf_model()
-    versioned = gcs.bucket(f"versioned-{os.getpid()}-{next(_bucket_seq)}", versioning=True)
-    plain = gcs.bucket(f"plain-{os.getpid()}-{next(_bucket_seq)}")
+    versioned = gcs.bucket(bucket_name("versioned"), versioning=True)
+    plain = gcs.bucket(bucket_name("plain"))
     made = gcs.put_tree(versioned, "m", files)
     gcs.put_tree(plain, "m", files)
     vol.write([lane("kept", "vllm/kept", f"gs://{versioned}/m"), lane("gone", "vllm/gone", f"gs://{plain}/m")])

@@ -18,55 +18,33 @@ from pathlib import Path
 
 import pytest
 
+from tests.objectstores import bucket_name, each_fails, killed_mid_object_then_rerun, lane, served, store_env, vol  # noqa: F401
 from tests.repos import gguf_split, hf_model, write_tree
 from tests.s3_proxy import S3Proxy
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server
-from tests.test_sync import Run, Volume, kill, sha256
+from tests.test_sync import Run, Volume, sha256
 from tests.test_sync_faults import WEIGHTS, big_model
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3") / "root").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from served(S3Server(tmp_path_factory.mktemp("s3") / "root"))
 
 
 @pytest.fixture
 def proxy(s3: S3Server) -> Iterator[S3Proxy]:
-    p = S3Proxy(s3.port).start()
-    try:
-        yield p
-    finally:
-        p.stop()
-
-
-@pytest.fixture
-def vol(tmp_path: Path) -> Volume:
-    return Volume(tmp_path, None)
-
-
-_bucket_seq = iter(range(10**6))
+    yield from served(S3Proxy(s3.port))
 
 
 @pytest.fixture
 def bucket(s3: S3Server) -> str:
-    return s3.bucket(f"models-{os.getpid()}-{next(_bucket_seq)}")
+    return s3.bucket(bucket_name())
 
 
 def s3_env(vol: Volume, endpoint: str, **extra: str) -> dict[str, str]:
     """A user's environment: no AWS settings of the caller's, no ~/.aws, no instance metadata."""
-    env = {k: v for k, v in vol.env(token=False).items() if not k.startswith("AWS_")}
-    env.update(HOME=str(vol.root), AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1",
-               AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-    env.update(extra)
-    return {k: v for k, v in env.items() if v != ""}
-
-
-def lane(name: str, path: str, source: str, kind: str = "hf-dir", **extra: object) -> dict:
-    return {"name": name, "kind": kind, "path": path, "source": source, **extra}
+    return store_env(vol, ("AWS_",), {"AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1",
+                                      "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}, extra)
 
 
 def object_gets(proxy: S3Proxy) -> list[str]:
@@ -145,20 +123,13 @@ def test_include_exclude_apply_to_names_below_the_prefix(vol: Volume, s3: S3Serv
 def test_missing_bucket_key_empty_prefix_and_a_key_naming_a_folder_exit_3_naming_it(vol: Volume, s3: S3Server, bucket: str) -> None:
     s3.put_tree(bucket, "m", hf_model())
     env = s3_env(vol, s3.endpoint)
-    cases = [
+    each_fails(vol, env, [
         (lane("a", "a", f"s3://no-such-bucket-{os.getpid()}/m"), f"bucket no-such-bucket-{os.getpid()} does not exist"),
         (lane("a", "a", f"s3://{bucket}/nothing-here"), "no objects under this prefix"),
         (lane("a", "a/x.gguf", f"s3://{bucket}/m/absent.gguf", kind="gguf"), f"s3://{bucket}/m/absent.gguf: no such object"),
         (lane("a", "a/x.gguf", f"s3://no-such-bucket-{os.getpid()}/m/absent.gguf", kind="gguf"), "does not exist"),
         (lane("a", "a/m", f"s3://{bucket}/m", kind="file"), f"s3://{bucket}/m is a folder"),
-    ]
-    for spec, words in cases:
-        vol.write([spec])
-        r = vol.run("sync", "--retries", "0", env=env)
-        assert r.code == 3, (spec, r.stderr)
-        assert words in r.stderr and words in r.report["reason"], (words, r.stderr)
-        assert r.lane("a")["status"] != "ready"
-        assert not (vol.models / spec["path"]).exists()
+    ])
 
 
 def test_wrong_credentials_exit_4_and_the_secret_is_never_shown(vol: Volume, s3: S3Server, bucket: str) -> None:
@@ -325,20 +296,7 @@ def test_killed_mid_object_then_rerun_resumes_with_range(vol: Volume, s3: S3Serv
     vol.write([lane("big", "vllm/big", f"s3://{bucket}/big")])
     env = s3_env(vol, proxy.endpoint)
     path = f"/{bucket}/big/{WEIGHTS}"
-    stall = proxy.fault(path, "stall", after=300_000)
-    proc, argv = vol.spawn("sync", "--lease-stale", "1", env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and 300_000 not in vol.partial_sizes():
-            time.sleep(0.05)
-        # small files may still be in flight on a loaded machine: their partials resume too
-        assert 300_000 in vol.partial_sizes()
-    finally:
-        kill(proc)
-        stall.release.set()
-    assert not (vol.models / "vllm/big" / WEIGHTS).exists()
-    proxy.clear()
-    r = vol.run("sync", "--lease-stale", "1", env=env)
+    r = killed_mid_object_then_rerun(vol, proxy, env, path, vol.models / "vllm/big" / WEIGHTS)
     assert r.code == 0, r.stderr
     assert vol.tree("vllm/big") == files
     final = proxy.gets(path)
