@@ -20,7 +20,6 @@ RSS of sync <= 200 MB. Exits 1 when a target is missed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,9 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Targets, compile_package, interleave, median, preflight_cmd, run, scratch  # noqa: E402
+from bench.common import MiB, Runs, Targets, compile_package, interleave, object_args, preflight_cmd, scratch  # noqa: E402
 
-MiB = 2**20
 TARGET_CURL = 1.3
 TARGET_RSS_MB = 200.0
 BUCKET = "bench"
@@ -80,10 +78,7 @@ def hash_speeds() -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--gib", type=float, default=2.0, help="size of the object in GiB (default 2)")
-    args = parser.parse_args()
+    args = object_args(__doc__)
 
     from bench.bench_sync import fresh, safetensors_file
     from tests.gcs_server import GcsServer
@@ -114,38 +109,28 @@ def main() -> int:
             big = {"name": "big", "kind": "file", "path": "big/model.safetensors", "source": f"gs://{BUCKET}/{NAME}"}
             manifest.write_text(json.dumps({"version": 1, "models_dir": str(out), "lanes": [big]}))
             pinned.write_text(json.dumps({"version": 1, "models_dir": str(out), "lanes": [{**big, "sha256": digest}]}))
-            rss: list[float] = []
-            cpu: dict[str, list[float]] = {}
+            runs = Runs()
 
             def sync_of(label: str, path: Path):
                 cmd = [*preflight_cmd(), "sync", "-m", str(path), "--quiet", "--termination-log", ""]
 
                 def one() -> float:
                     fresh(out)
-                    proc = run(cmd, env=env)
+                    wall = runs.timed(label, cmd, env, rss=True)
                     assert (out / "big" / "model.safetensors").stat().st_size == size
-                    rss.append(proc.maxrss_mb)
-                    cpu.setdefault(label, []).append(proc.cpu_s)
-                    return proc.wall_s
+                    return wall
                 return one
 
             def curl_big() -> float:
                 folder = fresh(out / "big")
-                proc = run(["curl", "-sS", "-f", "-o", str(folder / "model.safetensors"), url], env=env)
-                cpu.setdefault("curl", []).append(proc.cpu_s)
-                return proc.wall_s
+                return runs.timed("curl", ["curl", "-sS", "-f", "-o", str(folder / "model.safetensors"), url], env)
 
             def sha256sum_big() -> float:
-                proc = run(["sha256sum", str(out / "big" / "model.safetensors")], env=env)
-                cpu.setdefault("sha256sum", []).append(proc.cpu_s)
-                return proc.wall_s
+                return runs.timed("sha256sum", ["sha256sum", str(out / "big" / "model.safetensors")], env)
 
             times = interleave({"sync (crc32c)": sync_of("sync (crc32c)", manifest), "sync (sha256 pin)": sync_of("sync (sha256 pin)", pinned),
                                 "curl": curl_big, "sha256sum": sha256sum_big}, args.rounds)
-            med = {k: median(v) for k, v in times.items()}
-            for k, v in med.items():
-                print(f"  {args.gib:g} GiB object, {k:17s} median {v:.2f}s = {size / v / MiB:.0f} MiB/s, CPU {median(cpu[k]):.2f}s"
-                      f"  (runs: {', '.join(f'{x:.2f}' for x in times[k])})")
+            med = runs.medians(times, f"{args.gib:g} GiB object", size)
             floor = max(med["curl"], med["sha256sum"])
             for k in ("sync (crc32c)", "sync (sha256 pin)"):
                 print(f"  {k}: {med[k] / med['curl']:.2f}x curl; {med[k] / floor:.2f}x the floor max(curl, sha256sum) = {floor:.2f}s")
@@ -153,7 +138,7 @@ def main() -> int:
                             med["sync (crc32c)"] / med["curl"], TARGET_CURL, f"{med['sync (crc32c)']:.2f}s vs {med['curl']:.2f}s")
             targets.at_most("sync (a pinned sha256) vs the floor max(curl, sha256sum)", med["sync (sha256 pin)"] / floor, TARGET_CURL,
                             f"{med['sync (sha256 pin)']:.2f}s vs {floor:.2f}s")
-            targets.at_most("peak RSS of sync", max(rss), TARGET_RSS_MB, unit=" MB")
+            targets.at_most("peak RSS of sync", max(runs.rss), TARGET_RSS_MB, unit=" MB")
         finally:
             server.stop()
     return targets.finish()

@@ -16,7 +16,6 @@ Targets: sync <= 1.3x curl, peak RSS of sync <= 200 MB. Exits 1 when a target is
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PY, Targets, compile_package, interleave, median, preflight_cmd, run, scratch  # noqa: E402
+from bench.common import PY, MiB, Runs, Targets, compile_package, interleave, object_args, preflight_cmd, scratch  # noqa: E402
 
-MiB = 2**20
 TARGET_CURL = 1.3
 TARGET_RSS_MB = 200.0
 BUCKET = "bench"
@@ -52,10 +50,7 @@ with open(out, "wb") as f:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--gib", type=float, default=2.0, help="size of the object in GiB (default 2)")
-    args = parser.parse_args()
+    args = object_args(__doc__)
 
     from bench.bench_sync import fresh, safetensors_file
     from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server
@@ -87,42 +82,33 @@ def main() -> int:
             manifest.write_text(json.dumps({"version": 1, "models_dir": str(out), "lanes": [
                 {"name": "big", "kind": "file", "path": "big/model.safetensors", "source": f"s3://{BUCKET}/{KEY}"}]}))
             sync = [*preflight_cmd(), "sync", "-m", str(manifest), "--quiet", "--termination-log", ""]
-            rss: list[float] = []
-            cpu: dict[str, list[float]] = {}
+            runs = Runs()
 
             def preflight_big() -> float:
                 fresh(out)
-                proc = run(sync, env=env)
+                wall = runs.timed("preflight sync", sync, env, rss=True)
                 assert (out / "big" / "model.safetensors").stat().st_size == size
-                rss.append(proc.maxrss_mb)
-                cpu.setdefault("preflight sync", []).append(proc.cpu_s)
-                return proc.wall_s
+                return wall
 
             def curl_big() -> float:
                 folder = fresh(out / "big")
-                proc = run(["curl", "-sS", "-f", "-o", str(folder / "model.safetensors"), url], env=env)
-                cpu.setdefault("curl presigned", []).append(proc.cpu_s)
-                return proc.wall_s
+                return runs.timed("curl presigned", ["curl", "-sS", "-f", "-o", str(folder / "model.safetensors"), url], env)
 
             def botocore_big() -> float:
                 folder = fresh(out / "big")
-                proc = run([PY, "-c", BOTOCORE_GET, server.endpoint, ACCESS_KEY, SECRET_KEY, BUCKET, KEY,
-                            str(folder / "model.safetensors")], env=env)
+                wall = runs.timed("botocore get_object", [PY, "-c", BOTOCORE_GET, server.endpoint, ACCESS_KEY, SECRET_KEY, BUCKET, KEY,
+                                                          str(folder / "model.safetensors")], env)
                 assert (folder / "model.safetensors").stat().st_size == size
-                cpu.setdefault("botocore get_object", []).append(proc.cpu_s)
-                return proc.wall_s
+                return wall
 
             times = interleave({"preflight sync": preflight_big, "curl presigned": curl_big, "botocore get_object": botocore_big},
                                args.rounds)
-            med = {k: median(v) for k, v in times.items()}
-            for k, v in med.items():
-                print(f"  {args.gib:g} GiB object, {k:20s} median {v:.2f}s = {size / v / MiB:.0f} MiB/s, CPU {median(cpu[k]):.2f}s"
-                      f"  (runs: {', '.join(f'{x:.2f}' for x in times[k])})")
+            med = runs.medians(times, f"{args.gib:g} GiB object", size)
             print(f"  sync / botocore get_object: {med['preflight sync'] / med['botocore get_object']:.2f}x")
             targets.at_most(f"sync vs curl of a presigned URL, {args.gib:g} GiB over loopback",
                             med["preflight sync"] / med["curl presigned"], TARGET_CURL,
                             f"{med['preflight sync']:.2f}s vs {med['curl presigned']:.2f}s")
-            targets.at_most("peak RSS of sync", max(rss), TARGET_RSS_MB, unit=" MB")
+            targets.at_most("peak RSS of sync", max(runs.rss), TARGET_RSS_MB, unit=" MB")
         finally:
             server.stop()
     return targets.finish()

@@ -8,6 +8,7 @@ zombie (waitid with WNOWAIT), so nothing inside the process is changed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+MiB = 2**20
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -129,6 +131,41 @@ def interleave(commands: Mapping[str, Callable[[], float]], rounds: int) -> dict
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
+
+
+def object_args(doc: str) -> argparse.Namespace:
+    """The command line of a benchmark that downloads one object: --rounds, --gib."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gib", type=float, default=2.0, help="size of the object in GiB (default 2)")
+    return parser.parse_args()
+
+
+class Runs:
+    """What the timers given to `interleave` measure besides wall time: each run's CPU
+    seconds by label, and the peak RSS of the runs that ask for it."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, list[float]] = {}
+        self.rss: list[float] = []
+
+    def timed(self, label: str, cmd: Sequence[str], env: Mapping[str, str], *, rss: bool = False) -> float:
+        """Run `cmd` once; its wall time."""
+        proc = run(cmd, env=env)
+        self.cpu.setdefault(label, []).append(proc.cpu_s)
+        if rss:
+            self.rss.append(proc.maxrss_mb)
+        return proc.wall_s
+
+    def medians(self, times: Mapping[str, list[float]], what: str, size: int) -> dict[str, float]:
+        """Each label's median wall time, printed with the MiB/s it makes of `size` bytes, its
+        median CPU time and every run."""
+        med = {k: median(v) for k, v in times.items()}
+        width = max(len(k) for k in med)
+        for k, v in med.items():
+            print(f"  {what}, {k:{width}s} median {v:.2f}s = {size / v / MiB:.0f} MiB/s, CPU {median(self.cpu[k]):.2f}s"
+                  f"  (runs: {', '.join(f'{x:.2f}' for x in times[k])})")
+        return med
 
 
 def warm(paths: Iterable[Path]) -> None:
