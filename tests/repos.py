@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -94,3 +96,20 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     return root
+
+
+def served(root: Path) -> dict[str, bytes]:
+    """What a model server sees under `root`: every file but the state folder's (.preflight)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".preflight" not in p.relative_to(root).parts}
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    """A .tar.gz of `files`, named ./NAME as `tar -C DIR .` writes them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo("./" + name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

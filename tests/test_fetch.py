@@ -5,12 +5,10 @@ s3s-fs, the distribution registry); every run is the real CLI in a child process
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from preflight.fetchlane import detect_kind
 from preflight.kserve import oci_settings, patterns, storage_config, storage_uri, url_headers
 from tests.hubserver import HubServer
-from tests.repos import gguf_file, hf_model
+from tests.repos import gguf_file, hf_model, served, tar_gz
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,21 +45,6 @@ def fetch(tmp: Path, *args: str, env: dict[str, str] | None = None, command: boo
     base.update(PREFLIGHT_REPORT=str(rep), PREFLIGHT_TERMINATION_LOG=str(tlog))
     p = subprocess.run(argv, env=base, capture_output=True, text=True, timeout=300, cwd=tmp)
     return Done(p.returncode, p.stderr, json.loads(rep.read_text()) if rep.exists() else None, tlog.read_text())
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and ".preflight" not in p.relative_to(root).parts}
-
-
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo("./" + name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -117,7 +100,7 @@ def test_a_uri_as_first_argument_fetches_a_hub_folder_into_dest(tmp_path: Path, 
     dest.mkdir(parents=True)
     done = fetch(tmp_path, "hf://org/tiny", str(dest), env=hub.env(token=False))
     assert done.code == 0, done.stderr
-    assert tree(dest) == {k: v for k, v in files.items()}
+    assert served(dest) == {k: v for k, v in files.items()}
     assert done.report["command"] == "fetch" and done.report["lanes"][0]["kind"] == "hf-dir"
     from tests.test_schemas import validator
 
@@ -137,7 +120,7 @@ def test_kserve_revision_syntax_and_a_single_gguf_file(tmp_path: Path, hub: HubS
     dest = tmp_path / "models"
     done = fetch(tmp_path, "hf://org/tiny-gguf/tiny.Q8_0.gguf@v1", str(dest), env=hub.env(token=False))
     assert done.code == 0, done.stderr
-    assert tree(dest) == gguf_file("tiny.Q8_0.gguf")
+    assert served(dest) == gguf_file("tiny.Q8_0.gguf")
     assert done.report["lanes"][0]["kind"] == "gguf"
     hub.add_repo("org/tiny", hf_model(), revision="v2")
     colon = fetch(tmp_path, "hf://org/tiny:v2", str(tmp_path / "other"), env=hub.env(token=False))
@@ -153,12 +136,12 @@ def test_an_https_archive_with_its_digest_in_the_uri(tmp_path: Path, hub: HubSer
     dest = tmp_path / "models"
     done = fetch(tmp_path, f"{url}#sha256={digest}", str(dest))
     assert done.code == 0, done.stderr
-    assert tree(dest) == files
+    assert served(dest) == files
     assert all("#sha256" not in r.path and "sha256" not in r.query for r in hub.requests)  # the fragment stays here
     # a wrong digest: exit 3, the reason in the termination log, nothing in DEST
     bad = fetch(tmp_path, f"{url}#sha256={'ab' * 32}", str(tmp_path / "bad"))
     assert bad.code == 3, bad.stderr
-    assert "sha256" in bad.termination and tree(tmp_path / "bad") == {}
+    assert "sha256" in bad.termination and served(tmp_path / "bad") == {}
     # no digest at all: a usage error that says how to pin it, with the report and the reason left
     unpinned = fetch(tmp_path, url, str(tmp_path / "unpinned"))
     assert unpinned.code == 2 and "#sha256=" in unpinned.stderr
@@ -183,7 +166,7 @@ def test_storage_allow_patterns_select_files(tmp_path: Path, hub: HubServer) -> 
     dest = tmp_path / "models"
     done = fetch(tmp_path, "hf://org/tiny", str(dest), env={**hub.env(token=False), "STORAGE_IGNORE_PATTERNS": '["original/*", "*.md"]'})
     assert done.code == 0, done.stderr
-    assert set(tree(dest)) == set(files) - {"README.md", "original/consolidated.pth"}
+    assert set(served(dest)) == set(files) - {"README.md", "original/consolidated.pth"}
 
 
 def test_failures_keep_the_contract(tmp_path: Path, hub: HubServer) -> None:
@@ -210,7 +193,7 @@ def test_fetched_files_get_the_format_checks(tmp_path: Path, hub: HubServer) -> 
     done = fetch(tmp_path, "hf://org/broken", str(tmp_path / "models"), env=hub.env(token=False))
     assert done.code in (1, 3), done.stderr
     assert "model.safetensors" in done.termination
-    assert "model.safetensors" not in tree(tmp_path / "models")
+    assert "model.safetensors" not in served(tmp_path / "models")
 
 
 # --------------------------------------------------------------------------- s3 and oci
@@ -241,7 +224,7 @@ def test_s3_with_kserve_variables_and_a_storage_config_secret(tmp_path: Path, s3
            "AWS_DEFAULT_REGION": "us-east-1"}
     done = fetch(tmp_path, f"s3://{bucket}/llama", str(tmp_path / "a"), env=env)
     assert done.code == 0, done.stderr
-    assert tree(tmp_path / "a") == files
+    assert served(tmp_path / "a") == files
     # a storage-config entry (storageSpec), as KServe passes it
     config = json.dumps({"type": "s3", "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY,
                          "endpoint_url": s3.endpoint, "region": "us-east-1", "bucket": bucket})
@@ -253,7 +236,7 @@ def test_s3_with_kserve_variables_and_a_storage_config_secret(tmp_path: Path, s3
     s3.put(bucket, "releases/model.tar.gz", data)
     done = fetch(tmp_path, f"s3://{bucket}/releases/model.tar.gz", str(tmp_path / "c"), env=env)
     assert done.code == 0, done.stderr
-    assert tree(tmp_path / "c") == files
+    assert served(tmp_path / "c") == files
 
 
 def test_oci_modelcar_image_into_dest(tmp_path: Path) -> None:
@@ -268,7 +251,7 @@ def test_oci_modelcar_image_into_dest(tmp_path: Path) -> None:
                              config_type="application/vnd.oci.image.config.v1+json")
         done = fetch(tmp_path, f"oci://{reg.host}/models/tiny:v1", str(tmp_path / "models"))
         assert done.code == 0, done.stderr
-        assert tree(tmp_path / "models") == files
+        assert served(tmp_path / "models") == files
     finally:
         reg.stop()
 
@@ -282,11 +265,11 @@ def test_an_https_archive_trusted_through_kserves_global_ca_bundle(tmp_path: Pat
         uri = f"{server.url('/releases/model.tar.gz')}#sha256={hashlib.sha256(data).hexdigest()}"
         untrusted = fetch(tmp_path, uri, str(tmp_path / "a"))
         assert untrusted.code == 3, untrusted.stderr
-        assert "certificate" in untrusted.stderr.lower() and tree(tmp_path / "a") == {}
+        assert "certificate" in untrusted.stderr.lower() and served(tmp_path / "a") == {}
         bundle = tmp_path / "custom-certs"
         bundle.mkdir()
         (bundle / "cabundle.crt").write_bytes(server.ca.read_bytes())
         trusted = fetch(tmp_path, uri, str(tmp_path / "b"),
                         env={"CA_BUNDLE_CONFIGMAP_NAME": "global-ca-bundle", "CA_BUNDLE_VOLUME_MOUNT_POINT": str(bundle)})
         assert trusted.code == 0, trusted.stderr
-        assert tree(tmp_path / "b") == files
+        assert served(tmp_path / "b") == files

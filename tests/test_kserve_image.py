@@ -10,10 +10,8 @@ registry (oci://) and an HTTPS server whose CA comes from KServe's global CA bun
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 
 from tests.docker_fixtures import RUNTIME_UID, run_container
 from tests.hubserver import HubServer
-from tests.repos import gguf_file, hf_model
+from tests.repos import gguf_file, hf_model, served, tar_gz
 
 pytestmark = pytest.mark.docker
 
@@ -57,27 +55,11 @@ def run_as_kserve(client: Any, image: str, tmp: Path, uri: str, env: dict[str, s
     return done.exit_code, done.logs, tlog.read_text(), models
 
 
-def served(models: Path) -> dict[str, bytes]:
-    """What the model server sees in /mnt/models (the state folder aside)."""
-    return {p.relative_to(models).as_posix(): p.read_bytes() for p in sorted(models.rglob("*"))
-            if p.is_file() and ".preflight" not in p.relative_to(models).parts}
-
-
 def assert_ready(models: Path, files: dict[str, bytes]) -> None:
     assert served(models) == files
     assert json.loads((models / ".preflight" / "ready.json").read_text())["status"] == "ready"
     assert all(p.stat().st_uid == RUNTIME_UID for p in models.rglob("*"))
     assert not [p for p in (models / ".preflight" / "staging").iterdir()]
-
-
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo("./" + name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_hf_folder_and_a_restart_that_fetches_nothing(docker_client: Any, preflight_image: str, tmp_path: Path) -> None:
