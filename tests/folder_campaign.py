@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.st_campaign import _oracle_env, _run_batch, oracle_python
+from tests.st_campaign import _load, _oracle_env, _run_batch, oracle_python
 
 # Mutation kinds where our verdict differs from transformers 4.44's on purpose.
 DELIBERATE = {
@@ -123,20 +123,13 @@ class Mutant:
         return self.kind
 
 
-def _st(path: Path) -> tuple[dict[str, np.ndarray], dict | None]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "np") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-
-
 def _edit_tensors(root: Path, fn: Callable[[dict], dict], only: str | None = None, reindex: bool = True) -> None:
     """Apply `fn` to every shard's tensors (or to `only`); the index follows the shards unless `reindex` is false."""
     from safetensors.numpy import save_file
 
     where: dict[str, str] = {}
     for f in sorted(root.glob("*.safetensors")):
-        t, meta = _st(f)
+        t, meta = _load(f)
         if only is None or f.name == only:
             t = fn(t)
             save_file(t, str(f), metadata=meta)
@@ -297,7 +290,7 @@ def _index_mutants(add) -> None:
 
     def in_two_shards(_idx: dict, d: Path) -> None:
         files = sorted(d.glob("model-*.safetensors"))
-        t0, _ = _st(files[0])
+        t0, _ = _load(files[0])
         name = next(iter(t0))
         _edit_tensors(d, lambda t: {**t, name: t0[name].copy()}, only=files[-1].name, reindex=False)
 
