@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,31 @@ def available() -> bool:
         import llama_cpp  # noqa: F401
     except Exception:
         return False
+    return True
+
+
+def require() -> None:
+    """Called at the top of a test module that needs llama.cpp: the module is skipped when
+    llama-cpp-python is not installed, and fails under CI=true."""
+    if available():
+        return
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail("llama-cpp-python is not installed: run bash ops/oracle-llama.sh", pytrace=False)
+    pytest.skip("llama-cpp-python is not installed (bash ops/oracle-llama.sh)", allow_module_level=True)
+
+
+def tally(row: Counter[str], ours: bool, theirs: bool, explained: bool) -> bool:
+    """One file's two verdicts counted in `row` (agree, explained, false OK, false alarm);
+    True when they disagree and nothing explains why."""
+    if ours == theirs:
+        row["agree"] += 1
+        return False
+    if explained:
+        row["explained"] += 1
+        return False
+    row["false OK" if ours else "false alarm"] += 1
     return True
 
 

@@ -27,12 +27,9 @@ from preflight.formats.gguf import check_gguf
 from preflight.formats.gguf_arch import ENGINE
 from tests import gguf_families as F
 from tests import gguf_mutants as M
-from tests.gguf_oracle import Verdict, available, judge, vocab_dir
+from tests.gguf_oracle import Verdict, judge, require, tally, vocab_dir
 
-if not available():
-    if os.environ.get("CI") == "true":
-        pytest.fail("llama-cpp-python is not installed: run bash ops/oracle-llama.sh", pytrace=False)
-    pytest.skip("llama-cpp-python is not installed (bash ops/oracle-llama.sh)", allow_module_level=True)
+require()
 
 # (family, mutant name) -> why preflight and llama.cpp disagree on it. None today.
 EXPLAINED: dict[tuple[str, str], str] = {}
@@ -122,12 +119,7 @@ def test_every_file_is_judged_as_llama_cpp_judges_it(campaign: list[Outcome]) ->
         c["refused at load"] += o.theirs.stage in ("parse", "load")
         c["refused at decode"] += o.theirs.stage == "decode"
         c["aborts"] += o.theirs.reason.startswith("abort")
-        if o.ours == o.theirs.ok:
-            c["agree"] += 1
-        elif (o.case.family, o.case.name) in EXPLAINED:
-            c["explained"] += 1
-        else:
-            c["false OK" if o.ours else "false alarm"] += 1
+        if tally(c, o.ours, o.theirs.ok, (o.case.family, o.case.name) in EXPLAINED):
             disagreements.append((o.case.family, o.case.kind, o.case.name, "preflight", o.ours, o.codes, "llama.cpp", o.theirs))
     print(f"\nllama.cpp {ENGINE['llama.cpp']} (llama-cpp-python {ENGINE['llama-cpp-python']}): load, context, one decoded token")
     print("| family | files | refused at load | refused at decode (aborts) | agree | false OK | false alarm |")

@@ -24,12 +24,9 @@ import pytest
 from preflight import problems as P
 from preflight.formats.gguf import check_gguf
 from tests import gguf_mutants as M
-from tests.gguf_oracle import Verdict, available, judge, vocab_dir
+from tests.gguf_oracle import Verdict, judge, require, tally, vocab_dir
 
-if not available():
-    if os.environ.get("CI") == "true":
-        pytest.fail("llama-cpp-python is not installed: run bash ops/oracle-llama.sh", pytrace=False)
-    pytest.skip("llama-cpp-python is not installed (bash ops/oracle-llama.sh)", allow_module_level=True)
+require()
 
 SEED = 20260511
 
@@ -135,12 +132,7 @@ def test_every_mutant_is_judged_alike_unless_the_difference_is_explained(campaig
         c["mutants"] += 1
         c["llama.cpp refuses"] += not o.theirs.ok
         c["llama.cpp aborts"] += o.theirs.reason.startswith("abort")
-        if o.ours == o.theirs.ok:
-            c["agree"] += 1
-        elif (o.mutant.cls, o.mutant.name) in EXPLAINED:
-            c["explained"] += 1
-        else:
-            c["false OK" if o.ours else "false alarm"] += 1
+        if tally(c, o.ours, o.theirs.ok, (o.mutant.cls, o.mutant.name) in EXPLAINED):
             disagreements.append((o.mutant.cls, o.mutant.name, "preflight", o.ours, o.codes, "llama.cpp", o.theirs))
     print("\n| class | mutants | llama.cpp refuses (aborts) | agree | explained | false OK | false alarm |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

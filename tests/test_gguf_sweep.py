@@ -11,21 +11,14 @@ Needs llama-cpp-python (bash ops/oracle-llama.sh); skipped without it, except un
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
 from preflight.formats import gguf_eval
 from preflight.formats.gguf import check_gguf
 from preflight.formats.gguf_arch import ARCH_CLASSES
 from tests import gguf_autobuild as B
 from tests import gguf_mutants as M
-from tests.gguf_oracle import available, judge
+from tests.gguf_oracle import judge, require
 
-if not available():
-    if os.environ.get("CI") == "true":
-        pytest.fail("llama-cpp-python is not installed: run bash ops/oracle-llama.sh", pytrace=False)
-    pytest.skip("llama-cpp-python is not installed (bash ops/oracle-llama.sh)", allow_module_level=True)
+require()
 
 MIN_BUILT = 95  # of the 151 architectures with a loader (the rest need values the builder does not guess)
 MIN_LOADED = 75
