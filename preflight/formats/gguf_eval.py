@@ -1008,15 +1008,19 @@ class Machine:
         if isinstance(arr, list) and arr is not self.model["layers"] and self.writes_in_place(target):
             if isinstance(n, int) and n > len(arr):
                 self.fail("key-type", f"array length {n} for key {key} exceeds max {len(arr)}", key)
-            if values is None:
-                for i in range(len(arr)):
-                    self.store(arr, i, UNK)
-            else:
-                for i, v in enumerate(values):
-                    self.store(arr, i, v)
+            self._store_values(arr, values)
             return True
         self.write(target, values if values is not None else UNK)
         return True
+
+    def _store_values(self, arr: list, values: list | None) -> None:
+        """The key's values into `arr` from its start; when they are not known (None), every element is unknown."""
+        if values is None:
+            for i in range(len(arr)):
+                self.store(arr, i, UNK)
+        else:
+            for i, v in enumerate(values):
+                self.store(arr, i, v)
 
     def writes_in_place(self, target: list) -> bool:
         """Arrays of hparams are fixed-size std::array (get_arr fills a prefix); locals are vectors."""
@@ -1029,8 +1033,7 @@ class Machine:
         arr = self.ev(target)
         if not isinstance(arr, list) or not isinstance(n, int):
             if isinstance(arr, list):
-                for i in range(len(arr)):
-                    self.store(arr, i, UNK)
+                self._store_values(arr, None)
                 return True
             raise _GiveUp("get_key_or_arr target")
         if n > len(arr):
@@ -1039,13 +1042,7 @@ class Machine:
             length = _length(self.meta.get(key))
             if length != n:
                 self.fail("array-length", f"key {key} has wrong array length; expected {n}, got {length}", key)
-            values = self._array_values(key, kt[1] if kt[1] is not None else -1, ctype)
-            if values is None:
-                for i in range(len(arr)):
-                    self.store(arr, i, UNK)
-            else:
-                for i, v in enumerate(values):
-                    self.store(arr, i, v)
+            self._store_values(arr, self._array_values(key, kt[1] if kt[1] is not None else -1, ctype))
             return True
         want = _GGUF_OF.get(ctype or "")
         if want is not None and kt != (want, None):
