@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,14 +184,13 @@ def test_mirror_and_https_sources_read_ranges_too(tmp_path: Path, hub: HubServer
     assert hub.bytes_sent(None, "r.gguf") < 2**20
 
 
-def test_s3_lanes_are_judged_from_ranged_object_reads(tmp_path: Path) -> None:
-    from tests import s3_server
+def judged_from_ranged_reads(tmp_path: Path, server: Any, scheme: str, env: Callable[[Volume, str], dict[str, str]],
+                             downloads: Callable[[Any], list]) -> None:
+    """A folder lane in a bucket of `server` that does not fit the node: refused before its
+    bytes move, judged from ranged reads of each safetensors header (`downloads(proxy)`: the
+    object GETs the proxy saw)."""
     from tests.s3_proxy import S3Proxy
-    from tests.test_s3 import s3_env
 
-    if s3_server.binary() is None:
-        pytest.skip("the S3 server is built by ops/s3-server.sh")
-    server = s3_server.S3Server(tmp_path / "s3").start()
     proxy = S3Proxy(server.port).start()
     try:
         bucket = server.bucket("fit-models")
@@ -197,15 +198,27 @@ def test_s3_lanes_are_judged_from_ranged_object_reads(tmp_path: Path) -> None:
         for p in folder.iterdir():
             server.put(bucket, f"llm/{p.name}", p.read_bytes())
         (tmp_path / "v").mkdir()
-        vol = Volume(tmp_path / "v", None).write([{"name": "chat", "kind": "hf-dir", "path": "vllm/chat", "source": f"s3://{bucket}/llm",
+        vol = Volume(tmp_path / "v", None).write([{"name": "chat", "kind": "hf-dir", "path": "vllm/chat", "source": f"{scheme}://{bucket}/llm",
                                                     "serve": SERVE}])
-        run = vol.run("sync", "--accelerator", GPU_SMALL, env=s3_env(vol, proxy.endpoint))
+        run = vol.run("sync", "--accelerator", GPU_SMALL, env=env(vol, proxy.endpoint))
         assert run.code == 1, run.stderr
         assert run.lane("chat")["fit"]["inputs_from"] == "source" and not (vol.models / "vllm" / "chat").exists()
-        gets = [r for r in proxy.requests if r.method == "GET" and r.path.endswith(".safetensors")]
+        gets = [r for r in downloads(proxy) if r.path.endswith(".safetensors")]
         assert gets and all((r.range or "").startswith("bytes=0-") and r.bytes_sent <= 8192 for r in gets), gets
     finally:
         proxy.stop()
+
+
+def test_s3_lanes_are_judged_from_ranged_object_reads(tmp_path: Path) -> None:
+    from tests import s3_server
+    from tests.test_s3 import s3_env
+
+    if s3_server.binary() is None:
+        pytest.skip("the S3 server is built by ops/s3-server.sh")
+    server = s3_server.S3Server(tmp_path / "s3").start()
+    try:
+        judged_from_ranged_reads(tmp_path, server, "s3", s3_env, lambda proxy: [r for r in proxy.requests if r.method == "GET"])
+    finally:
         server.stop()
 
 
@@ -242,26 +255,12 @@ def test_oci_raw_layers_are_read_in_part_and_tar_layers_wait_for_the_download(tm
 
 def test_gcs_lanes_are_judged_from_ranged_media_reads(tmp_path: Path) -> None:
     from tests import gcs_server
-    from tests.s3_proxy import S3Proxy
     from tests.test_gcs import gs_env, media_gets
 
     if gcs_server.binary() is None:
         pytest.skip("the Cloud Storage server is built by the test script")
     server = gcs_server.GcsServer(tmp_path / "gcs").start()
-    proxy = S3Proxy(server.port).start()
     try:
-        bucket = server.bucket("fit-models")
-        folder = write_sparse_llama_folder(tmp_path / "llm", **DIMS)
-        for p in folder.iterdir():
-            server.put(bucket, f"llm/{p.name}", p.read_bytes())
-        (tmp_path / "v").mkdir()
-        vol = Volume(tmp_path / "v", None).write([{"name": "chat", "kind": "hf-dir", "path": "vllm/chat", "source": f"gs://{bucket}/llm",
-                                                    "serve": SERVE}])
-        run = vol.run("sync", "--accelerator", GPU_SMALL, env=gs_env(vol, proxy.endpoint))
-        assert run.code == 1, run.stderr
-        assert run.lane("chat")["fit"]["inputs_from"] == "source" and not (vol.models / "vllm" / "chat").exists()
-        gets = [r for r in media_gets(proxy) if r.path.endswith(".safetensors")]
-        assert gets and all((r.range or "").startswith("bytes=0-") and r.bytes_sent <= 8192 for r in gets), gets
+        judged_from_ranged_reads(tmp_path, server, "gs", gs_env, media_gets)
     finally:
-        proxy.stop()
         server.stop()
