@@ -17,12 +17,11 @@ import base64
 import hashlib
 import http.client
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.procs import installed, required, start_listening, terminate
+from tests.procs import ServerProcess, installed, required
 
 VERSION = "1.54.0"
 
@@ -42,32 +41,19 @@ def crc32c_b64(data: bytes) -> str:
     return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
 
 
-class GcsServer:
+class GcsServer(ServerProcess):
     """fake-gcs-server on 127.0.0.1: `memory` keeps every object generation (versioned
     buckets); `filesystem` streams large objects from files under `root`."""
 
+    name = "fake-gcs-server"
+
     def __init__(self, root: Path, *, backend: str = "memory") -> None:
-        self.root = root
+        super().__init__(root)
         self.backend = backend
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.log = root.parent / f"{root.name}.log"
 
-    def start(self) -> GcsServer:
-        exe = require_binary()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.proc, self.port = start_listening(
-            lambda port: [str(exe), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", self.backend,
-                          "-filesystem-root", str(self.root), "-public-host", "127.0.0.1", "-log-level", "warn"],
-            self.log, "fake-gcs-server")
-        return self
-
-    def stop(self) -> None:
-        terminate(self.proc)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def argv(self, port: int) -> list[str]:
+        return [str(require_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", self.backend,
+                "-filesystem-root", str(self.root), "-public-host", "127.0.0.1", "-log-level", "warn"]
 
     # ------------------------------------------------------------------ the JSON API, for filling buckets
 

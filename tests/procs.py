@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -83,3 +84,34 @@ def start_listening(argv: Callable[[int], list[str]], log: Path, name: str) -> t
         if wait_listening(port, proc, name):
             return proc, port
     raise RuntimeError(f"{name} would not start; see {log}")
+
+
+S = TypeVar("S", bound="ServerProcess")
+
+
+class ServerProcess:
+    """A server the tests run on 127.0.0.1 with its own `root` folder, its output in a log
+    beside it; a subclass names it and says how it is started on a port (`argv`)."""
+
+    name = "the server"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log = root.parent / f"{root.name}.log"
+
+    def argv(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def start(self: S) -> S:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc, self.port = start_listening(self.argv, self.log, self.name)
+        return self
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"

@@ -10,11 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.procs import installed, required, start_listening, terminate
+from tests.procs import ServerProcess, installed, required
 
 ACCESS_KEY = "PREFLIGHTTESTKEY0001"
 SECRET_KEY = "s3-test-secret-7f3a9c2e5b1d8f04a6"  # masked like any secret: outputs must never show it
@@ -30,31 +29,19 @@ def require_binary() -> Path:
     return required(binary(), "s3s-fs is not built: run `bash ops/s3-server.sh` (about ten minutes, once)")
 
 
-class S3Server:
+class S3Server(ServerProcess):
     """s3s-fs serving `root` (one folder per bucket) on 127.0.0.1."""
 
+    name = "s3s-fs"
+
     def __init__(self, root: Path, *, auth: bool = True) -> None:
-        self.root = root
+        super().__init__(root)
         self.auth = auth
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.log = root.parent / f"{root.name}.log"
         self._client: Any = None
 
-    def start(self) -> S3Server:
-        exe = require_binary()
-        self.root.mkdir(parents=True, exist_ok=True)
+    def argv(self, port: int) -> list[str]:
         keys = ["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY] if self.auth else []
-        self.proc, self.port = start_listening(lambda port: [str(exe), "--host", "127.0.0.1", "--port", str(port), *keys, str(self.root)],
-                                               self.log, "s3s-fs")
-        return self
-
-    def stop(self) -> None:
-        terminate(self.proc)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return [str(require_binary()), "--host", "127.0.0.1", "--port", str(port), *keys, str(self.root)]
 
     def env(self, **extra: str) -> dict[str, str]:
         """The variables an S3 user sets for this server."""
