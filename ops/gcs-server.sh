@@ -30,6 +30,11 @@ if [ "${1:-}" = "--print" ]; then
     echo "$bin"
     exit 0
 fi
+# One build at a time: a second run (another checkout's test command) waits here, then
+# finds the build done.
+mkdir -p "$(dirname "$dir")"
+exec 9>"$dir.lock"
+flock 9
 if [ -x "$bin" ] && "$bin" -help >/dev/null 2>&1; then
     echo "fake-gcs-server $version already installed"
     echo "$bin"

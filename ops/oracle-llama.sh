@@ -26,6 +26,11 @@ if [ "${1:-}" = "--print-vocab-dir" ]; then
     exit 0
 fi
 mkdir -p "$dir"
+# One build at a time: a second run (another checkout's test command) waits here, then
+# finds the build done.
+mkdir -p "$(dirname "$dir")"
+exec 9>"$dir.lock"
+flock 9
 
 sdist() {  # the source archive, downloaded once into the cache
     if ! ls "$cache"/llama_cpp_python-"$version".tar.gz >/dev/null 2>&1; then

@@ -23,6 +23,11 @@ safetensors_version="0.8.0"
 venv="${PREFLIGHT_TORCH_ORACLE:-${XDG_CACHE_HOME:-$HOME/.cache}/lane-preflight/oracle-torch}"
 probe="import torch, transformers, safetensors, sys; sys.exit(not (transformers.__version__ == '$transformers_version' and safetensors.__version__ == '$safetensors_version' and not torch.cuda.is_available()))"
 
+# One build at a time: a second run (another checkout's test command) waits here, then
+# finds the build done.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$probe" 2>/dev/null; then
     echo "oracle already installed"
     echo "$venv/bin/python"
