@@ -394,8 +394,7 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
         # tokenizers and ggml types those tables do not know are warnings instead of refusals.
         from .formats.gguf_model import engine_is_newer
 
-        serve = lane.serve
-        engine_newer = serve is not None and serve.engine == "llama.cpp" and engine_is_newer(serve.version)
+        engine_newer = engine_is_newer(declared_llama_cpp(lane))
         names = [rel for rel in plan.files]
         for rel in names:
             if rel in present:
@@ -488,12 +487,20 @@ def lane_fingerprint(plan: LanePlan) -> str:
     import hashlib
 
     lane = plan.lane
-    engine = (lane.serve.engine, lane.serve.version) if lane.serve is not None else None  # a newer llama.cpp judges GGUFs otherwise
-    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, engine, str(plan.root))).encode())
+    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, declared_llama_cpp(lane),
+                             str(plan.root))).encode())
     for rel, obs in sorted(plan.files.items()):
         st = obs.st
         h.update(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))).encode())
     return h.hexdigest()
+
+
+def declared_llama_cpp(lane: Lane) -> str | None:
+    """The one serve setting a lane's format checks read: a GGUF lane's declared llama.cpp
+    version (a newer engine than the tables describe turns unknown names into warnings). How
+    else a lane is served is judged by fit, so serving it or not keeps its fingerprint."""
+    serve = lane.serve
+    return serve.version if lane.kind == "gguf" and serve is not None and serve.engine == "llama.cpp" else None
 
 
 def _base_info(ctx: Context, name: str):
