@@ -11,14 +11,17 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import problems as P
 from .errors import ManifestError
 from .integrity import Receipts, hash_files
-from .lockfile import Lock, lock_entry, parse_sha256sum
 from .manifest import FileExpect, Lane, Manifest
 from .problems import Problem
 from .report import LaneResult
+
+if TYPE_CHECKING:
+    from .lockfile import Lock, LockedLane
 
 STATE_DIR = ".preflight"
 SKIP_DIRS = {STATE_DIR, ".git", ".cache", ".dvc", "__pycache__"}
@@ -27,6 +30,8 @@ _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 @dataclass
 class Context:
+    """What a check of lanes runs against: the manifest, the volume, its receipts, the lock."""
+
     manifest: Manifest
     models_dir: Path
     receipts: Receipts
@@ -44,6 +49,8 @@ class Context:
 
 @dataclass
 class FileObs:
+    """One file a lane should hold, as seen: its stat and, once known, its digests."""
+
     rel: str  # relative to the lane's folder
     abs: Path
     expect: FileExpect | None
@@ -161,10 +168,20 @@ def gguf_split_names(name: str) -> list[str]:
 def locked_lane(ctx: Context, lane: Lane):
     """The lock's entry for the lane, unless the lock was made for another source (then it
     says nothing about this lane: see `lock_drift`)."""
-    locked = lock_entry(ctx.lock, lane)
+    locked = lock_entry(ctx, lane)
     if locked is not None and lock_drift(locked, lane):
         return None
     return locked
+
+
+def lock_entry(ctx: Context, lane: Lane) -> LockedLane | None:
+    """The lock's entry for the lane, whatever source the lock was made for (the lock module
+    loads only when there is a lock)."""
+    if ctx.lock is None:
+        return None
+    from .lockfile import lock_entry
+
+    return lock_entry(ctx.lock, lane)
 
 
 def lock_drift(locked, lane: Lane) -> bool:
@@ -209,6 +226,8 @@ def load_checksums(ctx: Context, lane: Lane) -> dict[str, FileExpect]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"cannot read checksum file: {exc.strerror}", file=str(p), field=f"lanes.{lane.name}.checksums") from None
+    from .lockfile import parse_sha256sum
+
     return parse_sha256sum(text, str(p))
 
 
@@ -216,7 +235,7 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
     """Stat every expected file, trust or schedule digests, flag escapes. No hashing yet."""
     locked = locked_lane(ctx, lane)
     result = LaneResult(lane.name, lane.kind, lane.path, lane.required, source=lane.source.display() if lane.source else None)
-    drifted = lock_entry(ctx.lock, lane) if locked is None else None
+    drifted = lock_entry(ctx, lane) if locked is None else None
     if drifted is not None:
         result.problems.append(P.warning(lane.path, P.LOCK_DRIFT, f"the lock was made for source {drifted.source}, the manifest says "
                                          f"{lane.source.raw if lane.source else None}; its digests are not used (run `preflight lock` again)"))
@@ -262,10 +281,11 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         if not froot.is_dir():
             result.problems.append(P.error(lane.path, P.NOT_A_DIRECTORY, f"{lane.path} is not a folder"))
             return plan
+    real_root = os.path.realpath(froot)
     for rel, exp in sorted(expected.items()):
         obs = FileObs(rel, froot / rel, exp)
         plan.files[rel] = obs
-        real = os.path.realpath(obs.abs)
+        real = realpath_under(real_root, rel)
         if not inside(real_models, real):
             result.problems.append(P.error(rel, P.PATH_ESCAPE, f"{rel} resolves to {real}, outside the models folder; not read"))
             continue
@@ -305,6 +325,18 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
                 obs.digests = rec
                 obs.from_receipt = True
     return plan
+
+
+def realpath_under(real_root: str, rel: str) -> str:
+    """`os.path.realpath` of `rel` under a folder whose real path is `real_root`, looking only
+    at the components of `rel` (one lstat each, instead of one per component of the whole
+    path): a link among them, or a `.`/`..`, is resolved in full."""
+    path = real_root
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        if part in ("", ".", "..") or os.path.islink(path):
+            return os.path.realpath(os.path.join(real_root, rel))
+    return path
 
 
 def _missing_folder(ctx: Context, lane: Lane, froot: Path, commit: str | None) -> str:

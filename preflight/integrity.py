@@ -184,6 +184,8 @@ def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = No
 
 @dataclass(frozen=True)
 class StatKey:
+    """What a receipt holds a file to: it is trusted while these are unchanged."""
+
     size: int
     mtime_ns: int
     ctime_ns: int

@@ -29,6 +29,8 @@ SCHEMA_VERSION = 1
 
 @dataclass
 class LaneResult:
+    """What was found of one lane: its status, problems and figures."""
+
     name: str
     kind: str
     path: str
@@ -102,6 +104,8 @@ class LaneResult:
 
 @dataclass
 class Report:
+    """The report of one command: every lane's result, the exit code and the reason."""
+
     command: str
     models_dir: str | None
     lanes: list[LaneResult] = field(default_factory=list)

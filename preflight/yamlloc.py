@@ -208,6 +208,8 @@ _RETYPE = (_BOOL, _INT)
 
 @dataclass
 class _Anchor:
+    """An anchored node, and what each alias of it adds to the document's bounds."""
+
     value: Any
     lines: Lines
     values: int  # what one alias of it counts as
