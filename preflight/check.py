@@ -9,7 +9,7 @@ import fnmatch
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from .errors import ManifestError
 from .integrity import Receipts, hash_files
 from .manifest import FileExpect, Lane, Manifest
 from .problems import Problem
+from .record import record
 from .report import LaneResult
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ SKIP_DIRS = {STATE_DIR, ".git", ".cache", ".dvc", "__pycache__"}
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
-@dataclass
+@record
 class Context:
     """What a check of lanes runs against: the manifest, the volume, its receipts, the lock."""
 
@@ -47,7 +48,7 @@ class Context:
         return os.path.realpath(self.models_dir)
 
 
-@dataclass
+@record
 class FileObs:
     """One file a lane should hold, as seen: its stat and, once known, its digests."""
 
@@ -59,7 +60,7 @@ class FileObs:
     from_receipt: bool = False
 
 
-@dataclass
+@record
 class LanePlan:
     """What a lane should contain and what was seen of it."""
 
@@ -515,16 +516,14 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
 
 
 def lane_fingerprint(plan: LanePlan) -> str:
-    """What a lane's format checks depend on: its settings and each file's name and stat key."""
-    import hashlib
-
+    """What a lane's format checks depend on: its settings and each file's name and stat key.
+    Kept as text and compared whole: a digest of it would load OpenSSL on every warm re-check."""
     lane = plan.lane
-    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, declared_llama_cpp(lane),
-                             str(plan.root))).encode())
+    parts = [repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, declared_llama_cpp(lane), str(plan.root)))]
     for rel, obs in sorted(plan.files.items()):
         st = obs.st
-        h.update(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))).encode())
-    return h.hexdigest()
+        parts.append(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))))
+    return "\n".join(parts)
 
 
 def declared_llama_cpp(lane: Lane) -> str | None:

@@ -16,11 +16,12 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError, ManifestErrors
+from .record import record
 from .yamlloc import MAX_BYTES, Located, dotted, load_yaml
 
 KINDS = ("hf-dir", "gguf", "adapter", "hf-cache", "file")
@@ -35,7 +36,7 @@ MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
 MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Source:
     """Where a lane's bytes come from.
 
@@ -292,7 +293,7 @@ def _gs_source(raw: str) -> Source:
     return Source("gs", raw, repo=bucket, path_in_repo=name or None, revision=generation or None)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FileExpect:
     """What the manifest or lock says a file must be."""
 
@@ -317,7 +318,7 @@ _SIGNATURE_KEYS = {"file", "method", "key", "certificate_chain", "identity", "is
 _SIGNATURE_ONLY = {"key": ("key",), "certificate": ("certificate_chain",), "sigstore": ("identity", "issuer", "trusted_root")}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SignaturePolicy:
     """What must have signed a lane (an OpenSSF model signature: a Sigstore bundle whose
     DSSE envelope holds an in-toto statement listing every file with its digest).
@@ -348,7 +349,7 @@ SERVE_ENGINES = ("vllm", "llama.cpp")
 _SERVE_KEYS = {"engine", "version", "args"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ServeSpec:
     """`serve: {engine, version, args}`: the engine and the flags its command already uses."""
 
@@ -362,7 +363,7 @@ class ServeSpec:
         return parse_args(self.engine, list(self.args))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lane:
     """One lane as the manifest gives it, defaults applied."""
 
@@ -404,7 +405,7 @@ class Lane:
         return self.kind in DIR_KINDS
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Manifest:
     """A parsed manifest: its lanes, profiles and settings, and the file it came from."""
 

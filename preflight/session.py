@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,13 +13,14 @@ from .check import STATE_DIR, Context, check_lanes
 from .errors import ExitCode, PreflightError, UsageError
 from .integrity import Receipts
 from .manifest import Lane, Manifest, load_manifest, split_lanes
+from .record import record
 from .report import Outputs, Report, emit, track
 
 if TYPE_CHECKING:
     from .lockfile import Lock
 
 
-@dataclass
+@record
 class Session:
     """One command's run over the volume: the manifest, the selected lanes, the check context, the report."""
 
