@@ -9,24 +9,30 @@ import fnmatch
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import problems as P
 from .errors import ManifestError
 from .integrity import Receipts, hash_files
-from .lockfile import Lock, lock_entry, parse_sha256sum
 from .manifest import FileExpect, Lane, Manifest
 from .problems import Problem
+from .record import record
 from .report import LaneResult
+
+if TYPE_CHECKING:
+    from .lockfile import Lock, LockedLane
 
 STATE_DIR = ".preflight"
 SKIP_DIRS = {STATE_DIR, ".git", ".cache", ".dvc", "__pycache__"}
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
-@dataclass
+@record
 class Context:
+    """What a check of lanes runs against: the manifest, the volume, its receipts, the lock."""
+
     manifest: Manifest
     models_dir: Path
     receipts: Receipts
@@ -42,8 +48,10 @@ class Context:
         return os.path.realpath(self.models_dir)
 
 
-@dataclass
+@record
 class FileObs:
+    """One file a lane should hold, as seen: its stat and, once known, its digests."""
+
     rel: str  # relative to the lane's folder
     abs: Path
     expect: FileExpect | None
@@ -52,7 +60,7 @@ class FileObs:
     from_receipt: bool = False
 
 
-@dataclass
+@record
 class LanePlan:
     """What a lane should contain and what was seen of it."""
 
@@ -161,10 +169,20 @@ def gguf_split_names(name: str) -> list[str]:
 def locked_lane(ctx: Context, lane: Lane):
     """The lock's entry for the lane, unless the lock was made for another source (then it
     says nothing about this lane: see `lock_drift`)."""
-    locked = lock_entry(ctx.lock, lane)
+    locked = lock_entry(ctx, lane)
     if locked is not None and lock_drift(locked, lane):
         return None
     return locked
+
+
+def lock_entry(ctx: Context, lane: Lane) -> LockedLane | None:
+    """The lock's entry for the lane, whatever source the lock was made for (the lock module
+    loads only when there is a lock)."""
+    if ctx.lock is None:
+        return None
+    from .lockfile import lock_entry
+
+    return lock_entry(ctx.lock, lane)
 
 
 def lock_drift(locked, lane: Lane) -> bool:
@@ -209,6 +227,8 @@ def load_checksums(ctx: Context, lane: Lane) -> dict[str, FileExpect]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"cannot read checksum file: {exc.strerror}", file=str(p), field=f"lanes.{lane.name}.checksums") from None
+    from .lockfile import parse_sha256sum
+
     return parse_sha256sum(text, str(p))
 
 
@@ -216,7 +236,7 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
     """Stat every expected file, trust or schedule digests, flag escapes. No hashing yet."""
     locked = locked_lane(ctx, lane)
     result = LaneResult(lane.name, lane.kind, lane.path, lane.required, source=lane.source.display() if lane.source else None)
-    drifted = lock_entry(ctx.lock, lane) if locked is None else None
+    drifted = lock_entry(ctx, lane) if locked is None else None
     if drifted is not None:
         result.problems.append(P.warning(lane.path, P.LOCK_DRIFT, f"the lock was made for source {drifted.source}, the manifest says "
                                          f"{lane.source.raw if lane.source else None}; its digests are not used (run `preflight lock` again)"))
@@ -262,10 +282,11 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
         if not froot.is_dir():
             result.problems.append(P.error(lane.path, P.NOT_A_DIRECTORY, f"{lane.path} is not a folder"))
             return plan
+    real_root = os.path.realpath(froot)
     for rel, exp in sorted(expected.items()):
         obs = FileObs(rel, froot / rel, exp)
         plan.files[rel] = obs
-        real = os.path.realpath(obs.abs)
+        real = realpath_under(real_root, rel)
         if not inside(real_models, real):
             result.problems.append(P.error(rel, P.PATH_ESCAPE, f"{rel} resolves to {real}, outside the models folder; not read"))
             continue
@@ -305,6 +326,18 @@ def observe(ctx: Context, lane: Lane, remote: dict[str, FileExpect] | None = Non
                 obs.digests = rec
                 obs.from_receipt = True
     return plan
+
+
+def realpath_under(real_root: str, rel: str) -> str:
+    """`os.path.realpath` of `rel` under a folder whose real path is `real_root`, looking only
+    at the components of `rel` (one lstat each, instead of one per component of the whole
+    path): a link among them, or a `.`/`..`, is resolved in full."""
+    path = real_root
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        if part in ("", ".", "..") or os.path.islink(path):
+            return os.path.realpath(os.path.join(real_root, rel))
+    return path
 
 
 def _missing_folder(ctx: Context, lane: Lane, froot: Path, commit: str | None) -> str:
@@ -394,8 +427,7 @@ def check_formats(ctx: Context, plan: LanePlan, base_info=None):
         # tokenizers and ggml types those tables do not know are warnings instead of refusals.
         from .formats.gguf_model import engine_is_newer
 
-        serve = lane.serve
-        engine_newer = serve is not None and serve.engine == "llama.cpp" and engine_is_newer(serve.version)
+        engine_newer = engine_is_newer(declared_llama_cpp(lane))
         names = [rel for rel in plan.files]
         for rel in names:
             if rel in present:
@@ -484,16 +516,22 @@ def check_lanes(ctx: Context, lanes: list[Lane], remotes: dict[str, tuple[dict[s
 
 
 def lane_fingerprint(plan: LanePlan) -> str:
-    """What a lane's format checks depend on: its settings and each file's name and stat key."""
-    import hashlib
-
+    """What a lane's format checks depend on: its settings and each file's name and stat key.
+    Kept as text and compared whole: a digest of it would load OpenSSL on every warm re-check."""
     lane = plan.lane
-    engine = (lane.serve.engine, lane.serve.version) if lane.serve is not None else None  # a newer llama.cpp judges GGUFs otherwise
-    h = hashlib.sha256(repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, engine, str(plan.root))).encode())
+    parts = [repr((lane.kind, lane.path, lane.serves_text, lane.allow_pickle, lane.vocab_only, declared_llama_cpp(lane), str(plan.root)))]
     for rel, obs in sorted(plan.files.items()):
         st = obs.st
-        h.update(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))).encode())
-    return h.hexdigest()
+        parts.append(repr((rel, None if st is None else (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))))
+    return "\n".join(parts)
+
+
+def declared_llama_cpp(lane: Lane) -> str | None:
+    """The one serve setting a lane's format checks read: a GGUF lane's declared llama.cpp
+    version (a newer engine than the tables describe turns unknown names into warnings). How
+    else a lane is served is judged by fit, so serving it or not keeps its fingerprint."""
+    serve = lane.serve
+    return serve.version if lane.kind == "gguf" and serve is not None and serve.engine == "llama.cpp" else None
 
 
 def _base_info(ctx: Context, name: str):

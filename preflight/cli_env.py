@@ -46,7 +46,7 @@ def chosen_variants(manifest: Manifest, selected: list, root: Path, state_dir: s
     without a remembered choice, the candidates' config and headers; writes nothing."""
     from .check import STATE_DIR, Context
     from .integrity import Receipts
-    from .lockfile import default_lock_path, load_lock
+    from .lockfile import load_lock
     from .serving.accel import AcceleratorError, parse_declared
     from .serving.lane import NodeAccelerator
     from .serving.variants import apply
@@ -58,7 +58,7 @@ def chosen_variants(manifest: Manifest, selected: list, root: Path, state_dir: s
         except AcceleratorError as exc:
             raise UsageError(f"--accelerator {declared!r}: {exc}") from None
     sdir = Path(state_dir) if state_dir else root / STATE_DIR
-    lock_path = default_lock_path(manifest)
+    lock_path = manifest.lock_path
     ctx = Context(manifest, root, Receipts(sdir if sdir.is_dir() else None), load_lock(lock_path) if lock_path.exists() else None)
     ctx.accelerator = NodeAccelerator(declared)
     return apply(ctx, selected)

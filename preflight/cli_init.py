@@ -39,7 +39,6 @@ def init_command(sources: tuple[str, ...], models_dir: str | None, output: str, 
       preflight init -d /srv/models hf://org/coder@main      # adopt, and say where vllm/coder comes from
     """
     from . import init as I
-    from .lockfile import default_lock_path
     from .manifest import load_manifest
 
     if not sources and not models_dir:
@@ -91,7 +90,7 @@ def init_command(sources: tuple[str, ...], models_dir: str | None, output: str, 
             if token_file:
                 _readable(token_file)
             make_lock(str(out), None, "json", tuple(from_sources), token_file)
-        assert default_lock_path(manifest) == lock_path
+        assert manifest.lock_path == lock_path
     code = ExitCode.READY
     if root is not None:
         code = _verify(manifest, lock_path, adopted, found)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
+from .record import record
 from .volume import Volume
 
 # File reads: small enough that the copy out of the page cache stays in the CPU cache
@@ -27,6 +26,8 @@ class Hasher:
     """
 
     def __init__(self, algos: Iterable[str], size: int | None = None) -> None:
+        import hashlib  # here, not at the top: loading OpenSSL costs a warm re-check, which hashes nothing
+
         self._h: dict[str, "hashlib._Hash | Crc32c"] = {}
         for algo in algos:
             if algo == "sha256":
@@ -182,8 +183,10 @@ def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = No
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StatKey:
+    """What a receipt holds a file to: it is trusted while these are unchanged."""
+
     size: int
     mtime_ns: int
     ctime_ns: int

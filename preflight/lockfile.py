@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ManifestError
 from .volume import write_file_atomic
-from .manifest import FileExpect, Manifest, normalise_rel
+from .manifest import FileExpect, normalise_rel
 
 LOCK_VERSION = 1
 _SHA256SUM_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<path>.+)$")
@@ -61,13 +61,6 @@ class Lock:
 
     def save(self) -> None:
         write_file_atomic(Path(self.path), self.to_json().encode())
-
-
-def default_lock_path(manifest: Manifest) -> Path:
-    base = Path(manifest.file).parent
-    if manifest.lock:
-        return base / manifest.lock
-    return base / (Path(manifest.file).stem + ".lock.json")
 
 
 def load_lock(path: str | os.PathLike) -> Lock:

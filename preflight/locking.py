@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .lockfile import Lock, LockedLane, default_lock_path, format_sha256sum, load_lock
+from .lockfile import Lock, LockedLane, format_sha256sum, load_lock
 from .manifest import FileExpect, load_manifest, split_lanes
 from .volume import write_file_atomic
 
@@ -17,7 +17,7 @@ def make_lock(manifest_path: str, output: str | None, fmt: str, lanes: tuple[str
     manifest = load_manifest(manifest_path)
     names = split_lanes(lanes)
     selected = manifest.select(None, names) if names else list(manifest.lanes)
-    path = Path(output) if output and output != "-" else default_lock_path(manifest)
+    path = Path(output) if output and output != "-" else manifest.lock_path
     lock = load_lock(path) if (fmt == "json" and path.exists() and output != "-") else Lock(str(path))
     token: list[str | None] = []
 

@@ -16,11 +16,12 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError, ManifestErrors
+from .record import record
 from .yamlloc import MAX_BYTES, Located, dotted, load_yaml
 
 KINDS = ("hf-dir", "gguf", "adapter", "hf-cache", "file")
@@ -35,7 +36,7 @@ MAX_NAME_BYTES = 255  # one path component (NAME_MAX)
 MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Source:
     """Where a lane's bytes come from.
 
@@ -204,12 +205,13 @@ def _hf_source(raw: str, revision: str | None) -> Source:
     return Source("hf", raw, repo=repo, path_in_repo=path_in_repo, revision=rev or revision or "main", repo_type=repo_type)
 
 
-_OCI_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?))*(?::[0-9]{1,5})?$"
-                       r"|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
-_OCI_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$")  # distribution spec
-_OCI_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_OCI_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_S3_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+# The object-store and registry sources' patterns, compiled (and cached by `re`) when such a source is read.
+_OCI_HOST = (r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?))*(?::[0-9]{1,5})?$"
+             r"|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
+_OCI_REPO = r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$"  # distribution spec
+_OCI_TAG = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+_OCI_DIGEST = r"^sha256:[0-9a-f]{64}$"
+_S3_BUCKET = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$"
 
 
 def _oci_source(raw: str, revision: str | None) -> Source:
@@ -217,28 +219,28 @@ def _oci_source(raw: str, revision: str | None) -> Source:
     rest = raw[len("oci://"):]
     ref, sep, path = rest.partition("//")
     host, _, repo_ref = ref.partition("/")
-    if not host or not _OCI_HOST.match(host):
+    if not host or not re.match(_OCI_HOST, host):
         raise ValueError(f"{_show(host)} is not a registry host (expected oci://REGISTRY[:PORT]/REPO[:TAG|@sha256:DIGEST][//PATH])")
     digest = tag = None
     if "@" in repo_ref:
         repo, digest = repo_ref.split("@", 1)
-        if not _OCI_DIGEST.match(digest):
+        if not re.match(_OCI_DIGEST, digest):
             raise ValueError(f"{_show(digest)} is not a manifest digest (sha256: and 64 lowercase hex digits)")
     else:
         repo = repo_ref
         last = repo.rsplit("/", 1)[-1]
         if ":" in last:
             repo, tag = repo.rsplit(":", 1)
-            if not _OCI_TAG.match(tag):
+            if not re.match(_OCI_TAG, tag):
                 raise ValueError(f"{_show(tag)} is not a tag (letters, digits, '_', '.', '-'; at most 128)")
-    if not repo or not _OCI_REPO.match(repo):
+    if not repo or not re.match(_OCI_REPO, repo):
         raise ValueError(f"{_show(repo)} is not a repository name (lowercase letters, digits and . _ - between them, / between parts)")
     if revision and (tag or digest) and revision not in (tag, digest):
         raise ValueError(f"revision given twice: {tag or digest} in source and revision: {revision}")
     if revision and not (tag or digest):
-        if _OCI_DIGEST.match(revision):
+        if re.match(_OCI_DIGEST, revision):
             digest = revision
-        elif _OCI_TAG.match(revision):
+        elif re.match(_OCI_TAG, revision):
             tag = revision
         else:
             raise ValueError(f"revision {_show(revision)} is neither a tag nor a sha256: digest")
@@ -254,7 +256,7 @@ def _s3_source(raw: str) -> Source:
     """s3://BUCKET/PREFIX (a folder lane) or s3://BUCKET/KEY (a file lane)."""
     rest = raw[len("s3://"):]
     bucket, _, key = rest.partition("/")
-    if not bucket or not _S3_BUCKET.match(bucket):
+    if not bucket or not re.match(_S3_BUCKET, bucket):
         raise ValueError(f"{_show(bucket)} is not a bucket name (expected s3://BUCKET/PREFIX or s3://BUCKET/KEY)")
     if any(p in (".", "..") for p in key.split("/")):
         raise ValueError("'.' and '..' are not allowed in an S3 key or prefix")
@@ -263,8 +265,8 @@ def _s3_source(raw: str) -> Source:
 
 # Cloud Storage bucket names: 3-63 characters (up to 222 with dots), lowercase letters,
 # digits, '-', '_' and '.', starting and ending with a letter or digit.
-_GS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_GS_GENERATION = re.compile(r"^[0-9]{1,19}$")
+_GS_BUCKET = r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"
+_GS_GENERATION = r"^[0-9]{1,19}$"
 MAX_GS_NAME = 1024  # bytes of UTF-8, Cloud Storage's limit for an object name
 
 
@@ -275,10 +277,10 @@ def _gs_source(raw: str) -> Source:
     URLs; `@` is an ordinary character of object names."""
     rest = raw[len("gs://"):]
     rest, sep, generation = rest.partition("#")
-    if sep and not _GS_GENERATION.match(generation):
+    if sep and not re.match(_GS_GENERATION, generation):
         raise ValueError(f"{_show(generation)} is not an object generation (digits after '#', e.g. gs://BUCKET/OBJECT#1712345678901234)")
     bucket, _, name = rest.partition("/")
-    if not bucket or not _GS_BUCKET.match(bucket):
+    if not bucket or not re.match(_GS_BUCKET, bucket):
         raise ValueError(f"{_show(bucket)} is not a Cloud Storage bucket name (lowercase letters, digits, '-', '_', '.'; "
                          "expected gs://BUCKET/PREFIX or gs://BUCKET/OBJECT)")
     if any(p in (".", "..") for p in name.split("/")):
@@ -291,7 +293,7 @@ def _gs_source(raw: str) -> Source:
     return Source("gs", raw, repo=bucket, path_in_repo=name or None, revision=generation or None)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FileExpect:
     """What the manifest or lock says a file must be."""
 
@@ -316,7 +318,7 @@ _SIGNATURE_KEYS = {"file", "method", "key", "certificate_chain", "identity", "is
 _SIGNATURE_ONLY = {"key": ("key",), "certificate": ("certificate_chain",), "sigstore": ("identity", "issuer", "trusted_root")}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SignaturePolicy:
     """What must have signed a lane (an OpenSSF model signature: a Sigstore bundle whose
     DSSE envelope holds an in-toto statement listing every file with its digest).
@@ -347,7 +349,7 @@ SERVE_ENGINES = ("vllm", "llama.cpp")
 _SERVE_KEYS = {"engine", "version", "args"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ServeSpec:
     """`serve: {engine, version, args}`: the engine and the flags its command already uses."""
 
@@ -361,8 +363,10 @@ class ServeSpec:
         return parse_args(self.engine, list(self.args))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lane:
+    """One lane as the manifest gives it, defaults applied."""
+
     name: str
     kind: str
     path: str  # relative to models_dir, normalised, never escaping it
@@ -401,8 +405,10 @@ class Lane:
         return self.kind in DIR_KINDS
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Manifest:
+    """A parsed manifest: its lanes, profiles and settings, and the file it came from."""
+
     file: str
     version: int
     models_dir: str
@@ -411,6 +417,12 @@ class Manifest:
     endpoints: tuple[Mapping[str, Any], ...] = ()
     lock: str | None = None
     accelerator: Any = None  # declared: "2x80GiB,cc=9.0" or a mapping (serving/accel.py)
+
+    @property
+    def lock_path(self) -> Path:
+        """Where the manifest's lock lives: its `lock:`, else <manifest>.lock.json, beside the manifest."""
+        base = Path(self.file).parent
+        return base / (self.lock or Path(self.file).stem + ".lock.json")
 
     def lane(self, name: str) -> Lane:
         for lane in self.lanes:

@@ -6,7 +6,9 @@ contract); add new ones, never rename.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+
+from .record import record
 
 # Stable problem codes.
 MISSING = "missing"
@@ -110,7 +112,7 @@ FIT_UNKNOWN = "fit-unknown"  # warning: something fit could not judge (no GPU se
 SERVE_INVALID = "serve-invalid"  # the lane's serve args cannot be parsed as the engine parses them
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Problem:
     """One finding. `path` is relative to the lane (or the file name) when known."""
 

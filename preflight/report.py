@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import IO, Any
 
 from . import problems as P
 from .errors import ExitCode
-from .volume import overwrite_file, write_file_atomic
 from .problems import Problem
+from .record import record
 from .redact import redact
+from .volume import overwrite_file, write_file_atomic
 
 READY, MISSING, INVALID, SKIPPED = "ready", "missing", "invalid", "skipped"
 # Errors that say a file is not there (yet): a lane with only these is missing, not invalid.
@@ -27,8 +28,10 @@ SAID_BY_SIZE = frozenset({P.TRUNCATED, P.TRAILING_DATA, P.TENSOR_OUT_OF_BOUNDS})
 # retyped. JSON Schemas: `preflight schema NAME`, and schemas/ in the repository.
 SCHEMA_VERSION = 1
 
-@dataclass
+@record
 class LaneResult:
+    """What was found of one lane: its status, problems and figures."""
+
     name: str
     kind: str
     path: str
@@ -100,8 +103,10 @@ class LaneResult:
         return d
 
 
-@dataclass
+@record
 class Report:
+    """The report of one command: every lane's result, the exit code and the reason."""
+
     command: str
     models_dir: str | None
     lanes: list[LaneResult] = field(default_factory=list)
@@ -302,7 +307,7 @@ def write_report_file(path: str, report: Report) -> None:
 # --------------------------------------------------------------------------- every exit
 
 
-@dataclass
+@record
 class Outputs:
     """Where a run's report goes: --json (stdout), --report FILE, --termination-log, --quiet."""
 

@@ -6,19 +6,24 @@ import errno
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .check import STATE_DIR, Context, check_lanes
 from .errors import ExitCode, PreflightError, UsageError
 from .integrity import Receipts
-from .lockfile import Lock, default_lock_path, load_lock
 from .manifest import Lane, Manifest, load_manifest, split_lanes
+from .record import record
 from .report import Outputs, Report, emit, track
 
+if TYPE_CHECKING:
+    from .lockfile import Lock
 
-@dataclass
+
+@record
 class Session:
+    """One command's run over the volume: the manifest, the selected lanes, the check context, the report."""
+
     manifest: Manifest
     lanes: list[Lane]
     ctx: Context
@@ -41,8 +46,10 @@ class Session:
         if not selected:
             raise UsageError("no lanes selected (every lane is disabled, or the profile/lane filter matched none)")
         lock_obj: Lock | None = None
-        lock_path = Path(lock) if lock else default_lock_path(m)
+        lock_path = Path(lock) if lock else m.lock_path
         if lock or (lock_path.exists() and not built):
+            from .lockfile import load_lock
+
             lock_obj = load_lock(lock_path)
         if command in ("check", "status") and not root.is_dir():  # sync creates it
             report.notes.append(f"models folder {root} " + ("is not a folder" if root.exists() else "does not exist"))

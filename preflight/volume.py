@@ -32,7 +32,6 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterator
@@ -385,7 +384,7 @@ class Volume:
             if not replace:
                 os.symlink(target, name, dir_fd=fd)
                 return
-            tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.lnk"
+            tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.lnk"
             os.symlink(target, tmp, dir_fd=fd)
             try:
                 os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
@@ -489,7 +488,7 @@ def _quiet_unlink(name: str, dir_fd: int | None = None) -> None:
 
 
 def _atomic_in(dir_fd: int | None, name: str, data: bytes, fsync: bool) -> None:
-    tmp = f".{os.path.basename(name)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = f".{os.path.basename(name)}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     if dir_fd is None:
         tmp = os.path.join(os.path.dirname(name), tmp)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW

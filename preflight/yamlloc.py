@@ -22,12 +22,13 @@ import os
 import re
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import yaml
 
 from .errors import ManifestError
+from .record import record
 
 MAX_BYTES = 4 << 20
 MAX_VALUES = 250_000
@@ -44,7 +45,7 @@ PathKey = tuple  # ("lanes", 0, "path")
 Lines = Any
 
 
-@dataclass
+@record
 class Located:
     """A loaded document plus the line (1-based) of every value, by key path."""
 
@@ -206,8 +207,10 @@ _MERGE = "tag:yaml.org,2002:merge"
 _RETYPE = (_BOOL, _INT)
 
 
-@dataclass
+@record
 class _Anchor:
+    """An anchored node, and what each alias of it adds to the document's bounds."""
+
     value: Any
     lines: Lines
     values: int  # what one alias of it counts as

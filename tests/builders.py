@@ -360,6 +360,70 @@ def write_sparse_gguf(path: str | os.PathLike[str], data_bytes: int, *, n_tensor
     return Path(path)
 
 
+def write_sparse_gguf_decoder(path: str | os.PathLike[str], *, arch: str, n_embd: int, n_ff: int, n_layer: int, n_head: int,
+                              n_head_kv: int, n_vocab: int, qkv_bias: bool = False, tied: bool = False, quant: str = "Q4_K",
+                              context_length: int = 8192, pre: str = "llama-bpe") -> Path:
+    """A real GGUF header of a dense decoder (`llama`, `qwen2`) as llama.cpp's loader for `arch`
+    asks for it, at full size: its hyper-parameters, a BPE ("gpt2") vocabulary of `n_vocab` tokens
+    whose merges join two tokens into a third, and every tensor (2-D ones in `quant`, norms and
+    biases F32, `output.weight` unless `tied`); the data is a hole, so an 8B model costs no disk."""
+    head = n_embd // n_head
+    q, kv = n_head * head, n_head_kv * head
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
+    if not tied:
+        shapes["output.weight"] = (n_vocab, n_embd)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        shapes |= {b + "attn_norm.weight": (n_embd,), b + "attn_q.weight": (q, n_embd), b + "attn_k.weight": (kv, n_embd),
+                   b + "attn_v.weight": (kv, n_embd), b + "attn_output.weight": (n_embd, q), b + "ffn_norm.weight": (n_embd,),
+                   b + "ffn_gate.weight": (n_ff, n_embd), b + "ffn_up.weight": (n_ff, n_embd), b + "ffn_down.weight": (n_embd, n_ff)}
+        if qkv_bias:
+            shapes |= {b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)}
+    n_pairs = n_vocab // 3
+    pairs = [(f"p{2 * i}", f"p{2 * i + 1}") for i in range(n_pairs)]
+    tokens = [t for a, b in pairs for t in (a, b, a + b)] + [f"tok{i}" for i in range(n_vocab - 3 * n_pairs)]
+    w = gguf.GGUFWriter(os.fspath(path), arch)
+    w.add_name(f"sparse {arch}")
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(head)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if quant == "Q4_K" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([1] * n_vocab)
+    w.add_token_merges([f"{a} {b}" for a, b in pairs])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    qtype = _gguf_type(quant)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    f32 = GGML_QUANT_SIZES[gguf.GGMLQuantizationType.F32][1]
+    total = 0
+    for name, shape in shapes.items():
+        count = int(np.prod(shape))
+        if len(shape) == 1:
+            w.add_tensor_info(name, shape, np.dtype(np.float32), count * f32)
+            nbytes = count * f32
+        else:
+            nbytes = count // block * type_size
+            w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+        total += -(-nbytes // 32) * 32
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(path, "r+b") as f:
+        data_start = -(-f.seek(0, os.SEEK_END) // 32) * 32
+        f.truncate(data_start + total)
+    return Path(path)
+
+
 class GGUFFieldOffsets(NamedTuple):
     type_offset: int  # where the u32 value type (KV) or ggml type (tensor) is
     value_offset: int  # where the value (KV) or the u64 data offset (tensor) is

@@ -407,6 +407,65 @@ def test_receipts_skip_rehash_and_catch_rewrite_in_place(vol: Volume) -> None:
     assert r.lane("blob")["hashed_bytes"] == len(data)
 
 
+# Run in a fresh interpreter: `preflight check`, then, when it exits, the modules loaded (one per
+# line) and the classes of preflight's modules whose dataclass methods were compiled by
+# dataclasses (as "compiled: module.Class" lines) to argv[1].
+_MODULES_AT_EXIT = """
+import atexit, sys
+out = sys.argv.pop(1)
+
+def compiled():
+    for name, module in list(sys.modules.items()):
+        if name.startswith("preflight"):
+            for value in list(vars(module).values()):
+                init = getattr(value, "__init__", None) if isinstance(value, type) else None
+                if hasattr(value, "__dataclass_fields__") and getattr(getattr(init, "__code__", None), "co_filename", "") == "<string>":
+                    yield f"compiled: {name}.{value.__qualname__}"
+
+atexit.register(lambda: open(out, "w").write("\\n".join([*sorted(sys.modules), *sorted(set(compiled()))])))
+sys.argv = ["preflight", *sys.argv[1:]]
+from preflight.cli import main
+main()
+"""
+
+# What a warm re-check of lanes whose files passed before does not need: the format and model
+# checks (their verdicts are in the receipts), the lock (there is none), the sources and sync,
+# fit, hashing libraries' extras, and the heavy third-party modules.
+_NOT_ON_THE_WARM_PATH = ("preflight.formats", "preflight.serving", "preflight.sources", "preflight.sync", "preflight.lockfile",
+                         "preflight.signing", "preflight.dvc", "secrets", "hmac", "numpy", "gguf", "safetensors", "httpx",
+                         "huggingface_hub", "docker", "concurrent.futures", "logging", "hashlib", "_hashlib")
+
+
+def _modules_at_exit(vol: Volume, tmp_path: Path) -> tuple[int, set[str]]:
+    import subprocess
+    import sys
+
+    out = tmp_path / "modules.txt"
+    proc = subprocess.run([sys.executable, "-c", _MODULES_AT_EXIT, str(out), "check", "-m", str(vol.manifest), "-d", str(vol.models),
+                           "--quiet", "--termination-log", ""], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    return proc.returncode, set(out.read_text().splitlines())
+
+
+def test_a_warm_recheck_imports_no_format_check_lock_or_source(vol: Volume, tmp_path: Path) -> None:
+    vol.put("vllm/tiny", hf_model())
+    vol.put("vllm/sharded", hf_model(sharded=True))
+    vol.put("gguf", gguf_file("tiny.Q8_0.gguf"))
+    vol.lanes(f"""
+        {HF}
+        - {{name: sharded, kind: hf-dir, path: vllm/sharded}}
+        - {{name: one-gguf, kind: gguf, path: gguf/tiny.Q8_0.gguf}}
+    """)
+    code, cold = _modules_at_exit(vol, tmp_path)
+    assert code == 0 and "preflight.formats.gguf" in cold and "preflight.formats.hfdir" in cold
+    code, warm = _modules_at_exit(vol, tmp_path)
+    assert code == 0 and "preflight.check" in warm
+    loaded = sorted(m for m in warm if any(m == n or m.startswith(n + ".") for n in _NOT_ON_THE_WARM_PATH))
+    assert loaded == []
+    # Every record a warm re-check builds is a preflight.record.record: @dataclass would compile
+    # its methods at import, which costs more than the re-check's own work (preflight/record.py).
+    assert sorted(m for m in warm if m.startswith("compiled: ")) == []
+
+
 def test_state_dir_keeps_receipts_elsewhere(vol: Volume) -> None:
     data = b"x" * 4096
     _pinned_file(vol, data)

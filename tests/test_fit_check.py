@@ -142,6 +142,14 @@ def test_a_warm_recheck_judges_fit_from_the_receipts_and_reads_no_header(tmp_pat
     third = json.loads(other.stdout)["lanes"][0]["fit"]
     assert opened == [] and third["inputs_from"] == "receipts" and third["gpu_total_bytes"] == 80 * 2**30
     assert third["weights_bytes_per_gpu"] == first["weights_bytes_per_gpu"]
+    # the same files checked without `serve:` (another manifest on the volume) are the same lane to
+    # the format checks: neither run reads a header again, nor forgets the fit inputs
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"version": 1, "models_dir": str(models), "lanes": [{k: v for k, v in lane.items() if k != "serve"}]}))
+    opened, unserved = _weights_opened("check", "-m", str(plain), "--json")
+    assert opened == [] and unserved.returncode == 0, unserved.stderr
+    opened, served_again = _weights_opened("check", "-m", str(served), "--json", *node)
+    assert opened == [] and json.loads(served_again.stdout)["lanes"][0]["fit"]["inputs_from"] == "receipts"
     # a shard rewritten in place changes the fingerprint: its headers are read again
     shard = sorted(folder.glob("*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes())

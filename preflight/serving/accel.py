@@ -43,6 +43,8 @@ class AcceleratorError(ValueError):
 
 @dataclass(frozen=True)
 class Device:
+    """One accelerator device: its name, its memory and, for NVIDIA, its compute capability."""
+
     name: str
     total: int  # bytes of memory the engine may allocate on it
     free: int | None = None  # bytes free now (detected only)
@@ -63,6 +65,8 @@ class Device:
 
 @dataclass(frozen=True)
 class Accelerator:
+    """A node as fit sees it: its devices and the container's memory limit and availability."""
+
     devices: tuple[Device, ...] = ()
     memory_limit: int | None = None  # the container's (cgroup) memory limit, None when unlimited
     memory_available: int | None = None  # MemAvailable
