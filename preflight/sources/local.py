@@ -81,17 +81,14 @@ def copy_to(src: Path, partial: StagedFile | Path, algos: tuple[str, ...], progr
         s.close()
         raise FetchError(f"stopped before copying {src}: another writer holds the volume now")
     with s:
-        with partial.writer(append=False) as d:
+        # Read and written at offsets (a clone target and copy_file_range refuse append-only descriptors).
+        with os.fdopen(partial.open(os.O_RDWR | os.O_CREAT | os.O_TRUNC), "r+b", buffering=0) as d:
             try:
-                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())  # (an append-only descriptor cannot be a clone target)
+                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
                 os.fsync(d.fileno())
                 return hash_file(partial, algos, progress, pipelined=True)
             except OSError:
                 pass
-            fd = os.open(f"/proc/self/fd/{d.fileno()}", os.O_RDWR) if os.path.isdir("/proc/self/fd") else partial.open(os.O_RDWR)
-        with os.fdopen(fd, "r+b", buffering=0) as d:
-            if os.fstat(d.fileno()).st_size:
-                raise IntegrityError(f"the staging copy of {src} changed under this process (another writer?); discarded")
             return _copy(s, d, src, algos, progress, may_write)
 
 
