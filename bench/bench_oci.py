@@ -5,7 +5,9 @@ Starts the CNCF distribution registry (Debian's docker-registry; `bash ops/regis
 installs it) on 127.0.0.1 with token auth (tests/oci_servers.py's token server), its
 storage on the same disk as the checkout. One file of --size-mib random bytes:
   - pull: `preflight sync` of a file lane from oci://…:v1 into an empty folder, against
-    `curl -o` of the same blob URL with the same kind of bearer token. Target <= 1.3x.
+    `curl -o` of the same blob URL with the same kind of bearer token (target <= 1.3x),
+    and against the floor max(curl, `openssl dgst -sha256` of the same bytes), bench/
+    common.Floor: printed as `ratio to floor`, target <= 1.15x.
   - push: `preflight push` of the verified lane into a fresh repository (a full upload:
     the registry links blobs per repository), against the registry's own monolithic
     upload with curl (POST an upload session, then `curl -T FILE -X PUT …?digest=`).
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Targets, compile_package, interleave, median, preflight_cmd, run, scratch, write_random  # noqa: E402
+from bench.common import HASH_LABEL, Floor, Runs, Targets, compile_package, interleave, median, preflight_cmd, run, scratch, warm, write_random  # noqa: E402
 from tests.oci_servers import RegistryServer  # noqa: E402
 
 MiB = 2**20
@@ -69,6 +71,8 @@ def bench(root: Path, reg: RegistryServer, size: int, rounds: int) -> int:
         {"name": "w", "kind": "file", "path": "w/weights.bin", "source": str(mirror), "sha256": digest[7:]}]}))
     run([*preflight_cmd(), "sync", "-m", str(src / "lanes.yaml")], env=env)
     run([*preflight_cmd(), "push", "w", "-m", str(src / "lanes.yaml"), "--to", f"oci://{reg.host}/bench/pull:v1"], env=env)
+    warm([mirror, reg.blob_path(digest)])
+    floor = Floor(Runs(), mirror)
     counter = {"n": 0}
 
     def pull_preflight() -> float:
@@ -109,12 +113,13 @@ def bench(root: Path, reg: RegistryServer, size: int, rounds: int) -> int:
                  "-T", str(mirror), url])
         return p.wall_s
 
-    times = interleave({"pull preflight": pull_preflight, "pull curl": pull_curl,
+    times = interleave({"pull preflight": pull_preflight, "pull curl": pull_curl, HASH_LABEL: floor.hash_once,
                         "push preflight": push_preflight, "push curl": push_curl}, rounds)
     for name, values in times.items():
-        print(f"{name:15s} median {median(values):6.2f}s  ({', '.join(f'{v:.2f}' for v in values)}); "
+        print(f"{name:21s} median {median(values):6.2f}s  ({', '.join(f'{v:.2f}' for v in values)}); "
               f"{size / MiB / median(values):.0f} MiB/s", flush=True)
     t = Targets()
+    floor.check(t, {k: median(v) for k, v in times.items()}, "pull preflight", "pull curl", f"pull, {size // MiB} MiB raw layer")
     t.at_most("pull: preflight sync / curl", median(times["pull preflight"]) / median(times["pull curl"]), TARGET,
               f"{size // MiB} MiB raw layer")
     t.at_most("push: preflight push / curl monolithic PUT", median(times["push preflight"]) / median(times["push curl"]), TARGET,

@@ -11,7 +11,9 @@ round, into an empty folder on the same disk:
   - `curl -o` of a presigned URL for the same object (no hashing, no fsync);
   - botocore used directly, as `aws s3 cp` would use it without its transfer manager:
     get_object, the body streamed to a file in 1 MiB reads (no hashing, no fsync).
-Targets: sync <= 1.3x curl, peak RSS of sync <= 200 MB. Exits 1 when a target is missed.
+and `openssl dgst -sha256` of the same bytes. Targets: sync <= 1.15x the floor max(curl,
+sha256) (bench/common.Floor, printed as `ratio to floor`), sync <= 1.3x curl, peak RSS of
+sync <= 200 MB. Exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PY, MiB, Runs, Targets, compile_package, interleave, object_args, preflight_cmd, scratch  # noqa: E402
+from bench.common import HASH_LABEL, PY, Floor, MiB, Runs, Targets, compile_package, interleave, object_args, preflight_cmd, scratch, warm  # noqa: E402
 
 TARGET_CURL = 1.3
 TARGET_RSS_MB = 200.0
@@ -83,6 +85,8 @@ def main() -> int:
                 {"name": "big", "kind": "file", "path": "big/model.safetensors", "source": f"s3://{BUCKET}/{KEY}"}]}))
             sync = [*preflight_cmd(), "sync", "-m", str(manifest), "--quiet", "--termination-log", ""]
             runs = Runs()
+            warm([src])
+            floor = Floor(runs, src, env)
 
             def preflight_big() -> float:
                 fresh(out)
@@ -101,9 +105,10 @@ def main() -> int:
                 assert (folder / "model.safetensors").stat().st_size == size
                 return wall
 
-            times = interleave({"preflight sync": preflight_big, "curl presigned": curl_big, "botocore get_object": botocore_big},
-                               args.rounds)
+            times = interleave({"preflight sync": preflight_big, "curl presigned": curl_big, HASH_LABEL: floor.hash_once,
+                                "botocore get_object": botocore_big}, args.rounds)
             med = runs.medians(times, f"{args.gib:g} GiB object", size)
+            floor.check(targets, med, "preflight sync", "curl presigned", f"{args.gib:g} GiB object")
             print(f"  sync / botocore get_object: {med['preflight sync'] / med['botocore get_object']:.2f}x")
             targets.at_most(f"sync vs curl of a presigned URL, {args.gib:g} GiB over loopback",
                             med["preflight sync"] / med["curl presigned"], TARGET_CURL,

@@ -6,8 +6,9 @@ file URLs redirect to, streaming from files on disk):
   - org/big: one 2 GiB safetensors file (random data). Each round, into an empty
     folder on the same disk: `preflight sync` of a single-file lane, `curl -L -o`
     of the same URL, and `hf download org/big model.safetensors --local-dir D`
-    (HF_HUB_DISABLE_XET=1). Targets: sync <= 1.3x curl, sync >= 2x faster than
-    hf download, peak RSS of sync <= 200 MB. For reading the figures only: curl
+    (HF_HUB_DISABLE_XET=1), and `openssl dgst -sha256` of the same bytes. Targets: sync
+    <= 1.15x the floor max(curl, sha256) (bench/common.Floor, printed as `ratio to
+    floor`), sync <= 1.3x curl, sync >= 2x faster than hf download, peak RSS of sync <= 200 MB. For reading the figures only: curl
     followed by coreutils `sync FILE` (curl plus the fsync sync also does).
     With --chunk-kib N, also a sync with preflight's 1 MiB network read size patched to N KiB.
   - org/sharded: a folder lane of 8 x 128 MiB shards, synced with --workers 4
@@ -21,7 +22,6 @@ where fresh page-cache memory is costly (virtual machines). Exits 1 when a targe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PY, Targets, compile_package, interleave, median, preflight_cmd, run, scratch, warm, write_random  # noqa: E402
+from bench.common import HASH_LABEL, PY, Floor, Runs, Targets, compile_package, interleave, median, preflight_cmd, run, scratch, warm, write_random  # noqa: E402
 from tests.builders import write_sparse_safetensors_layout  # noqa: E402
 from tests.hubserver import HubServer  # noqa: E402
 
@@ -158,9 +158,10 @@ def main() -> int:
                 folder = fresh(out / "big")
                 return run([str(hf_cli), "download", "org/big", "model.safetensors", "--local-dir", str(folder)], env=env).wall_s
 
+            floor = Floor(Runs(), big, env)
             t0 = time.perf_counter()
             timers = {"preflight sync": preflight_big, "curl -L -o": curl_big, "curl -o, then sync FILE": curl_durable_big,
-                      "hf download": hf_big}
+                      "hf download": hf_big, HASH_LABEL: floor.hash_once}
             patched = f"sync, {args.chunk_kib} KiB chunks"
             if args.chunk_kib:
                 wrapped = [PY, "-c", CHUNK_WRAPPER, str(args.chunk_kib * 1024), *sync[2:]]
@@ -170,11 +171,8 @@ def main() -> int:
             size = big.stat().st_size
             for k, v in med.items():
                 cpu_note = f", CPU {median(cpu[k]):.2f}s" if k in cpu else ""
-                print(f"  2 GiB file, {k:22s} median {v:.2f}s = {size / v / MiB:.0f} MiB/s{cpu_note}  (runs: {', '.join(f'{x:.2f}' for x in times[k])})")
-            t_hash = time.perf_counter()
-            with open(big, "rb") as f:
-                hashlib.file_digest(f, "sha256")
-            print(f"  sha256 of the 2 GiB file alone, in this process: {time.perf_counter() - t_hash:.2f}s (CPU curl does not spend)")
+                print(f"  2 GiB file, {k:24s} median {v:.2f}s = {size / v / MiB:.0f} MiB/s{cpu_note}  (runs: {', '.join(f'{x:.2f}' for x in times[k])})")
+            floor.check(targets, med, "preflight sync", "curl -L -o", "2 GiB file over loopback")
             targets.at_most("sync vs curl, 2 GiB over loopback", med["preflight sync"] / med["curl -L -o"], TARGET_CURL,
                             f"{med['preflight sync']:.2f}s vs {med['curl -L -o']:.2f}s")
             targets.at_least("hf download time / sync time", med["hf download"] / med["preflight sync"], TARGET_HF,

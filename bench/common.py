@@ -168,6 +168,45 @@ class Runs:
         return med
 
 
+FLOOR_LIMIT = 1.15
+HASH_LABEL = "sha256 (openssl dgst)"
+
+
+class Floor:
+    """The floor of a verified download, measured in the same run as the download.
+
+    No download that checks sha256 can beat the slower of moving the bytes and hashing
+    them, so its floor is max(move, hash), each a median of interleaved runs:
+      - move: the reference command moving the same bytes from the same place into a
+        file on the same disk (curl -o FILE from the same server; cp for a mirror). To a
+        file, not to /dev/null: preflight must put every byte in that disk's page cache
+        too, and /dev/null would leave that cost out of the reference only. Neither
+        curl nor cp fsyncs; preflight does before it publishes, and that is not in
+        the floor (write-behind overlaps most of it);
+      - hash: `openssl dgst -sha256` of the same bytes from the page cache, the OpenSSL
+        sha256 that Python's hashlib calls (coreutils sha256sum does not use the CPU's
+        SHA instructions on this machine and is several times slower: it would flatter
+        the ratio).
+    """
+
+    def __init__(self, runs: Runs, data: Path, env: Mapping[str, str] | None = None) -> None:
+        self.runs, self.data, self.env = runs, data, dict(env if env is not None else os.environ)
+
+    def hash_once(self) -> float:
+        """One timed `openssl dgst -sha256` of the data (a timer for `interleave`, under HASH_LABEL)."""
+        return self.runs.timed(HASH_LABEL, ["openssl", "dgst", "-sha256", str(self.data)], self.env)
+
+    def check(self, targets: Targets, med: Mapping[str, float], sync: str, move: str, what: str) -> float:
+        """Print `sync`'s ratio to the floor max(med[move], med[HASH_LABEL]) and hold it to FLOOR_LIMIT."""
+        floor = max(med[move], med[HASH_LABEL])
+        bound = move if med[move] >= med[HASH_LABEL] else "sha256"
+        ratio = med[sync] / floor
+        print(f"  ratio to floor: {ratio:.2f}x ({sync} {med[sync]:.2f}s; floor {floor:.2f}s = max({move} {med[move]:.2f}s, "
+              f"sha256 {med[HASH_LABEL]:.2f}s), bound by {bound})", flush=True)
+        targets.at_most(f"{what}: {sync} / floor", ratio, FLOOR_LIMIT, f"{med[sync]:.2f}s vs {floor:.2f}s")
+        return ratio
+
+
 def warm(paths: Iterable[Path]) -> None:
     """Read files once so the page cache holds them, as on a restart of the container."""
     buf = bytearray(8 * 2**20)

@@ -412,8 +412,9 @@ class WriteBehind:
     (bytes before it came from an earlier process and are covered by the final fsync).
     """
 
-    def __init__(self, fd: int, start: int = 0, window: int = WRITE_BEHIND) -> None:
+    def __init__(self, fd: int, start: int = 0, window: int = WRITE_BEHIND, hashed: Callable[[], int] | None = None) -> None:
         self.fd, self.window = fd, window
+        self.hashed = hashed  # where a PrefixHasher reading the file back has got to: pages past it stay cached
         self.started = self.dropped = start
         self.enabled = hasattr(os, "posix_fadvise")
         self.engaged = False
@@ -430,6 +431,8 @@ class WriteBehind:
             # clean from there back to what was dropped before (a page still being written
             # stays cached; `finish` sweeps it).
             upto = self.started - self.window
+            if self.hashed is not None:
+                upto = min(upto, self.hashed())
             if upto > self.dropped:
                 os.posix_fadvise(self.fd, self.dropped, upto - self.dropped, os.POSIX_FADV_DONTNEED)
                 self.dropped = upto
@@ -446,3 +449,80 @@ class WriteBehind:
                 os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass
+
+
+class PrefixHasher:
+    """Hashes a file from `start` on a thread of its own while a writer fills it front to
+    back: the writer says how far it has written (`advance`), this thread reads that prefix
+    back from the page cache (READ_CHUNK at a time: the copy stays in the CPU cache for the
+    hash) and hashes it. The write and the hash then each take a core, and a verified copy
+    or download costs about the slower of the two instead of their sum. `fd` must be open
+    for reading (and is not closed here)."""
+
+    def __init__(self, fd: int, hasher: Hasher, start: int = 0) -> None:
+        self.fd, self.hasher = fd, hasher
+        self.hashed = start
+        self._written = start
+        self._end: int | None = None
+        self._stop = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="hash-prefix", daemon=True)
+        self._thread.start()
+
+    def advance(self, written: int) -> None:
+        with self._cond:
+            self._written = written
+            self._cond.notify()
+
+    def finish(self, end: int) -> dict[str, str]:
+        """Wait until the first `end` bytes are hashed; their digests."""
+        with self._cond:
+            self._written = self._end = end
+            self._cond.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.hasher.hexdigests()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        dropped = self.hashed
+        try:
+            while True:
+                with self._cond:
+                    while self.hashed >= self._written and self._end is None and not self._stop:
+                        self._cond.wait()
+                    if self._stop or (self._end is not None and self.hashed >= self._end):
+                        return
+                    reach = self._written
+                while self.hashed < reach:
+                    n = os.preadv(self.fd, [view[: min(READ_CHUNK, reach - self.hashed)]], self.hashed)
+                    if n <= 0:
+                        from .errors import IntegrityError
+
+                        raise IntegrityError(f"the file ends at byte {self.hashed}, where this process wrote bytes (another writer?); discarded")
+                    self.hasher.update(view[:n])
+                    self.hashed += n
+                    if self.hashed - dropped >= 2 * WRITE_BEHIND:
+                        _drop(self.fd, dropped, self.hashed - WRITE_BEHIND)
+                        dropped = self.hashed - WRITE_BEHIND
+                    if self._stop:
+                        return
+        except BaseException as exc:
+            self._error = exc
+
+
+def _drop(fd: int, start: int, end: int) -> None:
+    """Hashed pages behind the hash go from the page cache (those already written back)."""
+    try:
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):
+        pass

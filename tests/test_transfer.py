@@ -282,6 +282,45 @@ def test_a_pooled_connection_the_server_closed_is_replaced(tmp_path: Path, hub_s
     assert pool.opened >= 2
 
 
+def test_one_fast_connection_stays_alone_and_asks_for_growing_pieces(tmp_path: Path, hub_server: HubServer, monkeypatch) -> None:
+    """PREFLIGHT_RAMP on: a first connection judged fast enough (SOLO_SHARE 0: always) is the
+    only one, and each request asks for twice the last (fewer requests for the server to
+    authorise and open), up to SOLO_PIECE."""
+    data = big_weights(40 * MiB)
+    url = hub_server.add_url("/files/solo.bin", data)
+    monkeypatch.setenv("PREFLIGHT_RAMP", "1")
+    monkeypatch.setattr(transfer, "SOLO_SHARE", 0.0)
+    got = fetch_to(url, tmp_path / "w.part", expected_size=len(data), timeouts=Timeouts(10, 30), budget=Budget(16))
+    assert got.digests["sha256"] == hashlib.sha256(data).hexdigest()
+    gets = [r for r in hub_server.requests if r.method == "GET" and r.path == "/files/solo.bin"]
+    spans = [parse(g.range, len(data)) for g in gets]
+    assert union(spans) == [(0, len(data))] and sum(b - a for a, b in spans) == len(data)
+    first = pieces(len(data))
+    assert [b - a for a, b in spans][:3] == [first, 2 * first, 4 * first]
+    assert len({g.peer for g in gets}) == 1
+
+
+def test_a_slow_first_connection_opens_the_others(tmp_path: Path, hub_server: HubServer, monkeypatch) -> None:
+    """PREFLIGHT_RAMP on: while the first connection waits (held by the server), its rate is
+    below SOLO_SHARE of the hash speed, so the other connections are opened and fetch the rest."""
+    data = big_weights(40 * MiB)
+    url = hub_server.add_url("/files/slow.bin", data)
+    monkeypatch.setenv("PREFLIGHT_RAMP", "1")
+    first = pieces(len(data))
+    hold = hub_server.url_fault("/files/slow.bin").hold(first, 3 * first)  # the first connection's second request waits
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(got=fetch_to(url, tmp_path / "w.part", expected_size=len(data),
+                                                                     timeouts=Timeouts(10, 60), budget=Budget(16))))
+    t.start()
+    try:
+        wait_until("other connections to fetch past the held piece",
+                   lambda: len({r.peer for r in hub_server.requests if r.method == "GET" and r.path == "/files/slow.bin"}) > 1)
+    finally:
+        hold.release()
+        t.join(60)
+    assert result["got"].digests["sha256"] == hashlib.sha256(data).hexdigest()
+
+
 # --------------------------------------------------------------------------- limits, interruption, the staging file
 
 

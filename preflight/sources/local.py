@@ -1,5 +1,5 @@
 """A local mirror (a folder or NFS share): copy into staging, reflinked when the
-filesystem can, hashing as the bytes pass."""
+filesystem can, else copied by the kernel while a second thread hashes the copied prefix."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import FetchError, IntegrityError
-from ..integrity import READ_CHUNK, Hasher, WriteBehind, hash_file
+from ..integrity import READ_CHUNK, Hasher, PrefixHasher, WriteBehind, hash_file
 from ..volume import StagedFile, as_staged
 from ..manifest import FileExpect, Lane
 from . import Entry, Listing, Source, Transfer
@@ -22,11 +22,6 @@ if TYPE_CHECKING:
     from .http import Fetched
 
 FICLONE = 0x40049409
-
-
-def _write_all(f, data: memoryview) -> None:
-    while data:
-        data = data[f.write(data):]
 
 
 def mirror_root(lane: Lane, manifest_file: str) -> Path:
@@ -69,9 +64,10 @@ def listing(lane: Lane, manifest_file: str) -> dict[str, tuple[Path, FileExpect]
 
 def copy_to(src: Path, partial: StagedFile | Path, algos: tuple[str, ...], progress: Callable[[int], None] | None = None,
             may_write: Callable[[], bool] | None = None) -> dict[str, str]:
-    """Reflink when possible (then hash the result), else a streamed copy hashed on the way.
-    As for downloads: `may_write` before every write, appends only, and the file must end
-    exactly as long as what this process wrote."""
+    """Reflink when possible (then hash the result), else a copy made by the kernel
+    (copy_file_range: one copy, no Python per byte) hashed by a second thread as the copied
+    prefix grows, so the copy and the hash overlap. As for downloads: `may_write` before
+    every write, and the file must end exactly as long as what this process wrote."""
     partial = as_staged(partial)
     try:
         s = open(src, "rb", buffering=0)
@@ -85,41 +81,67 @@ def copy_to(src: Path, partial: StagedFile | Path, algos: tuple[str, ...], progr
         s.close()
         raise FetchError(f"stopped before copying {src}: another writer holds the volume now")
     with s:
-        with partial.writer(append=False) as d:
+        # Read and written at offsets (a clone target and copy_file_range refuse append-only descriptors).
+        with os.fdopen(partial.open(os.O_RDWR | os.O_CREAT | os.O_TRUNC), "r+b", buffering=0) as d:
             try:
-                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())  # (an append-only descriptor cannot be a clone target)
+                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
                 os.fsync(d.fileno())
-                return hash_file(partial, algos, progress)
+                return hash_file(partial, algos, progress, pipelined=True)
             except OSError:
                 pass
-        with partial.writer(append=True) as d:
-            return _stream(s, d, src, algos, progress, may_write)
+            return _copy(s, d, src, algos, progress, may_write)
 
 
-def _stream(s, d, src: Path, algos: tuple[str, ...], progress: Callable[[int], None] | None,
-            may_write: Callable[[], bool] | None) -> dict[str, str]:
+COPY_CHUNK = 8 * 2**20  # asked of copy_file_range at a time (the hash follows in steps this size)
+
+
+def _copy(s, d, src: Path, algos: tuple[str, ...], progress: Callable[[int], None] | None,
+          may_write: Callable[[], bool] | None) -> dict[str, str]:
     size = os.fstat(s.fileno()).st_size
-    hasher = Hasher(algos, size)
-    behind = WriteBehind(d.fileno())
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
+    prefix = PrefixHasher(d.fileno(), Hasher(algos, size))
+    behind = WriteBehind(d.fileno(), hashed=lambda: prefix.hashed)
+    kernel = hasattr(os, "copy_file_range")
+    buf = view = None
     done = 0
-    while True:
-        n = s.readinto(buf)
-        if not n:
-            break
-        if may_write is not None and not may_write():
-            raise FetchError(f"stopped copying {src}: another writer holds the volume now")
-        _write_all(d, view[:n])
-        hasher.update(view[:n])
-        done += n
-        behind.wrote(done)
-        if progress:
-            progress(n)
+    try:
+        while True:
+            if may_write is not None and not may_write():
+                raise FetchError(f"stopped copying {src}: another writer holds the volume now")
+            n = -1
+            if kernel:
+                try:
+                    n = os.copy_file_range(s.fileno(), d.fileno(), COPY_CHUNK, done, done)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+                        raise
+                    kernel = False  # not between these filesystems: through a buffer
+            if n < 0:
+                if buf is None:
+                    buf = bytearray(READ_CHUNK * 8)
+                    view = memoryview(buf)
+                n = os.preadv(s.fileno(), [view], done)
+                _pwrite_all(d.fileno(), view[:n], done)
+            if not n:
+                break
+            done += n
+            prefix.advance(done)
+            behind.wrote(done)
+            if progress:
+                progress(n)
+        digests = prefix.finish(done)
+    except BaseException:
+        prefix.abandon()
+        raise
     behind.finish()
     if os.fstat(d.fileno()).st_size != done:
         raise IntegrityError(f"the staging copy of {src} changed under this process (another writer?); discarded")
-    return hasher.hexdigests()
+    return digests
+
+
+def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
+    while data:
+        k = os.pwrite(fd, data, at)
+        data, at = data[k:], at + k
 
 
 def _why(path: Path, exc: OSError) -> str:

@@ -53,6 +53,7 @@ from ..errors import FetchError, IntegrityError, StalledError
 from ..integrity import Hasher
 from ..volume import StagedFile, as_staged
 from . import http as _http
+from . import zerocopy
 from .http import Cancel, Fetched, Opened, Timeouts, check_free, release, request
 from .pool import POOL, Budget
 
@@ -62,6 +63,11 @@ MIN_PIECE = 4 * MiB  # at least (a request costs a round trip or a first-byte la
 SPLIT_FROM = 16 * MiB  # smaller files are one stream
 HASH_STEP = MiB  # read back and hashed at a time
 CHECKPOINT = 1.0  # seconds between chunk map writes while bytes arrive
+SOLO_PROBE = 0.15  # seconds on the first connection alone before more are opened (when they would help)
+SOLO_RECHECK = 1.0  # seconds between later looks while one connection is fast enough
+SOLO_SHARE = 0.5  # one connection bringing bytes at this share of the hash speed is enough
+SOLO_PIECE = 128 * MiB  # the largest piece one connection asks for while it is the only one
+HASH_GUESS = 1e9  # bytes/s assumed for sha256 before this process has timed its own
 DROP_BEHIND = 32 * MiB  # hashed bytes kept in the page cache behind the prefix before they are dropped
 MAP_MAX = 4 * MiB  # a chunk map larger than this is not read
 
@@ -347,6 +353,11 @@ class _Ranged:
         self.target_url = url
         self.target_headers: dict[str, str] = {}
         self.dirty = False
+        # more than the first connection may be opened (see _widen); PREFLIGHT_RAMP=0: all at once
+        self.wide = conns <= 1 or os.environ.get("PREFLIGHT_RAMP", "").strip() == "0"
+        self.solo_piece = 0
+        self.look = (0.0, 0)  # (when, bytes arrived by then): the last look at the first connection's rate
+        self.splice = True  # plain-HTTP bodies go socket -> file in the kernel (sources/zerocopy.py) until refused
         self._local = threading.local()
 
     # -- the coordinator (the calling thread)
@@ -357,6 +368,7 @@ class _Ranged:
         resumed = done.total()
         missing = done.missing(size)
         self.piece = piece_size(size, self.conns)
+        self.solo_piece = self.piece // 2
         self.pending.extend(missing)
         if missing:
             check_free(self.partial, sum(b - a for a, b in missing))
@@ -381,13 +393,14 @@ class _Ranged:
             self.fd = self.partial.open(os.O_RDWR | os.O_CREAT)
             if opened is not None:
                 save_map(self.mfile, size, self.validator, self.done)  # before the first byte lands out of order
-                extra = min(self.conns - 1, -(-self.left // MIN_PIECE))
+                extra = min(self.conns - 1, -(-self.left // MIN_PIECE)) if self.wide else 0
                 self._start(opened, first)
                 opened = None
                 for _ in range(extra):
                     if not self.budget.extra():
                         break
                     self._start(None, None)
+            self.look = (time.monotonic(), 0)
             if self.progress and resumed:
                 self.progress(resumed)
             digests = self._hash_while_receiving()
@@ -421,6 +434,23 @@ class _Ranged:
                 os.close(self.fd)
                 self.fd = -1
 
+    def _widen(self, arrived: int, hash_speed: float) -> bool:
+        """Whether to open more connections than the one the download started on: when that
+        one brings bytes slower than SOLO_SHARE of what this process hashes per second.
+        A connection a host caps (tens of MB/s) is far below; one that already brings bytes
+        about as fast as they can be hashed (a registry or mirror on the same host or
+        LAN) gains nothing from more, and their CPU (here and on the server) is taken from
+        the hash, which is the limit then. Looked at after SOLO_PROBE seconds, then every
+        SOLO_RECHECK seconds while the one connection stays fast."""
+        since, base = self.look
+        now = time.monotonic()
+        if now - since < (SOLO_PROBE if base == 0 else SOLO_RECHECK):
+            return False
+        if (arrived - base) / (now - since) < SOLO_SHARE * hash_speed:
+            return True
+        self.look = (now, arrived)
+        return False
+
     def _hash_while_receiving(self) -> dict[str, str]:
         size = self.size
         hasher = Hasher(self.algos, size)
@@ -428,15 +458,21 @@ class _Ranged:
         view = memoryview(buf)
         hashed = dropped = 0
         last_checkpoint = time.monotonic()
+        arrived = 0
+        hash_time, hash_bytes = 0.0, 0
         while hashed < size:
             with self.cond:
                 reach = self.done.reach(hashed)
                 if reach == hashed and self.error is None:
-                    self.cond.wait(0.5)
+                    self.cond.wait(0.5 if self.wide else SOLO_PROBE / 2)
                     reach = self.done.reach(hashed)
                 err, self.error = self.error, None
                 got, self.received = self.received, 0
                 spare = self.active < self.conns and self.left > self.active * MIN_PIECE
+            arrived += got
+            if not self.wide and spare and self._widen(arrived, hash_bytes / hash_time if hash_bytes >= HASH_STEP * 4 else HASH_GUESS):
+                with self.cond:
+                    self.wide = True
             if got and self.progress:
                 self.progress(got)
             if err is not None:
@@ -449,7 +485,10 @@ class _Ranged:
                 n = os.preadv(self.fd, [view[: min(HASH_STEP, reach - hashed)]], hashed)
                 if n <= 0:
                     raise IntegrityError(f"the staging file ends at byte {hashed}, where this process wrote bytes; discarded", url=self.url)
+                t0 = time.perf_counter()
                 hasher.update(view[:n])
+                hash_time += time.perf_counter() - t0
+                hash_bytes += n
                 hashed += n
                 if hashed - dropped >= 2 * DROP_BEHIND:
                     self._drop_behind(dropped, hashed - DROP_BEHIND)
@@ -459,7 +498,7 @@ class _Ranged:
             if time.monotonic() - last_checkpoint >= CHECKPOINT:
                 self._checkpoint()
                 last_checkpoint = time.monotonic()
-            if spare and self.budget.extra():
+            if self.wide and spare and self.budget.extra():
                 self._start(None, None)
             elif self.active == 0 and self.pending and self.error is None:
                 self.budget.first()  # every connection left (the budget asked them to): this file keeps one
@@ -519,9 +558,15 @@ class _Ranged:
     def _cut(self) -> tuple[int, int]:
         """The next piece, from the front of what is missing: PIECE while much is left, then
         smaller (about a connection's share of half what is left, at least MIN_PIECE), so the
-        last pieces end together instead of one connection finishing a long one alone."""
+        last pieces end together instead of one connection finishing a long one alone.
+        While the download runs on one connection (see `_widen`), larger pieces."""
         a, b = self.pending[0]
-        want = min(self.piece, max(MIN_PIECE, self.left // (2 * self.conns)))
+        if self.wide:
+            want = min(self.piece, max(MIN_PIECE, self.left // (2 * self.conns)))
+        else:
+            # one connection: each request asks for twice the last (a request costs the server
+            # its auth and open; a registry spent ~6 ms of CPU on each), up to SOLO_PIECE
+            self.solo_piece = want = min(SOLO_PIECE, 2 * self.solo_piece)
         if b - a <= want + MIN_PIECE // 2:
             self.pending.popleft()
             return a, b
@@ -600,6 +645,22 @@ class _Ranged:
         a, b = piece
         pos = a
         resp = opened.resp
+        if self.splice and zerocopy.usable(resp, opened.sock):
+            assert opened.sock is not None
+            try:
+                for n in zerocopy.splice_body(resp, opened.sock, self.fd, pos, b - pos, stall=self.timeouts.stall, url=self.url,
+                                              check=self._may_land):
+                    self._landed(pos, n)
+                    pos += n
+                return
+            except zerocopy.Refused:
+                self.splice = False  # this filesystem takes no splice: buffered reads from here on
+            except FetchError:
+                if self.halt.is_set():
+                    raise _Halted() from None
+                if self.outer is not None and self.outer.is_set():
+                    raise FetchError(f"cancelled at byte {pos}", url=self.url) from None
+                raise
         buf = self._buffer()
         while pos < b:
             if self.halt.is_set():
@@ -617,18 +678,27 @@ class _Ranged:
                 raise FetchError(f"connection lost at byte {pos}: {type(exc).__name__}", url=self.url) from None
             if not n:
                 raise FetchError(f"connection closed at byte {pos} (range {a}-{b - 1})", url=self.url)
-            if self.may_write is not None and not self.may_write():
-                raise FetchError(f"stopped at byte {pos}: another writer holds the volume now", url=self.url)
+            self._may_land(pos)
             view = buf[:n]
             at = pos
             while view:
                 k = os.pwrite(self.fd, view, at)
                 view, at = view[k:], at + k
-            with self.cond:
-                self.done.add(pos, pos + n)
-                self.received += n
-                self.cond.notify_all()
+            self._landed(pos, n)
             pos += n
+
+    def _may_land(self, pos: int) -> None:
+        """Before bytes are written at `pos` (and while a splice waits for data)."""
+        if self.halt.is_set():
+            raise _Halted()
+        if self.may_write is not None and not self.may_write():
+            raise FetchError(f"stopped at byte {pos}: another writer holds the volume now", url=self.url)
+
+    def _landed(self, pos: int, n: int) -> None:
+        with self.cond:
+            self.done.add(pos, pos + n)
+            self.received += n
+            self.cond.notify_all()
 
     def _buffer(self) -> memoryview:
         local = self._local
