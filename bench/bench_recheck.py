@@ -45,6 +45,8 @@ TARGET_WALL = 1.3
 TARGET_READ_FRACTION = 0.001
 TARGET_RSS_MB = 100.0
 TARGET_SERVE = 1.1  # warm re-check with serve: lanes / without
+TARGET_LINEAR = 1.25  # per-lane cost of a warm re-check of 5,000 lanes / of 1,000 lanes
+MANY = (1000, 5000)  # single-file lanes in the volumes of many lanes
 NODE = "4x80GiB,cc=9.0,memory_limit=64GiB"
 FORBIDDEN = ("numpy", "gguf", "httpx", "httpx2", "docker", "huggingface_hub.file_download")
 
@@ -256,6 +258,19 @@ def served_manifest(plain: Path, out: Path) -> None:
     out.write_text(json.dumps(doc, indent=1))
 
 
+def many_lanes(root: Path, n: int) -> Path:
+    """A volume of `n` single-file lanes (one small file each, size given) and its manifest."""
+    models = root / f"many-{n}"
+    models.mkdir()
+    lanes = []
+    for i in range(n):
+        (models / f"w{i:05d}.bin").write_bytes(b"w" * 64)
+        lanes.append({"name": f"l{i:05d}", "kind": "file", "path": f"w{i:05d}.bin", "size": 64})
+    manifest = root / f"many-{n}.json"
+    manifest.write_text(json.dumps({"version": 1, "models_dir": str(models), "lanes": lanes}))
+    return manifest
+
+
 def imported_modules(importtime_stderr: str) -> dict[str, int]:
     """Module name → cumulative import microseconds, from `python -X importtime` output."""
     out = {}
@@ -353,6 +368,18 @@ def main() -> int:
         bad = sorted(m for m in mods if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
         targets.holds("heavy modules not imported by check", not bad and len(mods) > 0,
                       f"{len(mods)} modules imported" + (f"; imported: {', '.join(bad)}" if bad else ""))
+        # Many lanes: the cost of a warm re-check grows with the lanes and no faster.
+        many = {n: [*preflight_cmd(), "check", "-m", str(many_lanes(root, n)), "--quiet", "--termination-log", ""] for n in MANY}
+        for cmd in many.values():
+            run(cmd)  # records receipts
+        many_times = interleave({n: (lambda cmd=cmd: run(cmd).wall_s) for n, cmd in many.items()}, max(3, args.rounds // 3))
+        start = med["python -c 'import click, yaml'"]
+        per_lane = {n: (median(many_times[n]) - start) / n for n in MANY}
+        small, large = MANY
+        for n in MANY:
+            print(f"  warm re-check of {n:,} lanes      median {median(many_times[n]) * 1e3:.0f} ms")
+        targets.at_most(f"per-lane cost, {large:,} lanes vs {small:,} lanes (linear)", per_lane[large] / per_lane[small], TARGET_LINEAR,
+                        f"{per_lane[large] * 1e6:.0f} us vs {per_lane[small] * 1e6:.0f} us a lane above the click + yaml start")
         top = sorted(((us, m) for m, us in mods.items() if "." not in m), reverse=True)[:8]
         print("info slowest top-level imports (cumulative ms): " + ", ".join(f"{m} {us / 1e3:.1f}" for us, m in top))
     return targets.finish()

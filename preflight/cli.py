@@ -197,31 +197,35 @@ class LazyGroup(click.Group):
         if argv and _URI.match(argv[0]):
             argv = ["fetch", *argv]  # KServe and Seldon run their storage initializer with [SRC, DEST]
         command = argv[0] if argv and argv[0] in REPORTING else None
-        with redacting_streams():
-            from .report import track
+        try:
+            with redacting_streams():
+                from .report import track
 
-            track(None)
-            try:
-                rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
-            except click.ClickException as exc:
-                exc.show()
-                sys.exit(leave(command, outputs_from_argv(argv), exc.exit_code, f"usage error: {exc.format_message()}"))
-            except PreflightError as exc:  # raised while click converted an option
-                _say(exc)
-                sys.exit(leave(command, outputs_from_argv(argv), exc.exit_code, str(exc), exc.hint))
-            except click.exceptions.Abort:
-                click.echo("preflight: interrupted", err=True)
-                sys.exit(leave(command, outputs_from_argv(argv), ExitCode.INTERRUPTED, "interrupted"))
-            except Exception as exc:  # outside a command (loading it), or PREFLIGHT_TRACEBACK asked for it
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-                if os.environ.get("PREFLIGHT_TRACEBACK"):
-                    import traceback
+                track(None)
+                try:
+                    rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+                except click.ClickException as exc:
+                    exc.show()
+                    sys.exit(leave(command, outputs_from_argv(argv), exc.exit_code, f"usage error: {exc.format_message()}"))
+                except PreflightError as exc:  # raised while click converted an option
+                    _say(exc)
+                    sys.exit(leave(command, outputs_from_argv(argv), exc.exit_code, str(exc), exc.hint))
+                except click.exceptions.Abort:
+                    click.echo("preflight: interrupted", err=True)
+                    sys.exit(leave(command, outputs_from_argv(argv), ExitCode.INTERRUPTED, "interrupted"))
+                except Exception as exc:  # outside a command (loading it), or PREFLIGHT_TRACEBACK asked for it
+                    reason = f"internal error: {type(exc).__name__}: {exc}"
+                    if os.environ.get("PREFLIGHT_TRACEBACK"):
+                        import traceback
 
-                    traceback.print_exc()  # through the masking stream
-                else:
-                    click.echo(f"preflight: {reason} (set PREFLIGHT_TRACEBACK=1 for details)", err=True)
-                sys.exit(leave(command, outputs_from_argv(argv), ExitCode.NOT_READY, reason))
-        sys.exit(rv if isinstance(rv, int) else 0)
+                        traceback.print_exc()  # through the masking stream
+                    else:
+                        click.echo(f"preflight: {reason} (set PREFLIGHT_TRACEBACK=1 for details)", err=True)
+                    sys.exit(leave(command, outputs_from_argv(argv), ExitCode.NOT_READY, reason))
+            sys.exit(rv if isinstance(rv, int) else 0)
+        finally:
+            if args is None:  # the process's own command line (not a caller's, such as a test runner's)
+                _before_exit()
 
     def get_command(self, ctx, name):
         if name in self.lazy:
@@ -237,6 +241,16 @@ class LazyGroup(click.Group):
                     raise click.ClickException(str(MissingExtra("`preflight docker`", "docker", getattr(exc, "name", None))))
                 raise
         return super().get_command(ctx, name)
+
+
+def _before_exit() -> None:
+    """The command is done and the process ends next: the objects made so far move to the
+    collector's permanent generation, so the interpreter's last collections at exit do not
+    walk them again (10 ms of a 90 ms warm re-check; they are freed with the process).
+    Finalizers still run as each module is torn down."""
+    import gc
+
+    gc.freeze()
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
+
+from ..record import record
 
 GiB = 2**30
 MiB = 2**20
@@ -41,7 +43,7 @@ class AcceleratorError(ValueError):
     """A declared accelerator that cannot be read."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Device:
     """One accelerator device: its name, its memory and, for NVIDIA, its compute capability."""
 
@@ -63,7 +65,7 @@ class Device:
         return d
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Accelerator:
     """A node as fit sees it: its devices and the container's memory limit and availability."""
 
@@ -300,7 +302,7 @@ def detect_amd(sys_root: str | os.PathLike[str] = "/sys") -> tuple[Device, ...]:
 
 # --------------------------------------------------------------------------- CPU
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupMemory:
     """One memory cgroup's files, as the kernel writes them (cgroup-v2.rst, cgroup-v1/memory.rst)."""
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
 from typing import Any
+
+from ..record import record
 
 ENGINES = ("vllm", "llama.cpp")
 VLLM_VERSION = "0.19.1"
@@ -44,7 +45,7 @@ class ArgsError(ValueError):
     """A flag value the engine's own parser would refuse."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ServeArgs:
     """What fit needs from a command line: values (defaults filled in), which were given, the rest."""
 
