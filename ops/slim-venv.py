@@ -190,9 +190,9 @@ class Slim:
             if dist is None:
                 continue
             files = self.files_of(dist)
-            tops = {f.parts[0] for f in dist.files or [] if f.parts[0] != ".." and not f.parts[0].endswith((".dist-info", ".data"))}
-            modules = {t.split(".")[0] for t in tops if t != "__pycache__"}
-            folders = sorted(self.site / t for t in tops if (self.site / t).is_dir())
+            tops = {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}
+            modules = {t.split(".")[0] for t in tops if t != "__pycache__" and not t.endswith((".dist-info", ".data"))}
+            folders = sorted(self.site / t for t in tops if (self.site / t).is_dir() and t != "__pycache__")
             plan.append((f"{name} {dist.version} ({why})", files + folders, modules, name))
         for part, (why, _) in UNUSED_PARTS.items():
             path = self.site / part
