@@ -8,7 +8,8 @@ EXTRAS chose), with the venv's own interpreter. Each step prints what it removed
 bytes freed; the reasons are in the tables below. What it removes:
 
   - botocore's data for every AWS service but the few the S3 client and the credential
-    chain create clients for (a folder per service, 20+ MB of the image);
+    chain create clients for (a folder per service, 20+ MB of the image), the usage examples
+    of those it keeps, and its copy of certifi's CA bundle when certifi is installed;
   - distributions that packages declare but that nothing preflight runs imports;
   - other distributions' command-line scripts, type stubs, test folders, SBOMs;
   - the symbol tables and debug sections of native modules (never loaded at run time).
@@ -56,6 +57,13 @@ BOTOCORE_REQUIRED = (
     "sso-oidc/2019-06-10/service-2.json.gz",
     "sso-oidc/2019-06-10/endpoint-rule-set-1.json.gz",
 )
+# A service's usage examples (examples-1.json) are read by botocore.docs only, which writes
+# the SDK's documentation; the build fails if another botocore module names them.
+BOTOCORE_EXAMPLES = "examples-1"
+# botocore.httpsession verifies TLS against certifi.where() when certifi imports, and against
+# its own cacert.pem (a copy of certifi's) only when it does not: with certifi installed (the
+# gcs extra's requests brings it) the copy goes. The build fails if another module names it.
+BOTOCORE_CA_BUNDLE = "cacert.pem"
 
 # --------------------------------------------------------------------------- unused code
 
@@ -168,6 +176,14 @@ class Slim:
             path.unlink()
         self.total += freed
         print(f"  gzipped {', '.join(p.name for p in big)}: {freed / MB:.1f} MB")
+        code = self.site / "botocore"
+        readers = sorted(py.relative_to(self.site).as_posix() for py in code.rglob("*.py")
+                         if BOTOCORE_EXAMPLES in py.read_text(errors="replace") and "docs" not in py.relative_to(code).parts)
+        if readers:
+            fail(f"botocore {self.dists['botocore'].version}: {', '.join(readers)} name {BOTOCORE_EXAMPLES}, "
+                 "which only botocore.docs read before; check what reads them before removing them")
+        self.remove(sorted(data.glob(f"*/*/{BOTOCORE_EXAMPLES}.json*")), "botocore's usage examples (read by botocore.docs only)")
+        self.ca_bundle()
         probe = (
             "import botocore.session, sys\n"
             "s = botocore.session.get_session()\n"
@@ -180,6 +196,29 @@ class Slim:
         if done.returncode != 0:
             fail(f"botocore no longer makes a client from the data kept:\n{done.stderr[-2000:]}")
         print(f"  botocore makes {', '.join(BOTOCORE_SERVICES)} clients from the data kept")
+
+    def ca_bundle(self) -> None:
+        bundle = self.site / "botocore" / BOTOCORE_CA_BUNDLE
+        if not bundle.is_file():
+            return
+        code = self.site / "botocore"
+        readers = sorted(py.relative_to(self.site).as_posix() for py in code.rglob("*.py")
+                         if BOTOCORE_CA_BUNDLE in py.read_text(errors="replace") and py.name != "httpsession.py")
+        if readers:
+            fail(f"botocore {self.dists['botocore'].version}: {', '.join(readers)} name {BOTOCORE_CA_BUNDLE}; "
+                 "check what reads it before removing it")
+        probe = ("import os, botocore.httpsession as h\n"
+                 "print(h.where() != h.DEFAULT_CA_BUNDLE and os.path.isfile(h.get_cert_path(True)))\n")
+        done = subprocess.run([str(self.venv / "bin" / "python"), "-c", probe], capture_output=True, text=True)
+        if done.returncode != 0:
+            fail(f"botocore.httpsession does not import:\n{done.stderr[-2000:]}")
+        if done.stdout.strip() != "True":
+            print(f"  botocore/{BOTOCORE_CA_BUNDLE}: kept (no certifi: botocore verifies TLS with it)")
+            return
+        self.remove([bundle], f"botocore/{BOTOCORE_CA_BUNDLE} (botocore verifies TLS with certifi's bundle instead)")
+        done = subprocess.run([str(self.venv / "bin" / "python"), "-c", probe], capture_output=True, text=True)
+        if done.stdout.strip() != "True":
+            fail(f"botocore has no CA bundle left after removing its {BOTOCORE_CA_BUNDLE}:\n{done.stdout}{done.stderr[-2000:]}")
 
     def unused_code(self) -> None:
         """Remove UNUSED_DISTRIBUTIONS and UNUSED_PARTS, after checking that no other kept
