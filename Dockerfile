@@ -32,6 +32,12 @@ print("\n".join(p["dependencies"] + [d for e in sys.argv[2].split() for d in p["
         /wheels/pyproject.toml "$EXTRAS" >/tmp/requirements.txt; \
     /opt/preflight/bin/pip install --quiet $index -r /tmp/requirements.txt; \
     if [ "$HF_XET" = 0 ]; then /opt/preflight/bin/pip uninstall --quiet -y hf-xet; fi
+# What the dependencies bring but preflight never runs goes here, each removal with its
+# reason in ops/slim-venv.py: botocore's data for services other than S3 and the credential
+# chain's, packages no verification imports (rich, pygments, ...), test data, stubs, debug
+# sections. It fails the build when a botocore or dependency upgrade moves what it keeps.
+COPY ops/slim-venv.py /tmp/slim-venv.py
+RUN /opt/preflight/bin/python /tmp/slim-venv.py /opt/preflight
 
 COPY pyproject.toml README* /src/
 COPY preflight /src/preflight
@@ -40,7 +46,7 @@ RUN set -eu; \
     /opt/preflight/bin/pip install --quiet $index --no-deps /src; \
     /opt/preflight/bin/python -m pip uninstall --quiet -y pip setuptools; \
     find /opt/preflight -name __pycache__ -type d -prune -exec rm -rf {} +; \
-    /opt/preflight/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/preflight/lib; \
+    /opt/preflight/bin/python -X no_debug_ranges -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/preflight/lib; \
     /opt/preflight/bin/preflight --version
 
 FROM ${BASE_IMAGE}

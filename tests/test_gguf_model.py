@@ -13,7 +13,7 @@ import pytest
 from preflight import problems as P
 from preflight.formats.gguf import check_gguf, check_gguf_split
 from preflight.formats.gguf_arch import ARCH_CLASSES, ENGINE, KNOWN_ARCHITECTURES
-from preflight.formats.gguf_programs import FUNCTIONS
+from preflight.formats.gguf_programs import functions
 from tests import gguf_families as F
 from tests import gguf_mutants as M
 from tests.builders import write_gguf, write_gguf_split
@@ -131,7 +131,7 @@ def _creates(function: str) -> dict[str, str]:
             for y in (x[1:] if isinstance(x[0], str) else x):
                 walk(y)
 
-    walk(json.loads(FUNCTIONS[function]))
+    walk(json.loads(functions()[function]))
     return out
 
 
@@ -146,7 +146,50 @@ def test_the_architecture_tables() -> None:
     assert _creates("llama_model_phi3::load_arch_tensors")["blk.%d.ffn_up.weight"] == "{n_embd, 2 * n_ff}"  # the fused FFN, from the source
     qkv = _creates("llama_model_base::create_tensor_qkv")
     assert qkv["blk.%d.attn_qkv.weight"] == "{n_embd_, n_embd_qkv}" and qkv["blk.%d.attn_q.weight"] == "{n_embd_, n_embd_q_}"
-    assert "llama_model_base::load_hparams" in FUNCTIONS and "llama_hparams::n_embd_k_gqa" in FUNCTIONS
+    assert "llama_model_base::load_hparams" in functions() and "llama_hparams::n_embd_k_gqa" in functions()
+
+
+def test_the_programs_file_is_one_json_object_that_functions_reads_line_by_line() -> None:
+    """gguf_programs.json.gz is plain JSON for any reader; functions() splits its lines rather
+    than parse it all, and each text it gives is exactly that function's program."""
+    import gzip
+
+    from preflight.formats import gguf_programs
+
+    whole = json.loads(gzip.decompress(Path(gguf_programs.__file__).with_name("gguf_programs.json.gz").read_bytes()))
+    assert len(whole) > 400 and {name: json.loads(text) for name, text in functions().items()} == whole
+
+
+_OPENS_PROGRAMS = """
+import sys
+opened = []
+sys.addaudithook(lambda e, a: opened.append(str(a[0])) if e == "open" and a and isinstance(a[0], (str, bytes)) else None)
+from preflight.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    print("CODE", exc.code, "PROGRAMS", any(p.endswith("gguf_programs.json.gz") for p in opened),
+          "EVAL", "preflight.formats.gguf_eval" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_the_programs_are_read_by_a_cold_check_of_a_gguf_and_not_by_a_warm_one(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    (models / "gguf").mkdir(parents=True)
+    write_gguf(models / "gguf" / "tiny.gguf")
+    served = tmp_path / "served.json"
+    served.write_text(json.dumps({"version": 1, "models_dir": str(models), "lanes": [{"name": "g", "kind": "gguf", "path": "gguf/tiny.gguf"}]}))
+
+    def check() -> str:
+        p = subprocess.run([sys.executable, "-c", _OPENS_PROGRAMS, "check", "-m", str(served), "--termination-log", ""],
+                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+        return p.stderr.strip().splitlines()[-1]
+
+    assert check() == "CODE 0 PROGRAMS True EVAL True"  # the load path was run over the file
+    assert check() == "CODE 0 PROGRAMS False EVAL False"  # the receipts say it is unchanged
 
 
 def test_real_llama_cpp_vocabulary_files_pass() -> None:

@@ -7,7 +7,7 @@ hand: rerun the generator on a newer sdist.
 - `ENGINE`: the llama.cpp version these tables describe.
 - `KNOWN_ARCHITECTURES`: LLM_ARCH_NAMES, every name llama.cpp accepts in general.architecture.
 - `ARCH_CLASSES`: per architecture, its model class and the classes it derives from.
-- gguf_programs.FUNCTIONS (a module of its own, imported when a model file is checked): the
+- gguf_programs.functions() (read from gguf_programs.json.gz when a model file is checked): the
   functions of the load path as programs (see ops/gguf_cxx.py for the node kinds):
   `llama_model_base::load_hparams` and each class's
   `load_arch_hparams` (the hyper-parameters as llama.cpp derives them, with their asserts and

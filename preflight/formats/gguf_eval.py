@@ -1,7 +1,7 @@
 """Runs llama.cpp's model loader, as read from its source, over one GGUF's key/values and tensor infos.
 
-gguf_arch.FUNCTIONS holds llama.cpp's own load path as programs (ops/gen-gguf-arch.py reads them
-from the C++): `llama_model_base::load_hparams` with the architecture's `load_arch_hparams`, the
+gguf_programs.functions() holds llama.cpp's own load path as programs (ops/gen-gguf-arch.py reads
+them from the C++): `llama_model_base::load_hparams` with the architecture's `load_arch_hparams`, the
 architecture's `load_arch_tensors` followed by the generic pass of `load_tensors`, and the graph
 constructor's assertions. This module is the one evaluator of those programs. It derives every
 hyper-parameter as llama.cpp does (defaults, `get_key_or_arr` per-layer arrays, `n_embd / n_head`
@@ -135,7 +135,7 @@ class Outcome:
 
 @lru_cache(maxsize=None)
 def _function(name: str) -> tuple[list[str], list] | None:
-    text = gguf_programs.FUNCTIONS.get(name)
+    text = gguf_programs.functions().get(name)
     return None if text is None else json.loads(text)
 
 
