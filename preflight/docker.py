@@ -13,7 +13,7 @@ import codecs
 import contextlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
 
@@ -21,6 +21,7 @@ import click
 
 from .cli import guarded, opt
 from .errors import UsageError
+from .record import record
 
 DEFAULT_IMAGE = "lane-preflight:latest"
 MODELS_MOUNT = "/models"
@@ -34,7 +35,7 @@ BUILD_HINT = (
 SECRET_ENV_NAMES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN"})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DockerRun:
     """One `preflight <command>` run inside the image; what to mount and pass."""
 

@@ -29,11 +29,12 @@ import posixpath
 import re
 import stat
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 
 from .errors import UsageError
 from .manifest import FileExpect, Lane, Manifest, parse_source
+from .record import record
 from .volume import write_file_atomic
 
 CACHE_REPO = re.compile(r"^(models|datasets)--(.+?)--(.+)$")
@@ -44,7 +45,7 @@ _SKIP = {".preflight", ".git", ".dvc", "__pycache__", ".cache", ".ipynb_checkpoi
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-@dataclass
+@record
 class Found:
     """One lane found on the volume (or given as a source), with why."""
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .record import record
 from .volume import write_file_atomic
 from .manifest import FileExpect, normalise_rel
 
@@ -21,7 +22,7 @@ LOCK_VERSION = 1
 _SHA256SUM_LINE = re.compile(r"^(?P<hex>[0-9a-fA-F]{64}) [ *](?P<path>.+)$")
 
 
-@dataclass
+@record
 class LockedLane:
     name: str
     source: str | None = None
@@ -50,7 +51,7 @@ def _expect_dict(e: FileExpect) -> dict[str, Any]:
     return {k: v for k, v in (("size", e.size), ("sha256", e.sha256), ("sha1", e.sha1), ("generation", e.generation)) if v is not None}
 
 
-@dataclass
+@record
 class Lock:
     path: str
     lanes: dict[str, LockedLane] = field(default_factory=dict)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import NotReadyError
 from .manifest import Lane
+from .record import record
 from .volume import PathEscape, Volume
 
 FILE_MODE = {"open": 0o644, "group": 0o640}
 DIR_MODE = {"open": 0o755, "group": 0o750}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Denied:
     path: Path  # absolute
     rel: str  # relative to the models folder

@@ -6,13 +6,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import IO
 
+from .record import record
 from .report import human_size
 
 
-@dataclass
+@record
 class _Item:
     label: str
     total: int | None

@@ -25,17 +25,18 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from .check import SKIP_DIRS, Context, real_key_root, repo_folder, selected
 from .errors import NotReadyError
 from .manifest import Lane
+from .record import record
 from .revisions import current, revisions
 from .volume import Volume, state_volume
 
 
-@dataclass
+@record
 class Item:
     vol: Volume  # removed through this door
     rel: str  # relative to vol's folder
@@ -53,7 +54,7 @@ class Item:
         return {"path": str(self.path), "what": self.what, "lane": self.lane, "why": self.why, "bytes": self.freed}
 
 
-@dataclass
+@record
 class Plan:
     items: list[Item] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # what was not pruned, and why (a link out of the volume)
@@ -213,7 +214,7 @@ def remove(items: list[Item]) -> tuple[int, list[str]]:
 # --------------------------------------------------------------------------- status
 
 
-@dataclass
+@record
 class LaneStatus:
     name: str
     kind: str

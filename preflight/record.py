@@ -1,15 +1,16 @@
-"""`record`: `dataclasses.dataclass` for the types a warm `check` builds while it starts.
+"""`record`: `dataclasses.dataclass` without compiling methods, for every record in preflight.
 
 On Python 3.11 `@dataclass` compiles every method it adds (`__init__`, `__repr__`, `__eq__`,
 `__hash__`, and `__setattr__`/`__delattr__` when frozen) from source text with `exec`: 1.5 to
 10 million instructions a class (callgrind), 66 million for the 16 classes a warm re-check
 imports, as much as everything else that re-check does beyond importing click and yaml
-(`bench/bench_recheck.py`). `record` lets `dataclass` do its field processing and nothing
+(`bench/bench_recheck.py`), and as much again before a `sync` opens its first connection. `record` lets `dataclass` do its field processing and nothing
 else, then adds the same methods as plain functions that walk the class's fields, made once
 per class without compiling anything. `dataclasses.fields`, `replace`, `asdict` and
 `is_dataclass` work unchanged; field options `default`, `default_factory`, `repr=False` and
-`compare=False` are honoured, and `__post_init__` is called. Not supported (refused when
-used): `init=False` fields, `InitVar`, `kw_only`, inheritance from another dataclass.
+`compare=False` are honoured, `__post_init__` is called, and a record may extend another
+(its fields follow the base's, as with dataclasses). Not supported (refused when used):
+`init=False` fields, `InitVar`, `kw_only`.
 
 The methods are a few microseconds slower per instance than generated ones, which is nothing
 next to the compile they save for the few hundred instances a check makes (5,000 lanes: about
@@ -28,9 +29,6 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = False) -> Any:
     """`@record` or `@record(frozen=True)`: a dataclass whose methods are not compiled."""
 
     def wrap(cls: type[T]) -> type[T]:
-        for base in cls.__mro__[1:]:
-            if hasattr(base, "__dataclass_fields__"):
-                raise TypeError(f"record {cls.__qualname__}: inheriting from a dataclass is not supported")
         cls = dataclass(cls, init=False, repr=False, eq=False)  # fields, __match_args__; no method compiled
         params = cls.__dataclass_params__  # type: ignore[attr-defined]
         params.init, params.repr, params.eq, params.frozen = True, True, True, frozen

@@ -28,10 +28,10 @@ import os
 import posixpath
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .manifest import FileExpect, Lane
+from .record import record
 from .volume import Volume
 
 REV = ".rev-"
@@ -60,7 +60,7 @@ def rev_path(lane: Lane, rid: str) -> str:
     return posixpath.join(parent, rev_prefix(lane.path) + rid) if parent else rev_prefix(lane.path) + rid
 
 
-@dataclass
+@record
 class Current:
     """What stands at the lane path now."""
 
@@ -84,7 +84,7 @@ def current(models_dir: Path, lane: Lane) -> Current:
     return Current("folder" if stat.S_ISDIR(st.st_mode) else "other")
 
 
-@dataclass
+@record
 class Revision:
     rid: str
     path: Path

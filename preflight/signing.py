@@ -33,7 +33,7 @@ import os
 import posixpath
 import stat as stat_mod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from . import problems as P
 from .errors import ManifestError, UsageError
 from .manifest import SignaturePolicy, signature_file
 from .problems import Problem
+from .record import record
 
 if TYPE_CHECKING:
     from .check import Context, LanePlan
@@ -55,14 +56,14 @@ class SignatureError(Exception):
     """The signature does not prove what the policy asks (reported as signature-invalid)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resource:
     name: str  # a path in the model ('.' when a single file was signed); with shards, PATH:START:END
     algorithm: str
     digest: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Statement:
     """What a verified signature covers."""
 
@@ -155,7 +156,7 @@ def _short(digest: str) -> str:
 # ---------------------------------------------------------------- the library
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Trust:
     """The policy's files, resolved (absolute, or relative to the manifest)."""
 
@@ -409,7 +410,7 @@ def _sigstore_identity(cert) -> str:
 # ---------------------------------------------------------------- a lane
 
 
-@dataclass
+@record
 class _Seen:
     present: dict[str, str] = field(default_factory=dict)
     absent: set[str] = field(default_factory=set)

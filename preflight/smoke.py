@@ -21,13 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import IO, Any
 from urllib.parse import urlsplit
 
 from . import problems as pc
 from .errors import ExitCode, ManifestError, UsageError
 from .problems import Problem
+from .record import record
 
 KINDS = ("vllm", "llama.cpp", "http", "embeddings")
 _KIND_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp", "embedding": "embeddings"}
@@ -53,7 +54,7 @@ _EXIT_BY_CODE = {
 _EXIT_PRECEDENCE = (ExitCode.AUTH, ExitCode.NOT_READY, ExitCode.FETCH)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     """One inference endpoint to check. `url` is the server's base URL (a trailing
     `/v1` is dropped for the OpenAI-style kinds); for kind `http` it is fetched as given."""
@@ -256,7 +257,7 @@ def endpoint_from_mapping(raw: Any, *, env: Mapping[str, str] | None = None, fil
 # ----------------------------------------------------------------------------- results
 
 
-@dataclass
+@record
 class Check:
     """One request of the last attempt and what it showed."""
 
@@ -275,7 +276,7 @@ class Check:
         return d
 
 
-@dataclass
+@record
 class EndpointResult:
     endpoint: Endpoint
     status: str = FAILED
@@ -300,7 +301,7 @@ class EndpointResult:
         }
 
 
-@dataclass
+@record
 class SmokeReport:
     endpoints: list[EndpointResult]
     elapsed_s: float = 0.0
@@ -363,7 +364,7 @@ def render_human(report: SmokeReport, out: IO[str] | None = None) -> None:
 # ----------------------------------------------------------------------------- HTTP
 
 
-@dataclass
+@record
 class _Answer:
     status: int
     body: bytes

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from . import problems as P
@@ -38,6 +38,7 @@ from .errors import (
 from .lease import Lease
 from .manifest import FileExpect, Lane
 from .progress import Progress
+from .record import record
 from .report import LaneResult, Report, human_size, plural
 from .session import Session
 from .redact import redact as mask
@@ -59,7 +60,7 @@ FIXABLE = {
 # has its own `missing` problem, and refetching the index would rewrite a valid file.
 
 
-@dataclass
+@record
 class Options:
     offline: bool = False
     locked: bool = False
@@ -74,7 +75,7 @@ class Options:
     no_fit: bool = False  # download lanes fit refuses on this node (serving/before.py)
 
 
-@dataclass
+@record
 class Job:
     lane: Lane
     rel: str
@@ -854,7 +855,7 @@ def run_sync(session: Session, opts: Options) -> Report:
         progress.close()
 
 
-@dataclass
+@record
 class Switch:
     """A folder lane moving to another revision: assembled at `staged.path`, then flipped."""
 

@@ -4,13 +4,14 @@ optionally checked against the base model they are applied to."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from .. import problems as P
 from ..problems import Problem
 from .hfdir import FolderInfo, check_hf_dir, read_json_object
+from ..record import record
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -18,7 +19,7 @@ _LORA = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(
 _LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")
 
 
-@dataclass
+@record
 class AdapterInfo(FolderInfo):
     peft_type: str | None = None
     rank: int | None = None

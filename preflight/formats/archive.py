@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+
+from ..record import record
 
 MAX_ZIP_MEMBERS = 100_000
 MAX_ZIP_DIRECTORY = 32 << 20
@@ -78,7 +79,7 @@ class Entry:
         return self.name.endswith(b"/") or bool(self.external_attr & 0x10)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Span:
     """A member's bytes: `comp_size` bytes from `start` in the file, stored or deflated to `size` bytes."""
 
@@ -147,7 +148,7 @@ def _find_end_record(f, size: int) -> int:
     return cur + i
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Directory:
     """Where miniz found the directory, and how many of its bytes the entries took."""
 

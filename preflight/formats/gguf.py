@@ -39,13 +39,15 @@ import re
 import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import NamedTuple
 
 from preflight import problems as P
 from preflight.formats.gguf_arch import ENGINE, NAME_TOKENS
 from preflight.formats.safetensors import Findings, PathOrFile, Source, os_problem
 from preflight.problems import Problem
+
+from ..record import record
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -205,7 +207,7 @@ def file_type_name(file_type: int) -> str:
     return raw.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StringSummary:
     """A string value too long to keep (over MAX_KEPT_STRING bytes): its length."""
 
@@ -218,7 +220,7 @@ class StringSummary:
         return f"<{self.length}-byte string>"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ArraySummary:
     """A metadata array too long to keep (e.g. tokenizer.ggml.tokens): its item type and length."""
 
@@ -254,7 +256,7 @@ class SplitInfo(NamedTuple):
     tensors_count: int | None
 
 
-@dataclass
+@record
 class GGUFInfo:
     name: str
     file_size: int = 0

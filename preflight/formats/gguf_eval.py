@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -33,6 +33,8 @@ import re
 
 from preflight.formats import gguf_arch as A
 from preflight.formats import gguf_programs
+
+from ..record import record
 
 
 class _Unknown:
@@ -111,7 +113,7 @@ class Closure:
         self.params, self.body, self.scopes, self.levels, self.this = params, body, scopes, levels, this
 
 
-@dataclass
+@record
 class Created:
     """How the loader asked for one tensor of the file."""
 
@@ -120,7 +122,7 @@ class Created:
     wrong: list[str] = field(default_factory=list)  # "expected [...]" of maybe-paths whose shape does not fit
 
 
-@dataclass
+@record
 class Outcome:
     hparams: LoadError | None = None
     tensors: LoadError | None = None

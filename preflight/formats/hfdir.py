@@ -7,7 +7,7 @@ presence, safetensors headers (single or sharded with index), pickle policy.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from .hfconfig import check_config_values
 from .modelcheck import ModelFacts, TensorMeta, check_model, text_config
 from .tokenizerfiles import check_generation_config, check_tokenizer_config, check_tokenizer_json
 from .pickle import check_by_content, classify, is_pickle_name
+from ..record import record
 
 INDEX_NAME = "model.safetensors.index.json"
 TOKENIZER_SETS = (
@@ -33,7 +34,7 @@ TOKENIZER_SETS = (
 ADAPTER_WEIGHTS = ("adapter_model.safetensors",)
 
 
-@dataclass
+@record
 class FolderInfo:
     format: str = "hf-dir"
     architecture: str | None = None

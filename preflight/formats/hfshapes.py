@@ -42,11 +42,12 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from .. import problems as P
 from ..problems import Problem
+from ..record import record
 
 CONFIG = "config.json"
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
@@ -85,7 +86,7 @@ class Formula:
 
 # ----------------------------------------------------------------------------- the table
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Row:
     """One tensor name (relative to the model root; `{i}` a layer, `{e}` an expert) and its shape."""
     name: str
@@ -97,7 +98,7 @@ class Row:
     optional: bool = False  # may be absent (a fused form, a pooler)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Family:
     name: str
     architectures: tuple[str, ...]
@@ -292,7 +293,7 @@ BY_ARCHITECTURE: dict[str, Family] = {arch: f for f in FAMILIES for arch in f.ar
 
 # ----------------------------------------------------------------------------- the checker
 
-@dataclass
+@record
 class _Compiled:
     family: Family
     aliases: tuple[tuple[str, tuple[Formula, ...]], ...]
@@ -323,7 +324,7 @@ def _compiled(f: Family) -> _Compiled:
     return c
 
 
-@dataclass
+@record
 class ShapeFacts:
     family: str | None = None
     checked: bool = False

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from ..record import record
 
 MAX_DEPTH = 64  # real configs nest 3-6 levels (text_config.rope_scaling...); PEFT and index files 2
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     max_bytes: int
     max_items: int  # members + items: ':' and ',' in the raw text
@@ -37,7 +38,7 @@ CONFIG_LIMITS = Limits(max_bytes=8 * 2**20, max_items=250_000)
 INDEX_LIMITS = Limits(max_bytes=32 * 2**20, max_items=500_000)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class JsonError:
     kind: str  # "missing", "unreadable", "empty", "too-large", "invalid"
     message: str

@@ -51,17 +51,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .. import problems as P
 from ..problems import Problem
 from .hfshapes import BY_ARCHITECTURE, check_shapes
+from ..record import record
 
 CONFIG = "config.json"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layout:
     name: str
     embedding: str  # the token embedding, after the text model's prefix
@@ -84,7 +84,7 @@ LAYOUTS: tuple[Layout, ...] = (
            "DistilBERT"),
 )
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Modules:
     """What transformers' class for an architecture builds under the text model's prefix: a
     checkpoint without one of these leaves it randomly initialised (transformers: "missing keys",
@@ -138,7 +138,7 @@ QUANT_MARKS = (
 TensorMeta = tuple[str, tuple[int, ...]] | None  # (dtype, shape); None when only the index names it
 
 
-@dataclass
+@record
 class ModelFacts:
     checked: bool = False
     reason: str | None = None  # why nothing was checked

@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from .. import problems as P
 from ..problems import Problem
 from . import archive as A
 from .pickle_walk import MAX_INFLATE, MAX_MEMO, MAX_OPS, Budget, Reader, Rules, Unjudgeable, Walk, walk
+from ..record import record
 
 __all__ = ["MAX_INFLATE", "MAX_MEMO", "MAX_OPS", "Found", "classify", "judge", "pickle_policy", "scan_pickle", "check_by_content"]
 
@@ -83,7 +84,7 @@ def _pickle_record(name: bytes) -> bool:
 # ----------------------------------------------------------------------------- what a file is
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Stream:
     """One pickle stream a loader reads from the file.
 
@@ -97,7 +98,7 @@ class Stream:
     how: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Found:
     """What a file holds. `pickled`: a loader unpickles something in it."""
 
@@ -113,7 +114,7 @@ class Found:
     records: tuple[tuple[str, str], ...] = ()  # (record, member): what torch's zip reader returns for data.pkl, constants.pkl
 
 
-@dataclass
+@record
 class _Plan:
     streams: list[Stream] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
@@ -471,7 +472,7 @@ def _descr_has_object(descr: object, depth: int) -> bool:
 # ----------------------------------------------------------------------------- judging a file
 
 
-@dataclass
+@record
 class _Verdict:
     denied: dict[str, None] = field(default_factory=dict)
     refusals: dict[str, None] = field(default_factory=dict)

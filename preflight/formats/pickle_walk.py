@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from ..record import record
 
 MAX_OPS = 2_000_000           # opcodes per file (a state dict needs about 20 a tensor)
 MAX_MEMO = 300_000            # memo entries per pickle (about 6 a tensor)
@@ -88,7 +90,7 @@ TORCHSCRIPT_GLOBALS = frozenset(_pairs(
 ))
 
 
-@dataclass
+@record
 class Rules:
     """What one pickle stream may hold."""
 
@@ -257,14 +259,14 @@ class _Made:
 _STORAGE = _Made(_Global("torch", "storage", "a torch storage", True))
 
 
-@dataclass
+@record
 class Budget:
     ops: int = 0
     kept: int = 0
     inflate: list[int] = field(default_factory=lambda: [MAX_INFLATE])
 
 
-@dataclass
+@record
 class Walk:
     start: int
     end: int | None = None           # offset after STOP

@@ -24,11 +24,13 @@ import os
 import re
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import BinaryIO, NamedTuple, Union
 
 from preflight import problems as P
 from preflight.problems import Problem
+
+from ..record import record
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
 
@@ -179,7 +181,7 @@ class TensorInfo(NamedTuple):
         return self.data_offsets[1] - self.data_offsets[0]
 
 
-@dataclass
+@record
 class SafetensorsInfo:
     name: str
     file_size: int = 0

@@ -29,18 +29,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from preflight import problems as P
 from preflight.formats.jsonfile import INDEX_LIMITS, parse_json
 from preflight.formats.safetensors import Findings, PathOrFile, SafetensorsInfo, Source, os_problem
 from preflight.problems import Problem
 
+from ..record import record
+
 INDEX_NAME = "model.safetensors.index.json"
 MAX_INDEX_BYTES = INDEX_LIMITS.max_bytes  # a 100k-tensor index is about 10 MB
 
 
-@dataclass
+@record
 class IndexInfo:
     name: str
     total_size: int | None = None

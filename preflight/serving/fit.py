@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from .. import problems as P
@@ -39,6 +39,7 @@ from ..problems import Problem
 from .accel import GiB, MiB, Accelerator
 from .args import ServeArgs
 from .model import ConfigFacts, GGUFFacts, dtype_bytes
+from ..record import record
 
 # Problem codes of the fit checks (also in problems.py).
 ENGINE_UNSUPPORTED = "engine-unsupported"
@@ -58,7 +59,7 @@ _EMBED = ("embed_tokens", "wte.", "word_embeddings", "tok_embeddings", "embeddin
 _REPLICATED = ("kv_a_proj_with_mqa", "q_a_proj", "mlp.gate.weight", "router.weight", "e_score_correction_bias", "shared_expert_gate")
 
 
-@dataclass
+@record
 class Fit:
     """What fit found for one lane on one node: figures and findings."""
 

@@ -11,17 +11,17 @@ receipts carry them and a warm re-check or `sync --locked` judges fit without re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .fit import Fit, WeightGroups
+from ..record import record
 
 SOURCES = ("volume", "source", "lock", "receipts")
 FORMAT = 1  # of the dict kept in the lock and the receipts; another value is ignored (read again)
 _MAX_ARRAY = 4096  # per-layer GGUF arrays (head counts, SWA patterns) are a few hundred long
 
 
-@dataclass
+@record
 class FitInputs:
     """The model facts of one lane, independent of the node and the serve flags."""
 

@@ -19,8 +19,10 @@ Sliding-window layers: `layer_types` when the config lists them; Gemma 2 every o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from ..record import record
 
 MLA_MODEL_TYPES = ("AXK1", "deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_mtp", "glm_moe_dsa", "glm4_moe_lite",
                    "kimi_k2", "kimi_linear", "longcat_flash", "pangu_ultra_moe", "bailing_hybrid")
@@ -29,7 +31,7 @@ _LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_lengt
 _DTYPE_BYTES = {"float16": 2, "half": 2, "bfloat16": 2, "float32": 4, "float": 4}
 
 
-@dataclass
+@record
 class ConfigFacts:
     architecture: str | None
     model_type: str | None
@@ -223,7 +225,7 @@ LLAMA_SWA_OTHER = frozenset({"llama4", "cohere2moe", "deepseek4", "granite-swa",
                              "phimoe", "plamo3", "smallthinker", "step35", "olmo2", "gemma4", "gemma-embedding", "modern-bert"})
 
 
-@dataclass
+@record
 class GGUFFacts:
     architecture: str
     layers: int

@@ -23,10 +23,11 @@ import io
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from .fit import WeightGroups
 from .inputs import FitInputs, folder_inputs, gguf_inputs, tokenizer_max_len
+from ..record import record
 
 PROBE = 8 * 2**10
 GGUF_BUDGET = 1 * 2**20
@@ -47,7 +48,7 @@ class CannotRead(Exception):
     """The source cannot read part of this file."""
 
 
-@dataclass
+@record
 class Counter:
     bytes: int = 0
     requests: int = 0
@@ -116,7 +117,7 @@ class RangeView(io.RawIOBase):
         return data
 
 
-@dataclass
+@record
 class RemoteResult:
     inputs: FitInputs | None
     why_not: str | None = None  # why fit could not be read before the download

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..manifest import PRIMARY, Lane
 from .inputs import FitInputs, evaluate
+from ..record import record
 
 Inputs = Callable[[Lane], "tuple[FitInputs | None, str | None]"]  # a candidate -> (its fit inputs, or why there are none)
 
@@ -40,7 +40,7 @@ def definition(lane: Lane) -> str:
     return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
 
 
-@dataclass
+@record
 class Judged:
     lane: Lane
     verdict: str  # fits | tight | does-not-fit | unknown | not judged
@@ -70,7 +70,7 @@ def judge(lane: Lane, inputs_of: Inputs, accel) -> Judged:
     return Judged(lane, fit.verdict, [p.code for p in errors], reason, fit.figures.get("inputs_from"))
 
 
-@dataclass
+@record
 class Choice:
     lane: Lane  # the candidate chosen
     report: dict[str, Any]  # the lane's `variant` object in the report

@@ -31,12 +31,13 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import AuthError, FetchError, UsageError
 from ..manifest import FileExpect, Lane
+from ..record import record
 
 if TYPE_CHECKING:
     from ..volume import StagedFile
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     """One file a source offers for a lane: what it must be, and how the source finds it."""
 
@@ -58,7 +59,7 @@ class Entry:
     group: str | None = None  # files fetched together in one pass (an archive's members): the group's key
 
 
-@dataclass
+@record
 class Listing:
     """A lane's files at one immutable version, named as the source names them."""
 
@@ -80,7 +81,7 @@ class GroupStaging(abc.ABC):
     def file(self, rel: str) -> StagedFile: ...
 
 
-@dataclass
+@record
 class GroupFetched:
     """What one pass over a group wrote (by name in the lane), and every file the group
     holds with its size and sha256 (what a later resolve may recall instead of reading it)."""
@@ -89,7 +90,7 @@ class GroupFetched:
     listing: dict[str, FileExpect]
 
 
-@dataclass
+@record
 class Transfer:
     """How one fetch attempt runs: limits, interruption, the lease, progress."""
 
@@ -108,7 +109,7 @@ class Transfer:
                 "may_write": self.may_write, "budget": self.budget, "log": self.log, "connections": self.connections}
 
 
-@dataclass
+@record
 class Context:
     """What a source may ask of the run: the token, where the manifest lives, retries."""
 
@@ -234,7 +235,7 @@ def open_source(lane: Lane, ctx: Context) -> Source:
 # --------------------------------------------------------------------------- pushing verified lanes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PushFile:
     """One verified file of a lane, as a pull must recreate it."""
 
@@ -244,14 +245,14 @@ class PushFile:
     sha256: str
 
 
-@dataclass
+@record
 class PushLane:
     lane: Lane
     files: list[PushFile]
     revision: str | None = None  # what the lane was synced from (a commit, a digest), for annotations
 
 
-@dataclass
+@record
 class Pushed:
     """What a push did for one lane: where it is now, and what moved."""
 

@@ -38,11 +38,12 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import BinaryIO, Protocol
 
 from ..errors import ArchiveBombError, ArchiveInvalidError, FetchError, UnsafeSourceError, UsageError
 from ..manifest import archive_kind  # noqa: F401  (the suffix table lives with the manifest, which reads it)
+from ..record import record
 from ..volume import UnsafeName, safe_rel
 from .unpack import GZIP_MAGIC, ZSTD_MAGIC, LimitedExpansion, resolve_inside, zstd_reader
 
@@ -69,7 +70,7 @@ def max_bytes() -> int:
     return int(raw)
 
 
-@dataclass
+@record
 class Member:
     """One regular file of the archive, by its name inside it."""
 
@@ -79,7 +80,7 @@ class Member:
     link: str | None = None  # a link's target (a member name); its bytes are the target's
 
 
-@dataclass
+@record
 class Scan:
     """Every file the archive holds (links resolved to their targets), in archive order."""
 

@@ -36,12 +36,12 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from ..errors import AuthError, FetchError, StalledError, UsageError
+from ..record import record
 from ..redact import register
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def _first(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- objects
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ObjectInfo:
     """What the server says about one object."""
 

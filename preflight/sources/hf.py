@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from ..errors import AuthError, FetchError, UsageError
 from ..manifest import FileExpect, Lane
 from . import Entry, Source, Transfer
 from . import Listing
+from ..record import record
 
 if TYPE_CHECKING:
     from ..volume import StagedFile
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .http import Fetched
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RemoteFile:
     rel: str  # path inside the lane folder
     path_in_repo: str
@@ -42,7 +42,7 @@ class RemoteFile:
         return self.sha256 or self.sha1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RepoListing:
     commit: str
     files: dict[str, RemoteFile]

@@ -10,7 +10,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -20,6 +19,7 @@ from ..errors import AuthError, DiskSpaceError, FetchError, IntegrityError, Stal
 from ..manifest import FileExpect
 from . import Entry, Listing, Source, Transfer
 from ..integrity import READ_CHUNK, Hasher, WriteBehind
+from ..record import record
 from ..volume import StagedFile, as_staged
 from ..report import human_size
 from .pool import POOL, Budget, Pool, default_budget, tls_context, trust_host  # noqa: F401 (trust_host: the s3 client's)
@@ -35,7 +35,7 @@ TLS_UNTRUSTED = -2  # FetchError.status of a certificate this machine does not t
 RECV_CHUNK = 2**20
 
 
-@dataclass
+@record
 class Timeouts:
     connect: float = 10.0
     stall: float = 60.0  # no byte for this long → give up on this attempt
@@ -82,7 +82,7 @@ class Cancel:
             self._socks.discard(sock)  # type: ignore[arg-type]
 
 
-@dataclass
+@record
 class Fetched:
     size: int
     digests: dict[str, str]
@@ -120,7 +120,7 @@ def connect(url: str, timeouts: Timeouts) -> tuple[http.client.HTTPConnection, s
 _STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
-@dataclass
+@record
 class Opened:
     """A response with its headers read: the connection it came on, the URL that answered
     after redirects, and the headers sent there (Authorization dropped across hosts)."""

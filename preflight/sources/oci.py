@@ -27,7 +27,7 @@ import json
 import platform
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,7 @@ from ..errors import AuthError, FetchError, IntegrityError, StalledError, Unsafe
 from ..manifest import FileExpect, Lane, parse_source
 from . import Context, Destination, Entry, Listing, Pushed, PushLane, Source, Transfer
 from .oci_registry import DIGEST, INDEX_TYPES, OCI_MANIFEST, Manifest, Registry, Repository
+from ..record import record
 
 if TYPE_CHECKING:
     from ..volume import StagedFile
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 #     itself, unless io.deis.oras.content.unpack says it is a tar+gzip of a folder.
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LayerType:
     role: str  # weight, config, aux (docs, code, datasets, licences: only when the lane's include names them), image
     packing: str  # raw | tar (the compression is read from the blob's first bytes)
@@ -110,7 +111,7 @@ MAX_INDEX_ENTRIES = 4096  # manifests one index lists
 # --------------------------------------------------------------------------- what the artifact holds
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Blob:
     digest: str
     size: int
@@ -121,7 +122,7 @@ class Blob:
         return self.digest[7:]
 
 
-@dataclass
+@record
 class Item:
     """One file of the artifact and how to get it: a raw blob, or a member of a tar layer."""
 
@@ -133,7 +134,7 @@ class Item:
     member: str | None = None  # the tar member holding the bytes (a hard or symbolic link names its target's)
 
 
-@dataclass
+@record
 class Plan:
     digest: str  # the manifest's
     kind: str  # modelpack, docker-ai, kitops, image, oras

@@ -26,12 +26,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from ..errors import AuthError, FetchError, IntegrityError, StalledError, UsageError
 from .http import Cancel, Timeouts, connect, parse_retry_after
+from ..record import record
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -84,7 +84,7 @@ def is_plain_http(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Credentials:
     username: str | None = None
     password: str | None = None
@@ -177,13 +177,13 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
-@dataclass
+@record
 class _Token:
     value: str
     expires: float
 
 
-@dataclass
+@record
 class Response:
     status: int
     headers: http.client.HTTPMessage
@@ -398,7 +398,7 @@ class Registry:
 # --------------------------------------------------------------------------- one repository
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Manifest:
     digest: str  # sha256:… of the bytes as served
     media_type: str

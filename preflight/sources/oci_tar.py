@@ -24,11 +24,11 @@ import posixpath
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from ..errors import FetchError, IntegrityError, StalledError, UnsafeSourceError, UsageError
 from ..formats.tarread import TarEntry, TarError, TarLimit, TarReader
 from .unpack import GZIP_MAGIC, ZSTD_MAGIC, LimitedExpansion, resolve_inside, zstd_reader
+from ..record import record
 
 MAX_ENTRIES = 40_000  # entries of every kind in one layer (tarfile reads one in about 20 us)
 MAX_NAMES = 32 * 2**20  # bytes of entry names and link targets in one layer
@@ -43,7 +43,7 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
 
-@dataclass
+@record
 class Member:
     """One entry of a tar layer, by its normalised path inside the artifact."""
 

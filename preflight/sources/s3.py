@@ -24,13 +24,13 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FetchError, UsageError
 from ..manifest import FileExpect, Lane
 from . import Context, Entry, Listing, PushFile, Transfer
 from .objectstore import CHANGED, ObjectStoreDestination, ObjectStoreSource
+from ..record import record
 
 if TYPE_CHECKING:
     from ..volume import StagedFile
@@ -45,7 +45,7 @@ MAX_LIST_BYTES = 64 << 20   # listing bodies for one lane (a page is capped in s
 LIST_SECONDS = 600.0        # one lane's listing, when the run has no sooner --deadline (PREFLIGHT_S3_LIST_SECONDS)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ObjectInfo:
     """What a HEAD says about one object."""
 

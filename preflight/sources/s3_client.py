@@ -28,12 +28,12 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import AuthError, FetchError, UsageError
+from ..record import record
 from ..redact import register
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "E
 _XML_CODE = re.compile(r"<Code>([^<]{1,80})</Code>")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ListedPage:
     """One listing page: its objects, the token of the next (None at the end), its body's size."""
 

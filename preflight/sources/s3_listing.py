@@ -13,8 +13,10 @@ was wrong.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from urllib.parse import unquote_plus
+
+from ..record import record
 
 MAX_PAGE_BYTES = 8 << 20   # one page's body (1000 keys of 1024 bytes each are about 1.3 MiB)
 MAX_DEPTH = 4
@@ -26,7 +28,7 @@ class ListingError(Exception):
     """The body is not a ListObjectsV2 result that can be used."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Listed:
     key: str
     size: int
@@ -34,7 +36,7 @@ class Listed:
     modified: str
 
 
-@dataclass
+@record
 class Page:
     objects: list[Listed] = field(default_factory=list)
     truncated: bool = False
