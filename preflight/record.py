@@ -3,9 +3,9 @@
 On Python 3.11 `@dataclass` compiles every method it adds (`__init__`, `__repr__`, `__eq__`,
 `__hash__`, and `__setattr__`/`__delattr__` when frozen) from source text with `exec`: 1.5 to
 10 million instructions a class (callgrind), 66 million for the 16 classes a warm re-check
-imports, as much as everything else that re-check does beyond importing click and yaml
-(`bench/bench_recheck.py`), and as much again before a `sync` opens its first connection. `record` lets `dataclass` do its field processing and nothing
-else, then adds the same methods as plain functions that walk the class's fields, made once
+imports (as much as everything else that re-check does beyond importing click and yaml,
+`bench/bench_recheck.py`) and 33 million more in the modules a `sync` of an OCI lane imports.
+`record` lets `dataclass` do its field processing and nothing else, then adds the same methods as plain functions that walk the class's fields, made once
 per class without compiling anything. `dataclasses.fields`, `replace`, `asdict` and
 `is_dataclass` work unchanged; field options `default`, `default_factory`, `repr=False` and
 `compare=False` are honoured, `__post_init__` is called, and a record may extend another
