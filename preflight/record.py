@@ -5,8 +5,9 @@ On Python 3.11 `@dataclass` compiles every method it adds (`__init__`, `__repr__
 10 million instructions a class (callgrind), 66 million for the 16 classes a warm re-check
 imports (as much as everything else that re-check does beyond importing click and yaml,
 `bench/bench_recheck.py`) and 33 million more in the modules a `sync` of an OCI lane imports.
-`record` lets `dataclass` do its field processing and nothing else, then adds the same methods as plain functions that walk the class's fields, made once
-per class without compiling anything. `dataclasses.fields`, `replace`, `asdict` and
+`record` lets `dataclass` do its field processing and nothing else, then adds the same
+methods as plain functions that walk the class's fields, made once per class without
+compiling anything. `dataclasses.fields`, `replace`, `asdict` and
 `is_dataclass` work unchanged; field options `default`, `default_factory`, `repr=False` and
 `compare=False` are honoured, `__post_init__` is called, and a record may extend another
 (its fields follow the base's, as with dataclasses). Not supported (refused when used):
