@@ -451,22 +451,89 @@ class WriteBehind:
                 pass
 
 
+class HashBehind:
+    """A Hasher fed on a thread of its own: the caller reads the bytes (`read`: a copy out
+    of the page cache into one of a few buffers) and this thread hashes them, so the read
+    and the hash run on two cores. Reading and hashing in one thread cost 1.44 s for 2 GiB
+    here against 1.21 s split (sha256 is the limit of a verified download or copy on a fast
+    link or a local disk; the read is ~15% on top of it). `speed` is the hash's own rate."""
+
+    DEPTH = 4  # buffers in flight (read ahead of the hash)
+    CHUNK = 2**20
+
+    def __init__(self, hasher: Hasher) -> None:
+        import queue
+
+        self.hasher = hasher
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._full: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.DEPTH):
+            self._free.put(bytearray(self.CHUNK))
+        self._error: BaseException | None = None
+        self._busy, self._bytes = 0.0, 0
+        self._thread = threading.Thread(target=self._run, name="hash-behind", daemon=True)
+        self._thread.start()
+
+    def read(self, fd: int, pos: int, most: int) -> int:
+        """Read up to `most` bytes of `fd` at `pos` (at most CHUNK) and queue them for the hash; the count read."""
+        buf = self._free.get()
+        if buf is None:  # the hash thread failed
+            self._free.put(None)
+            raise self._error or RuntimeError("hash thread stopped")
+        n = os.preadv(fd, [memoryview(buf)[: min(most, self.CHUNK)]], pos)
+        if n > 0:
+            self._full.put((buf, n))
+        else:
+            self._free.put(buf)
+        return n
+
+    def speed(self) -> float | None:
+        """Bytes a second the hash has run at so far (None before 4 MiB)."""
+        return self._bytes / self._busy if self._bytes >= 4 * self.CHUNK and self._busy > 0 else None
+
+    def finish(self) -> dict[str, str]:
+        """Wait until every queued byte is hashed; the digests."""
+        self._full.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.hasher.hexdigests()
+
+    def abandon(self) -> None:
+        self._full.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._full.get()) is not None:
+            buf, n = item
+            try:
+                t0 = time.perf_counter()
+                self.hasher.update(memoryview(buf)[:n])
+                self._busy += time.perf_counter() - t0
+                self._bytes += n
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                self._error = exc
+                self._free.put(None)
+                return
+            self._free.put(buf)
+
+
 class PrefixHasher:
-    """Hashes a file from `start` on a thread of its own while a writer fills it front to
-    back: the writer says how far it has written (`advance`), this thread reads that prefix
-    back from the page cache (READ_CHUNK at a time: the copy stays in the CPU cache for the
-    hash) and hashes it. The write and the hash then each take a core, and a verified copy
-    or download costs about the slower of the two instead of their sum. `fd` must be open
-    for reading (and is not closed here)."""
+    """Hashes a file from `start` while a writer fills it front to back: the writer says how
+    far it has written (`advance`), a thread of this class reads that prefix back from the
+    page cache and a HashBehind hashes it. The write, the read and the hash overlap, and a
+    verified copy or download costs about the slowest of them instead of their sum. `fd`
+    must be open for reading (and is not closed here)."""
 
     def __init__(self, fd: int, hasher: Hasher, start: int = 0) -> None:
         self.fd, self.hasher = fd, hasher
-        self.hashed = start
+        self.hashed = start  # read back (and handed to the hash) up to here
         self._written = start
         self._end: int | None = None
         self._stop = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
+        self._behind = HashBehind(hasher)
         self._thread = threading.Thread(target=self._run, name="hash-prefix", daemon=True)
         self._thread.start()
 
@@ -482,18 +549,18 @@ class PrefixHasher:
             self._cond.notify()
         self._thread.join()
         if self._error is not None:
+            self._behind.abandon()
             raise self._error
-        return self.hasher.hexdigests()
+        return self._behind.finish()
 
     def abandon(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify()
         self._thread.join()
+        self._behind.abandon()
 
     def _run(self) -> None:
-        buf = bytearray(READ_CHUNK)
-        view = memoryview(buf)
         dropped = self.hashed
         try:
             while True:
@@ -504,12 +571,11 @@ class PrefixHasher:
                         return
                     reach = self._written
                 while self.hashed < reach:
-                    n = os.preadv(self.fd, [view[: min(READ_CHUNK, reach - self.hashed)]], self.hashed)
+                    n = self._behind.read(self.fd, self.hashed, reach - self.hashed)
                     if n <= 0:
                         from .errors import IntegrityError
 
                         raise IntegrityError(f"the file ends at byte {self.hashed}, where this process wrote bytes (another writer?); discarded")
-                    self.hasher.update(view[:n])
                     self.hashed += n
                     if self.hashed - dropped >= 2 * WRITE_BEHIND:
                         _drop(self.fd, dropped, self.hashed - WRITE_BEHIND)

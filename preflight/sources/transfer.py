@@ -8,14 +8,15 @@ with `Range` (and `If-Range`, the server's validator), and writes what arrives a
 its offset in the staging file with pwrite. Connections come from the keep-alive
 pool (sources/pool.py), so a piece costs a request, not a connection.
 
-Hashing. sha256 (and the git blob sha1) is sequential. The coordinating thread hashes
-the contiguous prefix as it grows, reading it back from the file: bytes that arrived
+Hashing. sha256 (and the git blob sha1) is sequential. The coordinating thread reads
+the contiguous prefix back from the file as it grows and hands it to a hash thread
+(integrity.HashBehind), so the read and the hash run on two cores: bytes that arrived
 in order are read back from the page cache moments after they were written; bytes
 that arrived ahead of the prefix wait in the page cache until the prefix reaches
 them (at most about one piece per connection ahead). Reading back costs one memory
-copy per byte, small next to sha256 (~0.9 GB/s per core here), and keeps the
-receiving threads free to drain their sockets. Behind the hashed prefix, pages are
-sent to disk and dropped from the page cache (as integrity.WriteBehind does).
+copy per byte, ~15% of sha256's time, off the hash's core, and keeps the receiving
+threads free to drain their sockets. Behind the read-back prefix, pages are sent to
+disk and dropped from the page cache (as integrity.WriteBehind does).
 
 The chunk map. `<staging file>.map` records which byte ranges of the staging file
 hold the server's bytes, as JSON: {"version": 1, "size": N, "validator": "\"etag\"",
@@ -50,7 +51,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import FetchError, IntegrityError, StalledError
-from ..integrity import Hasher
+from ..integrity import HashBehind, Hasher
 from ..volume import StagedFile, as_staged
 from . import http as _http
 from . import zerocopy
@@ -453,13 +454,20 @@ class _Ranged:
 
     def _hash_while_receiving(self) -> dict[str, str]:
         size = self.size
-        hasher = Hasher(self.algos, size)
-        buf = bytearray(HASH_STEP)
-        view = memoryview(buf)
+        behind = HashBehind(Hasher(self.algos, size))  # this thread reads the prefix back, another hashes it
+        try:
+            return self._read_back(behind)
+        except BaseException:
+            behind.abandon()
+            raise
+
+    def _read_back(self, behind: HashBehind) -> dict[str, str]:
+        """The coordinator's loop: read the contiguous prefix back as it grows (the hash runs
+        behind, on its own thread), checkpoint, widen, and answer errors and cancels."""
+        size = self.size
         hashed = dropped = 0
         last_checkpoint = time.monotonic()
         arrived = 0
-        hash_time, hash_bytes = 0.0, 0
         while hashed < size:
             with self.cond:
                 reach = self.done.reach(hashed)
@@ -470,7 +478,7 @@ class _Ranged:
                 got, self.received = self.received, 0
                 spare = self.active < self.conns and self.left > self.active * MIN_PIECE
             arrived += got
-            if not self.wide and spare and self._widen(arrived, hash_bytes / hash_time if hash_bytes >= HASH_STEP * 4 else HASH_GUESS):
+            if not self.wide and spare and self._widen(arrived, behind.speed() or HASH_GUESS):
                 with self.cond:
                     self.wide = True
             if got and self.progress:
@@ -482,13 +490,9 @@ class _Ranged:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise StalledError("the run's deadline passed during the download", url=self.url)
             while hashed < reach:
-                n = os.preadv(self.fd, [view[: min(HASH_STEP, reach - hashed)]], hashed)
+                n = behind.read(self.fd, hashed, min(HASH_STEP, reach - hashed))
                 if n <= 0:
                     raise IntegrityError(f"the staging file ends at byte {hashed}, where this process wrote bytes; discarded", url=self.url)
-                t0 = time.perf_counter()
-                hasher.update(view[:n])
-                hash_time += time.perf_counter() - t0
-                hash_bytes += n
                 hashed += n
                 if hashed - dropped >= 2 * DROP_BEHIND:
                     self._drop_behind(dropped, hashed - DROP_BEHIND)
@@ -503,7 +507,7 @@ class _Ranged:
             elif self.active == 0 and self.pending and self.error is None:
                 self.budget.first()  # every connection left (the budget asked them to): this file keeps one
                 self._start(None, None)
-        return hasher.hexdigests()
+        return behind.finish()
 
     def _drop_behind(self, start: int, end: int) -> None:
         try:
