@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from preflight.integrity import PIPE_CHUNK, WriteBehind, hash_file, hash_files
+from preflight.integrity import PIPE_CHUNK, HashBehind, Hasher, WriteBehind, hash_file, hash_files
 
 
 @pytest.fixture
@@ -111,3 +111,31 @@ def test_write_behind_carries_on_when_the_filesystem_refuses_advice(tmp_path: Pa
         wb.finish()
     assert not wb.enabled
     assert path.stat().st_size == 3 * MiB
+
+
+def test_hash_behind_hashes_what_the_caller_reads_and_reports_a_failing_hash(tmp_path: Path) -> None:
+    data = os.urandom(5 * HashBehind.CHUNK + 12345)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        behind = HashBehind(Hasher(("sha256", "md5")))
+        pos = 0
+        while pos < len(data):
+            pos += behind.read(fd, pos, 3 * 2**19)  # reads cut at CHUNK and at what is asked
+        assert behind.read(fd, pos, 10) == 0  # the end: nothing queued
+        assert behind.finish() == {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+        assert behind.speed() is not None and behind.speed() > 0
+
+        class Broken(Hasher):
+            def update(self, data):
+                raise OSError("the hash failed")
+
+        broken = HashBehind(Broken(("sha256",)))
+        with pytest.raises(OSError, match="the hash failed"):
+            for i in range(2 * HashBehind.DEPTH + 2):  # the failure reaches the reader at its next buffer at the latest
+                broken.read(fd, 0, HashBehind.CHUNK)
+            broken.finish()
+        broken.abandon()
+    finally:
+        os.close(fd)
