@@ -115,12 +115,7 @@ def main() -> int:
             def sync_of(label: str, path: Path):
                 cmd = [*preflight_cmd(), "sync", "-m", str(path), "--quiet", "--termination-log", ""]
 
-                def one() -> float:
-                    fresh(out)
-                    wall = runs.timed(label, cmd, env, rss=True)
-                    assert (out / "big" / "model.safetensors").stat().st_size == size
-                    return wall
-                return one
+                return runs.sync_into(label, cmd, env, out, size)
 
             def curl_big() -> float:
                 folder = fresh(out / "big")

@@ -50,11 +50,7 @@ def main() -> int:
         runs = Runs()
         floor = Floor(runs, src, env)
 
-        def preflight_big() -> float:
-            fresh(out)
-            wall = runs.timed("preflight sync", sync, env, rss=True)
-            assert (out / "big" / "model.safetensors").stat().st_size == size
-            return wall
+        preflight_big = runs.sync_into("preflight sync", sync, env, out, size)
 
         def cp_big() -> float:
             folder = fresh(out / "big")

@@ -88,11 +88,7 @@ def main() -> int:
             warm([src])
             floor = Floor(runs, src, env)
 
-            def preflight_big() -> float:
-                fresh(out)
-                wall = runs.timed("preflight sync", sync, env, rss=True)
-                assert (out / "big" / "model.safetensors").stat().st_size == size
-                return wall
+            preflight_big = runs.sync_into("preflight sync", sync, env, out, size)
 
             def curl_big() -> float:
                 folder = fresh(out / "big")

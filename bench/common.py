@@ -157,6 +157,18 @@ class Runs:
             self.rss.append(proc.maxrss_mb)
         return proc.wall_s
 
+    def sync_into(self, label: str, cmd: Sequence[str], env: Mapping[str, str], out: Path, size: int) -> Callable[[], float]:
+        """A timer for `interleave`: `cmd` (a `preflight sync` of the lane big/model.safetensors)
+        into an emptied `out`, its peak RSS kept; checks the file arrived whole."""
+
+        def one() -> float:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            wall = self.timed(label, cmd, env, rss=True)
+            assert (out / "big" / "model.safetensors").stat().st_size == size
+            return wall
+        return one
+
     def medians(self, times: Mapping[str, list[float]], what: str, size: int) -> dict[str, float]:
         """Each label's median wall time, printed with the MiB/s it makes of `size` bytes, its
         median CPU time and every run."""

@@ -349,15 +349,7 @@ def write_sparse_gguf(path: str | os.PathLike[str], data_bytes: int, *, n_tensor
         nbytes = int(np.prod(shape)) * dtype.itemsize
         w.add_tensor_info(name, shape, dtype, nbytes)
         total += -(-nbytes // 32) * 32
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
-    with open(path, "r+b") as f:
-        header_end = f.seek(0, os.SEEK_END)
-        data_start = -(-header_end // 32) * 32
-        f.truncate(data_start + total)
-    return Path(path)
+    return _sparse_data(w, path, total)
 
 
 def write_sparse_gguf_decoder(path: str | os.PathLike[str], *, arch: str, n_embd: int, n_ff: int, n_layer: int, n_head: int,
@@ -414,14 +406,7 @@ def write_sparse_gguf_decoder(path: str | os.PathLike[str], *, arch: str, n_embd
             nbytes = count // block * type_size
             w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
         total += -(-nbytes // 32) * 32
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
-    with open(path, "r+b") as f:
-        data_start = -(-f.seek(0, os.SEEK_END) // 32) * 32
-        f.truncate(data_start + total)
-    return Path(path)
+    return _sparse_data(w, path, total)
 
 
 class GGUFFieldOffsets(NamedTuple):
@@ -538,3 +523,16 @@ def write_sparse_llama_folder(folder: str | os.PathLike[str], *, hidden: int, in
     (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {f"t{i}": i for i in range(32)}, "merges": []}}))
     (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_len}))
     return root
+
+
+def _sparse_data(w, path: str | os.PathLike, total: int) -> Path:
+    """Write `w`'s header, key/values and tensor infos, then extend the file by `total` bytes
+    of tensor data as a hole (aligned to 32): a sparse GGUF with real headers."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with open(path, "r+b") as f:
+        data_start = -(-f.seek(0, os.SEEK_END) // 32) * 32
+        f.truncate(data_start + total)
+    return Path(path)
