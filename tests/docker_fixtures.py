@@ -214,12 +214,13 @@ def container_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @dataclass
 class Finished:
     exit_code: int
-    logs: str
+    logs: str  # stdout and stderr as the engine interleaved them
+    stdout: str = ""  # stdout alone (a JSON answer without stderr lines cut into it)
 
 
 def run_container(client: Any, image: str, command: list[str] | None = None, *, timeout: float = 180,
                   **kwargs: Any) -> Finished:
-    """Run to completion and remove; returns the exit code and the combined log."""
+    """Run to completion and remove; returns the exit code, the combined log and stdout alone."""
     labels = {TEST_LABEL: "1", **kwargs.pop("labels", {})}
     container = client.containers.create(image, command, labels=labels, detach=True, **kwargs)
     try:
@@ -227,7 +228,8 @@ def run_container(client: Any, image: str, command: list[str] | None = None, *, 
         deadline = time.monotonic() + timeout
         status = container.wait(timeout=max(1.0, deadline - time.monotonic()))
         logs = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
-        return Finished(int(status["StatusCode"]), logs)
+        stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+        return Finished(int(status["StatusCode"]), logs, stdout)
     finally:
         container.remove(force=True)
 

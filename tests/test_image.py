@@ -78,7 +78,7 @@ def test_runtime_venv_holds_only_runtime_dependencies(docker_client: Any, prefli
     )
     done = run_container(docker_client, preflight_image, ["-c", probe], entrypoint="python", network_mode="none", **HARDENED)
     assert done.exit_code == 0, done.logs
-    found = dict(line.split() for line in done.logs.split("\n") if line.strip())
+    found = dict(line.split() for line in done.stdout.split("\n") if line.strip())
     assert found == {
         "pip": "False", "setuptools": "False", "numpy": "False", "gguf": "False", "safetensors": "False",
         "docker": "False", "hf_xet": "False", "picklescan": "False", "click": "True", "yaml": "True", "huggingface_hub": "True",
@@ -168,7 +168,7 @@ def test_operator_scripts_check_a_host_dir_and_fill_a_volume(docker_client: Any,
         assert synced.returncode == 0, synced.stderr
         listing = run_container(docker_client, preflight_image, ["-c", "find -L /models -name '.*' -prune -o \\( -name '*.gguf' -o -name '*.safetensors' \\) -print"],
                                 entrypoint="sh", volumes={volume: {"bind": "/models", "mode": "ro"}}, network_mode="none")
-        assert sorted(listing.logs.split()) == ["/models/gguf/tiny.gguf", "/models/vllm/tiny/model.safetensors"]
+        assert sorted(listing.stdout.split()) == ["/models/gguf/tiny.gguf", "/models/vllm/tiny/model.safetensors"]
     finally:
         docker_client.volumes.get(volume).remove(force=True)
 
@@ -190,7 +190,7 @@ def test_signed_lanes_verify_in_the_slimmed_image(docker_client: Any, preflight_
                              ["check", "-m", "/signed/lanes.yaml", "-d", "/signed/models", "--json", "--termination-log", ""],
                              volumes={str(root): {"bind": "/signed", "mode": "ro"}}, network_mode="none", **HARDENED)
         assert "Traceback" not in done.logs, done.logs
-        report, _ = json.JSONDecoder().raw_decode(done.logs[done.logs.index("{"):])  # stderr follows
+        report = json.loads(done.stdout)  # stdout alone: the engine interleaves stderr lines into the combined log
         assert report["exit_code"] == done.exit_code
         return report
 
