@@ -395,17 +395,8 @@ class Fetcher:
         last: PreflightError | None = None
         try:
             for attempt in range(self.opts.retries + 1):
-                if self.cancel.is_set():
-                    raise FetchError(f"{lane.name}: cancelled")
-                if attempt:
-                    assert last is not None
-                    delay = retry_delay(attempt, last, self.deadline)
-                    if delay is None:
-                        break
-                    self.progress.log(f"{archive_label}: retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
-                    if self.cancel.wait(delay):
-                        raise FetchError(f"{lane.name}: cancelled")
-                    self.progress.reset(key)
+                if not self._before_attempt(attempt, last, key, archive_label, lane.name):
+                    break
                 try:
                     got = source.fetch_group(group, wanted, places, transfer)
                     members = [(self._member_job(lane, rel, got.listing[rel], by_rel.get(rel)), fetched) for rel, fetched in sorted(got.files.items())]
@@ -481,20 +472,8 @@ class Fetcher:
         last: PreflightError | None = None
         try:
             for attempt in range(self.opts.retries + 1):
-                if self.cancel.is_set():
-                    raise FetchError(f"{job.label}: cancelled")
-                if attempt:
-                    assert last is not None
-                    delay = retry_delay(attempt, last, self.deadline)
-                    if delay is None:
-                        break
-                    self.progress.pause(key)
-                    self.progress.log(f"{job.label}: retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
-                    if self.cancel.wait(delay):
-                        raise FetchError(f"{job.label}: cancelled")
-                    self.progress.reset(key)
-                if self.deadline is not None and time.monotonic() > self.deadline:
-                    raise FetchError(f"{job.label}: the run's deadline passed")
+                if not self._before_attempt(attempt, last, key, job.label, job.label):
+                    break
                 try:
                     got = job.source.fetch(self._planned(job), partial, algos, transfer)
                     digests, size = got.digests, got.size
@@ -539,6 +518,26 @@ class Fetcher:
         finally:
             if key is not None:
                 self.progress.finish(key)
+
+    def _before_attempt(self, attempt: int, last: PreflightError | None, key: int, label: str, name: str) -> bool:
+        """Whether attempt `attempt` (0: the first) of a file or an archive is made: a cancel
+        raises; a retry waits out its delay (its progress line paused) unless the delay
+        would pass the deadline (False: no more attempts); a deadline already passed raises."""
+        if self.cancel.is_set():
+            raise FetchError(f"{name}: cancelled")
+        if attempt:
+            assert last is not None
+            delay = retry_delay(attempt, last, self.deadline)
+            if delay is None:
+                return False
+            self.progress.pause(key)
+            self.progress.log(f"{label}: retry {attempt}/{self.opts.retries} in {delay:g}s after: {last}")
+            if self.cancel.wait(delay):
+                raise FetchError(f"{name}: cancelled")
+            self.progress.reset(key)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise FetchError(f"{label}: the run's deadline passed")
+        return True
 
     def _planned(self, job: Job) -> Entry:
         """The entry as the transfer should plan it: a size the source told before the body
