@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import HASH_LABEL, Floor, MiB, Runs, Targets, compile_package, interleave, object_args, preflight_cmd, scratch, warm  # noqa: E402
+from bench.common import HASH_LABEL, Floor, Runs, Targets, compile_package, interleave, object_args, preflight_cmd, scratch, warm  # noqa: E402
 
 TARGET_RSS_MB = 200.0
 

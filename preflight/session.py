@@ -84,8 +84,8 @@ class Session:
         return self.report
 
     def save_receipts(self) -> None:
-        for name, record in self.ctx.variant_records.items():
-            self.ctx.receipts.choose_variant(name, record)
+        for name, choice in self.ctx.variant_records.items():
+            self.ctx.receipts.choose_variant(name, choice)
         if self.ctx.receipts._dirty:
             if not self.writable:
                 from .volume import why_unwritable

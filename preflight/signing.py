@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import problems as P
-from .errors import ManifestError, UsageError
+from .errors import ManifestError
 from .manifest import SignaturePolicy, signature_file
 from .problems import Problem
 from .record import record

@@ -302,12 +302,12 @@ def _look_zip(f, win: A.Window, size: int, where: str, depth: int, plan: _Plan) 
     if miniz:
         prefix = A.torch_prefix(miniz)
         found = {r: A.lookup(miniz, A.record_key(prefix, r)) if prefix is not None else [] for r in TORCH_RECORDS}
-        for record, matches in found.items():
+        for member, matches in found.items():
             if len(matches) > 1:
-                plan.refusals.append(_within(where, _confusion(miniz, prefix, record, matches)))
+                plan.refusals.append(_within(where, _confusion(miniz, prefix, member, matches)))
             if matches and not depth:
-                pick = A.miniz_pick(miniz, A.record_key(prefix, record))
-                plan.records.append((record, pick.shown if pick is not None else "?"))
+                pick = A.miniz_pick(miniz, A.record_key(prefix, member))
+                plan.records.append((member, pick.shown if pick is not None else "?"))
         data, const = found["data.pkl"], found["constants.pkl"]
         main = {e.index for e in data}
         if const:

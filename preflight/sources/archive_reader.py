@@ -42,7 +42,6 @@ from dataclasses import field
 from typing import BinaryIO, Protocol
 
 from ..errors import ArchiveBombError, ArchiveInvalidError, FetchError, UnsafeSourceError, UsageError
-from ..manifest import archive_kind  # noqa: F401  (the suffix table lives with the manifest, which reads it)
 from ..record import record
 from ..volume import UnsafeName, safe_rel
 from .unpack import GZIP_MAGIC, ZSTD_MAGIC, LimitedExpansion, resolve_inside, zstd_reader

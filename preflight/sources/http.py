@@ -22,7 +22,7 @@ from ..integrity import READ_CHUNK, Hasher, WriteBehind
 from ..record import record
 from ..volume import StagedFile, as_staged
 from ..report import human_size
-from .pool import POOL, Budget, Pool, default_budget, tls_context, trust_host  # noqa: F401 (trust_host: the s3 client's)
+from .pool import POOL, Budget, Pool, default_budget, tls_context
 
 if TYPE_CHECKING:
     from ..lockfile import LockedLane

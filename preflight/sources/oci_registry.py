@@ -19,7 +19,6 @@ import base64
 import hashlib
 import http.client
 import ipaddress
-import json
 import os
 import re
 import socket

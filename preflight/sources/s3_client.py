@@ -207,7 +207,7 @@ class S3Client:
         """The presigned GETs (preflight's own client) check the endpoint's certificate as botocore does."""
         import ssl
 
-        from .http import trust_host
+        from .pool import trust_host
 
         parts = urlsplit(endpoint)
         if parts.scheme != "https" or not parts.hostname:
