@@ -106,52 +106,27 @@ def hash_file(path: str | os.PathLike, algos: Iterable[str] = ("sha256",), progr
     return hasher.hexdigests()
 
 
-PIPE_CHUNK = 2**20
-PIPE_BUFFERS = 4
+PIPE_CHUNK = 2**20  # a pipelined hash's reads (HashBehind's buffers)
 
 
 def _hash_pipelined(f, hasher: Hasher, progress: Callable[[int], None] | None, stop: threading.Event | None) -> None:
-    """A reader thread fills buffers while this thread hashes: read and hash overlap."""
-    import queue
-
-    free: queue.Queue = queue.Queue()
-    full: queue.Queue = queue.Queue()
-    for _ in range(PIPE_BUFFERS):
-        free.put(bytearray(PIPE_CHUNK))
-    halt = threading.Event()
-
-    def reader() -> None:
-        try:
-            while not halt.is_set():
-                buf = free.get()
-                if buf is None:
-                    return
-                n = f.readinto(buf)
-                full.put((buf, n))
-                if not n:
-                    return
-        except BaseException as exc:  # handed to the hashing thread
-            full.put((exc, 0))
-
-    thread = threading.Thread(target=reader, name="hash-reader", daemon=True)
-    thread.start()
+    """This thread reads while a HashBehind hashes: read and hash overlap."""
+    behind = HashBehind(hasher)
+    pos = 0
     try:
         while True:
             if stop is not None and stop.is_set():
                 raise InterruptedError("hashing stopped")
-            buf, n = full.get()
-            if isinstance(buf, BaseException):
-                raise buf
+            n = behind.read(f.fileno(), pos, PIPE_CHUNK)
             if not n:
                 break
-            hasher.update(memoryview(buf)[:n])
+            pos += n
             if progress:
                 progress(n)
-            free.put(buf)
-    finally:
-        halt.set()
-        free.put(None)
-        thread.join()
+    except BaseException:
+        behind.abandon()
+        raise
+    behind.finish()
 
 
 def hash_files(jobs: list[tuple[str, tuple[str, ...]]], workers: int | None = None) -> list[dict[str, str] | OSError]:
@@ -459,7 +434,7 @@ class HashBehind:
     link or a local disk; the read is ~15% on top of it). `speed` is the hash's own rate."""
 
     DEPTH = 4  # buffers in flight (read ahead of the hash)
-    CHUNK = 2**20
+    CHUNK = PIPE_CHUNK
 
     def __init__(self, hasher: Hasher) -> None:
         import queue
